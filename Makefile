@@ -1,0 +1,104 @@
+# limpeza: a plain Makefile; libraries come from pkg-config (Debian packages).
+
+CC ?= cc
+PREFIX ?= /usr/local
+DESTDIR ?=
+CFLAGS ?= -O2 -g
+PYTHON ?= /usr/bin/python3
+
+PKGS = sqlite3 libcurl jansson
+WARN = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+       -Wpointer-arith -Wcast-qual -Werror
+# Expanded when a recipe runs, i.e. after `deps` has installed the packages.
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
+PKG_LIBS = $(shell pkg-config --libs $(PKGS))
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(PKG_CFLAGS)
+SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+      -fno-omit-frame-pointer
+ASAN_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) -O1 -g $(SAN) $(PKG_CFLAGS)
+
+MODULES = config log cache store store_sqlite health cycle
+OBJS = $(MODULES:%=build/obj/%.o)
+ASAN_OBJS = $(MODULES:%=build/asan/obj/%.o)
+HDRS = src/limpeza.h src/store.h
+UNIT = test_config test_dotenv test_cache test_log test_health
+UNIT_BINS = $(UNIT:%=build/tests/%)
+ASAN_UNIT_BINS = $(UNIT:%=build/asan/tests/%)
+
+SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp
+
+.PHONY: all deps test-deps install uninstall clean test unit integration \
+	asan asan-unit asan-integration demo format
+
+all: build/limpeza
+
+deps:
+	@pkg-config --exists $(PKGS) || sh scripts/deps.sh build
+
+test-deps:
+	@sh scripts/deps.sh test
+
+build/obj build/asan/obj build/tests build/asan/tests:
+	mkdir -p $@
+
+build/obj/%.o: src/%.c $(HDRS) | deps build/obj
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+build/limpeza: $(OBJS) build/obj/main.o
+	$(CC) $(CFLAGS) -o $@ $^ $(PKG_LIBS) $(LDFLAGS)
+
+build/asan/obj/%.o: src/%.c $(HDRS) | deps build/asan/obj
+	$(CC) $(ASAN_CFLAGS) -c -o $@ $<
+
+build/asan/limpeza: $(ASAN_OBJS) build/asan/obj/main.o
+	$(CC) $(SAN) -o $@ $^ $(PKG_LIBS)
+
+build/tests/%: tests/unit/%.c tests/unit/clock.h $(OBJS) $(HDRS) | test-deps build/tests
+	$(CC) $(ALL_CFLAGS) -Isrc $(shell pkg-config --cflags cmocka) -o $@ \
+	    $< $(OBJS) $(PKG_LIBS) $(shell pkg-config --libs cmocka) -lm
+
+build/asan/tests/%: tests/unit/%.c tests/unit/clock.h $(ASAN_OBJS) $(HDRS) | test-deps build/asan/tests
+	$(CC) $(ASAN_CFLAGS) -Isrc $(shell pkg-config --cflags cmocka) -o $@ \
+	    $< $(ASAN_OBJS) $(PKG_LIBS) $(shell pkg-config --libs cmocka) -lm
+
+unit: $(UNIT_BINS)
+	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
+
+integration: build/limpeza test-deps
+	LIMPEZA_BIN=$(CURDIR)/build/limpeza $(PYTHON) -m pytest -q tests/integration
+
+asan-unit: $(ASAN_UNIT_BINS)
+	@set -e; for t in $(ASAN_UNIT_BINS); do echo "== $$t"; $(SAN_ENV) $$t; done
+
+asan-integration: build/asan/limpeza test-deps
+	$(SAN_ENV) LIMPEZA_BIN=$(CURDIR)/build/asan/limpeza LIMPEZA_SANITIZED=1 \
+	    $(PYTHON) -m pytest -q tests/integration
+
+asan: asan-unit asan-integration
+
+# Everything, in order: unit, integration (real files, SQLite, HTTP, the
+# daemon end to end), then both again under ASan and UBSan.
+test: test-deps
+	$(MAKE) all
+	$(MAKE) unit
+	$(MAKE) integration
+	$(MAKE) asan
+
+demo: all
+	@sh scripts/deps.sh test
+	sh scripts/demo.sh
+
+install: build/limpeza
+	install -d $(DESTDIR)$(PREFIX)/sbin
+	install -m 0755 build/limpeza $(DESTDIR)$(PREFIX)/sbin/limpeza
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/sbin/limpeza
+
+format:
+	clang-format -i src/*.c src/*.h tests/unit/*.c tests/unit/*.h
+
+clean:
+	rm -rf build demo

@@ -1,0 +1,35 @@
+#!/bin/sh
+# Installs the Debian packages limpeza needs to build, test or demo.
+# Usage: scripts/deps.sh [build|test|all]   (default: all)
+set -eu
+
+build_pkgs="build-essential pkg-config libsqlite3-dev libcurl4-openssl-dev libjansson-dev"
+test_pkgs="libcmocka-dev sqlite3 python3 python3-pytest"
+
+case "${1:-all}" in
+build) want="$build_pkgs" ;;
+test | all) want="$build_pkgs $test_pkgs" ;;
+*)
+	echo "usage: $0 [build|test|all]" >&2
+	exit 2
+	;;
+esac
+
+missing=""
+for p in $want; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed'; then
+		missing="$missing $p"
+	fi
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "limpeza: missing Debian packages:$missing" >&2
+	echo "limpeza: run as root: apt-get install$missing" >&2
+	exit 1
+fi
+echo "limpeza: installing:$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+# shellcheck disable=SC2086
+apt-get install -y -q --no-install-recommends $missing

@@ -1,0 +1,1032 @@
+/* config.c: the one table of settings: environment, env files, options, defaults, validation, help. */
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "limpeza.h"
+
+enum setting_type {
+	T_DBURL,
+	T_PATHLIST,
+	T_PATH,
+	T_HTTPURL,
+	T_DURATION,
+	T_INT,
+	T_ENUM,
+	T_BOOL,
+	T_IDENT,
+	T_TABLE,
+	T_WORD,
+	T_ZONE
+};
+
+/*
+ * One row per setting of SPEC §4. The environment name, the long option,
+ * the default, the accepted range and the help text all live here, so
+ * that parsing, validation, --help, `check` and the man page cannot drift
+ * apart. For T_ENUM, choices lists the words in the order of their enum
+ * values; for T_DURATION, min and max are milliseconds.
+ */
+struct setting {
+	const char *env;
+	const char *option;
+	enum setting_type type;
+	const char *def;
+	size_t off;
+	const char *choices;
+	long long min;
+	long long max;
+	const char *help;
+};
+
+#define OFF(f) offsetof(struct config, f)
+#define DAY_MS (86400 * MS_PER_S)
+
+static const struct setting settings[] = {
+	{ "DATABASE_URL", "database-url", T_DBURL, "", OFF(database_url), NULL,
+	    0, 0,
+	    "job store: postgres://..., postgresql://..., libpq key=value, "
+	    "or sqlite:///path (SQLAlchemy form); unset: read from the env "
+	    "files, else the database step is skipped" },
+	{ "LIMPEZA_ENV_FILES", "env-files", T_PATHLIST,
+	    "/root/desfollow/backend/.env:backend/.env", OFF(env_files), NULL,
+	    0, 0,
+	    "dotenv files read in order, first value wins, missing files "
+	    "skipped; empty: none (--env-file FILE adds one)" },
+	{ "LIMPEZA_CACHE_FILE", "cache-file", T_PATH,
+	    "/tmp/desfollow_jobs.json", OFF(cache_file), NULL, 0, 0,
+	    "the API's JSON job cache; empty disables the cache step" },
+	{ "LIMPEZA_HEALTH_URL", "health-url", T_HTTPURL,
+	    "http://api.desfollow.com.br/api/health", OFF(health_url), NULL, 0,
+	    0,
+	    "API health endpoint (http or https); empty disables the health "
+	    "check and forced cleanup" },
+	{ "LIMPEZA_RUNNING_TTL", "running-ttl", T_DURATION, "3m",
+	    OFF(running_ttl), NULL, MS_PER_S, 30 * DAY_MS,
+	    "a running job without progress for longer is orphaned" },
+	{ "LIMPEZA_QUEUED_TTL", "queued-ttl", T_DURATION, "2m",
+	    OFF(queued_ttl), NULL, MS_PER_S, 30 * DAY_MS,
+	    "a queued job older than this is expired" },
+	{ "LIMPEZA_INTERVAL", "interval", T_DURATION, "30s", OFF(interval),
+	    NULL, 100, DAY_MS, "time between cleanup cycles" },
+	{ "LIMPEZA_ERROR_BACKOFF", "error-backoff", T_DURATION, "10s",
+	    OFF(error_backoff), NULL, 100, DAY_MS,
+	    "wait after a cycle in which a step failed" },
+	{ "LIMPEZA_FORCE_THRESHOLD", "force-threshold", T_INT, "5",
+	    OFF(force_threshold), NULL, 0, 1000000000,
+	    "force a full cleanup when the API reports more active jobs than "
+	    "this; 0 disables" },
+	{ "LIMPEZA_FORCE_CACHE", "force-cache", T_ENUM, "all",
+	    OFF(force_cache), "all|active", 0, 0,
+	    "forced cleanup of the cache: all (empty it) or active (only "
+	    "running/queued jobs)" },
+	{ "LIMPEZA_FORCE_MIN_AGE", "force-min-age", T_DURATION, "0",
+	    OFF(force_min_age), NULL, 0, 30 * DAY_MS,
+	    "forced cleanup spares active jobs younger than this" },
+	{ "LIMPEZA_REPORT_EVERY", "report-every", T_INT, "10",
+	    OFF(report_every), NULL, 1, 1000000, "cycles between reports" },
+	{ "LIMPEZA_CACHE_ACTION", "cache-action", T_ENUM, "remove",
+	    OFF(cache_action), "remove|mark", 0, 0,
+	    "orphans in the cache are removed, or kept and marked "
+	    "status=error with an error message" },
+	{ "LIMPEZA_HEALTH_TIMEOUT", "health-timeout", T_DURATION, "10s",
+	    OFF(health_timeout), NULL, 100, 300 * MS_PER_S,
+	    "total time allowed for one health request" },
+	{ "LIMPEZA_TABLE", "table", T_TABLE, "scans", OFF(table), NULL, 0, 0,
+	    "job table, [schema.]table" },
+	{ "LIMPEZA_ID_COLUMN", "id-column", T_IDENT, "job_id", OFF(id_column),
+	    NULL, 0, 0, "job id column" },
+	{ "LIMPEZA_STATUS_COLUMN", "status-column", T_IDENT, "status",
+	    OFF(status_column), NULL, 0, 0, "status column" },
+	{ "LIMPEZA_UPDATED_COLUMN", "updated-column", T_IDENT, "updated_at",
+	    OFF(updated_column), NULL, 0, 0,
+	    "heartbeat column, moved on progress" },
+	{ "LIMPEZA_CREATED_COLUMN", "created-column", T_IDENT, "created_at",
+	    OFF(created_column), NULL, 0, 0, "creation time column" },
+	{ "LIMPEZA_ERROR_COLUMN", "error-column", T_IDENT, "error_message",
+	    OFF(error_column), NULL, 0, 0, "error message column" },
+	{ "LIMPEZA_RUNNING_STATUS", "running-status", T_WORD, "running",
+	    OFF(running_status), NULL, 0, 0, "status of a running job" },
+	{ "LIMPEZA_QUEUED_STATUS", "queued-status", T_WORD, "queued",
+	    OFF(queued_status), NULL, 0, 0, "status of a queued job" },
+	{ "LIMPEZA_ERROR_STATUS", "error-status", T_WORD, "error",
+	    OFF(error_status), NULL, 0, 0, "status given to a reaped job" },
+	{ "LIMPEZA_BATCH", "batch", T_INT, "1000", OFF(batch), NULL, 1,
+	    1000000, "rows per reaping statement" },
+	{ "LIMPEZA_DB_TIMEZONE", "db-timezone", T_ZONE, "UTC",
+	    OFF(db_timezone), NULL, 0, 0,
+	    "zone in which naive timestamps are written" },
+	{ "LIMPEZA_LEADER_KEY", "leader-key", T_INT, "7105573",
+	    OFF(leader_key), NULL, INT64_MIN, INT64_MAX,
+	    "advisory lock key for leader election; 0 disables it" },
+	{ "LIMPEZA_LOG_FILE", "log-file", T_PATH,
+	    "/var/log/desfollow/limpeza_3min.log", OFF(log_file), NULL, 0, 0,
+	    "log file, appended, directory created; empty: standard error "
+	    "only" },
+	{ "LIMPEZA_LOG_FORMAT", "log-format", T_ENUM, "text", OFF(log_format),
+	    "text|json", 0, 0, "text (the operators' format) or json" },
+	{ "LIMPEZA_LOG_LEVEL", "log-level", T_ENUM, "info", OFF(log_level),
+	    "debug|info|warning|error", 0, 0, "lowest level logged" },
+	{ "LIMPEZA_LANG", "lang", T_ENUM, "pt", OFF(lang), "pt|en", 0, 0,
+	    "language of log lines and of the messages written to reaped "
+	    "jobs" },
+	{ "LIMPEZA_DRY_RUN", "dry-run", T_BOOL, "0", OFF(dry_run), NULL, 0, 0,
+	    "report what would be reaped, change nothing" },
+};
+
+#define NSETTINGS ((int)(sizeof(settings) / sizeof(settings[0])))
+#define MAX_VALUE 4096
+#define MAX_ENV_FILE (1024 * 1024)
+
+int
+config_nsettings(void)
+{
+	return NSETTINGS;
+}
+
+static const char *
+type_hint(const struct setting *s)
+{
+	switch (s->type) {
+	case T_DBURL:
+		return "URL";
+	case T_PATHLIST:
+		return "FILES";
+	case T_PATH:
+		return "PATH";
+	case T_HTTPURL:
+		return "URL";
+	case T_DURATION:
+		return "DURATION";
+	case T_INT:
+		return "N";
+	case T_ENUM:
+		return s->choices;
+	case T_BOOL:
+		return "0|1";
+	case T_IDENT:
+		return "NAME";
+	case T_TABLE:
+		return "[SCHEMA.]TABLE";
+	case T_WORD:
+		return "WORD";
+	case T_ZONE:
+		return "ZONE";
+	}
+	return "VALUE";
+}
+
+int
+config_args_init(struct config_args *a)
+{
+	memset(a, 0, sizeof(*a));
+	a->values = calloc(NSETTINGS, sizeof(*a->values));
+	return a->values == NULL ? -1 : 0;
+}
+
+void
+config_args_free(struct config_args *a)
+{
+	free(a->values);
+	free(a->env_files);
+	memset(a, 0, sizeof(*a));
+}
+
+/*
+ * Takes one command-line option at argv[*i] if it names a setting or
+ * --env-file, in the forms --name=value and --name value; a boolean
+ * setting may stand alone. Returns 1 if taken, 0 if the option is not a
+ * setting, -1 with err set if it is one but lacks its value.
+ */
+int
+config_parse_option(struct config_args *a, int argc, char **argv, int *i,
+    char *err, size_t errlen)
+{
+	const char *arg = argv[*i], *name, *eq, *value;
+	size_t nlen;
+	int k;
+
+	if (strncmp(arg, "--", 2) != 0)
+		return 0;
+	name = arg + 2;
+	eq = strchr(name, '=');
+	nlen = eq != NULL ? (size_t)(eq - name) : strlen(name);
+
+	if (nlen == strlen("env-file") && strncmp(name, "env-file", nlen) == 0) {
+		const char **n;
+
+		if (eq != NULL)
+			value = eq + 1;
+		else if (*i + 1 < argc)
+			value = argv[++*i];
+		else {
+			snprintf(err, errlen, "option --env-file needs a file");
+			return -1;
+		}
+		n = realloc(a->env_files, (a->nenv_files + 1) * sizeof(*n));
+		if (n == NULL)
+			fatalx_oom();
+		a->env_files = n;
+		a->env_files[a->nenv_files++] = value;
+		return 1;
+	}
+
+	for (k = 0; k < NSETTINGS; k++) {
+		if (strlen(settings[k].option) != nlen ||
+		    strncmp(settings[k].option, name, nlen) != 0)
+			continue;
+		if (eq != NULL)
+			value = eq + 1;
+		else if (settings[k].type == T_BOOL)
+			value = "1";
+		else if (*i + 1 < argc)
+			value = argv[++*i];
+		else {
+			snprintf(err, errlen, "option --%s needs a value (%s)",
+			    settings[k].option, type_hint(&settings[k]));
+			return -1;
+		}
+		a->values[k] = value;
+		return 1;
+	}
+	return 0;
+}
+
+/* Durations: a whole number with an optional unit ms, s, m or h (s if none). */
+int
+config_parse_duration(const char *s, long long *out)
+{
+	char *end;
+	long long n, mult;
+
+	if (s == NULL || !isdigit((unsigned char)*s))
+		return -1;
+	errno = 0;
+	n = strtoll(s, &end, 10);
+	if (errno != 0)
+		return -1;
+	if (strcmp(end, "") == 0 || strcmp(end, "s") == 0)
+		mult = MS_PER_S;
+	else if (strcmp(end, "ms") == 0)
+		mult = 1;
+	else if (strcmp(end, "m") == 0 || strcmp(end, "min") == 0)
+		mult = 60 * MS_PER_S;
+	else if (strcmp(end, "h") == 0)
+		mult = 3600 * MS_PER_S;
+	else
+		return -1;
+	if (n > LLONG_MAX / mult)
+		return -1;
+	*out = n * mult;
+	return 0;
+}
+
+/* The short form used in log lines: 3min, 30s, 500ms. */
+int
+config_format_duration(long long ms, char *buf, size_t len)
+{
+	int n;
+
+	if (ms != 0 && ms % (60 * MS_PER_S) == 0)
+		n = snprintf(buf, len, "%lldmin", ms / (60 * MS_PER_S));
+	else if (ms % MS_PER_S == 0)
+		n = snprintf(buf, len, "%llds", ms / MS_PER_S);
+	else
+		n = snprintf(buf, len, "%lldms", ms);
+	return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
+static int
+is_ident(const char *s, size_t len)
+{
+	size_t i;
+
+	if (len == 0 || len > 63)
+		return 0;
+	if (!isalpha((unsigned char)s[0]) && s[0] != '_')
+		return 0;
+	for (i = 1; i < len; i++)
+		if (!isalnum((unsigned char)s[i]) && s[i] != '_')
+			return 0;
+	return 1;
+}
+
+static int
+has_control(const char *s)
+{
+	for (; *s != '\0'; s++)
+		if (iscntrl((unsigned char)*s))
+			return 1;
+	return 0;
+}
+
+static int
+is_libpq_conninfo(const char *s)
+{
+	size_t n = 0;
+
+	while (isalpha((unsigned char)s[n]) || s[n] == '_')
+		n++;
+	while (s[n] == ' ')
+		n++;
+	return n > 0 && s[n] == '=';
+}
+
+/*
+ * Replaces the password of a URL (user:PASSWORD@) and any password=VALUE
+ * parameter by ***, so that a database URL can be shown anywhere.
+ */
+int
+config_mask_url(const char *url, char *buf, size_t len)
+{
+	const char *p, *auth, *end, *at, *colon, *q;
+	size_t o = 0;
+
+#define PUT(ptr, n)                                                  \
+	do {                                                         \
+		size_t n_ = (n);                                     \
+		if (o + n_ >= len)                                   \
+			goto fail;                                   \
+		memcpy(buf + o, (ptr), n_);                          \
+		o += n_;                                             \
+	} while (0)
+
+	if (len == 0)
+		return -1;
+	p = url;
+	auth = strstr(url, "://");
+	if (auth != NULL) {
+		auth += 3;
+		end = auth + strcspn(auth, "/?#");
+		at = NULL;
+		for (q = auth; q < end; q++)
+			if (*q == '@')
+				at = q;
+		if (at != NULL) {
+			colon = memchr(auth, ':', (size_t)(at - auth));
+			if (colon != NULL) {
+				PUT(url, (size_t)(colon - url) + 1);
+				PUT("***", 3);
+				p = at;
+			}
+		}
+	}
+	while (*p != '\0') {
+		if (strncasecmp(p, "password", 8) == 0) {
+			q = p + 8;
+			while (*q == ' ')
+				q++;
+			if (*q == '=') {
+				q++;
+				while (*q == ' ')
+					q++;
+				PUT(p, (size_t)(q - p));
+				PUT("***", 3);
+				if (*q == '\'') {
+					for (q++; *q != '\0' && *q != '\''; q++)
+						if (*q == '\\' && q[1] != '\0')
+							q++;
+					if (*q == '\'')
+						q++;
+				} else
+					q += strcspn(q, " &#");
+				p = q;
+				continue;
+			}
+		}
+		PUT(p, 1);
+		p++;
+	}
+	buf[o] = '\0';
+	return 0;
+fail:
+	buf[len - 1] = '\0';
+	return -1;
+#undef PUT
+}
+
+static int
+bad(char *err, size_t errlen, const struct setting *s, const char *from,
+    const char *value, const char *accepted)
+{
+	char shown[128];
+
+	if (s->type == T_DBURL)
+		config_mask_url(value, shown, sizeof(shown));
+	else
+		snprintf(shown, sizeof(shown), "%s", value);
+	/* Control characters would break the one-line promise. */
+	for (char *c = shown; *c != '\0'; c++)
+		if (iscntrl((unsigned char)*c))
+			*c = '?';
+	if (strlen(value) >= sizeof(shown) - 1)
+		snprintf(shown + sizeof(shown) - 5, 5, "...");
+	snprintf(err, errlen, "invalid %s '%s'%s: expected %s", s->env, shown,
+	    from, accepted);
+	return -1;
+}
+
+/* Checks one value and stores it in cfg; err names the setting and value. */
+static int
+setting_apply(struct config *cfg, const struct setting *s, const char *value,
+    const char *from, char *err, size_t errlen)
+{
+	char accepted[256], *slot, **sp;
+	long long n, *ip = (long long *)(void *)((char *)cfg + s->off);
+	char *end;
+	const char *c;
+	size_t len = strlen(value);
+
+	if (len > MAX_VALUE)
+		return bad(err, errlen, s, from, value,
+		    "at most 4096 characters");
+	if (has_control(value))
+		return bad(err, errlen, s, from, value,
+		    "no control characters (newline, tab...)");
+
+	switch (s->type) {
+	case T_DURATION:
+		if (config_parse_duration(value, &n) == -1 || n < s->min ||
+		    n > s->max) {
+			char lo[32], hi[32];
+
+			config_format_duration(s->min, lo, sizeof(lo));
+			config_format_duration(s->max, hi, sizeof(hi));
+			snprintf(accepted, sizeof(accepted),
+			    "a duration such as 180, 180s, 3m, 1h or 500ms, "
+			    "from %s to %s", lo, hi);
+			return bad(err, errlen, s, from, value, accepted);
+		}
+		*ip = n;
+		return 0;
+	case T_INT:
+		errno = 0;
+		n = strtoll(value, &end, 10);
+		if (*value == '\0' || *end != '\0' || errno != 0 ||
+		    n < s->min || n > s->max) {
+			snprintf(accepted, sizeof(accepted),
+			    "a whole number from %lld to %lld", s->min, s->max);
+			return bad(err, errlen, s, from, value, accepted);
+		}
+		*ip = n;
+		return 0;
+	case T_BOOL:
+		if (strcmp(value, "1") == 0 || strcasecmp(value, "true") == 0 ||
+		    strcasecmp(value, "yes") == 0 || strcasecmp(value, "on") == 0)
+			*ip = 1;
+		else if (strcmp(value, "0") == 0 || *value == '\0' ||
+		    strcasecmp(value, "false") == 0 ||
+		    strcasecmp(value, "no") == 0 || strcasecmp(value, "off") == 0)
+			*ip = 0;
+		else
+			return bad(err, errlen, s, from, value,
+			    "0 or 1 (also true/false, yes/no, on/off)");
+		return 0;
+	case T_ENUM: {
+		const char *w = s->choices;
+		long long k = 0;
+
+		for (;;) {
+			size_t wl = strcspn(w, "|");
+
+			if (wl == len && strncasecmp(w, value, wl) == 0) {
+				*ip = k;
+				return 0;
+			}
+			if (w[wl] == '\0')
+				break;
+			w += wl + 1;
+			k++;
+		}
+		snprintf(accepted, sizeof(accepted), "one of %s", s->choices);
+		return bad(err, errlen, s, from, value, accepted);
+	}
+	case T_IDENT:
+		if (!is_ident(value, len))
+			return bad(err, errlen, s, from, value,
+			    "a plain identifier: a letter or _, then letters, "
+			    "digits or _, at most 63");
+		break;
+	case T_TABLE:
+		c = strchr(value, '.');
+		if (c == NULL ? !is_ident(value, len) :
+				(!is_ident(value, (size_t)(c - value)) ||
+				    !is_ident(c + 1, strlen(c + 1))))
+			return bad(err, errlen, s, from, value,
+			    "table or schema.table, plain identifiers only");
+		break;
+	case T_WORD:
+		if (len == 0 || len > 64)
+			return bad(err, errlen, s, from, value,
+			    "a non-empty status word of at most 64 characters");
+		break;
+	case T_ZONE:
+		if (len == 0 || len > 64 ||
+		    strspn(value,
+			"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+			"0123456789_/+-:") != len)
+			return bad(err, errlen, s, from, value,
+			    "a time zone name such as UTC or America/Sao_Paulo");
+		break;
+	case T_HTTPURL:
+		if (len != 0 && strncasecmp(value, "http://", 7) != 0 &&
+		    strncasecmp(value, "https://", 8) != 0)
+			return bad(err, errlen, s, from, value,
+			    "an http:// or https:// URL, or empty to disable");
+		break;
+	case T_DBURL:
+		if (len != 0 && strncmp(value, "postgres://", 11) != 0 &&
+		    strncmp(value, "postgresql://", 13) != 0 &&
+		    !(strncmp(value, "sqlite:///", 10) == 0 && len > 10) &&
+		    !is_libpq_conninfo(value))
+			return bad(err, errlen, s, from, value,
+			    "postgres://..., postgresql://..., libpq "
+			    "key=value or sqlite:///path");
+		break;
+	case T_PATH:
+	case T_PATHLIST:
+		break;
+	}
+	sp = (char **)(void *)((char *)cfg + s->off);
+	slot = strdup(value);
+	if (slot == NULL)
+		fatalx_oom();
+	free(*sp);
+	*sp = slot;
+	return 0;
+}
+
+/* A string map (jansson object) holding the first value of every key. */
+struct env_file_ctx {
+	json_t *file;
+};
+
+static int
+env_file_set(void *arg, const char *key, const char *value)
+{
+	struct env_file_ctx *ctx = arg;
+
+	/* Within one file the last assignment wins, as in a shell. */
+	json_object_set_new(ctx->file, key, json_string(value));
+	return 0;
+}
+
+static void
+config_warn(struct config *cfg, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+config_warn(struct config *cfg, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (cfg->nwarnings >= (int)(sizeof(cfg->warnings) /
+				  sizeof(cfg->warnings[0])))
+		return;
+	va_start(ap, fmt);
+	vsnprintf(cfg->warnings[cfg->nwarnings++], sizeof(cfg->warnings[0]),
+	    fmt, ap);
+	va_end(ap);
+}
+
+/* Reads one dotenv file into vars, keeping values already there. */
+static void
+env_file_read(struct config *cfg, const char *path, json_t *vars)
+{
+	struct env_file_ctx ctx;
+	struct stat st;
+	char *buf = NULL, perr[160];
+	ssize_t n;
+	size_t len = 0;
+	int fd, nbad;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (fd == -1) {
+		if (errno != ENOENT)
+			config_warn(cfg, "env file %s: %s", path,
+			    strerror(errno));
+		return;
+	}
+	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)) {
+		config_warn(cfg, "env file %s: not a regular file", path);
+		goto done;
+	}
+	if (st.st_size > MAX_ENV_FILE) {
+		config_warn(cfg, "env file %s: larger than 1 MiB, skipped",
+		    path);
+		goto done;
+	}
+	buf = malloc((size_t)st.st_size + 1);
+	if (buf == NULL)
+		fatalx_oom();
+	while ((n = read(fd, buf + len, (size_t)st.st_size - len)) > 0)
+		len += (size_t)n;
+	if (n == -1) {
+		config_warn(cfg, "env file %s: %s", path, strerror(errno));
+		goto done;
+	}
+	ctx.file = json_object();
+	if (ctx.file == NULL)
+		fatalx_oom();
+	nbad = dotenv_parse(buf, len, env_file_set, &ctx, perr, sizeof(perr));
+	if (nbad > 0)
+		config_warn(cfg, "env file %s: %d line(s) skipped, first: %s",
+		    path, nbad, perr);
+	json_object_update_missing(vars, ctx.file);
+	json_decref(ctx.file);
+done:
+	free(buf);
+	close(fd);
+}
+
+static void
+env_files_read(struct config *cfg, const char *list, json_t *vars)
+{
+	char *copy, *p, *tok;
+
+	copy = strdup(list);
+	if (copy == NULL)
+		fatalx_oom();
+	for (p = copy; (tok = strsep(&p, ":")) != NULL;)
+		if (*tok != '\0')
+			env_file_read(cfg, tok, vars);
+	free(copy);
+}
+
+/*
+ * Builds a whole configuration: for each setting the command-line value,
+ * else the environment, else the env files, else the default. Returns -1
+ * with one line in err at the first bad value; cfg is then freed.
+ */
+int
+config_load(struct config *cfg, const struct config_args *a, char *err,
+    size_t errlen)
+{
+	json_t *vars = NULL;
+	const char *value, *from;
+	int k, envk = -1;
+
+	memset(cfg, 0, sizeof(*cfg));
+	for (k = 0; k < NSETTINGS; k++)
+		if (strcmp(settings[k].env, "LIMPEZA_ENV_FILES") == 0)
+			envk = k;
+
+	vars = json_object();
+	if (vars == NULL)
+		fatalx_oom();
+	value = a->values[envk];
+	if (value == NULL)
+		value = getenv(settings[envk].env);
+	if (value == NULL)
+		value = settings[envk].def;
+	for (k = 0; k < a->nenv_files; k++)
+		env_file_read(cfg, a->env_files[k], vars);
+	env_files_read(cfg, value, vars);
+
+	for (k = 0; k < NSETTINGS; k++) {
+		const struct setting *s = &settings[k];
+
+		from = "";
+		value = a->values[k];
+		if (value != NULL)
+			from = " (from the command line)";
+		else if ((value = getenv(s->env)) != NULL)
+			from = " (from the environment)";
+		else if (k != envk &&
+		    (value = json_string_value(json_object_get(vars, s->env))) !=
+			NULL)
+			from = " (from an env file)";
+		else
+			value = s->def;
+		if (setting_apply(cfg, s, value, from, err, errlen) == -1)
+			goto fail;
+	}
+	json_decref(vars);
+	return 0;
+fail:
+	json_decref(vars);
+	config_free(cfg);
+	return -1;
+}
+
+void
+config_free(struct config *cfg)
+{
+	int k;
+
+	for (k = 0; k < NSETTINGS; k++) {
+		switch (settings[k].type) {
+		case T_DURATION:
+		case T_INT:
+		case T_ENUM:
+		case T_BOOL:
+			break;
+		default:
+			free(*(char **)(void *)((char *)cfg + settings[k].off));
+		}
+	}
+	memset(cfg, 0, sizeof(*cfg));
+}
+
+/* Renders a setting's current value as it would be written back. */
+static void
+setting_value(const struct config *cfg, const struct setting *s, char *buf,
+    size_t len)
+{
+	const char *base = (const char *)cfg + s->off;
+	long long n = *(const long long *)(const void *)base;
+	const char *str;
+
+	switch (s->type) {
+	case T_DURATION:
+		config_format_duration(n, buf, len);
+		if (strcmp(buf + strlen(buf) - 3, "min") == 0)
+			buf[strlen(buf) - 2] = '\0';
+		return;
+	case T_INT:
+	case T_BOOL:
+		snprintf(buf, len, "%lld", n);
+		return;
+	case T_ENUM: {
+		const char *w = s->choices;
+
+		while (n-- > 0)
+			w += strcspn(w, "|") + 1;
+		snprintf(buf, len, "%.*s", (int)strcspn(w, "|"), w);
+		return;
+	}
+	default:
+		str = *(char *const *)(const void *)base;
+		if (s->type == T_DBURL)
+			config_mask_url(str, buf, len);
+		else
+			snprintf(buf, len, "%s", str);
+	}
+}
+
+/* The effective configuration, one NAME=value a line, secrets masked. */
+void
+config_print(const struct config *cfg, FILE *out)
+{
+	char buf[MAX_VALUE + 8];
+	int k;
+
+	for (k = 0; k < NSETTINGS; k++) {
+		setting_value(cfg, &settings[k], buf, sizeof(buf));
+		fprintf(out, "%s=%s\n", settings[k].env, buf);
+	}
+}
+
+void
+config_print_help(FILE *out)
+{
+	int k;
+
+	fputs("usage: limpeza [run]                       run the daemon loop\n"
+	      "       limpeza once [--force] [--dry-run]  one full cycle, then "
+	      "exit\n"
+	      "       limpeza check                       verify configuration,"
+	      " database, cache, health\n"
+	      "       limpeza stats [--json]              jobs per status and "
+	      "active jobs\n"
+	      "       limpeza --help | --version\n\n"
+	      "Settings (option > environment > env files > default):\n",
+	    out);
+	for (k = 0; k < NSETTINGS; k++) {
+		const struct setting *s = &settings[k];
+
+		fprintf(out, "  --%s=%s\n      %s (%s; default: %s)\n",
+		    s->option, type_hint(s), s->help, s->env,
+		    *s->def != '\0' ? s->def : "empty");
+	}
+	fputs("  --env-file=FILE\n      read one more dotenv file before "
+	      "LIMPEZA_ENV_FILES\n\n"
+	      "Durations: 180, 180s, 3m, 1h or 500ms.\n"
+	      "Exit status: 0 success, 1 run-time failure, 2 bad usage or "
+	      "configuration.\n",
+	    out);
+}
+
+/* The SETTINGS section of limpeza(8), from the same table as --help. */
+void
+config_print_man(FILE *out)
+{
+	int k;
+
+	fputs(".SH SETTINGS\n"
+	      "Each setting is read from its long option, else the "
+	      "environment, else the env files, else its default.\n",
+	    out);
+	for (k = 0; k < NSETTINGS; k++) {
+		const struct setting *s = &settings[k];
+		const char *c;
+
+		fprintf(out, ".TP\n.BR %s \", \" \\-\\-%s =\\fI", s->env,
+		    s->option);
+		for (c = type_hint(s); *c != '\0'; c++)
+			fputs(*c == '-' ? "\\-" : (char[]){ *c, '\0' }, out);
+		fputs("\\fR\n", out);
+		for (c = s->help; *c != '\0'; c++)
+			fputs(*c == '-' ? "\\-" :
+			      *c == '\\' ? "\\e" : (char[]){ *c, '\0' },
+			    out);
+		fprintf(out, ". Default: %s.\n",
+		    *s->def != '\0' ? s->def : "empty");
+	}
+}
+
+/* Words for a TTL in a job's error message: "3 minutos", "90 seconds". */
+static void
+duration_words(long long ms, enum lang lang, char *buf, size_t len)
+{
+	long long n;
+	const char *unit;
+
+	if (ms % (60 * MS_PER_S) == 0) {
+		n = ms / (60 * MS_PER_S);
+		unit = lang == LANG_PT ? (n == 1 ? "minuto" : "minutos") :
+					 (n == 1 ? "minute" : "minutes");
+	} else if (ms % MS_PER_S == 0) {
+		n = ms / MS_PER_S;
+		unit = lang == LANG_PT ? (n == 1 ? "segundo" : "segundos") :
+					 (n == 1 ? "second" : "seconds");
+	} else {
+		n = ms;
+		unit = "ms";
+	}
+	snprintf(buf, len, "%lld %s", n, unit);
+}
+
+/* The error message written to a reaped job; the TTL follows the settings. */
+void
+config_reap_message(const struct config *cfg, enum reap_kind kind, char *buf,
+    size_t len)
+{
+	char words[64];
+	int pt = cfg->lang == LANG_PT;
+
+	switch (kind) {
+	case REAP_RUNNING:
+		duration_words(cfg->running_ttl, (enum lang)cfg->lang, words,
+		    sizeof(words));
+		snprintf(buf, len,
+		    pt ? "Job órfão - mais de %s" :
+			 "Orphan job - no progress for more than %s",
+		    words);
+		break;
+	case REAP_QUEUED:
+		duration_words(cfg->queued_ttl, (enum lang)cfg->lang, words,
+		    sizeof(words));
+		snprintf(buf, len,
+		    pt ? "Job queued expirado - mais de %s" :
+			 "Queued job expired - more than %s",
+		    words);
+		break;
+	case REAP_FORCED:
+		snprintf(buf, len, "%s",
+		    pt ? "Limpeza forçada - excesso de jobs ativos" :
+			 "Forced cleanup - too many active jobs");
+		break;
+	}
+}
+
+/*
+ * A dotenv parser in the common dialect: comments, blank lines, optional
+ * `export`, KEY=value with the value bare (a " #" starts a comment),
+ * 'single-quoted' (literal) or "double-quoted" (backslash escapes, may
+ * span lines). Lines that are none of these are skipped and counted; err
+ * describes the first. Returns the number of skipped lines.
+ */
+int
+dotenv_parse(const char *text, size_t len,
+    int (*cb)(void *, const char *, const char *), void *arg, char *err,
+    size_t errlen)
+{
+	const char *p = text, *end = text + len, *k0, *k1;
+	char *val = NULL;
+	size_t vlen, vcap = 0;
+	int line = 1, nbad = 0, start;
+	const char *why;
+
+	if (errlen > 0)
+		*err = '\0';
+	while (p < end) {
+		start = line;
+		while (p < end && (*p == ' ' || *p == '\t' || *p == '\r'))
+			p++;
+		if (p == end)
+			break;
+		if (*p == '\n' || *p == '#')
+			goto skip_line;
+		if ((size_t)(end - p) > 7 && strncmp(p, "export", 6) == 0 &&
+		    (p[6] == ' ' || p[6] == '\t')) {
+			p += 7;
+			while (p < end && (*p == ' ' || *p == '\t'))
+				p++;
+		}
+		k0 = p;
+		while (p < end &&
+		    (isalnum((unsigned char)*p) || *p == '_' || *p == '.'))
+			p++;
+		k1 = p;
+		while (p < end && (*p == ' ' || *p == '\t'))
+			p++;
+		why = "expected KEY=value";
+		if (k1 == k0 || isdigit((unsigned char)*k0) || p == end ||
+		    *p != '=')
+			goto bad_line;
+		p++;
+		while (p < end && (*p == ' ' || *p == '\t'))
+			p++;
+
+		vlen = 0;
+		if (vcap < (size_t)(end - p) + 1) {
+			vcap = (size_t)(end - p) + 1;
+			free(val);
+			val = malloc(vcap);
+			if (val == NULL)
+				fatalx_oom();
+		}
+		if (p < end && (*p == '"' || *p == '\'')) {
+			char q = *p++;
+
+			while (p < end && *p != q) {
+				if (*p == '\n')
+					line++;
+				if (q == '"' && *p == '\\' && p + 1 < end) {
+					p++;
+					switch (*p) {
+					case 'n':
+						val[vlen++] = '\n';
+						break;
+					case 't':
+						val[vlen++] = '\t';
+						break;
+					case 'r':
+						val[vlen++] = '\r';
+						break;
+					default:
+						val[vlen++] = *p;
+					}
+					p++;
+					continue;
+				}
+				val[vlen++] = *p++;
+			}
+			why = "unterminated quoted value";
+			if (p == end)
+				goto bad_line;
+			p++;
+			while (p < end && (*p == ' ' || *p == '\t' || *p == '\r'))
+				p++;
+			why = "text after the closing quote";
+			if (p < end && *p != '\n' && *p != '#')
+				goto bad_line;
+		} else {
+			while (p < end && *p != '\n') {
+				if (*p == '#' && vlen > 0 &&
+				    (val[vlen - 1] == ' ' || val[vlen - 1] == '\t'))
+					break;
+				val[vlen++] = *p++;
+			}
+			while (vlen > 0 &&
+			    (val[vlen - 1] == ' ' || val[vlen - 1] == '\t' ||
+				val[vlen - 1] == '\r'))
+				vlen--;
+		}
+		val[vlen] = '\0';
+		{
+			char key[128];
+			size_t kl = (size_t)(k1 - k0);
+
+			why = "key longer than 127 characters";
+			if (kl >= sizeof(key))
+				goto bad_line;
+			memcpy(key, k0, kl);
+			key[kl] = '\0';
+			if (cb(arg, key, val) != 0)
+				break;
+		}
+		goto skip_line;
+bad_line:
+		if (nbad++ == 0 && errlen > 0)
+			snprintf(err, errlen, "line %d: %s", start, why);
+skip_line:
+		while (p < end && *p != '\n')
+			p++;
+		if (p < end) {
+			p++;
+			line++;
+		}
+	}
+	free(val);
+	return nbad;
+}

@@ -1,0 +1,133 @@
+/* health.c: asks the API's health endpoint how many jobs are active (libcurl, bounded). */
+
+#include <string.h>
+
+#include <curl/curl.h>
+
+#include "limpeza.h"
+
+#define HEALTH_MAX_BODY (1024 * 1024)
+
+struct body {
+	char *buf;
+	size_t len;
+	int too_big;
+};
+
+int
+health_global_init(void)
+{
+	return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
+}
+
+/* Keeps at most 1 MiB; returning short makes curl abort the transfer. */
+static size_t
+body_write(char *data, size_t size, size_t nmemb, void *arg)
+{
+	struct body *b = arg;
+	size_t n = size * nmemb;
+
+	if (b->len + n > HEALTH_MAX_BODY) {
+		b->too_big = 1;
+		return 0;
+	}
+	memcpy(b->buf + b->len, data, n);
+	b->len += n;
+	return n;
+}
+
+/*
+ * Reads jobs_active from a health answer. Only a JSON object with a
+ * non-negative integer jobs_active counts; anything else is an error, so
+ * a broken answer can never trigger a forced cleanup.
+ */
+int
+health_parse(const char *body, size_t len, long long *jobs, char *err,
+    size_t errlen)
+{
+	json_error_t jerr;
+	json_t *root, *v;
+	int rc = -1;
+
+	root = json_loadb(body, len, 0, &jerr);
+	if (root == NULL) {
+		snprintf(err, errlen, "answer is not JSON (line %d, column %d)",
+		    jerr.line, jerr.column);
+		return -1;
+	}
+	if (!json_is_object(root)) {
+		snprintf(err, errlen, "answer is not a JSON object");
+		goto done;
+	}
+	v = json_object_get(root, "jobs_active");
+	if (v == NULL) {
+		snprintf(err, errlen, "answer has no jobs_active");
+		goto done;
+	}
+	if (!json_is_integer(v) || json_integer_value(v) < 0) {
+		snprintf(err, errlen,
+		    "jobs_active is not a non-negative integer");
+		goto done;
+	}
+	*jobs = json_integer_value(v);
+	rc = 0;
+done:
+	json_decref(root);
+	return rc;
+}
+
+/* One GET of LIMPEZA_HEALTH_URL within LIMPEZA_HEALTH_TIMEOUT in total. */
+int
+health_probe(const struct config *cfg, long long *jobs, char *err,
+    size_t errlen)
+{
+	static char buf[HEALTH_MAX_BODY];
+	struct body b = { buf, 0, 0 };
+	char cerr[CURL_ERROR_SIZE] = "";
+	CURL *h;
+	CURLcode cc;
+	long status = 0;
+	int rc = -1;
+
+	h = curl_easy_init();
+	if (h == NULL) {
+		snprintf(err, errlen, "cannot start a request");
+		return -1;
+	}
+	curl_easy_setopt(h, CURLOPT_URL, cfg->health_url);
+	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
+	curl_easy_setopt(h, CURLOPT_MAXREDIRS, 3L);
+	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)cfg->health_timeout);
+	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
+	    (long)cfg->health_timeout);
+	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE,
+	    (curl_off_t)HEALTH_MAX_BODY);
+	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, body_write);
+	curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, cerr);
+	curl_easy_setopt(h, CURLOPT_USERAGENT, "limpeza/" LIMPEZA_VERSION);
+	curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
+
+	cc = curl_easy_perform(h);
+	if (b.too_big || cc == CURLE_FILESIZE_EXCEEDED) {
+		snprintf(err, errlen, "answer larger than 1 MiB");
+		goto done;
+	}
+	if (cc != CURLE_OK) {
+		snprintf(err, errlen, "%s",
+		    *cerr != '\0' ? cerr : curl_easy_strerror(cc));
+		goto done;
+	}
+	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+	if (status != 200) {
+		snprintf(err, errlen, "HTTP status %ld", status);
+		goto done;
+	}
+	rc = health_parse(b.buf, b.len, jobs, err, errlen);
+done:
+	curl_easy_cleanup(h);
+	return rc;
+}

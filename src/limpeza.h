@@ -1,0 +1,199 @@
+/* limpeza.h: shared types and every module's prototypes, grouped by file. */
+
+#ifndef LIMPEZA_H
+#define LIMPEZA_H
+
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#include <jansson.h>
+
+#define LIMPEZA_VERSION "0.1.0"
+
+#define MS_PER_S 1000LL
+
+enum log_level { LVL_DEBUG, LVL_INFO, LVL_WARNING, LVL_ERROR };
+enum log_format { LOGF_TEXT, LOGF_JSON };
+enum lang { LANG_PT, LANG_EN };
+enum cache_action { CACHE_REMOVE, CACHE_MARK };
+enum force_cache { FORCE_ALL, FORCE_ACTIVE };
+
+/*
+ * The effective settings. Every field is owned by the struct (strings are
+ * heap copies) and is filled only by config_load(), which validates all of
+ * them first: the rest of the program never sees a bad value. Durations are
+ * milliseconds. An empty string means "disabled" where SPEC §4 says so.
+ */
+struct config {
+	char *database_url;
+	char *env_files;
+	char *cache_file;
+	char *health_url;
+	long long running_ttl;
+	long long queued_ttl;
+	long long interval;
+	long long error_backoff;
+	long long force_threshold;
+	long long force_cache;
+	long long force_min_age;
+	long long report_every;
+	long long cache_action;
+	long long health_timeout;
+	char *table;
+	char *id_column;
+	char *status_column;
+	char *updated_column;
+	char *created_column;
+	char *error_column;
+	char *running_status;
+	char *queued_status;
+	char *error_status;
+	long long batch;
+	char *db_timezone;
+	long long leader_key;
+	char *log_file;
+	long long log_format;
+	long long log_level;
+	long long lang;
+	long long dry_run;
+	/* Lines worth a warning once logging is up (unreadable env file...). */
+	char warnings[8][256];
+	int nwarnings;
+};
+
+/* Command-line settings, kept so that a reload applies them again. */
+struct config_args {
+	const char **values; /* one slot per setting, NULL when not given */
+	const char **env_files;
+	int nenv_files;
+};
+
+/* Job kinds that a reaper can end; they pick the message and the log line. */
+enum reap_kind { REAP_RUNNING, REAP_QUEUED, REAP_FORCED };
+
+/* config.c */
+int config_nsettings(void);
+int config_args_init(struct config_args *);
+void config_args_free(struct config_args *);
+int config_parse_option(struct config_args *, int, char **, int *, char *,
+    size_t);
+int config_load(struct config *, const struct config_args *, char *, size_t);
+void config_free(struct config *);
+int config_parse_duration(const char *, long long *);
+int config_format_duration(long long, char *, size_t);
+void config_print_help(FILE *);
+void config_print_man(FILE *);
+void config_print(const struct config *, FILE *);
+int config_mask_url(const char *, char *, size_t);
+int dotenv_parse(const char *, size_t,
+    int (*)(void *, const char *, const char *), void *, char *, size_t);
+void config_reap_message(const struct config *, enum reap_kind, char *,
+    size_t);
+
+/* log.c */
+enum log_event {
+	EV_START,
+	EV_CONFIG,
+	EV_CONFIG_DETAIL,
+	EV_CONFIG_WARNING,
+	EV_NO_DATABASE,
+	EV_STOP,
+	EV_RELOAD,
+	EV_RELOAD_FAILED,
+	EV_SIGNAL_CYCLE,
+	EV_CYCLE,
+	EV_CYCLE_START,
+	EV_DRY_RUN,
+	EV_CYCLE_FAILED,
+	EV_CACHE_ORPHAN,
+	EV_CACHE_QUEUED,
+	EV_CACHE_FORCED,
+	EV_CACHE_CLEANED,
+	EV_CACHE_MARKED,
+	EV_CACHE_MISSING,
+	EV_CACHE_INVALID,
+	EV_CACHE_NOT_OBJECT,
+	EV_CACHE_ERROR,
+	EV_CACHE_CHANGED,
+	EV_CACHE_GAVE_UP,
+	EV_DB_JOB,
+	EV_DB_CLEANED,
+	EV_DB_STATS,
+	EV_DB_DOWN,
+	EV_DB_STILL_DOWN,
+	EV_DB_UP,
+	EV_HEALTH,
+	EV_HEALTH_ERROR,
+	EV_FORCE_WARN,
+	EV_FORCE_REQUESTED,
+	EV_FORCE_DONE,
+	EV_SUMMARY,
+	EV_CLEAN,
+	EV_REPORT,
+	EV_REPORT_NO_API,
+	EV_COUNT
+};
+
+int log_setup(const struct config *);
+void log_reopen(void);
+void log_close(void);
+void log_event(enum log_level, enum log_event, ...);
+int log_format_line(char *, size_t, enum log_level, enum log_event,
+    enum log_format, enum lang, double, va_list);
+void log_stderr_only(enum log_level, enum log_format, enum lang);
+void fatal(const char *, ...) __attribute__((format(printf, 1, 2), noreturn));
+void fatalx_oom(void) __attribute__((noreturn));
+
+/* cache.c */
+struct cache;
+struct cache_result {
+	long reaped_running;
+	long reaped_queued;
+	long forced;
+	long active;     /* running/queued jobs left in the file */
+	double oldest_s; /* age of the oldest active job left, -1 if none */
+	int rewritten;
+};
+struct cache_policy {
+	double running_ttl;
+	double queued_ttl;
+	int force;
+	int force_all;
+	double force_min_age;
+	const char *running;
+	const char *queued;
+};
+enum cache_fate { FATE_KEEP, FATE_RUNNING, FATE_QUEUED, FATE_FORCED };
+
+struct cache *cache_new(void);
+void cache_free(struct cache *);
+int cache_reap(struct cache *, const struct config *, int, int,
+    struct cache_result *);
+int cache_parse_time(const json_t *, double *);
+int cache_parse_iso8601(const char *, double *);
+enum cache_fate cache_decide(const json_t *, const struct cache_policy *,
+    double, double, double *);
+int cache_members(const char *, size_t,
+    int (*)(void *, size_t, size_t, size_t, size_t), void *);
+
+/* health.c */
+int health_global_init(void);
+int health_probe(const struct config *, long long *, char *, size_t);
+int health_parse(const char *, size_t, long long *, char *, size_t);
+
+/* cycle.c */
+struct cycle;
+struct cycle *cycle_new(const struct config *);
+void cycle_free(struct cycle *);
+void cycle_set_config(struct cycle *, const struct config *);
+int cycle_run(struct cycle *, int, volatile sig_atomic_t *);
+long long cycle_count(const struct cycle *);
+
+/* main.c */
+double now_realtime(void);
+long long now_monotonic_ms(void);
+
+#endif /* LIMPEZA_H */

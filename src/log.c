@@ -1,0 +1,512 @@
+/* log.c: every log line, in pt/en text or JSON, to the log file and standard error. */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "limpeza.h"
+
+/*
+ * The catalogue of log lines. Each event has a stable JSON name, the
+ * Portuguese line operators already grep for, its English twin, and the
+ * types and JSON keys of its arguments in order: 's' a string, 'l' a
+ * long, 'j' a json_t object (shown as a Python dict in text). Formats
+ * use only %s; log_event() renders each argument by its type.
+ */
+struct log_def {
+	const char *name;
+	const char *pt;
+	const char *en;
+	const char *types;
+	const char *keys[4];
+};
+
+static const struct log_def defs[EV_COUNT] = {
+	[EV_START] = { "start", "🚀 Sistema de Limpeza 3 Minutos iniciado...",
+	    "🚀 3-Minute Cleanup System started...", "", { NULL } },
+	[EV_CONFIG] = { "config",
+	    "⏱️ Configuração: jobs > %s serão limpos a cada %s",
+	    "⏱️ Configuration: jobs > %s will be cleaned every %s", "ss",
+	    { "running_ttl", "interval" } },
+	[EV_CONFIG_DETAIL] = { "config_detail",
+	    "⚙️ Cache: %s | Banco: %s | Health: %s",
+	    "⚙️ Cache: %s | Database: %s | Health: %s", "sss",
+	    { "cache_file", "store", "health_url" } },
+	[EV_CONFIG_WARNING] = { "config_warning", "⚠️ Configuração: %s",
+	    "⚠️ Configuration: %s", "s", { "detail" } },
+	[EV_NO_DATABASE] = { "no_database",
+	    "⚠️ DATABASE_URL não definido - limpeza do banco desativada",
+	    "⚠️ DATABASE_URL not set - database cleanup disabled", "",
+	    { NULL } },
+	[EV_STOP] = { "stop", "🛑 Sistema de limpeza interrompido",
+	    "🛑 Cleanup system stopped", "", { NULL } },
+	[EV_RELOAD] = { "reload", "🔄 Configuração recarregada",
+	    "🔄 Configuration reloaded", "", { NULL } },
+	[EV_RELOAD_FAILED] = { "reload_failed",
+	    "❌ Recarga da configuração falhou, mantendo a anterior: %s",
+	    "❌ Configuration reload failed, keeping the previous one: %s",
+	    "s", { "detail" } },
+	[EV_SIGNAL_CYCLE] = { "signal_cycle", "🔔 SIGUSR1: ciclo imediato",
+	    "🔔 SIGUSR1: cycle now", "", { NULL } },
+	[EV_CYCLE] = { "cycle", "🔄 Ciclo %s - %s", "🔄 Cycle %s - %s", "ls",
+	    { "cycle", "time" } },
+	[EV_CYCLE_START] = { "cycle_start", "🚀 Iniciando limpeza completa...",
+	    "🚀 Starting full cleanup...", "", { NULL } },
+	[EV_DRY_RUN] = { "dry_run",
+	    "🧪 Simulação (dry-run): nada será alterado",
+	    "🧪 Dry run: nothing will be changed", "", { NULL } },
+	[EV_CYCLE_FAILED] = { "cycle_failed",
+	    "⚠️ Ciclo %s com falhas - próximo ciclo em %s",
+	    "⚠️ Cycle %s had failures - next cycle in %s", "ls",
+	    { "cycle", "backoff" } },
+	[EV_CACHE_ORPHAN] = { "cache_orphan",
+	    "🧹 Job órfão no cache limpo: %s (rodando há %ss)",
+	    "🧹 Orphan job cleaned from cache: %s (running for %ss)", "sl",
+	    { "job_id", "age_s" } },
+	[EV_CACHE_QUEUED] = { "cache_queued",
+	    "🧹 Job queued expirado no cache: %s",
+	    "🧹 Expired queued job cleaned from cache: %s", "s",
+	    { "job_id" } },
+	[EV_CACHE_FORCED] = { "cache_forced",
+	    "🚨 Job terminado no cache (limpeza forçada): %s",
+	    "🚨 Job ended in cache (forced cleanup): %s", "s", { "job_id" } },
+	[EV_CACHE_CLEANED] = { "cache_cleaned",
+	    "✅ Cache limpo: %s jobs órfãos removidos",
+	    "✅ Cache cleaned: %s orphan jobs removed", "l", { "count" } },
+	[EV_CACHE_MARKED] = { "cache_marked",
+	    "✅ Cache limpo: %s jobs órfãos marcados como erro",
+	    "✅ Cache cleaned: %s orphan jobs marked as error", "l",
+	    { "count" } },
+	[EV_CACHE_MISSING] = { "cache_missing",
+	    "Arquivo de cache não encontrado: %s", "Cache file not found: %s",
+	    "s", { "path" } },
+	[EV_CACHE_INVALID] = { "cache_invalid",
+	    "❌ Cache inválido, mantido intacto: %s (linha %s, coluna %s): %s",
+	    "❌ Invalid cache left untouched: %s (line %s, column %s): %s",
+	    "slls", { "path", "line", "column", "detail" } },
+	[EV_CACHE_NOT_OBJECT] = { "cache_not_object",
+	    "❌ Cache inválido, mantido intacto: %s não contém um objeto JSON",
+	    "❌ Invalid cache left untouched: %s does not hold a JSON object",
+	    "s", { "path" } },
+	[EV_CACHE_ERROR] = { "cache_error", "❌ Erro no cache %s: %s",
+	    "❌ Cache error %s: %s", "ss", { "path", "detail" } },
+	[EV_CACHE_CHANGED] = { "cache_changed",
+	    "Cache alterado durante a limpeza, nova tentativa: %s",
+	    "Cache changed during the cleanup, retrying: %s", "s",
+	    { "path" } },
+	[EV_CACHE_GAVE_UP] = { "cache_gave_up",
+	    "⚠️ Cache alterado a cada tentativa, limpeza adiada: %s",
+	    "⚠️ Cache changed at every try, cleanup postponed: %s", "s",
+	    { "path" } },
+	[EV_DB_JOB] = { "db_job", "🧹 Job %s encerrado no banco: %s",
+	    "🧹 Job %s ended in the database: %s", "ss",
+	    { "reason", "job_id" } },
+	[EV_DB_CLEANED] = { "db_cleaned",
+	    "🧹 Limpeza banco executada: running > %s: %s, queued > %s: %s",
+	    "🧹 Database cleanup done: running > %s: %s, queued > %s: %s",
+	    "slsl", { "running_ttl", "running", "queued_ttl", "queued" } },
+	[EV_DB_STATS] = { "db_stats", "📊 Stats banco (24h): %s",
+	    "📊 Database stats (24h): %s", "j", { "stats" } },
+	[EV_DB_DOWN] = { "db_down", "❌ Erro no banco (%s): %s",
+	    "❌ Database error (%s): %s", "ss", { "store", "detail" } },
+	[EV_DB_STILL_DOWN] = { "db_still_down",
+	    "Banco ainda indisponível (%s): %s",
+	    "Database still unavailable (%s): %s", "ss",
+	    { "store", "detail" } },
+	[EV_DB_UP] = { "db_up", "✅ Banco disponível novamente (%s)",
+	    "✅ Database available again (%s)", "s", { "store" } },
+	[EV_HEALTH] = { "health", "📊 API Health: %s jobs ativos",
+	    "📊 API Health: %s active jobs", "l", { "jobs_active" } },
+	[EV_HEALTH_ERROR] = { "health_error",
+	    "❌ Erro ao consultar API Health: %s",
+	    "❌ API health check failed: %s", "s", { "detail" } },
+	[EV_FORCE_WARN] = { "force_warn",
+	    "⚠️ MUITOS JOBS ATIVOS: %s - Executando limpeza forçada!",
+	    "⚠️ TOO MANY ACTIVE JOBS: %s - Running forced cleanup!", "l",
+	    { "jobs_active" } },
+	[EV_FORCE_REQUESTED] = { "force_requested",
+	    "⚠️ Limpeza forçada solicitada - Executando limpeza forçada!",
+	    "⚠️ Forced cleanup requested - Running forced cleanup!", "",
+	    { NULL } },
+	[EV_FORCE_DONE] = { "force_done", "🚨 Limpeza forçada: %s jobs terminados",
+	    "🚨 Forced cleanup: %s jobs ended", "l", { "count" } },
+	[EV_SUMMARY] = { "summary", "✅ Limpeza executada: %s jobs processados",
+	    "✅ Cleanup done: %s jobs processed", "l", { "count" } },
+	[EV_CLEAN] = { "clean", "✅ Sistema limpo - nenhum job órfão encontrado",
+	    "✅ System clean - no orphan job found", "", { NULL } },
+	[EV_REPORT] = { "report", "📊 Relatório (Ciclo %s): %s jobs ativos na API",
+	    "📊 Report (Cycle %s): %s active jobs in the API", "ll",
+	    { "cycle", "jobs_active" } },
+	[EV_REPORT_NO_API] = { "report",
+	    "📊 Relatório (Ciclo %s): %s jobs limpos desde o início",
+	    "📊 Report (Cycle %s): %s jobs cleaned since start", "ll",
+	    { "cycle", "reaped_total" } },
+};
+
+static const char *level_names[] = { "DEBUG", "INFO", "WARNING", "ERROR" };
+static const char *level_json[] = { "debug", "info", "warning", "error" };
+static const int level_syslog[] = { 7, 6, 4, 3 };
+
+static struct {
+	enum log_level min;
+	enum log_format format;
+	enum lang lang;
+	char *path;
+	int fd;
+	int journal; /* standard error is the journal: add <N> prefixes */
+	time_t last_open_fail;
+} lg = { LVL_INFO, LOGF_TEXT, LANG_PT, NULL, -1, 0, 0 };
+
+/* A Python-dict rendering, {'done': 45, 'error': 12}, as the seed logged. */
+static void
+put_pydict(char *buf, size_t len, size_t *o, json_t *obj)
+{
+	const char *key;
+	json_t *v;
+	int first = 1, n;
+
+	n = snprintf(buf + *o, len - *o, "{");
+	json_object_foreach(obj, key, v)
+	{
+		if (n >= 0 && (size_t)n < len - *o)
+			*o += (size_t)n;
+		n = snprintf(buf + *o, len - *o, "%s'%s': %lld",
+		    first ? "" : ", ", key, (long long)json_integer_value(v));
+		first = 0;
+	}
+	if (n >= 0 && (size_t)n < len - *o)
+		*o += (size_t)n;
+	n = snprintf(buf + *o, len - *o, "}");
+	if (n >= 0 && (size_t)n < len - *o)
+		*o += (size_t)n;
+}
+
+/* Copies s, showing control characters as \xNN so a line stays a line. */
+static void
+put_clean(char *buf, size_t len, size_t *o, const char *s)
+{
+	for (; *s != '\0' && *o + 5 < len; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c < 0x20 || c == 0x7f)
+			*o += (size_t)snprintf(buf + *o, len - *o, "\\x%02x", c);
+		else
+			buf[(*o)++] = (char)c;
+	}
+	buf[*o] = '\0';
+}
+
+/* A job id that is not UTF-8 still gets logged, its odd bytes as '?'. */
+static json_t *
+ascii_string(const char *s)
+{
+	char *copy = strdup(s), *c;
+	json_t *v;
+
+	if (copy == NULL)
+		fatalx_oom();
+	for (c = copy; *c != '\0'; c++)
+		if ((unsigned char)*c >= 0x80)
+			*c = '?';
+	v = json_string(copy);
+	free(copy);
+	return v;
+}
+
+/*
+ * Formats one line (without its newline) into buf. Split from log_event()
+ * so the unit tests can check every format without files or clocks.
+ */
+int
+log_format_line(char *buf, size_t len, enum log_level level,
+    enum log_event ev, enum log_format format, enum lang lang, double when,
+    va_list ap)
+{
+	const struct log_def *d = &defs[ev];
+	const char *fmt = lang == LANG_PT ? d->pt : d->en, *s;
+	size_t o = 0;
+	time_t secs = (time_t)when;
+	struct tm tm;
+	int i = 0;
+
+	if (len < 64)
+		return -1;
+	if (format == LOGF_JSON) {
+		json_t *obj, *args = json_object();
+		char ts[40], msg[2048];
+		va_list ap2;
+		char *dump;
+
+		va_copy(ap2, ap);
+		log_format_line(msg, sizeof(msg), level, ev, LOGF_TEXT, LANG_EN,
+		    -1, ap2);
+		va_end(ap2);
+		gmtime_r(&secs, &tm);
+		strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+		snprintf(ts + strlen(ts), sizeof(ts) - strlen(ts), ".%03dZ",
+		    (int)((when - (double)secs) * 1000) % 1000);
+		obj = json_pack("{s:s, s:s, s:s, s:s}", "ts", ts, "level",
+		    level_json[level], "event", d->name, "msg", msg);
+		if (obj == NULL || args == NULL)
+			fatalx_oom();
+		for (i = 0; d->types[i] != '\0'; i++) {
+			json_t *v;
+
+			switch (d->types[i]) {
+			case 's':
+				s = va_arg(ap, const char *);
+				v = json_string(s != NULL ? s : "");
+				if (v == NULL) /* not UTF-8: keep the line */
+					v = ascii_string(s);
+				break;
+			case 'l':
+				v = json_integer(va_arg(ap, long));
+				break;
+			default:
+				v = json_deep_copy(va_arg(ap, json_t *));
+			}
+			json_object_set_new(obj, d->keys[i], v);
+		}
+		json_decref(args);
+		dump = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER |
+			JSON_ENSURE_ASCII);
+		json_decref(obj);
+		if (dump == NULL)
+			fatalx_oom();
+		snprintf(buf, len, "%s", dump);
+		free(dump);
+		return 0;
+	}
+
+	/* when < 0: the message alone, used for the JSON "msg" field. */
+	if (when >= 0) {
+		localtime_r(&secs, &tm);
+		o = strftime(buf, len, "%Y-%m-%d %H:%M:%S", &tm);
+		o += (size_t)snprintf(buf + o, len - o, " - %s - ",
+		    level_names[level]);
+	}
+	for (; *fmt != '\0' && o + 1 < len; fmt++) {
+		if (fmt[0] == '%' && fmt[1] == 's' && d->types[i] != '\0') {
+			char num[32];
+
+			switch (d->types[i++]) {
+			case 's':
+				s = va_arg(ap, const char *);
+				put_clean(buf, len, &o, s != NULL ? s : "");
+				break;
+			case 'l':
+				snprintf(num, sizeof(num), "%ld", va_arg(ap, long));
+				put_clean(buf, len, &o, num);
+				break;
+			default:
+				put_pydict(buf, len, &o, va_arg(ap, json_t *));
+			}
+			fmt++;
+			continue;
+		}
+		buf[o++] = *fmt;
+	}
+	buf[o] = '\0';
+	return 0;
+}
+
+static int
+mkdir_parents(const char *path)
+{
+	char dir[4096], *p;
+
+	if (snprintf(dir, sizeof(dir), "%s", path) >= (int)sizeof(dir))
+		return -1;
+	p = strrchr(dir, '/');
+	if (p == NULL || p == dir)
+		return 0;
+	*p = '\0';
+	for (p = dir + 1; *p != '\0'; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(dir, 0755) == -1 && errno != EEXIST)
+			return -1;
+		*p = '/';
+	}
+	if (mkdir(dir, 0755) == -1 && errno != EEXIST)
+		return -1;
+	return 0;
+}
+
+/* Opens the log file, creating its directory; a failure is said once a minute. */
+static void
+log_open_file(void)
+{
+	time_t t = time(NULL);
+	int fd;
+
+	if (lg.path == NULL || *lg.path == '\0')
+		return;
+	if (mkdir_parents(lg.path) == 0)
+		fd = open(lg.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
+		    0640);
+	else
+		fd = -1;
+	if (fd == -1) {
+		if (t - lg.last_open_fail >= 60) {
+			dprintf(STDERR_FILENO,
+			    "%slimpeza: cannot open log file %s: %s; logging to "
+			    "standard error only\n",
+			    lg.journal ? "<3>" : "", lg.path, strerror(errno));
+			lg.last_open_fail = t;
+		}
+		return;
+	}
+	if (lg.fd != -1)
+		close(lg.fd);
+	lg.fd = fd;
+	lg.last_open_fail = 0;
+}
+
+/* True when standard error is the journal (systemd sets JOURNAL_STREAM). */
+static int
+stderr_is_journal(void)
+{
+	const char *js = getenv("JOURNAL_STREAM");
+	unsigned long long dev, ino;
+	struct stat st;
+
+	if (js == NULL || sscanf(js, "%llu:%llu", &dev, &ino) != 2)
+		return 0;
+	if (fstat(STDERR_FILENO, &st) == -1)
+		return 0;
+	return (unsigned long long)st.st_dev == dev &&
+	    (unsigned long long)st.st_ino == ino;
+}
+
+void
+log_stderr_only(enum log_level min, enum log_format format, enum lang lang)
+{
+	log_close();
+	lg.min = min;
+	lg.format = format;
+	lg.lang = lang;
+	lg.journal = stderr_is_journal();
+}
+
+/* Applies the log settings of cfg; on reload the file is reopened. */
+int
+log_setup(const struct config *cfg)
+{
+	char *path = NULL;
+
+	if (cfg->log_file != NULL && *cfg->log_file != '\0') {
+		path = strdup(cfg->log_file);
+		if (path == NULL)
+			fatalx_oom();
+	}
+	log_stderr_only((enum log_level)cfg->log_level,
+	    (enum log_format)cfg->log_format, (enum lang)cfg->lang);
+	lg.path = path;
+	log_open_file();
+	return 0;
+}
+
+void
+log_reopen(void)
+{
+	log_open_file();
+}
+
+void
+log_close(void)
+{
+	if (lg.fd != -1)
+		close(lg.fd);
+	lg.fd = -1;
+	free(lg.path);
+	lg.path = NULL;
+}
+
+/* Reopens the file when logrotate moved it away without a SIGHUP. */
+static void
+log_check_rotated(void)
+{
+	struct stat a, b;
+
+	if (lg.path == NULL)
+		return;
+	if (lg.fd == -1) {
+		if (time(NULL) - lg.last_open_fail >= 60)
+			log_open_file();
+		return;
+	}
+	if (stat(lg.path, &a) == -1 || fstat(lg.fd, &b) == -1 ||
+	    a.st_ino != b.st_ino || a.st_dev != b.st_dev)
+		log_open_file();
+}
+
+static void
+write_all(int fd, const char *buf, size_t len)
+{
+	ssize_t n;
+
+	while (len > 0) {
+		n = write(fd, buf, len);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return;
+		buf += n;
+		len -= (size_t)n;
+	}
+}
+
+void
+log_event(enum log_level level, enum log_event ev, ...)
+{
+	char line[8192], prefix[8] = "";
+	struct timespec ts;
+	va_list ap;
+	size_t n;
+
+	if (level < lg.min)
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	va_start(ap, ev);
+	log_format_line(line, sizeof(line) - 1, level, ev, lg.format, lg.lang,
+	    (double)ts.tv_sec + (double)ts.tv_nsec / 1e9, ap);
+	va_end(ap);
+	n = strlen(line);
+	line[n++] = '\n';
+
+	log_check_rotated();
+	if (lg.fd != -1)
+		write_all(lg.fd, line, n);
+	if (lg.journal) {
+		snprintf(prefix, sizeof(prefix), "<%d>", level_syslog[level]);
+		write_all(STDERR_FILENO, prefix, strlen(prefix));
+	}
+	write_all(STDERR_FILENO, line, n);
+}
+
+void
+fatal(const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	dprintf(STDERR_FILENO, "%slimpeza: %s\n", lg.journal ? "<2>" : "", buf);
+	if (lg.fd != -1)
+		dprintf(lg.fd, "limpeza: %s\n", buf);
+	exit(1);
+}
+
+void
+fatalx_oom(void)
+{
+	fatal("out of memory");
+}

@@ -1,0 +1,83 @@
+/* store.c: picks the job-store driver from DATABASE_URL; helpers both drivers share. */
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store.h"
+
+const char *
+store_kind(const struct config *cfg)
+{
+	const char *u = cfg->database_url;
+
+	if (u == NULL || *u == '\0')
+		return "none";
+	if (strncmp(u, "sqlite:", 7) == 0)
+		return "sqlite";
+	return "postgresql";
+}
+
+/* A handle for the configured store, or NULL with err set (or empty: none). */
+struct store *
+store_open(const struct config *cfg, char *err, size_t errlen)
+{
+	const struct store_ops *ops = NULL;
+	struct store *s;
+
+	*err = '\0';
+	if (strcmp(store_kind(cfg), "sqlite") == 0)
+		ops = &store_sqlite_ops;
+	else if (strcmp(store_kind(cfg), "postgresql") == 0) {
+		snprintf(err, errlen,
+		    "this build has no PostgreSQL driver; use sqlite:///path");
+		return NULL;
+	}
+	if (ops == NULL)
+		return NULL;
+	s = ops->open(cfg);
+	if (s == NULL)
+		fatalx_oom();
+	s->ops = ops;
+	s->cfg = cfg;
+	return s;
+}
+
+void
+store_close(struct store *s)
+{
+	if (s != NULL)
+		s->ops->close(s);
+}
+
+void
+store_err(struct store *s, const char *fmt, ...)
+{
+	va_list ap;
+	char *nl;
+
+	va_start(ap, fmt);
+	vsnprintf(s->err, sizeof(s->err), fmt, ap);
+	va_end(ap);
+	/* Driver messages may span lines; a log line must not. */
+	while ((nl = strpbrk(s->err, "\r\n")) != NULL)
+		*nl = ' ';
+}
+
+/*
+ * Quotes a [schema.]table whose parts config.c has already checked to be
+ * plain identifiers, so quoting only guards against reserved words.
+ */
+int
+store_quote_table(const char *table, char *buf, size_t len)
+{
+	const char *dot = strchr(table, '.');
+	int n;
+
+	if (dot == NULL)
+		n = snprintf(buf, len, "\"%s\"", table);
+	else
+		n = snprintf(buf, len, "\"%.*s\".\"%s\"", (int)(dot - table),
+		    table, dot + 1);
+	return n < 0 || (size_t)n >= len ? -1 : 0;
+}

@@ -1,0 +1,315 @@
+/* store_sqlite.c: the embedded SQLite job store (same table shape, UTC text times). */
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <sqlite3.h>
+
+#include "store.h"
+
+#define BUSY_TIMEOUT_MS 5000
+/* SQLAlchemy writes UTC text with microseconds; so do we. */
+#define SQL_NOW "strftime('%%Y-%%m-%%d %%H:%%M:%%f000', 'now')"
+
+struct store_sqlite {
+	struct store s;
+	sqlite3 *db;
+	char *path;
+	char table[160];
+	char id[70], status[70], updated[70], created[70], error[70];
+};
+
+static struct store *
+sqlite_open(const struct config *cfg)
+{
+	struct store_sqlite *q = calloc(1, sizeof(*q));
+
+	if (q == NULL)
+		return NULL;
+	/* sqlite:///rel.db is relative, sqlite:////abs.db absolute. */
+	q->path = strdup(cfg->database_url + strlen("sqlite:///"));
+	if (q->path == NULL) {
+		free(q);
+		return NULL;
+	}
+	store_quote_table(cfg->table, q->table, sizeof(q->table));
+	snprintf(q->id, sizeof(q->id), "\"%s\"", cfg->id_column);
+	snprintf(q->status, sizeof(q->status), "\"%s\"", cfg->status_column);
+	snprintf(q->updated, sizeof(q->updated), "\"%s\"", cfg->updated_column);
+	snprintf(q->created, sizeof(q->created), "\"%s\"", cfg->created_column);
+	snprintf(q->error, sizeof(q->error), "\"%s\"", cfg->error_column);
+	return &q->s;
+}
+
+static void
+sqlite_close(struct store *s)
+{
+	struct store_sqlite *q = (struct store_sqlite *)s;
+
+	sqlite3_close(q->db);
+	free(q->path);
+	free(q);
+}
+
+/* Opens the database file if not open; it must already exist. */
+static int
+sqlite_connect(struct store_sqlite *q)
+{
+	if (q->db != NULL)
+		return 0;
+	if (sqlite3_open_v2(q->path, &q->db, SQLITE_OPEN_READWRITE, NULL) !=
+	    SQLITE_OK) {
+		store_err(&q->s, "cannot open %s: %s", q->path,
+		    q->db != NULL ? sqlite3_errmsg(q->db) : "out of memory");
+		sqlite3_close(q->db);
+		q->db = NULL;
+		return -1;
+	}
+	/* A writer holding the lock makes us wait, not fail. */
+	sqlite3_busy_timeout(q->db, BUSY_TIMEOUT_MS);
+	return 0;
+}
+
+static int
+prepare(struct store_sqlite *q, const char *sql, sqlite3_stmt **st)
+{
+	if (sqlite_connect(q) == -1)
+		return -1;
+	if (sqlite3_prepare_v2(q->db, sql, -1, st, NULL) != SQLITE_OK) {
+		store_err(&q->s, "%s: %s", q->path, sqlite3_errmsg(q->db));
+		return -1;
+	}
+	return 0;
+}
+
+static int
+sqlite_lead(struct store *s)
+{
+	(void)s;
+	return 1;
+}
+
+/* "-180.000 seconds": a julianday() modifier for an age in milliseconds. */
+static void
+age_modifier(long long ms, char *buf, size_t len)
+{
+	snprintf(buf, len, "-%lld.%03lld seconds", ms / MS_PER_S, ms % MS_PER_S);
+}
+
+/*
+ * Ends, in batches, the rows of one status that the condition selects,
+ * giving each the error status and message and a fresh updated time. Each
+ * batch is one short statement (its own transaction), so a live writer
+ * waits at most one batch. With dry_run the rows are only listed.
+ */
+static int
+end_rows(struct store_sqlite *q, const char *status, const char *cond,
+    const char *mod, int dry_run, enum reap_kind kind, long *count,
+    store_job_fn fn, void *arg)
+{
+	const struct config *cfg = q->s.cfg;
+	sqlite3_stmt *st = NULL;
+	char sql[1024], msg[256];
+	long batch_rows;
+	int rc;
+
+	config_reap_message(cfg, kind, msg, sizeof(msg));
+	if (dry_run)
+		snprintf(sql, sizeof(sql),
+		    "SELECT %s FROM %s WHERE %s = ?3 AND (%s)", q->id, q->table,
+		    q->status, cond);
+	else
+		snprintf(sql, sizeof(sql),
+		    "UPDATE %s SET %s = ?1, %s = ?2, %s = " SQL_NOW
+		    " WHERE rowid IN (SELECT rowid FROM %s WHERE %s = ?3 AND "
+		    "(%s) LIMIT ?5) RETURNING %s",
+		    q->table, q->status, q->error, q->updated, q->table,
+		    q->status, cond, q->id);
+	if (prepare(q, sql, &st) == -1)
+		return -1;
+	do {
+		batch_rows = 0;
+		sqlite3_reset(st);
+		sqlite3_clear_bindings(st);
+		if (!dry_run) {
+			sqlite3_bind_text(st, 1, cfg->error_status, -1,
+			    SQLITE_STATIC);
+			sqlite3_bind_text(st, 2, msg, -1, SQLITE_STATIC);
+			sqlite3_bind_int64(st, 5, cfg->batch);
+		}
+		sqlite3_bind_text(st, 3, status, -1, SQLITE_STATIC);
+		if (mod != NULL)
+			sqlite3_bind_text(st, 4, mod, -1, SQLITE_STATIC);
+		while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+			const char *id =
+			    (const char *)sqlite3_column_text(st, 0);
+
+			batch_rows++;
+			if (fn != NULL)
+				fn(arg, kind, id != NULL ? id : "");
+		}
+		if (rc != SQLITE_DONE) {
+			store_err(&q->s, "%s: %s", q->path,
+			    sqlite3_errmsg(q->db));
+			sqlite3_finalize(st);
+			return -1;
+		}
+		*count += batch_rows;
+	} while (!dry_run && batch_rows == cfg->batch);
+	sqlite3_finalize(st);
+	return 0;
+}
+
+static int
+sqlite_reap(struct store *s, int dry_run, struct store_counts *c,
+    store_job_fn fn, void *arg)
+{
+	struct store_sqlite *q = (struct store_sqlite *)s;
+	char cond[256], mod[64];
+
+	snprintf(cond, sizeof(cond), "julianday(%s) < julianday('now', ?4)",
+	    q->updated);
+	age_modifier(s->cfg->running_ttl, mod, sizeof(mod));
+	if (end_rows(q, s->cfg->running_status, cond, mod, dry_run,
+		REAP_RUNNING, &c->running, fn, arg) == -1)
+		return -1;
+	age_modifier(s->cfg->queued_ttl, mod, sizeof(mod));
+	return end_rows(q, s->cfg->queued_status, cond, mod, dry_run,
+	    REAP_QUEUED, &c->queued, fn, arg);
+}
+
+/* Forced cleanup ends every active row but those created within FORCE_MIN_AGE. */
+static int
+sqlite_force(struct store *s, int dry_run, struct store_counts *c,
+    store_job_fn fn, void *arg)
+{
+	struct store_sqlite *q = (struct store_sqlite *)s;
+	char cond[256], mod[64], *m = NULL;
+
+	if (s->cfg->force_min_age > 0) {
+		snprintf(cond, sizeof(cond),
+		    "julianday(coalesce(%s, %s)) < julianday('now', ?4)",
+		    q->created, q->updated);
+		age_modifier(s->cfg->force_min_age, mod, sizeof(mod));
+		m = mod;
+	} else
+		snprintf(cond, sizeof(cond), "1");
+	if (end_rows(q, s->cfg->running_status, cond, m, dry_run, REAP_FORCED,
+		&c->forced, fn, arg) == -1)
+		return -1;
+	return end_rows(q, s->cfg->queued_status, cond, m, dry_run,
+	    REAP_FORCED, &c->forced, fn, arg);
+}
+
+static int
+sqlite_stats(struct store *s, struct store_stats *out)
+{
+	struct store_sqlite *q = (struct store_sqlite *)s;
+	sqlite3_stmt *st = NULL;
+	char sql[1024];
+	int rc;
+
+	out->active = 0;
+	out->oldest_s = -1;
+	snprintf(sql, sizeof(sql),
+	    "SELECT %s, count(*) FROM %s WHERE julianday(%s) >= "
+	    "julianday('now', '-1 day') GROUP BY %s ORDER BY %s",
+	    q->status, q->table, q->created, q->status, q->status);
+	if (prepare(q, sql, &st) == -1)
+		return -1;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *status = (const char *)sqlite3_column_text(st, 0);
+
+		json_object_set_new(out->by_status,
+		    status != NULL ? status : "null",
+		    json_integer(sqlite3_column_int64(st, 1)));
+	}
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		goto fail;
+
+	snprintf(sql, sizeof(sql),
+	    "SELECT count(*), max((julianday('now') - julianday(%s)) * "
+	    "86400.0) FROM %s WHERE %s IN (?1, ?2)",
+	    q->updated, q->table, q->status);
+	if (prepare(q, sql, &st) == -1)
+		return -1;
+	sqlite3_bind_text(st, 1, s->cfg->running_status, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, s->cfg->queued_status, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		out->active = (long)sqlite3_column_int64(st, 0);
+		if (sqlite3_column_type(st, 1) != SQLITE_NULL)
+			out->oldest_s = sqlite3_column_double(st, 1);
+		rc = SQLITE_DONE;
+	}
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		goto fail;
+	return 0;
+fail:
+	store_err(s, "%s: %s", q->path, sqlite3_errmsg(q->db));
+	return -1;
+}
+
+/* Checks that the table and every configured column exist. */
+static int
+sqlite_check(struct store *s, FILE *out)
+{
+	struct store_sqlite *q = (struct store_sqlite *)s;
+	const struct config *cfg = s->cfg;
+	const char *want[] = { cfg->id_column, cfg->status_column,
+		cfg->updated_column, cfg->created_column, cfg->error_column };
+	int found[5] = { 0 }, ncols = 0, i, rc = 0;
+	sqlite3_stmt *st = NULL;
+	const char *dot = strchr(cfg->table, '.');
+	char sql[256];
+
+	if (dot != NULL)
+		snprintf(sql, sizeof(sql), "PRAGMA \"%.*s\".table_info(\"%s\")",
+		    (int)(dot - cfg->table), cfg->table, dot + 1);
+	else
+		snprintf(sql, sizeof(sql), "PRAGMA table_info(\"%s\")",
+		    cfg->table);
+	if (prepare(q, sql, &st) == -1)
+		return -1;
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		const char *name = (const char *)sqlite3_column_text(st, 1);
+
+		ncols++;
+		for (i = 0; i < 5; i++)
+			if (name != NULL && strcmp(name, want[i]) == 0)
+				found[i] = 1;
+	}
+	sqlite3_finalize(st);
+	fprintf(out, "ok: sqlite database %s (SQLite %s)\n", q->path,
+	    sqlite3_libversion());
+	if (ncols == 0) {
+		store_err(s, "table %s not found in %s", cfg->table, q->path);
+		return -1;
+	}
+	for (i = 0; i < 5; i++) {
+		if (found[i])
+			continue;
+		fprintf(out, "FAIL: column %s.%s not found\n", cfg->table,
+		    want[i]);
+		rc = -1;
+	}
+	if (rc == -1)
+		store_err(s, "table %s lacks configured columns", cfg->table);
+	else
+		fprintf(out, "ok: table %s has every configured column\n",
+		    cfg->table);
+	return rc;
+}
+
+const struct store_ops store_sqlite_ops = {
+	.name = "sqlite",
+	.open = sqlite_open,
+	.lead = sqlite_lead,
+	.reap = sqlite_reap,
+	.force = sqlite_force,
+	.stats = sqlite_stats,
+	.check = sqlite_check,
+	.close = sqlite_close,
+};
