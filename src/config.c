@@ -152,6 +152,12 @@ config_nsettings(void)
 	return NSETTINGS;
 }
 
+const char *
+config_setting_env(int k)
+{
+	return k >= 0 && k < NSETTINGS ? settings[k].env : NULL;
+}
+
 static const char *
 type_hint(const struct setting *s)
 {

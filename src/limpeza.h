@@ -76,6 +76,7 @@ enum reap_kind { REAP_RUNNING, REAP_QUEUED, REAP_FORCED };
 
 /* config.c */
 int config_nsettings(void);
+const char *config_setting_env(int);
 int config_args_init(struct config_args *);
 void config_args_free(struct config_args *);
 int config_parse_option(struct config_args *, int, char **, int *, char *,

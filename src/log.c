@@ -204,10 +204,12 @@ put_clean(char *buf, size_t len, size_t *o, const char *s)
 static json_t *
 ascii_string(const char *s)
 {
-	char *copy = strdup(s), *c;
+	char *copy, *c;
 	json_t *v;
 
-	if (copy == NULL)
+	if ((v = json_string(s)) != NULL)
+		return v;
+	if ((copy = strdup(s)) == NULL)
 		fatalx_oom();
 	for (c = copy; *c != '\0'; c++)
 		if ((unsigned char)*c >= 0x80)
@@ -249,19 +251,18 @@ log_format_line(char *buf, size_t len, enum log_level level,
 		strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
 		snprintf(ts + strlen(ts), sizeof(ts) - strlen(ts), ".%03dZ",
 		    (int)((when - (double)secs) * 1000) % 1000);
-		obj = json_pack("{s:s, s:s, s:s, s:s}", "ts", ts, "level",
-		    level_json[level], "event", d->name, "msg", msg);
+		obj = json_pack("{s:s, s:s, s:s}", "ts", ts, "level",
+		    level_json[level], "event", d->name);
 		if (obj == NULL || args == NULL)
 			fatalx_oom();
+		json_object_set_new(obj, "msg", ascii_string(msg));
 		for (i = 0; d->types[i] != '\0'; i++) {
 			json_t *v;
 
 			switch (d->types[i]) {
 			case 's':
 				s = va_arg(ap, const char *);
-				v = json_string(s != NULL ? s : "");
-				if (v == NULL) /* not UTF-8: keep the line */
-					v = ascii_string(s);
+				v = ascii_string(s != NULL ? s : "");
 				break;
 			case 'l':
 				v = json_integer(va_arg(ap, long));

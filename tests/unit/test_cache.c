@@ -1,0 +1,375 @@
+/* test_cache.c: timestamps, the reaper's decisions, member spans, first-sight ageing. */
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "clock.h"
+
+static const struct cache_policy pol = {
+	.running_ttl = 180,
+	.queued_ttl = 120,
+	.running = "running",
+	.queued = "queued",
+};
+
+static void
+test_iso8601(void **state)
+{
+	double t;
+
+	(void)state;
+	assert_int_equal(cache_parse_iso8601("2024-01-15T14:30:15", &t), 0);
+	assert_true(t == 1705329015.0);
+	assert_int_equal(cache_parse_iso8601("2024-01-15 14:30:15Z", &t), 0);
+	assert_true(t == 1705329015.0);
+	assert_int_equal(cache_parse_iso8601("2024-01-15T14:30:15.25", &t), 0);
+	assert_true(t == 1705329015.25);
+	assert_int_equal(
+	    cache_parse_iso8601("2024-01-15T11:30:15-03:00", &t), 0);
+	assert_true(t == 1705329015.0);
+	assert_int_equal(cache_parse_iso8601("2024-01-15T15:30:15+0100", &t),
+	    0);
+	assert_true(t == 1705329015.0);
+	assert_int_equal(cache_parse_iso8601("2024-01-15T14:30", &t), 0);
+	assert_true(t == 1705329000.0);
+	assert_int_equal(cache_parse_iso8601("2024-01-15", &t), 0);
+	assert_true(t == 1705276800.0);
+	assert_int_equal(cache_parse_iso8601("2024-13-01T00:00:00", &t), -1);
+	assert_int_equal(cache_parse_iso8601("2024-02-30T00:00:00", &t), -1);
+	assert_int_equal(cache_parse_iso8601("2024-01-15T25:00:00", &t), -1);
+	assert_int_equal(cache_parse_iso8601("2024-01-15T14:30:15 junk", &t),
+	    -1);
+	assert_int_equal(cache_parse_iso8601("yesterday", &t), -1);
+	assert_int_equal(cache_parse_iso8601("", &t), -1);
+}
+
+static void
+test_parse_time(void **state)
+{
+	json_t *v;
+	double t;
+
+	(void)state;
+	v = json_integer(1732846215);
+	assert_int_equal(cache_parse_time(v, &t), 0);
+	assert_true(t == 1732846215.0);
+	json_decref(v);
+	v = json_real(1732846215.27);
+	assert_int_equal(cache_parse_time(v, &t), 0);
+	assert_true(t == 1732846215.27);
+	json_decref(v);
+	v = json_string("2024-01-15T14:30:15Z");
+	assert_int_equal(cache_parse_time(v, &t), 0);
+	json_decref(v);
+	v = json_string("1732846215.5");
+	assert_int_equal(cache_parse_time(v, &t), 0);
+	assert_true(t == 1732846215.5);
+	json_decref(v);
+	/* Missing, zero, negative, absurd or odd types are not times. */
+	assert_int_equal(cache_parse_time(NULL, &t), -1);
+	v = json_integer(0);
+	assert_int_equal(cache_parse_time(v, &t), -1);
+	json_decref(v);
+	v = json_integer(-5);
+	assert_int_equal(cache_parse_time(v, &t), -1);
+	json_decref(v);
+	v = json_real(1e15);
+	assert_int_equal(cache_parse_time(v, &t), -1);
+	json_decref(v);
+	v = json_null();
+	assert_int_equal(cache_parse_time(v, &t), -1);
+	v = json_true();
+	assert_int_equal(cache_parse_time(v, &t), -1);
+	v = json_string("soon");
+	assert_int_equal(cache_parse_time(v, &t), -1);
+	json_decref(v);
+}
+
+static enum cache_fate
+decide(const char *job, const struct cache_policy *p, double first_age)
+{
+	json_t *j = json_loads(job, 0, NULL);
+	double age;
+	enum cache_fate f;
+
+	assert_non_null(j);
+	f = cache_decide(j, p, 1000000.0, first_age, &age);
+	json_decref(j);
+	return f;
+}
+
+static void
+test_decide(void **state)
+{
+	struct cache_policy force = pol;
+
+	(void)state;
+	/* running: aged by start_time, strictly older than the TTL */
+	assert_int_equal(decide("{\"status\":\"running\",\"start_time\":999000}",
+			     &pol, 0),
+	    FATE_RUNNING);
+	assert_int_equal(decide("{\"status\":\"running\",\"start_time\":999820}",
+			     &pol, 0),
+	    FATE_KEEP);
+	assert_int_equal(decide("{\"status\":\"running\",\"start_time\":999819.9}",
+			     &pol, 0),
+	    FATE_RUNNING);
+	/* a future start_time is never stale */
+	assert_int_equal(decide("{\"status\":\"running\",\"start_time\":2000000}",
+			     &pol, 0),
+	    FATE_KEEP);
+	/* running ignores created_at: without start_time, first sight counts */
+	assert_int_equal(
+	    decide("{\"status\":\"running\",\"created_at\":1}", &pol, 10),
+	    FATE_KEEP);
+	assert_int_equal(decide("{\"status\":\"running\"}", &pol, 180),
+	    FATE_KEEP);
+	assert_int_equal(decide("{\"status\":\"running\"}", &pol, 181),
+	    FATE_RUNNING);
+	/* the old cleaner's bug: a missing time must not read as 1970 */
+	assert_int_equal(decide("{\"status\":\"running\",\"start_time\":null}",
+			     &pol, 0),
+	    FATE_KEEP);
+	/* queued: start_time, else created_at, else first sight */
+	assert_int_equal(decide("{\"status\":\"queued\",\"created_at\":999890}",
+			     &pol, 0),
+	    FATE_KEEP);
+	assert_int_equal(decide("{\"status\":\"queued\",\"created_at\":999890}",
+			     &pol, 500),
+	    FATE_KEEP);
+	assert_int_equal(decide("{\"status\":\"queued\",\"created_at\":999879}",
+			     &pol, 0),
+	    FATE_QUEUED);
+	assert_int_equal(decide("{\"status\":\"queued\",\"created_at\":"
+				"\"1970-01-12T13:44:39Z\"}",
+			     &pol, 0),
+	    FATE_QUEUED);
+	assert_int_equal(decide("{\"status\":\"queued\"}", &pol, 121),
+	    FATE_QUEUED);
+	/* other statuses and shapes are left alone */
+	assert_int_equal(decide("{\"status\":\"done\",\"start_time\":1}", &pol,
+			     9999),
+	    FATE_KEEP);
+	assert_int_equal(decide("{\"status\":\"paused\"}", &pol, 9999),
+	    FATE_KEEP);
+	assert_int_equal(decide("{\"start_time\":1}", &pol, 9999), FATE_KEEP);
+	assert_int_equal(decide("[1,2]", &pol, 9999), FATE_KEEP);
+
+	/* forced: all active jobs; done jobs only with FORCE_CACHE=all */
+	force.force = 1;
+	assert_int_equal(decide("{\"status\":\"running\",\"start_time\":999999}",
+			     &force, 0),
+	    FATE_FORCED);
+	assert_int_equal(decide("{\"status\":\"done\"}", &force, 0), FATE_KEEP);
+	force.force_all = 1;
+	assert_int_equal(decide("{\"status\":\"done\"}", &force, 0),
+	    FATE_FORCED);
+	/* FORCE_MIN_AGE spares young jobs */
+	force.force_min_age = 100;
+	assert_int_equal(decide("{\"status\":\"running\",\"start_time\":999950}",
+			     &force, 0),
+	    FATE_KEEP);
+	assert_int_equal(decide("{\"status\":\"running\",\"start_time\":999800}",
+			     &force, 0),
+	    FATE_FORCED);
+	assert_int_equal(decide("{\"status\":\"queued\"}", &force, 5),
+	    FATE_KEEP);
+}
+
+struct spans {
+	char keys[8][32];
+	char vals[8][64];
+	int n;
+};
+
+static const char *span_src;
+
+static int
+span_cb(void *arg, size_t ks, size_t ke, size_t vs, size_t ve)
+{
+	struct spans *s = arg;
+
+	snprintf(s->keys[s->n], 32, "%.*s", (int)(ke - ks), span_src + ks);
+	snprintf(s->vals[s->n], 64, "%.*s", (int)(ve - vs), span_src + vs);
+	s->n++;
+	return 0;
+}
+
+static void
+test_members(void **state)
+{
+	struct spans s = { .n = 0 };
+
+	(void)state;
+	span_src = " {\"a\": {\"x\": \"}{\\\"\", \"y\": [1, {\"z\": 2}]},\n"
+		   "\"b\\\"q\" :-1.5e3 , \"c\":\"s\\\\\", \"d\":true}\n";
+	assert_int_equal(cache_members(span_src, strlen(span_src), span_cb, &s),
+	    0);
+	assert_int_equal(s.n, 4);
+	assert_string_equal(s.keys[0], "\"a\"");
+	assert_string_equal(s.vals[0],
+	    "{\"x\": \"}{\\\"\", \"y\": [1, {\"z\": 2}]}");
+	assert_string_equal(s.keys[1], "\"b\\\"q\"");
+	assert_string_equal(s.vals[1], "-1.5e3");
+	assert_string_equal(s.vals[2], "\"s\\\\\"");
+	assert_string_equal(s.vals[3], "true");
+	s.n = 0;
+	span_src = "{}";
+	assert_int_equal(cache_members(span_src, 2, span_cb, &s), 0);
+	assert_int_equal(s.n, 0);
+	span_src = "[1]";
+	assert_int_equal(cache_members(span_src, 3, span_cb, &s), -1);
+}
+
+static char cache_path[64];
+
+static struct config *
+cache_config(void)
+{
+	static struct config cfg;
+
+	memset(&cfg, 0, sizeof(cfg));
+	cfg.cache_file = cache_path;
+	cfg.running_ttl = 180000;
+	cfg.queued_ttl = 120000;
+	cfg.running_status = "running";
+	cfg.queued_status = "queued";
+	cfg.error_status = "error";
+	cfg.cache_action = CACHE_REMOVE;
+	return &cfg;
+}
+
+static void
+write_file(const char *text)
+{
+	FILE *f = fopen(cache_path, "w");
+
+	assert_non_null(f);
+	fputs(text, f);
+	fclose(f);
+}
+
+static char *
+read_file(void)
+{
+	static char buf[4096];
+	FILE *f = fopen(cache_path, "r");
+	size_t n;
+
+	assert_non_null(f);
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	buf[n] = '\0';
+	fclose(f);
+	return buf;
+}
+
+/*
+ * A job without a time is aged from the pass that first saw it, on the
+ * monotonic clock: kept until its TTL has passed since then, whatever the
+ * wall clock says, and a fresh start (a restart) gives it a new TTL.
+ */
+static void
+test_first_sight(void **state)
+{
+	struct config *cfg = cache_config();
+	struct cache *c = cache_new(), *c2;
+	struct cache_result r;
+	const char *text = "{\"new\": {\"status\": \"running\"}, "
+			   "\"q\": {\"status\": \"queued\"}}";
+
+	(void)state;
+	log_stderr_only(LVL_ERROR, LOGF_TEXT, LANG_EN);
+	snprintf(cache_path, sizeof(cache_path), "/tmp/limpeza-unit-XXXXXX");
+	close(mkstemp(cache_path));
+	write_file(text);
+
+	test_mono = 1000000;
+	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
+	assert_int_equal(r.reaped_running + r.reaped_queued, 0);
+	assert_int_equal(r.active, 2);
+
+	test_now += 100000; /* the wall clock jumps: nothing changes */
+	test_mono += 120000;
+	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
+	assert_int_equal(r.reaped_running + r.reaped_queued, 0);
+	assert_string_equal(read_file(), text);
+
+	test_mono += 1; /* queued now past its 120 s */
+	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
+	assert_int_equal(r.reaped_queued, 1);
+	assert_int_equal(r.reaped_running, 0);
+	assert_string_equal(read_file(), "{\"new\": {\"status\": \"running\"}}");
+
+	/* a restart forgets: the running job gets a whole TTL again */
+	c2 = cache_new();
+	test_mono += 60000;
+	assert_int_equal(cache_reap(c2, cfg, 0, 0, &r), 0);
+	assert_int_equal(r.reaped_running, 0);
+	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
+	assert_int_equal(r.reaped_running, 1);
+	assert_string_equal(read_file(), "{}");
+	cache_free(c);
+	cache_free(c2);
+	unlink(cache_path);
+}
+
+/* mark mode keeps the job with status error and a message. */
+static void
+test_mark(void **state)
+{
+	struct config *cfg = cache_config();
+	struct cache *c = cache_new();
+	struct cache_result r;
+	json_t *root, *job;
+	char buf[256];
+
+	(void)state;
+	cfg->cache_action = CACHE_MARK;
+	cfg->lang = LANG_PT;
+	snprintf(cache_path, sizeof(cache_path), "/tmp/limpeza-unit-XXXXXX");
+	close(mkstemp(cache_path));
+	snprintf(buf, sizeof(buf),
+	    "{\"old\": {\"status\": \"running\", \"start_time\": %.2f, "
+	    "\"count\": 4}, \"done\": {\"status\": \"done\"}}",
+	    test_now - 500.25);
+	write_file(buf);
+	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
+	assert_int_equal(r.reaped_running, 1);
+	root = json_loads(read_file(), 0, NULL);
+	assert_non_null(root);
+	job = json_object_get(root, "old");
+	assert_string_equal(json_string_value(json_object_get(job, "status")),
+	    "error");
+	assert_string_equal(json_string_value(json_object_get(job, "error")),
+	    "Job órfão - mais de 3 minutos");
+	assert_int_equal(json_integer_value(json_object_get(job, "count")), 4);
+	assert_true(json_real_value(json_object_get(job, "start_time")) ==
+	    test_now - 500.25);
+	assert_non_null(strstr(read_file(), "\"done\": {\"status\": \"done\"}"));
+	json_decref(root);
+	/* marked jobs are no longer active: the next pass changes nothing */
+	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
+	assert_int_equal(r.reaped_running, 0);
+	assert_int_equal(r.rewritten, 0);
+	cache_free(c);
+	unlink(cache_path);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_iso8601),
+		cmocka_unit_test(test_parse_time),
+		cmocka_unit_test(test_decide),
+		cmocka_unit_test(test_members),
+		cmocka_unit_test(test_first_sight),
+		cmocka_unit_test(test_mark),
+	};
+
+	setenv("TZ", "UTC", 1);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

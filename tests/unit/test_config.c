@@ -1,0 +1,353 @@
+/* test_config.c: durations, the settings table, precedence, validation, masking. */
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "clock.h"
+
+static void
+clear_env(void)
+{
+	int k;
+
+	for (k = 0; k < config_nsettings(); k++)
+		unsetenv(config_setting_env(k));
+	setenv("LIMPEZA_ENV_FILES", "", 1);
+}
+
+static int
+load(struct config *cfg, const char **opts, char *err, size_t errlen)
+{
+	struct config_args a;
+	char *argv[16];
+	int argc = 0, i, r;
+
+	assert_int_equal(config_args_init(&a), 0);
+	argv[argc++] = "limpeza";
+	for (; opts != NULL && *opts != NULL; opts++)
+		argv[argc++] = (char *)(uintptr_t)*opts;
+	for (i = 1; i < argc; i++)
+		assert_int_equal(config_parse_option(&a, argc, argv, &i, err,
+				     errlen),
+		    1);
+	r = config_load(cfg, &a, err, errlen);
+	config_args_free(&a);
+	return r;
+}
+
+static void
+test_durations(void **state)
+{
+	long long ms;
+
+	(void)state;
+	assert_int_equal(config_parse_duration("180", &ms), 0);
+	assert_int_equal(ms, 180000);
+	assert_int_equal(config_parse_duration("180s", &ms), 0);
+	assert_int_equal(ms, 180000);
+	assert_int_equal(config_parse_duration("3m", &ms), 0);
+	assert_int_equal(ms, 180000);
+	assert_int_equal(config_parse_duration("1h", &ms), 0);
+	assert_int_equal(ms, 3600000);
+	assert_int_equal(config_parse_duration("250ms", &ms), 0);
+	assert_int_equal(ms, 250);
+	assert_int_equal(config_parse_duration("", &ms), -1);
+	assert_int_equal(config_parse_duration("3x", &ms), -1);
+	assert_int_equal(config_parse_duration("-1", &ms), -1);
+	assert_int_equal(config_parse_duration("1.5m", &ms), -1);
+	assert_int_equal(config_parse_duration(" 3m", &ms), -1);
+	assert_int_equal(config_parse_duration("99999999999999999999", &ms),
+	    -1);
+	assert_int_equal(config_parse_duration("9999999999999999h", &ms), -1);
+}
+
+static void
+test_format_duration(void **state)
+{
+	char b[32];
+
+	(void)state;
+	config_format_duration(180000, b, sizeof(b));
+	assert_string_equal(b, "3min");
+	config_format_duration(30000, b, sizeof(b));
+	assert_string_equal(b, "30s");
+	config_format_duration(90000, b, sizeof(b));
+	assert_string_equal(b, "90s");
+	config_format_duration(500, b, sizeof(b));
+	assert_string_equal(b, "500ms");
+}
+
+static void
+test_defaults(void **state)
+{
+	struct config cfg;
+	char err[512];
+
+	(void)state;
+	clear_env();
+	assert_int_equal(load(&cfg, NULL, err, sizeof(err)), 0);
+	assert_string_equal(cfg.database_url, "");
+	assert_string_equal(cfg.cache_file, "/tmp/desfollow_jobs.json");
+	assert_string_equal(cfg.health_url,
+	    "http://api.desfollow.com.br/api/health");
+	assert_int_equal(cfg.running_ttl, 180000);
+	assert_int_equal(cfg.queued_ttl, 120000);
+	assert_int_equal(cfg.interval, 30000);
+	assert_int_equal(cfg.error_backoff, 10000);
+	assert_int_equal(cfg.force_threshold, 5);
+	assert_int_equal(cfg.force_cache, FORCE_ALL);
+	assert_int_equal(cfg.force_min_age, 0);
+	assert_int_equal(cfg.report_every, 10);
+	assert_int_equal(cfg.cache_action, CACHE_REMOVE);
+	assert_int_equal(cfg.health_timeout, 10000);
+	assert_string_equal(cfg.table, "scans");
+	assert_string_equal(cfg.id_column, "job_id");
+	assert_string_equal(cfg.updated_column, "updated_at");
+	assert_string_equal(cfg.error_column, "error_message");
+	assert_string_equal(cfg.running_status, "running");
+	assert_int_equal(cfg.batch, 1000);
+	assert_string_equal(cfg.db_timezone, "UTC");
+	assert_int_equal(cfg.leader_key, 7105573);
+	assert_string_equal(cfg.log_file, "/var/log/desfollow/limpeza_3min.log");
+	assert_int_equal(cfg.log_format, LOGF_TEXT);
+	assert_int_equal(cfg.log_level, LVL_INFO);
+	assert_int_equal(cfg.lang, LANG_PT);
+	assert_int_equal(cfg.dry_run, 0);
+	config_free(&cfg);
+}
+
+/* option > environment > env files (first file wins) > default */
+static void
+test_precedence(void **state)
+{
+	char f1[] = "/tmp/limpeza-env1-XXXXXX", f2[] = "/tmp/limpeza-env2-XXXXXX";
+	char list[128], err[512];
+	struct config cfg;
+	const char *opts[] = { "--interval=7s", NULL };
+	FILE *f;
+	int fd;
+
+	(void)state;
+	clear_env();
+	fd = mkstemp(f1);
+	f = fdopen(fd, "w");
+	fputs("# backend settings\nexport DATABASE_URL=\"sqlite:///one.db\"\n"
+	      "LIMPEZA_INTERVAL=5s\nLIMPEZA_QUEUED_TTL=70s\n",
+	    f);
+	fclose(f);
+	fd = mkstemp(f2);
+	f = fdopen(fd, "w");
+	fputs("DATABASE_URL=sqlite:///two.db\nLIMPEZA_BATCH=7\n"
+	      "LIMPEZA_QUEUED_TTL=80s\n",
+	    f);
+	fclose(f);
+	snprintf(list, sizeof(list), "%s:/nonexistent/.env:%s", f1, f2);
+	setenv("LIMPEZA_ENV_FILES", list, 1);
+	setenv("LIMPEZA_INTERVAL", "6s", 1);
+	setenv("LIMPEZA_QUEUED_TTL", "90s", 1);
+
+	assert_int_equal(load(&cfg, opts, err, sizeof(err)), 0);
+	assert_int_equal(cfg.interval, 7000);	  /* option */
+	assert_int_equal(cfg.queued_ttl, 90000);  /* environment */
+	assert_string_equal(cfg.database_url, "sqlite:///one.db"); /* file 1 */
+	assert_int_equal(cfg.batch, 7);		  /* only in file 2 */
+	assert_int_equal(cfg.running_ttl, 180000); /* default */
+	assert_int_equal(cfg.nwarnings, 0);	  /* a missing file is fine */
+	config_free(&cfg);
+
+	/* A bad value in an env file is still a configuration error. */
+	f = fopen(f2, "w");
+	fputs("LIMPEZA_BATCH=lots\n", f);
+	fclose(f);
+	assert_int_equal(load(&cfg, NULL, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "LIMPEZA_BATCH"));
+	assert_non_null(strstr(err, "env file"));
+	unlink(f1);
+	unlink(f2);
+	clear_env();
+}
+
+struct bad_case {
+	const char *env;
+	const char *value;
+	const char *expect; /* a word of the accepted-values part */
+};
+
+static void
+test_bad_values(void **state)
+{
+	static const struct bad_case cases[] = {
+		{ "LIMPEZA_RUNNING_TTL", "3x", "duration" },
+		{ "LIMPEZA_RUNNING_TTL", "0", "duration" },
+		{ "LIMPEZA_INTERVAL", "", "duration" },
+		{ "LIMPEZA_FORCE_THRESHOLD", "-1", "whole number" },
+		{ "LIMPEZA_BATCH", "10x", "whole number" },
+		{ "LIMPEZA_FORCE_CACHE", "some", "all|active" },
+		{ "LIMPEZA_CACHE_ACTION", "delete", "remove|mark" },
+		{ "LIMPEZA_LOG_FORMAT", "xml", "text|json" },
+		{ "LIMPEZA_LOG_LEVEL", "trace", "debug|info|warning|error" },
+		{ "LIMPEZA_LANG", "es", "pt|en" },
+		{ "LIMPEZA_DRY_RUN", "maybe", "0 or 1" },
+		{ "LIMPEZA_TABLE", "scans; DROP TABLE users", "identifiers" },
+		{ "LIMPEZA_TABLE", "a.b.c", "identifiers" },
+		{ "LIMPEZA_ID_COLUMN", "job\"id", "identifier" },
+		{ "LIMPEZA_STATUS_COLUMN", "1status", "identifier" },
+		{ "LIMPEZA_UPDATED_COLUMN", "", "identifier" },
+		{ "LIMPEZA_HEALTH_URL", "ftp://x/health", "http" },
+		{ "DATABASE_URL", "mysql://u:pw@h/db", "postgres" },
+		{ "LIMPEZA_CACHE_FILE", "/tmp/a\nb", "control" },
+		{ "LIMPEZA_DB_TIMEZONE", "UTC'; --", "zone" },
+		{ "LIMPEZA_RUNNING_STATUS", "", "status" },
+	};
+	struct config cfg;
+	char err[512];
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		clear_env();
+		setenv(cases[i].env, cases[i].value, 1);
+		err[0] = '\0';
+		assert_int_equal(load(&cfg, NULL, err, sizeof(err)), -1);
+		if (strstr(err, cases[i].env) == NULL ||
+		    strstr(err, cases[i].expect) == NULL ||
+		    strchr(err, '\n') != NULL)
+			fail_msg("case %zu (%s): bad message: %s", i,
+			    cases[i].env, err);
+	}
+	clear_env();
+}
+
+static void
+test_secret_not_in_error(void **state)
+{
+	struct config cfg;
+	char err[512];
+
+	(void)state;
+	clear_env();
+	setenv("DATABASE_URL", "mysql://admin:s3cr3t@db.example/app", 1);
+	assert_int_equal(load(&cfg, NULL, err, sizeof(err)), -1);
+	assert_null(strstr(err, "s3cr3t"));
+	assert_non_null(strstr(err, "admin:***@db.example"));
+	clear_env();
+}
+
+static void
+test_mask_url(void **state)
+{
+	char b[256];
+
+	(void)state;
+	config_mask_url("postgresql://u:p%40ss@h:5432/db?sslmode=require", b,
+	    sizeof(b));
+	assert_string_equal(b, "postgresql://u:***@h:5432/db?sslmode=require");
+	config_mask_url("postgres://u@h/db", b, sizeof(b));
+	assert_string_equal(b, "postgres://u@h/db");
+	config_mask_url("host=h dbname=d password=xyz user=u", b, sizeof(b));
+	assert_string_equal(b, "host=h dbname=d password=*** user=u");
+	config_mask_url("host=h password='a b\\' c' user=u", b, sizeof(b));
+	assert_string_equal(b, "host=h password=*** user=u");
+	config_mask_url("postgres://h/db?user=u&password=zz&x=1", b, sizeof(b));
+	assert_string_equal(b, "postgres://h/db?user=u&password=***&x=1");
+	config_mask_url("sqlite:///demo/jobs.db", b, sizeof(b));
+	assert_string_equal(b, "sqlite:///demo/jobs.db");
+}
+
+static void
+test_options(void **state)
+{
+	struct config_args a;
+	char *argv[] = { "limpeza", "--running-ttl", "5s", "--dry-run",
+		"--lang=en", "--nope", "--batch" };
+	char err[256];
+	int i;
+
+	(void)state;
+	config_args_init(&a);
+	i = 1;
+	assert_int_equal(config_parse_option(&a, 7, argv, &i, err, 256), 1);
+	assert_int_equal(i, 2);
+	i = 3;
+	assert_int_equal(config_parse_option(&a, 7, argv, &i, err, 256), 1);
+	assert_int_equal(i, 3);
+	i = 4;
+	assert_int_equal(config_parse_option(&a, 7, argv, &i, err, 256), 1);
+	i = 5;
+	assert_int_equal(config_parse_option(&a, 7, argv, &i, err, 256), 0);
+	i = 6;
+	assert_int_equal(config_parse_option(&a, 7, argv, &i, err, 256), -1);
+	assert_non_null(strstr(err, "--batch"));
+	config_args_free(&a);
+}
+
+static void
+test_reap_messages(void **state)
+{
+	struct config cfg;
+	char err[256], m[256];
+	const char *opts[] = { "--queued-ttl=90s", NULL };
+	const char *en[] = { "--lang=en", "--running-ttl=1m", NULL };
+
+	(void)state;
+	clear_env();
+	assert_int_equal(load(&cfg, opts, err, sizeof(err)), 0);
+	config_reap_message(&cfg, REAP_RUNNING, m, sizeof(m));
+	assert_string_equal(m, "Job órfão - mais de 3 minutos");
+	config_reap_message(&cfg, REAP_QUEUED, m, sizeof(m));
+	assert_string_equal(m, "Job queued expirado - mais de 90 segundos");
+	config_reap_message(&cfg, REAP_FORCED, m, sizeof(m));
+	assert_string_equal(m, "Limpeza forçada - excesso de jobs ativos");
+	config_free(&cfg);
+	assert_int_equal(load(&cfg, en, err, sizeof(err)), 0);
+	config_reap_message(&cfg, REAP_RUNNING, m, sizeof(m));
+	assert_string_equal(m, "Orphan job - no progress for more than 1 minute");
+	config_free(&cfg);
+}
+
+/* --help and the man page come from the table: every setting is in both. */
+static void
+test_help_lists_every_setting(void **state)
+{
+	char *help = NULL, *man = NULL;
+	size_t hl = 0, ml = 0;
+	FILE *h = open_memstream(&help, &hl), *m = open_memstream(&man, &ml);
+	int k;
+
+	(void)state;
+	config_print_help(h);
+	config_print_man(m);
+	fclose(h);
+	fclose(m);
+	for (k = 0; k < config_nsettings(); k++) {
+		if (strstr(help, config_setting_env(k)) == NULL)
+			fail_msg("%s missing from --help", config_setting_env(k));
+		if (strstr(man, config_setting_env(k)) == NULL)
+			fail_msg("%s missing from the man page",
+			    config_setting_env(k));
+	}
+	assert_non_null(strstr(help, "--running-ttl=DURATION"));
+	free(help);
+	free(man);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_durations),
+		cmocka_unit_test(test_format_duration),
+		cmocka_unit_test(test_defaults),
+		cmocka_unit_test(test_precedence),
+		cmocka_unit_test(test_bad_values),
+		cmocka_unit_test(test_secret_not_in_error),
+		cmocka_unit_test(test_mask_url),
+		cmocka_unit_test(test_options),
+		cmocka_unit_test(test_reap_messages),
+		cmocka_unit_test(test_help_lists_every_setting),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
