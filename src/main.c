@@ -369,8 +369,8 @@ cmd_stats(struct config *cfg, int as_json)
 		else
 			printf("database (%s): jobs per status (24 h): %s\n"
 			       "database: active jobs: %ld, oldest: %.0fs\n",
-			    s != NULL ? "ok" : "", by != NULL ? by : "{}",
-			    st.active, st.oldest_s);
+			    store_kind(cfg), by != NULL ? by : "{}", st.active,
+			    st.oldest_s);
 		free(by);
 		if (json_is_null(ca))
 			printf("cache: disabled\n");

@@ -1,0 +1,263 @@
+"""Shared fixtures: the limpeza binary, a job store, a cache file, a health server, a daemon."""
+
+import http.server
+import json
+import os
+import re
+import signal
+import socketserver
+import sqlite3
+import subprocess
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+BIN = os.environ.get("LIMPEZA_BIN") or os.path.join(
+    os.path.dirname(__file__), "..", "..", "build", "limpeza")
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SANITIZED = os.environ.get("LIMPEZA_SANITIZED") == "1"
+# Sanitized binaries start and run slower; waits stretch, assertions do not.
+SLOW = 4 if SANITIZED else 1
+
+
+def utc(delta_s=0.0):
+    """SQLAlchemy's text form of utcnow() + delta_s."""
+    t = datetime.now(timezone.utc) + timedelta(seconds=delta_s)
+    return t.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+class SqliteStore:
+    """The API's scans table in an embedded SQLite file."""
+
+    def __init__(self, path):
+        self.path = path
+        self.url = "sqlite:///" + path  # path is absolute: sqlite:////...
+        with open(os.path.join(ROOT, "tests/fixtures/scans_sqlite.sql")) as f:
+            schema = f.read()
+        with self.connect() as db:
+            db.executescript(schema)
+
+    def connect(self):
+        return sqlite3.connect(self.path, timeout=10)
+
+    def add(self, job_id, status, updated_age_s=0.0, created_age_s=None):
+        """A row whose updated_at is updated_age_s seconds in the past."""
+        if created_age_s is None:
+            created_age_s = updated_age_s
+        with self.connect() as db:
+            db.execute(
+                "INSERT INTO scans (username, job_id, status, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                ("u-" + job_id, job_id, status, utc(-created_age_s), utc(-updated_age_s)))
+
+    def row(self, job_id):
+        with self.connect() as db:
+            db.row_factory = sqlite3.Row
+            r = db.execute("SELECT * FROM scans WHERE job_id = ?", (job_id,)).fetchone()
+            return dict(r) if r else None
+
+    def statuses(self):
+        with self.connect() as db:
+            return dict(db.execute("SELECT job_id, status FROM scans").fetchall())
+
+
+class Env:
+    """One test's files and the environment limpeza runs with."""
+
+    def __init__(self, tmp):
+        self.tmp = str(tmp)
+        self.cache = os.path.join(self.tmp, "desfollow_jobs.json")
+        self.log = os.path.join(self.tmp, "log", "limpeza_3min.log")
+        self.store = SqliteStore(os.path.join(self.tmp, "jobs.db"))
+        self.vars = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "TZ": "UTC",
+            "LIMPEZA_ENV_FILES": "",
+            "DATABASE_URL": self.store.url,
+            "LIMPEZA_CACHE_FILE": self.cache,
+            "LIMPEZA_HEALTH_URL": "",
+            "LIMPEZA_LOG_FILE": self.log,
+        }
+        for k in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"):
+            if k in os.environ:
+                self.vars[k] = os.environ[k]
+
+    def env(self, **over):
+        e = dict(self.vars)
+        for k, v in over.items():
+            if v is None:
+                e.pop(k, None)
+            else:
+                e[k] = str(v)
+        return e
+
+    def run(self, *args, timeout=30, **over):
+        p = subprocess.run([BIN, *args], env=self.env(**over), capture_output=True,
+                           text=True, timeout=timeout * SLOW)
+        return p
+
+    def write_cache(self, obj_or_text):
+        text = obj_or_text if isinstance(obj_or_text, str) else json.dumps(obj_or_text)
+        with open(self.cache, "w") as f:
+            f.write(text)
+        return text
+
+    def read_cache(self):
+        with open(self.cache) as f:
+            return f.read()
+
+    def log_text(self):
+        try:
+            with open(self.log, encoding="utf-8") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+
+@pytest.fixture
+def env(tmp_path):
+    return Env(tmp_path)
+
+
+class HealthServer:
+    """A real HTTP server on 127.0.0.1 whose answer each test sets."""
+
+    def __init__(self):
+        self.mode = "json"
+        self.body = b'{"status":"healthy","jobs_active":0}'
+        self.status = 200
+        self.hits = 0
+        self.stop = threading.Event()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                outer.hits += 1
+                try:
+                    outer.answer(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d/api/health" % self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def set_json(self, obj, status=200):
+        self.mode, self.status = "json", status
+        self.body = json.dumps(obj).encode() if not isinstance(obj, bytes) else obj
+
+    def answer(self, h):
+        if self.mode == "hang":
+            self.stop.wait(30)
+            return
+        if self.mode == "trickle":
+            h.send_response(200)
+            h.send_header("Content-Length", "100")
+            h.end_headers()
+            for _ in range(100):
+                if self.stop.wait(0.5):
+                    return
+                h.wfile.write(b" ")
+                h.wfile.flush()
+            return
+        if self.mode == "huge":
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.end_headers()
+            chunk = b" " * 65536
+            h.wfile.write(b'{"jobs_active": 99, "pad": "')
+            for _ in range(8 * 16):  # 8 MiB, no Content-Length
+                h.wfile.write(chunk)
+            h.wfile.write(b'"}')
+            return
+        h.send_response(self.status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(self.body)))
+        h.end_headers()
+        h.wfile.write(self.body)
+
+    def close(self):
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def health():
+    s = HealthServer()
+    yield s
+    s.close()
+
+
+class Daemon:
+    """limpeza run in the background; its standard error goes to a file."""
+
+    def __init__(self, env, *args, **over):
+        self.env = env
+        self.errpath = os.path.join(env.tmp, "stderr-%d.txt" % time.monotonic_ns())
+        self.err = open(self.errpath, "wb")
+        environ = env.env(**over)
+        if over.get("JOURNAL_STREAM") == "auto":
+            st = os.fstat(self.err.fileno())
+            environ["JOURNAL_STREAM"] = "%d:%d" % (st.st_dev, st.st_ino)
+        self.p = subprocess.Popen([BIN, "run", *args], env=environ,
+                                  stdout=subprocess.DEVNULL, stderr=self.err)
+
+    def stderr(self):
+        with open(self.errpath, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def wait_for(self, pattern, timeout=10, count=1, source=None):
+        """Waits until pattern (a regex) appears count times in the log."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout * SLOW
+        while time.monotonic() < deadline:
+            text = source() if source else self.stderr()
+            if len(rx.findall(text)) >= count:
+                return text
+            if self.p.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError("timed out waiting for %r (x%d); log:\n%s"
+                             % (pattern, count, (source() if source else self.stderr())[-3000:]))
+
+    def signal(self, sig):
+        self.p.send_signal(sig)
+
+    def stop(self, timeout=5):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+        try:
+            return self.p.wait(timeout * SLOW)
+        finally:
+            self.err.close()
+
+    def kill(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+        self.err.close()
+
+
+@pytest.fixture
+def daemons():
+    started = []
+
+    def start(env, *args, **over):
+        d = Daemon(env, *args, **over)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.kill()
