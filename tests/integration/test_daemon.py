@@ -1,0 +1,237 @@
+"""The daemon end to end: loop, log lines, signals, reload, exit codes (SPEC §3, §5)."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import BIN, SLOW
+
+
+def test_daemon_reaps_and_logs_every_step(env, health, daemons):
+    now = time.time()
+    env.store.add("db-stale", "running", 400)
+    env.store.add("db-q", "queued", 400)
+    env.store.add("db-live", "running", 0)
+    env.write_cache({"c-old": {"status": "running", "start_time": now - 212},
+                     "c-q": {"status": "queued", "created_at": now - 300},
+                     "c-nots": {"status": "running"},
+                     "c-done": {"status": "done"}})
+    health.set_json({"status": "healthy", "jobs_active": 2})
+    d = daemons(env, LIMPEZA_HEALTH_URL=health.url, LIMPEZA_INTERVAL="300ms",
+                LIMPEZA_RUNNING_TTL="2s", LIMPEZA_REPORT_EVERY="3")
+    log = d.wait_for(r"📊 Relatório \(Ciclo 3\): 2 jobs ativos na API")
+    for line in [
+        r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d - INFO - 🚀 Sistema de Limpeza 3 Minutos iniciado\.\.\.$",
+        r"- INFO - ⏱️ Configuração: jobs > 2s serão limpos a cada 300ms$",
+        r"- INFO - 🔄 Ciclo 1 - \d\d:\d\d:\d\d$",
+        r"- INFO - 🚀 Iniciando limpeza completa\.\.\.$",
+        r"- INFO - 🧹 Job órfão no cache limpo: c-old \(rodando há 21[23]s\)$",
+        r"- INFO - 🧹 Job queued expirado no cache: c-q$",
+        r"- INFO - ✅ Cache limpo: 2 jobs órfãos removidos$",
+        r"- INFO - 🧹 Limpeza banco executada: running > 2s: 1, queued > 2min: 1$",
+        r"- INFO - 📊 Stats banco \(24h\): \{'error': 2, 'running': 1\}$",
+        r"- INFO - 📊 API Health: 2 jobs ativos$",
+        r"- INFO - ✅ Limpeza executada: 4 jobs processados$",
+        r"- INFO - ✅ Sistema limpo - nenhum job órfão encontrado$",
+        r"- INFO - 📊 Relatório \(Ciclo 3\): 2 jobs ativos na API$",
+    ]:
+        assert re.search(line, log, re.M), line
+    # the job without a time is reaped 2 s after it was first seen, no sooner
+    log = d.wait_for(r"Job órfão no cache limpo: c-nots \(rodando há [23]s\)")
+    assert json.loads(env.read_cache()) == {"c-done": {"status": "done"}}
+    # the live row went stale after 2 s without progress: reaped too
+    d.wait_for(r"running > 2s: 1, queued > 2min: 0")
+    assert d.stop() == 0
+    log = d.stderr()
+    assert log.rstrip().endswith("- INFO - 🛑 Sistema de limpeza interrompido")
+    # the log file has the same lines
+    assert env.log_text() == log
+
+
+def test_sigterm_when_idle_exits_within_a_second(env, daemons):
+    d = daemons(env, LIMPEZA_INTERVAL="1h")
+    d.wait_for("Sistema limpo")
+    t0 = time.monotonic()
+    d.signal(signal.SIGTERM)
+    assert d.p.wait(5 * SLOW) == 0
+    assert time.monotonic() - t0 < 1.0 * SLOW
+    assert "🛑 Sistema de limpeza interrompido" in d.stderr()
+
+
+def test_sigint_too(env, daemons):
+    d = daemons(env, LIMPEZA_INTERVAL="1h")
+    d.wait_for("Sistema limpo")
+    d.signal(signal.SIGINT)
+    assert d.p.wait(5 * SLOW) == 0
+
+
+def test_sigusr1_runs_a_cycle_now(env, daemons):
+    d = daemons(env, LIMPEZA_INTERVAL="1h")
+    d.wait_for(r"Ciclo 1 ")
+    env.write_cache({"old": {"status": "queued", "created_at": time.time() - 999}})
+    d.signal(signal.SIGUSR1)
+    log = d.wait_for(r"Job queued expirado no cache: old", timeout=3)
+    assert "🔔 SIGUSR1: ciclo imediato" in log
+    assert "Ciclo 2 " in log
+    assert env.read_cache() == "{}"
+
+
+def test_sighup_reloads_settings_and_keeps_them_on_error(env, daemons, tmp_path):
+    envfile = tmp_path / "backend.env"
+    envfile.write_text("LIMPEZA_RUNNING_TTL=3m\n")
+    d = daemons(env, LIMPEZA_INTERVAL="1h", LIMPEZA_ENV_FILES=str(envfile))
+    d.wait_for("jobs > 3min serão limpos")
+    env.write_cache({"r": {"status": "running", "start_time": time.time() - 100}})
+
+    envfile.write_text("export LIMPEZA_RUNNING_TTL=90s\n")
+    d.signal(signal.SIGHUP)
+    d.wait_for("🔄 Configuração recarregada")
+    d.signal(signal.SIGUSR1)
+    d.wait_for(r"Job órfão no cache limpo: r \(rodando há 10\ds\)")
+
+    # a bad value is refused; the previous settings stay in force
+    envfile.write_text("LIMPEZA_RUNNING_TTL=soon\n")
+    d.signal(signal.SIGHUP)
+    log = d.wait_for("❌ Recarga da configuração falhou, mantendo a anterior: "
+                     "invalid LIMPEZA_RUNNING_TTL 'soon' \\(from an env file\\)")
+    env.write_cache({"r2": {"status": "running", "start_time": time.time() - 100}})
+    d.signal(signal.SIGUSR1)
+    d.wait_for(r"Job órfão no cache limpo: r2", timeout=3)
+    assert d.p.poll() is None
+
+
+def test_log_file_reopened_after_rotation(env, daemons):
+    d = daemons(env, LIMPEZA_INTERVAL="1h")
+    d.wait_for("Sistema limpo")
+    os.rename(env.log, env.log + ".1")
+    d.signal(signal.SIGHUP)
+    d.wait_for("Configuração recarregada")
+    d.signal(signal.SIGUSR1)
+    d.wait_for("Ciclo 2 ", source=env.log_text)
+    with open(env.log + ".1") as f:
+        assert "Ciclo 2" not in f.read()
+    # moved away without a SIGHUP: noticed at the next line
+    os.rename(env.log, env.log + ".2")
+    d.signal(signal.SIGUSR1)
+    d.wait_for("Ciclo 3 ", source=env.log_text)
+
+
+def test_log_directory_is_created(env, daemons):
+    deep = os.path.join(env.tmp, "var", "log", "desfollow", "limpeza_3min.log")
+    d = daemons(env, LIMPEZA_INTERVAL="1h", LIMPEZA_LOG_FILE=deep)
+    d.wait_for("Sistema limpo")
+    with open(deep) as f:
+        assert "🚀 Sistema de Limpeza 3 Minutos iniciado..." in f.read()
+
+
+def test_unwritable_log_does_not_stop_the_daemon(env, daemons):
+    blocker = os.path.join(env.tmp, "file")
+    open(blocker, "w").close()
+    d = daemons(env, LIMPEZA_INTERVAL="1h", LIMPEZA_LOG_FILE=blocker + "/x/limpeza.log")
+    log = d.wait_for("Sistema limpo")
+    assert "cannot open log file" in log
+    assert d.p.poll() is None
+
+
+def test_failed_cycle_waits_the_error_backoff(env, daemons):
+    d = daemons(env, LIMPEZA_INTERVAL="1h", LIMPEZA_ERROR_BACKOFF="500ms",
+                LIMPEZA_HEALTH_URL="http://127.0.0.1:9/api/health")
+    log = d.wait_for("Ciclo 3 ", timeout=5)
+    assert "⚠️ Ciclo 1 com falhas - próximo ciclo em 500ms" in log
+    assert "❌ Erro ao consultar API Health" in log
+
+
+def test_journal_priority_prefix(env, daemons):
+    d = daemons(env, LIMPEZA_INTERVAL="1h", JOURNAL_STREAM="auto",
+                LIMPEZA_HEALTH_URL="http://127.0.0.1:9/api/health")
+    log = d.wait_for("Sistema limpo")
+    assert re.search(r"^<6>\d{4}-.* - INFO - 🚀 Sistema de Limpeza", log, re.M)
+    assert re.search(r"^<3>\d{4}-.* - ERROR - ❌ Erro ao consultar API Health", log, re.M)
+    assert re.search(r"^<4>.* - WARNING - ⚠️ DATABASE_URL|^<4>.* - WARNING - ⚠️ Ciclo 1", log, re.M)
+    # the file has no prefixes
+    assert "<6>" not in env.log_text()
+
+
+def test_no_database_url_warns_once(env, daemons):
+    d = daemons(env, LIMPEZA_INTERVAL="200ms", DATABASE_URL=None)
+    log = d.wait_for("Ciclo 3 ")
+    assert log.count("⚠️ DATABASE_URL não definido - limpeza do banco desativada") == 1
+    assert "Limpeza banco" not in log
+
+
+def test_store_outage_logged_once_per_change(env, daemons):
+    d = daemons(env, LIMPEZA_INTERVAL="200ms", LIMPEZA_ERROR_BACKOFF="200ms",
+                DATABASE_URL="sqlite:///" + env.tmp + "/later.db")
+    log = d.wait_for("Ciclo 4 ")
+    assert log.count("❌ Erro no banco (sqlite)") == 1
+    os.rename(env.store.path, env.tmp + "/later.db")
+    log = d.wait_for("✅ Banco disponível novamente \\(sqlite\\)")
+    assert log.count("❌ Erro no banco (sqlite)") == 1
+
+
+def test_json_and_english_logs(env, daemons):
+    env.write_cache({"old": {"status": "running", "start_time": time.time() - 500}})
+    d = daemons(env, LIMPEZA_INTERVAL="1h", LIMPEZA_LOG_FORMAT="json")
+    d.wait_for('"event":"clean"|"event":"summary"')
+    d.stop()
+    lines = [json.loads(l) for l in d.stderr().splitlines()]
+    ev = {l["event"]: l for l in lines}
+    assert ev["cache_orphan"]["job_id"] == "old"
+    assert 499 <= ev["cache_orphan"]["age_s"] <= 501
+    assert ev["cache_orphan"]["level"] == "info"
+    assert ev["db_cleaned"]["running"] == 0
+    assert ev["db_stats"]["stats"] == {}
+    assert ev["stop"]["msg"] == "🛑 Cleanup system stopped"
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", l["ts"]) for l in lines)
+
+    d = daemons(env, LIMPEZA_INTERVAL="1h", LIMPEZA_LANG="en")
+    log = d.wait_for("System clean")
+    assert "🚀 3-Minute Cleanup System started..." in log
+    assert "⏱️ Configuration: jobs > 3min will be cleaned every 60min" in log
+
+
+def test_bad_configuration_exits_2_with_one_line(env):
+    p = env.run("run", LIMPEZA_RUNNING_TTL="3 minutes")
+    assert p.returncode == 2
+    assert p.stderr.count("\n") == 1
+    assert "LIMPEZA_RUNNING_TTL" in p.stderr and "'3 minutes'" in p.stderr
+    assert "expected a duration" in p.stderr
+    p = env.run("once", "--queued-ttl", "x")
+    assert p.returncode == 2 and "(from the command line)" in p.stderr
+    p = env.run("once", DATABASE_URL="postgres://app:hunter2@db/x?sslmode=require",
+                LIMPEZA_TABLE="scans;drop")
+    assert p.returncode == 2 and "LIMPEZA_TABLE" in p.stderr
+    p = env.run("once", DATABASE_URL="mongodb://app:hunter2@db/x")
+    assert p.returncode == 2 and "hunter2" not in p.stderr and "app:***@db" in p.stderr
+    for args in (["frobnicate"], ["--frob"], ["run", "--force"], ["once", "--json"],
+                 ["once", "extra"]):
+        p = env.run(*args)
+        assert p.returncode == 2, args
+        assert p.stderr.startswith("limpeza: ") and p.stderr.count("\n") == 1, p.stderr
+
+
+def test_help_and_version(env):
+    p = env.run("--help")
+    assert p.returncode == 0
+    assert "limpeza once [--force] [--dry-run]" in p.stdout
+    assert "--running-ttl=DURATION" in p.stdout and "LIMPEZA_RUNNING_TTL" in p.stdout
+    p = env.run("--version")
+    assert p.returncode == 0 and re.fullmatch(r"limpeza \d+\.\d+\.\d+\n", p.stdout)
+
+
+def test_options_beat_environment(env):
+    env.write_cache({"r": {"status": "running", "start_time": time.time() - 100}})
+    p = env.run("once", "--running-ttl=90s", LIMPEZA_RUNNING_TTL="10m")
+    assert "Job órfão no cache limpo: r" in p.stderr
+
+
+def test_password_never_printed(env):
+    url = "postgresql://app:hunter2@127.0.0.1:9/x"
+    for args in (["once"], ["check"], ["stats"], ["stats", "--json"]):
+        p = env.run(*args, DATABASE_URL=url)
+        assert "hunter2" not in p.stdout + p.stderr, args
