@@ -30,9 +30,10 @@ SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp
 
 .PHONY: all deps test-deps install uninstall clean test unit integration \
-	asan asan-unit asan-integration demo format
+	asan asan-unit asan-integration demo format \
+	format-check
 
-all: build/limpeza
+all: build/limpeza build/limpeza.8
 
 deps:
 	@pkg-config --exists $(PKGS) || sh scripts/deps.sh build
@@ -48,6 +49,13 @@ build/obj/%.o: src/%.c $(HDRS) | deps build/obj
 
 build/limpeza: $(OBJS) build/obj/main.o
 	$(CC) $(CFLAGS) -o $@ $^ $(PKG_LIBS) $(LDFLAGS)
+
+# The man page's settings come from the same table as --help.
+build/limpeza.8: man/limpeza.8.in build/limpeza
+	build/limpeza --man-settings > $@.settings
+	sed -e 's/@VERSION@/$(shell build/limpeza --version | cut -d" " -f2)/' \
+	    -e '/@SETTINGS@/{r $@.settings' -e 'd}' man/limpeza.8.in > $@
+	rm -f $@.settings
 
 build/asan/obj/%.o: src/%.c $(HDRS) | deps build/asan/obj
 	$(CC) $(ASAN_CFLAGS) -c -o $@ $<
@@ -81,6 +89,7 @@ asan: asan-unit asan-integration
 # Everything, in order: unit, integration (real files, SQLite, HTTP, the
 # daemon end to end), then both again under ASan and UBSan.
 test: test-deps
+	$(MAKE) format-check
 	$(MAKE) all
 	$(MAKE) unit
 	$(MAKE) integration
@@ -90,15 +99,21 @@ demo: all
 	@sh scripts/deps.sh test
 	sh scripts/demo.sh
 
-install: build/limpeza
+install: build/limpeza build/limpeza.8
 	install -d $(DESTDIR)$(PREFIX)/sbin
 	install -m 0755 build/limpeza $(DESTDIR)$(PREFIX)/sbin/limpeza
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/sbin/limpeza
+	rm -f $(DESTDIR)$(PREFIX)/share/man/man8/limpeza.8
+
+FORMATTED = src/*.c src/*.h tests/unit/*.c tests/unit/*.h
 
 format:
-	clang-format -i src/*.c src/*.h tests/unit/*.c tests/unit/*.h
+	clang-format -i $(FORMATTED)
+
+format-check: test-deps
+	clang-format --dry-run -Werror $(FORMATTED)
 
 clean:
 	rm -rf build demo

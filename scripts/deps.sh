@@ -4,7 +4,7 @@
 set -eu
 
 build_pkgs="build-essential pkg-config libsqlite3-dev libcurl4-openssl-dev libjansson-dev"
-test_pkgs="libcmocka-dev sqlite3 python3 python3-pytest"
+test_pkgs="libcmocka-dev sqlite3 python3 python3-pytest clang-format man-db"
 
 case "${1:-all}" in
 build) want="$build_pkgs" ;;

@@ -1,4 +1,5 @@
-/* cache.c: the cache-file reaper: read under flock, decide each job, rewrite atomically. */
+/* cache.c: the cache-file reaper: read under flock, decide each job, rewrite
+ * atomically. */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -96,8 +97,8 @@ digits(const char **p, int n, int *out)
 int
 cache_parse_iso8601(const char *s, double *out)
 {
-	static const int mdays[] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31,
-		30, 31 };
+	static const int mdays[] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30,
+		31 };
 	int y, mo, d, h = 0, mi = 0, sec = 0, zh = 0, zm = 0, sign = 0;
 	double frac = 0, scale = 0.1;
 	const char *p = s;
@@ -212,9 +213,9 @@ cache_decide(const json_t *job, const struct cache_policy *p, double now,
 		*age = first_age;
 
 	if (p->force)
-		return p->force_min_age > 0 && *age < p->force_min_age ?
-			  FATE_KEEP :
-			  FATE_FORCED;
+		return p->force_min_age > 0 && *age < p->force_min_age
+		    ? FATE_KEEP
+		    : FATE_FORCED;
 	if (running && *age > p->running_ttl)
 		return FATE_RUNNING;
 	if (queued && *age > p->queued_ttl)
@@ -429,13 +430,14 @@ is_active(const struct config *cfg, const json_t *job)
 {
 	const char *st = json_string_value(json_object_get(job, "status"));
 
-	return st != NULL && (strcmp(st, cfg->running_status) == 0 ||
-				 strcmp(st, cfg->queued_status) == 0);
+	return st != NULL &&
+	    (strcmp(st, cfg->running_status) == 0 ||
+		strcmp(st, cfg->queued_status) == 0);
 }
 
 static char *
-build_output(const char *buf, struct scan *s, const struct config *cfg,
-    size_t *outlen)
+build_output(
+    const char *buf, struct scan *s, const struct config *cfg, size_t *outlen)
 {
 	size_t cap = 2, o = 0, i;
 	char *out, msg[256], *dump;
@@ -452,17 +454,18 @@ build_output(const char *buf, struct scan *s, const struct config *cfg,
 
 		dump = NULL;
 		if (m->fate != FATE_KEEP) {
-			/* Marking keeps active jobs as errors; the rest just go. */
-			if (cfg->cache_action != CACHE_MARK || !is_active(cfg,
-								     m->job))
+			/* Marking keeps active jobs as errors; the rest just
+			 * go. */
+			if (cfg->cache_action != CACHE_MARK ||
+			    !is_active(cfg, m->job))
 				continue;
 			config_reap_message(cfg,
-			    m->fate == FATE_RUNNING	 ? REAP_RUNNING :
-				m->fate == FATE_QUEUED ? REAP_QUEUED :
-							 REAP_FORCED,
+			    m->fate == FATE_RUNNING	 ? REAP_RUNNING
+				: m->fate == FATE_QUEUED ? REAP_QUEUED
+							 : REAP_FORCED,
 			    msg, sizeof(msg));
-			json_object_set_new(m->job, "status",
-			    json_string(cfg->error_status));
+			json_object_set_new(
+			    m->job, "status", json_string(cfg->error_status));
 			json_object_set_new(m->job, "error", json_string(msg));
 			dump = json_dumps(m->job,
 			    JSON_ENSURE_ASCII | JSON_PRESERVE_ORDER |
@@ -470,8 +473,8 @@ build_output(const char *buf, struct scan *s, const struct config *cfg,
 			if (dump == NULL)
 				fatalx_oom();
 		}
-		need = (m->ke - m->ks) + 2 + (dump ? strlen(dump) :
-							m->ve - m->vs) + 2;
+		need = (m->ke - m->ks) + 2 +
+		    (dump ? strlen(dump) : m->ve - m->vs) + 2;
 		if (o + need + 2 > cap) {
 			cap = (o + need + 2) * 2;
 			if ((out = realloc(out, cap)) == NULL)
@@ -532,13 +535,14 @@ replace_file(const char *path, const struct stat *was, const char *data,
 	}
 	fd = mkstemp(tmp);
 	if (fd == -1) {
-		snprintf(err, errlen, "cannot create a temporary file in %s: %s",
-		    dir, strerror(errno));
+		snprintf(err, errlen,
+		    "cannot create a temporary file in %.200s: %s", dir,
+		    strerror(errno));
 		return -1;
 	}
 	if (fchmod(fd, was->st_mode & 07777) == -1) {
-		snprintf(err, errlen, "cannot keep the mode: %s",
-		    strerror(errno));
+		snprintf(
+		    err, errlen, "cannot keep the mode: %s", strerror(errno));
 		goto fail;
 	}
 	/* The API must still be able to open the file for writing. */
@@ -586,8 +590,8 @@ fail:
 }
 
 static void
-log_reaped(const struct scan *s, const struct config *cfg,
-    struct cache_result *res)
+log_reaped(
+    const struct scan *s, const struct config *cfg, struct cache_result *res)
 {
 	size_t i;
 
@@ -614,8 +618,8 @@ log_reaped(const struct scan *s, const struct config *cfg,
 	}
 	if (res->reaped_running + res->reaped_queued > 0)
 		log_event(LVL_INFO,
-		    cfg->cache_action == CACHE_MARK ? EV_CACHE_MARKED :
-						      EV_CACHE_CLEANED,
+		    cfg->cache_action == CACHE_MARK ? EV_CACHE_MARKED
+						    : EV_CACHE_CLEANED,
 		    res->reaped_running + res->reaped_queued);
 }
 
@@ -659,8 +663,9 @@ decide_all(struct cache *c, const struct config *cfg, int force,
 		m->job = json_object_getn(root, k, kl);
 		m->id = strndup(k, kl);
 		status = json_string_value(json_object_get(m->job, "status"));
-		if (status != NULL && (strcmp(status, pol.running) == 0 ||
-					  strcmp(status, pol.queued) == 0)) {
+		if (status != NULL &&
+		    (strcmp(status, pol.running) == 0 ||
+			strcmp(status, pol.queued) == 0)) {
 			size_t sl = strlen(status), skl = sl + 1 + kl;
 
 			if ((sk = malloc(skl)) == NULL)
@@ -670,13 +675,13 @@ decide_all(struct cache *c, const struct config *cfg, int force,
 			memcpy(sk + sl + 1, k, kl);
 			first = json_object_getn(c->seen, sk, skl);
 			if (first != NULL) {
-				first_age = (double)(mono -
-						json_integer_value(first)) /
+				first_age =
+				    (double)(mono - json_integer_value(first)) /
 				    MS_PER_S;
 				json_object_setn_nocheck(seen, sk, skl, first);
 			} else
-				json_object_setn_new_nocheck(seen, sk, skl,
-				    json_integer(mono));
+				json_object_setn_new_nocheck(
+				    seen, sk, skl, json_integer(mono));
 			free(sk);
 		}
 		json_decref(key);
@@ -721,8 +726,8 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 		}
 		log_event(LVL_ERROR, EV_CACHE_ERROR, path,
 		    errno == ELOOP ? "is a symbolic link; it is not followed "
-				     "or replaced" :
-				     strerror(errno));
+				     "or replaced"
+				   : strerror(errno));
 		return -1;
 	}
 	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)) {
@@ -732,9 +737,9 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 	}
 	if (lock_file(fd) == -1) {
 		log_event(LVL_ERROR, EV_CACHE_ERROR, path,
-		    errno == EWOULDBLOCK ?
-			"locked by another process for more than 2 s" :
-			strerror(errno));
+		    errno == EWOULDBLOCK
+			? "locked by another process for more than 2 s"
+			: strerror(errno));
 		goto done;
 	}
 	/* The lock is only worth something if path still names this file. */
@@ -754,8 +759,8 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 		    (long)jerr.column, len == 0 ? "empty file" : jerr.text);
 		goto done;
 	}
-	if (!json_is_object(root) || cache_members(buf, len, scan_add, &s) ==
-	    -1) {
+	if (!json_is_object(root) ||
+	    cache_members(buf, len, scan_add, &s) == -1) {
 		log_event(LVL_ERROR, EV_CACHE_NOT_OBJECT, path);
 		goto done;
 	}

@@ -1,4 +1,5 @@
-/* config.c: the one table of settings: environment, env files, options, defaults, validation, help. */
+/* config.c: the one table of settings: environment, env files, options,
+ * defaults, validation, help. */
 
 #include <ctype.h>
 #include <errno.h>
@@ -72,8 +73,8 @@ static const struct setting settings[] = {
 	{ "LIMPEZA_RUNNING_TTL", "running-ttl", T_DURATION, "3m",
 	    OFF(running_ttl), NULL, MS_PER_S, 30 * DAY_MS,
 	    "a running job without progress for longer is orphaned" },
-	{ "LIMPEZA_QUEUED_TTL", "queued-ttl", T_DURATION, "2m",
-	    OFF(queued_ttl), NULL, MS_PER_S, 30 * DAY_MS,
+	{ "LIMPEZA_QUEUED_TTL", "queued-ttl", T_DURATION, "2m", OFF(queued_ttl),
+	    NULL, MS_PER_S, 30 * DAY_MS,
 	    "a queued job older than this is expired" },
 	{ "LIMPEZA_INTERVAL", "interval", T_DURATION, "30s", OFF(interval),
 	    NULL, 100, DAY_MS, "time between cleanup cycles" },
@@ -84,8 +85,8 @@ static const struct setting settings[] = {
 	    OFF(force_threshold), NULL, 0, 1000000000,
 	    "force a full cleanup when the API reports more active jobs than "
 	    "this; 0 disables" },
-	{ "LIMPEZA_FORCE_CACHE", "force-cache", T_ENUM, "all",
-	    OFF(force_cache), "all|active", 0, 0,
+	{ "LIMPEZA_FORCE_CACHE", "force-cache", T_ENUM, "all", OFF(force_cache),
+	    "all|active", 0, 0,
 	    "forced cleanup of the cache: all (empty it) or active (only "
 	    "running/queued jobs)" },
 	{ "LIMPEZA_FORCE_MIN_AGE", "force-min-age", T_DURATION, "0",
@@ -119,13 +120,12 @@ static const struct setting settings[] = {
 	    OFF(queued_status), NULL, 0, 0, "status of a queued job" },
 	{ "LIMPEZA_ERROR_STATUS", "error-status", T_WORD, "error",
 	    OFF(error_status), NULL, 0, 0, "status given to a reaped job" },
-	{ "LIMPEZA_BATCH", "batch", T_INT, "1000", OFF(batch), NULL, 1,
-	    1000000, "rows per reaping statement" },
-	{ "LIMPEZA_DB_TIMEZONE", "db-timezone", T_ZONE, "UTC",
-	    OFF(db_timezone), NULL, 0, 0,
-	    "zone in which naive timestamps are written" },
-	{ "LIMPEZA_LEADER_KEY", "leader-key", T_INT, "7105573",
-	    OFF(leader_key), NULL, INT64_MIN, INT64_MAX,
+	{ "LIMPEZA_BATCH", "batch", T_INT, "1000", OFF(batch), NULL, 1, 1000000,
+	    "rows per reaping statement" },
+	{ "LIMPEZA_DB_TIMEZONE", "db-timezone", T_ZONE, "UTC", OFF(db_timezone),
+	    NULL, 0, 0, "zone in which naive timestamps are written" },
+	{ "LIMPEZA_LEADER_KEY", "leader-key", T_INT, "7105573", OFF(leader_key),
+	    NULL, INT64_MIN, INT64_MAX,
 	    "advisory lock key for leader election; 0 disables it" },
 	{ "LIMPEZA_LOG_FILE", "log-file", T_PATH,
 	    "/var/log/desfollow/limpeza_3min.log", OFF(log_file), NULL, 0, 0,
@@ -226,7 +226,8 @@ config_parse_option(struct config_args *a, int argc, char **argv, int *i,
 	eq = strchr(name, '=');
 	nlen = eq != NULL ? (size_t)(eq - name) : strlen(name);
 
-	if (nlen == strlen("env-file") && strncmp(name, "env-file", nlen) == 0) {
+	if (nlen == strlen("env-file") &&
+	    strncmp(name, "env-file", nlen) == 0) {
 		const char **n;
 
 		if (eq != NULL)
@@ -356,13 +357,13 @@ config_mask_url(const char *url, char *buf, size_t len)
 	const char *p, *auth, *end, *at, *colon, *q;
 	size_t o = 0;
 
-#define PUT(ptr, n)                                                  \
-	do {                                                         \
-		size_t n_ = (n);                                     \
-		if (o + n_ >= len)                                   \
-			goto fail;                                   \
-		memcpy(buf + o, (ptr), n_);                          \
-		o += n_;                                             \
+#define PUT(ptr, n)                         \
+	do {                                \
+		size_t n_ = (n);            \
+		if (o + n_ >= len)          \
+			goto fail;          \
+		memcpy(buf + o, (ptr), n_); \
+		o += n_;                    \
 	} while (0)
 
 	if (len == 0)
@@ -452,8 +453,8 @@ setting_apply(struct config *cfg, const struct setting *s, const char *value,
 	size_t len = strlen(value);
 
 	if (len > MAX_VALUE)
-		return bad(err, errlen, s, from, value,
-		    "at most 4096 characters");
+		return bad(
+		    err, errlen, s, from, value, "at most 4096 characters");
 	if (has_control(value))
 		return bad(err, errlen, s, from, value,
 		    "no control characters (newline, tab...)");
@@ -468,7 +469,8 @@ setting_apply(struct config *cfg, const struct setting *s, const char *value,
 			config_format_duration(s->max, hi, sizeof(hi));
 			snprintf(accepted, sizeof(accepted),
 			    "a duration such as 180, 180s, 3m, 1h or 500ms, "
-			    "from %s to %s", lo, hi);
+			    "from %s to %s",
+			    lo, hi);
 			return bad(err, errlen, s, from, value, accepted);
 		}
 		*ip = n;
@@ -486,11 +488,13 @@ setting_apply(struct config *cfg, const struct setting *s, const char *value,
 		return 0;
 	case T_BOOL:
 		if (strcmp(value, "1") == 0 || strcasecmp(value, "true") == 0 ||
-		    strcasecmp(value, "yes") == 0 || strcasecmp(value, "on") == 0)
+		    strcasecmp(value, "yes") == 0 ||
+		    strcasecmp(value, "on") == 0)
 			*ip = 1;
 		else if (strcmp(value, "0") == 0 || *value == '\0' ||
 		    strcasecmp(value, "false") == 0 ||
-		    strcasecmp(value, "no") == 0 || strcasecmp(value, "off") == 0)
+		    strcasecmp(value, "no") == 0 ||
+		    strcasecmp(value, "off") == 0)
 			*ip = 0;
 		else
 			return bad(err, errlen, s, from, value,
@@ -523,8 +527,8 @@ setting_apply(struct config *cfg, const struct setting *s, const char *value,
 		break;
 	case T_TABLE:
 		c = strchr(value, '.');
-		if (c == NULL ? !is_ident(value, len) :
-				(!is_ident(value, (size_t)(c - value)) ||
+		if (c == NULL ? !is_ident(value, len)
+			      : (!is_ident(value, (size_t)(c - value)) ||
 				    !is_ident(c + 1, strlen(c + 1))))
 			return bad(err, errlen, s, from, value,
 			    "table or schema.table, plain identifiers only");
@@ -540,7 +544,8 @@ setting_apply(struct config *cfg, const struct setting *s, const char *value,
 			"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 			"0123456789_/+-:") != len)
 			return bad(err, errlen, s, from, value,
-			    "a time zone name such as UTC or America/Sao_Paulo");
+			    "a time zone name such as UTC or "
+			    "America/Sao_Paulo");
 		break;
 	case T_HTTPURL:
 		if (len != 0 && strncasecmp(value, "http://", 7) != 0 &&
@@ -585,8 +590,7 @@ env_file_set(void *arg, const char *key, const char *value)
 	return 0;
 }
 
-static void
-config_warn(struct config *cfg, const char *fmt, ...)
+static void config_warn(struct config *cfg, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 static void
@@ -594,12 +598,12 @@ config_warn(struct config *cfg, const char *fmt, ...)
 {
 	va_list ap;
 
-	if (cfg->nwarnings >= (int)(sizeof(cfg->warnings) /
-				  sizeof(cfg->warnings[0])))
+	if (cfg->nwarnings >=
+	    (int)(sizeof(cfg->warnings) / sizeof(cfg->warnings[0])))
 		return;
 	va_start(ap, fmt);
-	vsnprintf(cfg->warnings[cfg->nwarnings++], sizeof(cfg->warnings[0]),
-	    fmt, ap);
+	vsnprintf(
+	    cfg->warnings[cfg->nwarnings++], sizeof(cfg->warnings[0]), fmt, ap);
 	va_end(ap);
 }
 
@@ -617,8 +621,8 @@ env_file_read(struct config *cfg, const char *path, json_t *vars)
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	if (fd == -1) {
 		if (errno != ENOENT)
-			config_warn(cfg, "env file %s: %s", path,
-			    strerror(errno));
+			config_warn(
+			    cfg, "env file %s: %s", path, strerror(errno));
 		return;
 	}
 	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)) {
@@ -626,8 +630,8 @@ env_file_read(struct config *cfg, const char *path, json_t *vars)
 		goto done;
 	}
 	if (st.st_size > MAX_ENV_FILE) {
-		config_warn(cfg, "env file %s: larger than 1 MiB, skipped",
-		    path);
+		config_warn(
+		    cfg, "env file %s: larger than 1 MiB, skipped", path);
 		goto done;
 	}
 	buf = malloc((size_t)st.st_size + 1);
@@ -673,8 +677,8 @@ env_files_read(struct config *cfg, const char *list, json_t *vars)
  * with one line in err at the first bad value; cfg is then freed.
  */
 int
-config_load(struct config *cfg, const struct config_args *a, char *err,
-    size_t errlen)
+config_load(
+    struct config *cfg, const struct config_args *a, char *err, size_t errlen)
 {
 	json_t *vars = NULL;
 	const char *value, *from;
@@ -707,8 +711,8 @@ config_load(struct config *cfg, const struct config_args *a, char *err,
 		else if ((value = getenv(s->env)) != NULL)
 			from = " (from the environment)";
 		else if (k != envk &&
-		    (value = json_string_value(json_object_get(vars, s->env))) !=
-			NULL)
+		    (value = json_string_value(
+			 json_object_get(vars, s->env))) != NULL)
 			from = " (from an env file)";
 		else
 			value = s->def;
@@ -744,8 +748,8 @@ config_free(struct config *cfg)
 
 /* Renders a setting's current value as it would be written back. */
 static void
-setting_value(const struct config *cfg, const struct setting *s, char *buf,
-    size_t len)
+setting_value(
+    const struct config *cfg, const struct setting *s, char *buf, size_t len)
 {
 	const char *base = (const char *)cfg + s->off;
 	long long n = *(const long long *)(const void *)base;
@@ -753,9 +757,14 @@ setting_value(const struct config *cfg, const struct setting *s, char *buf,
 
 	switch (s->type) {
 	case T_DURATION:
-		config_format_duration(n, buf, len);
-		if (strcmp(buf + strlen(buf) - 3, "min") == 0)
-			buf[strlen(buf) - 2] = '\0';
+		/* The form config_parse_duration() reads back: 3m, 30s, 500ms.
+		 */
+		if (n != 0 && n % (60 * MS_PER_S) == 0)
+			snprintf(buf, len, "%lldm", n / (60 * MS_PER_S));
+		else if (n % MS_PER_S == 0)
+			snprintf(buf, len, "%llds", n / MS_PER_S);
+		else
+			snprintf(buf, len, "%lldms", n);
 		return;
 	case T_INT:
 	case T_BOOL:
@@ -841,8 +850,9 @@ config_print_man(FILE *out)
 			fputs(*c == '-' ? "\\-" : (char[]){ *c, '\0' }, out);
 		fputs("\\fR\n", out);
 		for (c = s->help; *c != '\0'; c++)
-			fputs(*c == '-' ? "\\-" :
-			      *c == '\\' ? "\\e" : (char[]){ *c, '\0' },
+			fputs(*c == '-'	     ? "\\-"
+				: *c == '\\' ? "\\e"
+					     : (char[]){ *c, '\0' },
 			    out);
 		fprintf(out, ". Default: %s.\n",
 		    *s->def != '\0' ? s->def : "empty");
@@ -858,12 +868,12 @@ duration_words(long long ms, enum lang lang, char *buf, size_t len)
 
 	if (ms % (60 * MS_PER_S) == 0) {
 		n = ms / (60 * MS_PER_S);
-		unit = lang == LANG_PT ? (n == 1 ? "minuto" : "minutos") :
-					 (n == 1 ? "minute" : "minutes");
+		unit = lang == LANG_PT ? (n == 1 ? "minuto" : "minutos")
+				       : (n == 1 ? "minute" : "minutes");
 	} else if (ms % MS_PER_S == 0) {
 		n = ms / MS_PER_S;
-		unit = lang == LANG_PT ? (n == 1 ? "segundo" : "segundos") :
-					 (n == 1 ? "second" : "seconds");
+		unit = lang == LANG_PT ? (n == 1 ? "segundo" : "segundos")
+				       : (n == 1 ? "second" : "seconds");
 	} else {
 		n = ms;
 		unit = "ms";
@@ -873,8 +883,8 @@ duration_words(long long ms, enum lang lang, char *buf, size_t len)
 
 /* The error message written to a reaped job; the TTL follows the settings. */
 void
-config_reap_message(const struct config *cfg, enum reap_kind kind, char *buf,
-    size_t len)
+config_reap_message(
+    const struct config *cfg, enum reap_kind kind, char *buf, size_t len)
 {
 	char words[64];
 	int pt = cfg->lang == LANG_PT;
@@ -884,22 +894,22 @@ config_reap_message(const struct config *cfg, enum reap_kind kind, char *buf,
 		duration_words(cfg->running_ttl, (enum lang)cfg->lang, words,
 		    sizeof(words));
 		snprintf(buf, len,
-		    pt ? "Job órfão - mais de %s" :
-			 "Orphan job - no progress for more than %s",
+		    pt ? "Job órfão - mais de %s"
+		       : "Orphan job - no progress for more than %s",
 		    words);
 		break;
 	case REAP_QUEUED:
 		duration_words(cfg->queued_ttl, (enum lang)cfg->lang, words,
 		    sizeof(words));
 		snprintf(buf, len,
-		    pt ? "Job queued expirado - mais de %s" :
-			 "Queued job expired - more than %s",
+		    pt ? "Job queued expirado - mais de %s"
+		       : "Queued job expired - more than %s",
 		    words);
 		break;
 	case REAP_FORCED:
 		snprintf(buf, len, "%s",
-		    pt ? "Limpeza forçada - excesso de jobs ativos" :
-			 "Forced cleanup - too many active jobs");
+		    pt ? "Limpeza forçada - excesso de jobs ativos"
+		       : "Forced cleanup - too many active jobs");
 		break;
 	}
 }
@@ -991,7 +1001,8 @@ dotenv_parse(const char *text, size_t len,
 			if (p == end)
 				goto bad_line;
 			p++;
-			while (p < end && (*p == ' ' || *p == '\t' || *p == '\r'))
+			while (
+			    p < end && (*p == ' ' || *p == '\t' || *p == '\r'))
 				p++;
 			why = "text after the closing quote";
 			if (p < end && *p != '\n' && *p != '#')
@@ -999,7 +1010,8 @@ dotenv_parse(const char *text, size_t len,
 		} else {
 			while (p < end && *p != '\n') {
 				if (*p == '#' && vlen > 0 &&
-				    (val[vlen - 1] == ' ' || val[vlen - 1] == '\t'))
+				    (val[vlen - 1] == ' ' ||
+					val[vlen - 1] == '\t'))
 					break;
 				val[vlen++] = *p++;
 			}
@@ -1022,10 +1034,10 @@ dotenv_parse(const char *text, size_t len,
 				break;
 		}
 		goto skip_line;
-bad_line:
+	bad_line:
 		if (nbad++ == 0 && errlen > 0)
 			snprintf(err, errlen, "line %d: %s", start, why);
-skip_line:
+	skip_line:
 		while (p < end && *p != '\n')
 			p++;
 		if (p < end) {

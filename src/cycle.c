@@ -1,4 +1,5 @@
-/* cycle.c: one cleanup cycle, store-agnostic: cache, store, health and forced cleanup, summary. */
+/* cycle.c: one cleanup cycle, store-agnostic: cache, store, health and forced
+ * cleanup, summary. */
 
 #include <stdlib.h>
 #include <string.h>
@@ -71,9 +72,9 @@ log_db_job(void *arg, enum reap_kind kind, const char *id)
 {
 	(void)arg;
 	log_event(LVL_DEBUG, EV_DB_JOB,
-	    kind == REAP_RUNNING ? "running" :
-	    kind == REAP_QUEUED	 ? "queued" :
-				   "forced",
+	    kind == REAP_RUNNING      ? "running"
+		: kind == REAP_QUEUED ? "queued"
+				      : "forced",
 	    id);
 }
 
@@ -114,8 +115,8 @@ step_store(struct cycle *c, int dry_run, long *reaped)
 	if (lead == -1)
 		goto fail;
 	if (lead == 1) {
-		if (c->store->ops->reap(c->store, dry_run, &n, log_db_job,
-			NULL) == -1)
+		if (c->store->ops->reap(
+			c->store, dry_run, &n, log_db_job, NULL) == -1)
 			goto fail;
 		config_format_duration(cfg->running_ttl, rt, sizeof(rt));
 		config_format_duration(cfg->queued_ttl, qt, sizeof(qt));
@@ -151,9 +152,10 @@ step_force(struct cycle *c, int dry_run, long *ended)
 
 	if (c->store != NULL) {
 		lead = c->store->ops->lead(c->store);
-		if (lead == -1 || (lead == 1 &&
-				      c->store->ops->force(c->store, dry_run,
-					  &n, log_db_job, NULL) == -1)) {
+		if (lead == -1 ||
+		    (lead == 1 &&
+			c->store->ops->force(
+			    c->store, dry_run, &n, log_db_job, NULL) == -1)) {
 			store_failed(c);
 			rc = -1;
 		} else
@@ -207,8 +209,8 @@ cycle_run(struct cycle *c, int force, volatile sig_atomic_t *stop)
 			log_event(LVL_INFO, EV_HEALTH, (long)jobs);
 			if (!force && cfg->force_threshold > 0 &&
 			    jobs > cfg->force_threshold) {
-				log_event(LVL_WARNING, EV_FORCE_WARN,
-				    (long)jobs);
+				log_event(
+				    LVL_WARNING, EV_FORCE_WARN, (long)jobs);
 				if (step_force(c, dry, &ended) == -1)
 					failed = 1;
 			}

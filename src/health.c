@@ -1,4 +1,5 @@
-/* health.c: asks the API's health endpoint how many jobs are active (libcurl, bounded). */
+/* health.c: asks the API's health endpoint how many jobs are active (libcurl,
+ * bounded). */
 
 #include <string.h>
 
@@ -42,8 +43,8 @@ body_write(char *data, size_t size, size_t nmemb, void *arg)
  * a broken answer can never trigger a forced cleanup.
  */
 int
-health_parse(const char *body, size_t len, long long *jobs, char *err,
-    size_t errlen)
+health_parse(
+    const char *body, size_t len, long long *jobs, char *err, size_t errlen)
 {
 	json_error_t jerr;
 	json_t *root, *v;
@@ -65,8 +66,8 @@ health_parse(const char *body, size_t len, long long *jobs, char *err,
 		goto done;
 	}
 	if (!json_is_integer(v) || json_integer_value(v) < 0) {
-		snprintf(err, errlen,
-		    "jobs_active is not a non-negative integer");
+		snprintf(
+		    err, errlen, "jobs_active is not a non-negative integer");
 		goto done;
 	}
 	*jobs = json_integer_value(v);
@@ -78,8 +79,8 @@ done:
 
 /* One GET of LIMPEZA_HEALTH_URL within LIMPEZA_HEALTH_TIMEOUT in total. */
 int
-health_probe(const struct config *cfg, long long *jobs, char *err,
-    size_t errlen)
+health_probe(
+    const struct config *cfg, long long *jobs, char *err, size_t errlen)
 {
 	static char buf[HEALTH_MAX_BODY];
 	struct body b = { buf, 0, 0 };
@@ -100,11 +101,11 @@ health_probe(const struct config *cfg, long long *jobs, char *err,
 	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
 	curl_easy_setopt(h, CURLOPT_MAXREDIRS, 3L);
 	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)cfg->health_timeout);
-	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
-	    (long)cfg->health_timeout);
+	curl_easy_setopt(
+	    h, CURLOPT_CONNECTTIMEOUT_MS, (long)cfg->health_timeout);
 	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE,
-	    (curl_off_t)HEALTH_MAX_BODY);
+	curl_easy_setopt(
+	    h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)HEALTH_MAX_BODY);
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, body_write);
 	curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
 	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, cerr);

@@ -79,8 +79,8 @@ int config_nsettings(void);
 const char *config_setting_env(int);
 int config_args_init(struct config_args *);
 void config_args_free(struct config_args *);
-int config_parse_option(struct config_args *, int, char **, int *, char *,
-    size_t);
+int config_parse_option(
+    struct config_args *, int, char **, int *, char *, size_t);
 int config_load(struct config *, const struct config_args *, char *, size_t);
 void config_free(struct config *);
 int config_parse_duration(const char *, long long *);
@@ -91,8 +91,7 @@ void config_print(const struct config *, FILE *);
 int config_mask_url(const char *, char *, size_t);
 int dotenv_parse(const char *, size_t,
     int (*)(void *, const char *, const char *), void *, char *, size_t);
-void config_reap_message(const struct config *, enum reap_kind, char *,
-    size_t);
+void config_reap_message(const struct config *, enum reap_kind, char *, size_t);
 
 /* log.c */
 enum log_event {
@@ -154,7 +153,7 @@ struct cache_result {
 	long reaped_running;
 	long reaped_queued;
 	long forced;
-	long active;     /* running/queued jobs left in the file */
+	long active; /* running/queued jobs left in the file */
 	double oldest_s; /* age of the oldest active job left, -1 if none */
 	int rewritten;
 };
@@ -171,12 +170,12 @@ enum cache_fate { FATE_KEEP, FATE_RUNNING, FATE_QUEUED, FATE_FORCED };
 
 struct cache *cache_new(void);
 void cache_free(struct cache *);
-int cache_reap(struct cache *, const struct config *, int, int,
-    struct cache_result *);
+int cache_reap(
+    struct cache *, const struct config *, int, int, struct cache_result *);
 int cache_parse_time(const json_t *, double *);
 int cache_parse_iso8601(const char *, double *);
-enum cache_fate cache_decide(const json_t *, const struct cache_policy *,
-    double, double, double *);
+enum cache_fate cache_decide(
+    const json_t *, const struct cache_policy *, double, double, double *);
 int cache_members(const char *, size_t,
     int (*)(void *, size_t, size_t, size_t, size_t), void *);
 

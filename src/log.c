@@ -1,4 +1,5 @@
-/* log.c: every log line, in pt/en text or JSON, to the log file and standard error. */
+/* log.c: every log line, in pt/en text or JSON, to the log file and standard
+ * error. */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -48,8 +49,8 @@ static const struct log_def defs[EV_COUNT] = {
 	    "🔄 Configuration reloaded", "", { NULL } },
 	[EV_RELOAD_FAILED] = { "reload_failed",
 	    "❌ Recarga da configuração falhou, mantendo a anterior: %s",
-	    "❌ Configuration reload failed, keeping the previous one: %s",
-	    "s", { "detail" } },
+	    "❌ Configuration reload failed, keeping the previous one: %s", "s",
+	    { "detail" } },
 	[EV_SIGNAL_CYCLE] = { "signal_cycle", "🔔 SIGUSR1: ciclo imediato",
 	    "🔔 SIGUSR1: cycle now", "", { NULL } },
 	[EV_CYCLE] = { "cycle", "🔄 Ciclo %s - %s", "🔄 Cycle %s - %s", "ls",
@@ -96,8 +97,7 @@ static const struct log_def defs[EV_COUNT] = {
 	    "❌ Cache error %s: %s", "ss", { "path", "detail" } },
 	[EV_CACHE_CHANGED] = { "cache_changed",
 	    "Cache alterado durante a limpeza, nova tentativa: %s",
-	    "Cache changed during the cleanup, retrying: %s", "s",
-	    { "path" } },
+	    "Cache changed during the cleanup, retrying: %s", "s", { "path" } },
 	[EV_CACHE_GAVE_UP] = { "cache_gave_up",
 	    "⚠️ Cache alterado a cada tentativa, limpeza adiada: %s",
 	    "⚠️ Cache changed at every try, cleanup postponed: %s", "s",
@@ -132,13 +132,15 @@ static const struct log_def defs[EV_COUNT] = {
 	    "⚠️ Limpeza forçada solicitada - Executando limpeza forçada!",
 	    "⚠️ Forced cleanup requested - Running forced cleanup!", "",
 	    { NULL } },
-	[EV_FORCE_DONE] = { "force_done", "🚨 Limpeza forçada: %s jobs terminados",
+	[EV_FORCE_DONE] = { "force_done",
+	    "🚨 Limpeza forçada: %s jobs terminados",
 	    "🚨 Forced cleanup: %s jobs ended", "l", { "count" } },
 	[EV_SUMMARY] = { "summary", "✅ Limpeza executada: %s jobs processados",
 	    "✅ Cleanup done: %s jobs processed", "l", { "count" } },
 	[EV_CLEAN] = { "clean", "✅ Sistema limpo - nenhum job órfão encontrado",
 	    "✅ System clean - no orphan job found", "", { NULL } },
-	[EV_REPORT] = { "report", "📊 Relatório (Ciclo %s): %s jobs ativos na API",
+	[EV_REPORT] = { "report",
+	    "📊 Relatório (Ciclo %s): %s jobs ativos na API",
 	    "📊 Report (Cycle %s): %s active jobs in the API", "ll",
 	    { "cycle", "jobs_active" } },
 	[EV_REPORT_NO_API] = { "report",
@@ -170,8 +172,7 @@ put_pydict(char *buf, size_t len, size_t *o, json_t *obj)
 	int first = 1, n;
 
 	n = snprintf(buf + *o, len - *o, "{");
-	json_object_foreach(obj, key, v)
-	{
+	json_object_foreach (obj, key, v) {
 		if (n >= 0 && (size_t)n < len - *o)
 			*o += (size_t)n;
 		n = snprintf(buf + *o, len - *o, "%s'%s': %lld",
@@ -193,7 +194,8 @@ put_clean(char *buf, size_t len, size_t *o, const char *s)
 		unsigned char c = (unsigned char)*s;
 
 		if (c < 0x20 || c == 0x7f)
-			*o += (size_t)snprintf(buf + *o, len - *o, "\\x%02x", c);
+			*o +=
+			    (size_t)snprintf(buf + *o, len - *o, "\\x%02x", c);
 		else
 			buf[(*o)++] = (char)c;
 	}
@@ -224,9 +226,8 @@ ascii_string(const char *s)
  * so the unit tests can check every format without files or clocks.
  */
 int
-log_format_line(char *buf, size_t len, enum log_level level,
-    enum log_event ev, enum log_format format, enum lang lang, double when,
-    va_list ap)
+log_format_line(char *buf, size_t len, enum log_level level, enum log_event ev,
+    enum log_format format, enum lang lang, double when, va_list ap)
 {
 	const struct log_def *d = &defs[ev];
 	const char *fmt = lang == LANG_PT ? d->pt : d->en, *s;
@@ -244,8 +245,8 @@ log_format_line(char *buf, size_t len, enum log_level level,
 		char *dump;
 
 		va_copy(ap2, ap);
-		log_format_line(msg, sizeof(msg), level, ev, LOGF_TEXT, LANG_EN,
-		    -1, ap2);
+		log_format_line(
+		    msg, sizeof(msg), level, ev, LOGF_TEXT, LANG_EN, -1, ap2);
 		va_end(ap2);
 		gmtime_r(&secs, &tm);
 		strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
@@ -273,8 +274,8 @@ log_format_line(char *buf, size_t len, enum log_level level,
 			json_object_set_new(obj, d->keys[i], v);
 		}
 		json_decref(args);
-		dump = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER |
-			JSON_ENSURE_ASCII);
+		dump = json_dumps(obj,
+		    JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
 		json_decref(obj);
 		if (dump == NULL)
 			fatalx_oom();
@@ -287,8 +288,8 @@ log_format_line(char *buf, size_t len, enum log_level level,
 	if (when >= 0) {
 		localtime_r(&secs, &tm);
 		o = strftime(buf, len, "%Y-%m-%d %H:%M:%S", &tm);
-		o += (size_t)snprintf(buf + o, len - o, " - %s - ",
-		    level_names[level]);
+		o += (size_t)snprintf(
+		    buf + o, len - o, " - %s - ", level_names[level]);
 	}
 	for (; *fmt != '\0' && o + 1 < len; fmt++) {
 		if (fmt[0] == '%' && fmt[1] == 's' && d->types[i] != '\0') {
@@ -300,7 +301,8 @@ log_format_line(char *buf, size_t len, enum log_level level,
 				put_clean(buf, len, &o, s != NULL ? s : "");
 				break;
 			case 'l':
-				snprintf(num, sizeof(num), "%ld", va_arg(ap, long));
+				snprintf(
+				    num, sizeof(num), "%ld", va_arg(ap, long));
 				put_clean(buf, len, &o, num);
 				break;
 			default:
@@ -339,7 +341,8 @@ mkdir_parents(const char *path)
 	return 0;
 }
 
-/* Opens the log file, creating its directory; a failure is said once a minute. */
+/* Opens the log file, creating its directory; a failure is said once a minute.
+ */
 static void
 log_open_file(void)
 {
@@ -349,14 +352,15 @@ log_open_file(void)
 	if (lg.path == NULL || *lg.path == '\0')
 		return;
 	if (mkdir_parents(lg.path) == 0)
-		fd = open(lg.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
-		    0640);
+		fd = open(
+		    lg.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
 	else
 		fd = -1;
 	if (fd == -1) {
 		if (t - lg.last_open_fail >= 60) {
 			dprintf(STDERR_FILENO,
-			    "%slimpeza: cannot open log file %s: %s; logging to "
+			    "%slimpeza: cannot open log file %s: %s; logging "
+			    "to "
 			    "standard error only\n",
 			    lg.journal ? "<3>" : "", lg.path, strerror(errno));
 			lg.last_open_fail = t;

@@ -1,4 +1,5 @@
-/* main.c: command line, start-up, the daemon loop and its signals; check and stats. */
+/* main.c: command line, start-up, the daemon loop and its signals; check and
+ * stats. */
 
 #include <errno.h>
 #include <poll.h>
@@ -171,8 +172,8 @@ cmd_run(struct config *cfg, const struct config_args *args)
 			next = start + cfg->interval;
 		} else {
 			next = now_monotonic_ms() + cfg->error_backoff;
-			config_format_duration(cfg->error_backoff, bo,
-			    sizeof(bo));
+			config_format_duration(
+			    cfg->error_backoff, bo, sizeof(bo));
 			log_event(LVL_WARNING, EV_CYCLE_FAILED,
 			    (long)cycle_count(cy), bo);
 		}
@@ -242,8 +243,8 @@ check_cache(const struct config *cfg)
 }
 
 static int
-check_health(const struct config *cfg, long long *jobs, char *err,
-    size_t errlen)
+check_health(
+    const struct config *cfg, long long *jobs, char *err, size_t errlen)
 {
 	if (*cfg->health_url == '\0')
 		return 1;
@@ -296,7 +297,8 @@ cmd_check(struct config *cfg)
 	return failed;
 }
 
-/* `limpeza stats`: jobs per status and what is active, for a person or a script. */
+/* `limpeza stats`: jobs per status and what is active, for a person or a
+ * script. */
 static int
 cmd_stats(struct config *cfg, int as_json)
 {
@@ -321,8 +323,8 @@ cmd_stats(struct config *cfg, int as_json)
 		failed = 1;
 	} else
 		db = json_pack("{s:s, s:O, s:i, s:f}", "store", s->ops->name,
-		    "by_status_24h", st.by_status, "active", (json_int_t)st.active,
-		    "oldest_active_s", st.oldest_s);
+		    "by_status_24h", st.by_status, "active",
+		    (json_int_t)st.active, "oldest_active_s", st.oldest_s);
 	store_close(s);
 
 	c = cache_new();
@@ -375,8 +377,8 @@ cmd_stats(struct config *cfg, int as_json)
 		if (json_is_null(ca))
 			printf("cache: disabled\n");
 		else if (json_object_get(ca, "error") != NULL)
-			printf("cache: error: cannot read %s\n",
-			    cfg->cache_file);
+			printf(
+			    "cache: error: cannot read %s\n", cfg->cache_file);
 		else
 			printf("cache: active jobs: %ld (+%ld stale), oldest: "
 			       "%.0fs\n",
@@ -411,15 +413,15 @@ main(int argc, char *argv[])
 
 		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
 			config_print_help(stdout);
-			return 0;
+			goto done;
 		}
 		if (strcmp(a, "--version") == 0 || strcmp(a, "-V") == 0) {
 			printf("limpeza %s\n", LIMPEZA_VERSION);
-			return 0;
+			goto done;
 		}
 		if (strcmp(a, "--man-settings") == 0) {
 			config_print_man(stdout);
-			return 0;
+			goto done;
 		}
 		if (strcmp(a, "--force") == 0) {
 			force = 1;
@@ -430,8 +432,8 @@ main(int argc, char *argv[])
 			continue;
 		}
 		if (a[0] == '-') {
-			r = config_parse_option(&args, argc, argv, &i, err,
-			    sizeof(err));
+			r = config_parse_option(
+			    &args, argc, argv, &i, err, sizeof(err));
 			if (r == -1)
 				usage_error("%s", err);
 			if (r == 0)
@@ -464,6 +466,8 @@ main(int argc, char *argv[])
 		fatalx_oom();
 	if (config_load(cfg, &args, err, sizeof(err)) == -1) {
 		fprintf(stderr, "limpeza: %s\n", err);
+		free(cfg);
+		config_args_free(&args);
 		return 2;
 	}
 	if (health_global_init() == -1)
@@ -495,4 +499,7 @@ main(int argc, char *argv[])
 	log_close();
 	config_args_free(&args);
 	return rc;
+done:
+	config_args_free(&args);
+	return 0;
 }

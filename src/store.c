@@ -1,4 +1,5 @@
-/* store.c: picks the job-store driver from DATABASE_URL; helpers both drivers share. */
+/* store.c: picks the job-store driver from DATABASE_URL; helpers both drivers
+ * share. */
 
 #include <stdarg.h>
 #include <stdlib.h>

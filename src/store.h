@@ -1,4 +1,5 @@
-/* store.h: the job-store interface; store_pg.c and store_sqlite.c implement it. */
+/* store.h: the job-store interface; store_pg.c and store_sqlite.c implement it.
+ */
 
 #ifndef STORE_H
 #define STORE_H
@@ -31,20 +32,22 @@ struct store_counts {
 #define STORE_MAX_STATUSES 32
 
 struct store_stats {
-	json_t *by_status; /* status -> count of jobs created in the last 24 h */
-	long active;	   /* running + queued rows */
-	double oldest_s;   /* age of the oldest active row, -1 if none */
+	json_t
+	    *by_status; /* status -> count of jobs created in the last 24 h */
+	long active; /* running + queued rows */
+	double oldest_s; /* age of the oldest active row, -1 if none */
 };
 
 struct store_ops {
 	const char *name;
 	struct store *(*open)(const struct config *);
-	/* 1 when this daemon may reap the database, 0 when another one leads. */
+	/* 1 when this daemon may reap the database, 0 when another one leads.
+	 */
 	int (*lead)(struct store *);
-	int (*reap)(struct store *, int, struct store_counts *, store_job_fn,
-	    void *);
-	int (*force)(struct store *, int, struct store_counts *, store_job_fn,
-	    void *);
+	int (*reap)(
+	    struct store *, int, struct store_counts *, store_job_fn, void *);
+	int (*force)(
+	    struct store *, int, struct store_counts *, store_job_fn, void *);
 	int (*stats)(struct store *, struct store_stats *);
 	int (*check)(struct store *, FILE *);
 	void (*close)(struct store *);

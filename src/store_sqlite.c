@@ -1,4 +1,5 @@
-/* store_sqlite.c: the embedded SQLite job store (same table shape, UTC text times). */
+/* store_sqlite.c: the embedded SQLite job store (same table shape, UTC text
+ * times). */
 
 #include <stdlib.h>
 #include <string.h>
@@ -93,7 +94,8 @@ sqlite_lead(struct store *s)
 static void
 age_modifier(long long ms, char *buf, size_t len)
 {
-	snprintf(buf, len, "-%lld.%03lld seconds", ms / MS_PER_S, ms % MS_PER_S);
+	snprintf(
+	    buf, len, "-%lld.%03lld seconds", ms / MS_PER_S, ms % MS_PER_S);
 }
 
 /*
@@ -132,8 +134,8 @@ end_rows(struct store_sqlite *q, const char *status, const char *cond,
 		sqlite3_reset(st);
 		sqlite3_clear_bindings(st);
 		if (!dry_run) {
-			sqlite3_bind_text(st, 1, cfg->error_status, -1,
-			    SQLITE_STATIC);
+			sqlite3_bind_text(
+			    st, 1, cfg->error_status, -1, SQLITE_STATIC);
 			sqlite3_bind_text(st, 2, msg, -1, SQLITE_STATIC);
 			sqlite3_bind_int64(st, 5, cfg->batch);
 		}
@@ -149,8 +151,8 @@ end_rows(struct store_sqlite *q, const char *status, const char *cond,
 				fn(arg, kind, id != NULL ? id : "");
 		}
 		if (rc != SQLITE_DONE) {
-			store_err(&q->s, "%s: %s", q->path,
-			    sqlite3_errmsg(q->db));
+			store_err(
+			    &q->s, "%s: %s", q->path, sqlite3_errmsg(q->db));
 			sqlite3_finalize(st);
 			return -1;
 		}
@@ -178,7 +180,8 @@ sqlite_reap(struct store *s, int dry_run, struct store_counts *c,
 	    REAP_QUEUED, &c->queued, fn, arg);
 }
 
-/* Forced cleanup ends every active row but those created within FORCE_MIN_AGE. */
+/* Forced cleanup ends every active row but those created within FORCE_MIN_AGE.
+ */
 static int
 sqlite_force(struct store *s, int dry_run, struct store_counts *c,
     store_job_fn fn, void *arg)
@@ -197,8 +200,8 @@ sqlite_force(struct store *s, int dry_run, struct store_counts *c,
 	if (end_rows(q, s->cfg->running_status, cond, m, dry_run, REAP_FORCED,
 		&c->forced, fn, arg) == -1)
 		return -1;
-	return end_rows(q, s->cfg->queued_status, cond, m, dry_run,
-	    REAP_FORCED, &c->forced, fn, arg);
+	return end_rows(q, s->cfg->queued_status, cond, m, dry_run, REAP_FORCED,
+	    &c->forced, fn, arg);
 }
 
 static int
@@ -269,8 +272,8 @@ sqlite_check(struct store *s, FILE *out)
 		snprintf(sql, sizeof(sql), "PRAGMA \"%.*s\".table_info(\"%s\")",
 		    (int)(dot - cfg->table), cfg->table, dot + 1);
 	else
-		snprintf(sql, sizeof(sql), "PRAGMA table_info(\"%s\")",
-		    cfg->table);
+		snprintf(
+		    sql, sizeof(sql), "PRAGMA table_info(\"%s\")", cfg->table);
 	if (prepare(q, sql, &st) == -1)
 		return -1;
 	while (sqlite3_step(st) == SQLITE_ROW) {
@@ -291,8 +294,8 @@ sqlite_check(struct store *s, FILE *out)
 	for (i = 0; i < 5; i++) {
 		if (found[i])
 			continue;
-		fprintf(out, "FAIL: column %s.%s not found\n", cfg->table,
-		    want[i]);
+		fprintf(
+		    out, "FAIL: column %s.%s not found\n", cfg->table, want[i]);
 		rc = -1;
 	}
 	if (rc == -1)

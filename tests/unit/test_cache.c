@@ -1,4 +1,5 @@
-/* test_cache.c: timestamps, the reaper's decisions, member spans, first-sight ageing. */
+/* test_cache.c: timestamps, the reaper's decisions, member spans, first-sight
+ * ageing. */
 
 #include <fcntl.h>
 #include <stdlib.h>
@@ -30,8 +31,8 @@ test_iso8601(void **state)
 	assert_int_equal(
 	    cache_parse_iso8601("2024-01-15T11:30:15-03:00", &t), 0);
 	assert_true(t == 1705329015.0);
-	assert_int_equal(cache_parse_iso8601("2024-01-15T15:30:15+0100", &t),
-	    0);
+	assert_int_equal(
+	    cache_parse_iso8601("2024-01-15T15:30:15+0100", &t), 0);
 	assert_true(t == 1705329015.0);
 	assert_int_equal(cache_parse_iso8601("2024-01-15T14:30", &t), 0);
 	assert_true(t == 1705329000.0);
@@ -40,8 +41,8 @@ test_iso8601(void **state)
 	assert_int_equal(cache_parse_iso8601("2024-13-01T00:00:00", &t), -1);
 	assert_int_equal(cache_parse_iso8601("2024-02-30T00:00:00", &t), -1);
 	assert_int_equal(cache_parse_iso8601("2024-01-15T25:00:00", &t), -1);
-	assert_int_equal(cache_parse_iso8601("2024-01-15T14:30:15 junk", &t),
-	    -1);
+	assert_int_equal(
+	    cache_parse_iso8601("2024-01-15T14:30:15 junk", &t), -1);
 	assert_int_equal(cache_parse_iso8601("yesterday", &t), -1);
 	assert_int_equal(cache_parse_iso8601("", &t), -1);
 }
@@ -108,75 +109,75 @@ test_decide(void **state)
 
 	(void)state;
 	/* running: aged by start_time, strictly older than the TTL */
-	assert_int_equal(decide("{\"status\":\"running\",\"start_time\":999000}",
-			     &pol, 0),
+	assert_int_equal(
+	    decide("{\"status\":\"running\",\"start_time\":999000}", &pol, 0),
 	    FATE_RUNNING);
-	assert_int_equal(decide("{\"status\":\"running\",\"start_time\":999820}",
-			     &pol, 0),
+	assert_int_equal(
+	    decide("{\"status\":\"running\",\"start_time\":999820}", &pol, 0),
 	    FATE_KEEP);
-	assert_int_equal(decide("{\"status\":\"running\",\"start_time\":999819.9}",
-			     &pol, 0),
+	assert_int_equal(
+	    decide("{\"status\":\"running\",\"start_time\":999819.9}", &pol, 0),
 	    FATE_RUNNING);
 	/* a future start_time is never stale */
-	assert_int_equal(decide("{\"status\":\"running\",\"start_time\":2000000}",
-			     &pol, 0),
+	assert_int_equal(
+	    decide("{\"status\":\"running\",\"start_time\":2000000}", &pol, 0),
 	    FATE_KEEP);
 	/* running ignores created_at: without start_time, first sight counts */
 	assert_int_equal(
 	    decide("{\"status\":\"running\",\"created_at\":1}", &pol, 10),
 	    FATE_KEEP);
-	assert_int_equal(decide("{\"status\":\"running\"}", &pol, 180),
-	    FATE_KEEP);
-	assert_int_equal(decide("{\"status\":\"running\"}", &pol, 181),
-	    FATE_RUNNING);
+	assert_int_equal(
+	    decide("{\"status\":\"running\"}", &pol, 180), FATE_KEEP);
+	assert_int_equal(
+	    decide("{\"status\":\"running\"}", &pol, 181), FATE_RUNNING);
 	/* the old cleaner's bug: a missing time must not read as 1970 */
-	assert_int_equal(decide("{\"status\":\"running\",\"start_time\":null}",
-			     &pol, 0),
+	assert_int_equal(
+	    decide("{\"status\":\"running\",\"start_time\":null}", &pol, 0),
 	    FATE_KEEP);
 	/* queued: start_time, else created_at, else first sight */
-	assert_int_equal(decide("{\"status\":\"queued\",\"created_at\":999890}",
-			     &pol, 0),
+	assert_int_equal(
+	    decide("{\"status\":\"queued\",\"created_at\":999890}", &pol, 0),
 	    FATE_KEEP);
-	assert_int_equal(decide("{\"status\":\"queued\",\"created_at\":999890}",
-			     &pol, 500),
+	assert_int_equal(
+	    decide("{\"status\":\"queued\",\"created_at\":999890}", &pol, 500),
 	    FATE_KEEP);
-	assert_int_equal(decide("{\"status\":\"queued\",\"created_at\":999879}",
-			     &pol, 0),
+	assert_int_equal(
+	    decide("{\"status\":\"queued\",\"created_at\":999879}", &pol, 0),
 	    FATE_QUEUED);
 	assert_int_equal(decide("{\"status\":\"queued\",\"created_at\":"
 				"\"1970-01-12T13:44:39Z\"}",
 			     &pol, 0),
 	    FATE_QUEUED);
-	assert_int_equal(decide("{\"status\":\"queued\"}", &pol, 121),
-	    FATE_QUEUED);
+	assert_int_equal(
+	    decide("{\"status\":\"queued\"}", &pol, 121), FATE_QUEUED);
 	/* other statuses and shapes are left alone */
-	assert_int_equal(decide("{\"status\":\"done\",\"start_time\":1}", &pol,
-			     9999),
+	assert_int_equal(
+	    decide("{\"status\":\"done\",\"start_time\":1}", &pol, 9999),
 	    FATE_KEEP);
-	assert_int_equal(decide("{\"status\":\"paused\"}", &pol, 9999),
-	    FATE_KEEP);
+	assert_int_equal(
+	    decide("{\"status\":\"paused\"}", &pol, 9999), FATE_KEEP);
 	assert_int_equal(decide("{\"start_time\":1}", &pol, 9999), FATE_KEEP);
 	assert_int_equal(decide("[1,2]", &pol, 9999), FATE_KEEP);
 
 	/* forced: all active jobs; done jobs only with FORCE_CACHE=all */
 	force.force = 1;
-	assert_int_equal(decide("{\"status\":\"running\",\"start_time\":999999}",
-			     &force, 0),
+	assert_int_equal(
+	    decide("{\"status\":\"running\",\"start_time\":999999}", &force, 0),
 	    FATE_FORCED);
 	assert_int_equal(decide("{\"status\":\"done\"}", &force, 0), FATE_KEEP);
 	force.force_all = 1;
-	assert_int_equal(decide("{\"status\":\"done\"}", &force, 0),
-	    FATE_FORCED);
+	assert_int_equal(
+	    decide("{\"status\":\"done\"}", &force, 0), FATE_FORCED);
 	/* FORCE_MIN_AGE spares young jobs */
 	force.force_min_age = 100;
-	assert_int_equal(decide("{\"status\":\"running\",\"start_time\":999950}",
-			     &force, 0),
+	assert_int_equal(
+	    decide("{\"status\":\"running\",\"start_time\":999950}", &force, 0),
 	    FATE_KEEP);
-	assert_int_equal(decide("{\"status\":\"running\",\"start_time\":999800}",
-			     &force, 0),
+	assert_int_equal(
+	    decide("{\"status\":\"running\",\"start_time\":999800}", &force, 0),
 	    FATE_FORCED);
-	assert_int_equal(decide("{\"status\":\"queued\"}", &force, 5),
-	    FATE_KEEP);
+	assert_int_equal(
+	    decide("{\"status\":\"queued\"}", &force, 5), FATE_KEEP);
 }
 
 struct spans {
@@ -206,12 +207,12 @@ test_members(void **state)
 	(void)state;
 	span_src = " {\"a\": {\"x\": \"}{\\\"\", \"y\": [1, {\"z\": 2}]},\n"
 		   "\"b\\\"q\" :-1.5e3 , \"c\":\"s\\\\\", \"d\":true}\n";
-	assert_int_equal(cache_members(span_src, strlen(span_src), span_cb, &s),
-	    0);
+	assert_int_equal(
+	    cache_members(span_src, strlen(span_src), span_cb, &s), 0);
 	assert_int_equal(s.n, 4);
 	assert_string_equal(s.keys[0], "\"a\"");
-	assert_string_equal(s.vals[0],
-	    "{\"x\": \"}{\\\"\", \"y\": [1, {\"z\": 2}]}");
+	assert_string_equal(
+	    s.vals[0], "{\"x\": \"}{\\\"\", \"y\": [1, {\"z\": 2}]}");
 	assert_string_equal(s.keys[1], "\"b\\\"q\"");
 	assert_string_equal(s.vals[1], "-1.5e3");
 	assert_string_equal(s.vals[2], "\"s\\\\\"");
@@ -301,7 +302,8 @@ test_first_sight(void **state)
 	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
 	assert_int_equal(r.reaped_queued, 1);
 	assert_int_equal(r.reaped_running, 0);
-	assert_string_equal(read_file(), "{\"new\": {\"status\": \"running\"}}");
+	assert_string_equal(
+	    read_file(), "{\"new\": {\"status\": \"running\"}}");
 
 	/* a restart forgets: the running job gets a whole TTL again */
 	c2 = cache_new();
@@ -341,14 +343,15 @@ test_mark(void **state)
 	root = json_loads(read_file(), 0, NULL);
 	assert_non_null(root);
 	job = json_object_get(root, "old");
-	assert_string_equal(json_string_value(json_object_get(job, "status")),
-	    "error");
+	assert_string_equal(
+	    json_string_value(json_object_get(job, "status")), "error");
 	assert_string_equal(json_string_value(json_object_get(job, "error")),
 	    "Job órfão - mais de 3 minutos");
 	assert_int_equal(json_integer_value(json_object_get(job, "count")), 4);
 	assert_true(json_real_value(json_object_get(job, "start_time")) ==
 	    test_now - 500.25);
-	assert_non_null(strstr(read_file(), "\"done\": {\"status\": \"done\"}"));
+	assert_non_null(
+	    strstr(read_file(), "\"done\": {\"status\": \"done\"}"));
 	json_decref(root);
 	/* marked jobs are no longer active: the next pass changes nothing */
 	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);

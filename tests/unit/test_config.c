@@ -1,4 +1,5 @@
-/* test_config.c: durations, the settings table, precedence, validation, masking. */
+/* test_config.c: durations, the settings table, precedence, validation,
+ * masking. */
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,9 +30,8 @@ load(struct config *cfg, const char **opts, char *err, size_t errlen)
 	for (; opts != NULL && *opts != NULL; opts++)
 		argv[argc++] = (char *)(uintptr_t)*opts;
 	for (i = 1; i < argc; i++)
-		assert_int_equal(config_parse_option(&a, argc, argv, &i, err,
-				     errlen),
-		    1);
+		assert_int_equal(
+		    config_parse_option(&a, argc, argv, &i, err, errlen), 1);
 	r = config_load(cfg, &a, err, errlen);
 	config_args_free(&a);
 	return r;
@@ -58,8 +58,8 @@ test_durations(void **state)
 	assert_int_equal(config_parse_duration("-1", &ms), -1);
 	assert_int_equal(config_parse_duration("1.5m", &ms), -1);
 	assert_int_equal(config_parse_duration(" 3m", &ms), -1);
-	assert_int_equal(config_parse_duration("99999999999999999999", &ms),
-	    -1);
+	assert_int_equal(
+	    config_parse_duration("99999999999999999999", &ms), -1);
 	assert_int_equal(config_parse_duration("9999999999999999h", &ms), -1);
 }
 
@@ -90,8 +90,8 @@ test_defaults(void **state)
 	assert_int_equal(load(&cfg, NULL, err, sizeof(err)), 0);
 	assert_string_equal(cfg.database_url, "");
 	assert_string_equal(cfg.cache_file, "/tmp/desfollow_jobs.json");
-	assert_string_equal(cfg.health_url,
-	    "http://api.desfollow.com.br/api/health");
+	assert_string_equal(
+	    cfg.health_url, "http://api.desfollow.com.br/api/health");
 	assert_int_equal(cfg.running_ttl, 180000);
 	assert_int_equal(cfg.queued_ttl, 120000);
 	assert_int_equal(cfg.interval, 30000);
@@ -110,7 +110,8 @@ test_defaults(void **state)
 	assert_int_equal(cfg.batch, 1000);
 	assert_string_equal(cfg.db_timezone, "UTC");
 	assert_int_equal(cfg.leader_key, 7105573);
-	assert_string_equal(cfg.log_file, "/var/log/desfollow/limpeza_3min.log");
+	assert_string_equal(
+	    cfg.log_file, "/var/log/desfollow/limpeza_3min.log");
 	assert_int_equal(cfg.log_format, LOGF_TEXT);
 	assert_int_equal(cfg.log_level, LVL_INFO);
 	assert_int_equal(cfg.lang, LANG_PT);
@@ -122,7 +123,8 @@ test_defaults(void **state)
 static void
 test_precedence(void **state)
 {
-	char f1[] = "/tmp/limpeza-env1-XXXXXX", f2[] = "/tmp/limpeza-env2-XXXXXX";
+	char f1[] = "/tmp/limpeza-env1-XXXXXX",
+	     f2[] = "/tmp/limpeza-env2-XXXXXX";
 	char list[128], err[512];
 	struct config cfg;
 	const char *opts[] = { "--interval=7s", NULL };
@@ -149,12 +151,12 @@ test_precedence(void **state)
 	setenv("LIMPEZA_QUEUED_TTL", "90s", 1);
 
 	assert_int_equal(load(&cfg, opts, err, sizeof(err)), 0);
-	assert_int_equal(cfg.interval, 7000);	  /* option */
-	assert_int_equal(cfg.queued_ttl, 90000);  /* environment */
+	assert_int_equal(cfg.interval, 7000); /* option */
+	assert_int_equal(cfg.queued_ttl, 90000); /* environment */
 	assert_string_equal(cfg.database_url, "sqlite:///one.db"); /* file 1 */
-	assert_int_equal(cfg.batch, 7);		  /* only in file 2 */
+	assert_int_equal(cfg.batch, 7); /* only in file 2 */
 	assert_int_equal(cfg.running_ttl, 180000); /* default */
-	assert_int_equal(cfg.nwarnings, 0);	  /* a missing file is fine */
+	assert_int_equal(cfg.nwarnings, 0); /* a missing file is fine */
 	config_free(&cfg);
 
 	/* A bad value in an env file is still a configuration error. */
@@ -241,8 +243,8 @@ test_mask_url(void **state)
 	char b[256];
 
 	(void)state;
-	config_mask_url("postgresql://u:p%40ss@h:5432/db?sslmode=require", b,
-	    sizeof(b));
+	config_mask_url(
+	    "postgresql://u:p%40ss@h:5432/db?sslmode=require", b, sizeof(b));
 	assert_string_equal(b, "postgresql://u:***@h:5432/db?sslmode=require");
 	config_mask_url("postgres://u@h/db", b, sizeof(b));
 	assert_string_equal(b, "postgres://u@h/db");
@@ -303,7 +305,8 @@ test_reap_messages(void **state)
 	config_free(&cfg);
 	assert_int_equal(load(&cfg, en, err, sizeof(err)), 0);
 	config_reap_message(&cfg, REAP_RUNNING, m, sizeof(m));
-	assert_string_equal(m, "Orphan job - no progress for more than 1 minute");
+	assert_string_equal(
+	    m, "Orphan job - no progress for more than 1 minute");
 	config_free(&cfg);
 }
 
@@ -323,7 +326,8 @@ test_help_lists_every_setting(void **state)
 	fclose(m);
 	for (k = 0; k < config_nsettings(); k++) {
 		if (strstr(help, config_setting_env(k)) == NULL)
-			fail_msg("%s missing from --help", config_setting_env(k));
+			fail_msg(
+			    "%s missing from --help", config_setting_env(k));
 		if (strstr(man, config_setting_env(k)) == NULL)
 			fail_msg("%s missing from the man page",
 			    config_setting_env(k));

@@ -34,19 +34,18 @@ test_forms(void **state)
 {
 	struct kv kv;
 	char err[128];
-	const char *text =
-	    "# comment\n"
-	    "\n"
-	    "A=plain\n"
-	    "export B=exported\n"
-	    "  C = spaced  \n"
-	    "D=\"double \\\"quoted\\\" \\n x\"\n"
-	    "E='single $literal \\n'\n"
-	    "F=value # trailing comment\n"
-	    "G=pass#word\n"
-	    "H=\n"
-	    "I=\"multi\nline\"\r\n"
-	    "J=crlf\r\n";
+	const char *text = "# comment\n"
+			   "\n"
+			   "A=plain\n"
+			   "export B=exported\n"
+			   "  C = spaced  \n"
+			   "D=\"double \\\"quoted\\\" \\n x\"\n"
+			   "E='single $literal \\n'\n"
+			   "F=value # trailing comment\n"
+			   "G=pass#word\n"
+			   "H=\n"
+			   "I=\"multi\nline\"\r\n"
+			   "J=crlf\r\n";
 
 	(void)state;
 	assert_int_equal(parse(text, &kv, err), 0);
@@ -74,8 +73,8 @@ test_bad_lines(void **state)
 	char err[128];
 
 	(void)state;
-	assert_int_equal(parse("A=1\nnot a line\nB=\"open\nC=3\n", &kv, err),
-	    2);
+	assert_int_equal(
+	    parse("A=1\nnot a line\nB=\"open\nC=3\n", &kv, err), 2);
 	assert_string_equal(err, "line 2: expected KEY=value");
 	assert_int_equal(kv.n, 1);
 	assert_string_equal(kv.keys[0], "A");

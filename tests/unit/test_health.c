@@ -19,8 +19,8 @@ test_health_parse(void **state)
 	long long n;
 
 	(void)state;
-	assert_int_equal(parse("{\"status\":\"healthy\",\"jobs_active\":9}", &n),
-	    0);
+	assert_int_equal(
+	    parse("{\"status\":\"healthy\",\"jobs_active\":9}", &n), 0);
 	assert_int_equal(n, 9);
 	assert_int_equal(parse("{\"jobs_active\":0}", &n), 0);
 	assert_int_equal(n, 0);

@@ -1,4 +1,5 @@
-/* test_log.c: the text lines operators grep, their English twins, and JSON lines. */
+/* test_log.c: the text lines operators grep, their English twins, and JSON
+ * lines. */
 
 #include <stdlib.h>
 #include <string.h>
@@ -12,15 +13,13 @@
 static char line[4096];
 
 static const char *
-fmt(enum log_level lvl, enum log_format f, enum lang l, enum log_event ev,
-    ...)
+fmt(enum log_level lvl, enum log_format f, enum lang l, enum log_event ev, ...)
 {
 	va_list ap;
 
 	va_start(ap, ev);
-	assert_int_equal(log_format_line(line, sizeof(line), lvl, ev, f, l,
-			     WHEN, ap),
-	    0);
+	assert_int_equal(
+	    log_format_line(line, sizeof(line), lvl, ev, f, l, WHEN, ap), 0);
 	va_end(ap);
 	return line;
 }
@@ -31,31 +30,33 @@ test_text_pt(void **state)
 	json_t *stats = json_pack("{s:i, s:i}", "done", 45, "error", 12);
 
 	(void)state;
-	assert_string_equal(fmt(LVL_INFO, LOGF_TEXT, LANG_PT, EV_CYCLE, 42L,
-				"14:30:15"),
+	assert_string_equal(
+	    fmt(LVL_INFO, LOGF_TEXT, LANG_PT, EV_CYCLE, 42L, "14:30:15"),
 	    "2024-01-15 14:30:15 - INFO - 🔄 Ciclo 42 - 14:30:15");
-	assert_string_equal(fmt(LVL_INFO, LOGF_TEXT, LANG_PT, EV_CACHE_ORPHAN,
-				"3f0c", 212L),
-	    "2024-01-15 14:30:15 - INFO - 🧹 Job órfão no cache limpo: 3f0c "
+	assert_string_equal(
+	    fmt(LVL_INFO, LOGF_TEXT, LANG_PT, EV_CACHE_ORPHAN, "3f0c", 212L),
+	    "2024-01-15 14:30:15 - INFO - 🧹 Job órfão no cache limpo: "
+	    "3f0c "
 	    "(rodando há 212s)");
 	assert_string_equal(fmt(LVL_INFO, LOGF_TEXT, LANG_PT, EV_DB_CLEANED,
 				"3min", 1L, "2min", 0L),
-	    "2024-01-15 14:30:15 - INFO - 🧹 Limpeza banco executada: running "
+	    "2024-01-15 14:30:15 - INFO - 🧹 Limpeza banco executada: "
+	    "running "
 	    "> 3min: 1, queued > 2min: 0");
-	assert_string_equal(fmt(LVL_INFO, LOGF_TEXT, LANG_PT, EV_DB_STATS,
-				stats),
+	assert_string_equal(
+	    fmt(LVL_INFO, LOGF_TEXT, LANG_PT, EV_DB_STATS, stats),
 	    "2024-01-15 14:30:15 - INFO - 📊 Stats banco (24h): {'done': 45, "
 	    "'error': 12}");
-	assert_string_equal(fmt(LVL_WARNING, LOGF_TEXT, LANG_PT, EV_FORCE_WARN,
-				9L),
+	assert_string_equal(
+	    fmt(LVL_WARNING, LOGF_TEXT, LANG_PT, EV_FORCE_WARN, 9L),
 	    "2024-01-15 14:30:15 - WARNING - ⚠️ MUITOS JOBS ATIVOS: 9 - "
 	    "Executando limpeza forçada!");
-	assert_string_equal(fmt(LVL_INFO, LOGF_TEXT, LANG_PT, EV_REPORT, 50L,
-				2L),
+	assert_string_equal(
+	    fmt(LVL_INFO, LOGF_TEXT, LANG_PT, EV_REPORT, 50L, 2L),
 	    "2024-01-15 14:30:15 - INFO - 📊 Relatório (Ciclo 50): 2 jobs "
 	    "ativos na API");
-	assert_string_equal(fmt(LVL_ERROR, LOGF_TEXT, LANG_PT, EV_HEALTH_ERROR,
-				"timeout"),
+	assert_string_equal(
+	    fmt(LVL_ERROR, LOGF_TEXT, LANG_PT, EV_HEALTH_ERROR, "timeout"),
 	    "2024-01-15 14:30:15 - ERROR - ❌ Erro ao consultar API Health: "
 	    "timeout");
 	json_decref(stats);
@@ -65,8 +66,8 @@ static void
 test_text_en(void **state)
 {
 	(void)state;
-	assert_string_equal(fmt(LVL_INFO, LOGF_TEXT, LANG_EN, EV_CACHE_CLEANED,
-				2L),
+	assert_string_equal(
+	    fmt(LVL_INFO, LOGF_TEXT, LANG_EN, EV_CACHE_CLEANED, 2L),
 	    "2024-01-15 14:30:15 - INFO - ✅ Cache cleaned: 2 orphan jobs "
 	    "removed");
 	assert_string_equal(fmt(LVL_INFO, LOGF_TEXT, LANG_EN, EV_STOP),
@@ -96,12 +97,12 @@ test_json(void **state)
 	assert_non_null(o);
 	assert_string_equal(json_string_value(json_object_get(o, "ts")),
 	    "2024-01-15T14:30:15.000Z");
-	assert_string_equal(json_string_value(json_object_get(o, "level")),
-	    "warning");
-	assert_string_equal(json_string_value(json_object_get(o, "event")),
-	    "cache_orphan");
-	assert_string_equal(json_string_value(json_object_get(o, "job_id")),
-	    "3f0c");
+	assert_string_equal(
+	    json_string_value(json_object_get(o, "level")), "warning");
+	assert_string_equal(
+	    json_string_value(json_object_get(o, "event")), "cache_orphan");
+	assert_string_equal(
+	    json_string_value(json_object_get(o, "job_id")), "3f0c");
 	assert_int_equal(json_integer_value(json_object_get(o, "age_s")), 212);
 	assert_string_equal(json_string_value(json_object_get(o, "msg")),
 	    "🧹 Orphan job cleaned from cache: 3f0c (running for 212s)");
@@ -111,8 +112,8 @@ test_json(void **state)
 	fmt(LVL_INFO, LOGF_JSON, LANG_EN, EV_CACHE_QUEUED, "a\xff\xfe");
 	o = json_loads(line, 0, NULL);
 	assert_non_null(o);
-	assert_string_equal(json_string_value(json_object_get(o, "job_id")),
-	    "a??");
+	assert_string_equal(
+	    json_string_value(json_object_get(o, "job_id")), "a??");
 	json_decref(o);
 }
 
