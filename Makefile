@@ -6,7 +6,7 @@ DESTDIR ?=
 CFLAGS ?= -O2 -g
 PYTHON ?= /usr/bin/python3
 
-PKGS = sqlite3 libcurl jansson
+PKGS = sqlite3 libcurl jansson libpq
 WARN = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
        -Wpointer-arith -Wcast-qual -Werror
 # Expanded when a recipe runs, i.e. after `deps` has installed the packages.
@@ -17,7 +17,7 @@ SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined \
       -fno-omit-frame-pointer
 ASAN_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) -O1 -g $(SAN) $(PKG_CFLAGS)
 
-MODULES = config log cache store store_sqlite health cycle
+MODULES = config log cache store store_sqlite store_pg health cycle
 OBJS = $(MODULES:%=build/obj/%.o)
 ASAN_OBJS = $(MODULES:%=build/asan/obj/%.o)
 HDRS = src/limpeza.h src/store.h

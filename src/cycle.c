@@ -18,6 +18,7 @@ struct cycle {
 	struct cache *cache;
 	struct store *store;
 	int store_down;
+	int leading; /* last answer of the election, -1 before the first */
 	long long count;
 	long long jobs_active; /* -1: unknown */
 	long long reaped_total;
@@ -32,6 +33,7 @@ cycle_new(const struct config *cfg)
 		fatalx_oom();
 	c->cache = cache_new();
 	c->jobs_active = -1;
+	c->leading = -1;
 	cycle_set_config(c, cfg);
 	return c;
 }
@@ -50,15 +52,10 @@ cycle_free(struct cycle *c)
 void
 cycle_set_config(struct cycle *c, const struct config *cfg)
 {
-	char err[512];
-
 	store_close(c->store);
 	c->cfg = cfg;
-	c->store = store_open(cfg, err, sizeof(err));
-	if (c->store == NULL && *err != '\0') {
-		log_event(LVL_ERROR, EV_DB_DOWN, store_kind(cfg), err);
-		c->store_down = 1;
-	}
+	c->store = store_open(cfg);
+	c->leading = -1;
 }
 
 long long
@@ -99,6 +96,25 @@ store_ok(struct cycle *c)
 	c->store_down = 0;
 }
 
+/*
+ * Asks the store whether this daemon leads; says so in the log when that
+ * changes, so followers log once, not every cycle.
+ */
+static int
+store_lead(struct cycle *c)
+{
+	int lead;
+
+	if (c->store->ops->lead == NULL)
+		return 1;
+	lead = c->store->ops->lead(c->store);
+	if (lead != -1 && lead != c->leading)
+		log_event(LVL_INFO, lead ? EV_LEADER : EV_FOLLOWER);
+	if (lead != -1)
+		c->leading = lead;
+	return lead;
+}
+
 /* The database step: reap both rules, then the 24 h statistics. */
 static int
 step_store(struct cycle *c, int dry_run, long *reaped)
@@ -110,8 +126,8 @@ step_store(struct cycle *c, int dry_run, long *reaped)
 	int lead;
 
 	if (c->store == NULL)
-		return c->store_down ? -1 : 0;
-	lead = c->store->ops->lead(c->store);
+		return 0;
+	lead = store_lead(c);
 	if (lead == -1)
 		goto fail;
 	if (lead == 1) {
@@ -151,7 +167,7 @@ step_force(struct cycle *c, int dry_run, long *ended)
 	int rc = 0, lead;
 
 	if (c->store != NULL) {
-		lead = c->store->ops->lead(c->store);
+		lead = store_lead(c);
 		if (lead == -1 ||
 		    (lead == 1 &&
 			c->store->ops->force(

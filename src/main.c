@@ -268,10 +268,8 @@ cmd_check(struct config *cfg)
 	if (*cfg->database_url == '\0')
 		printf("warning: DATABASE_URL is not set: the database step is "
 		       "skipped\n");
-	else if ((s = store_open(cfg, err, sizeof(err))) == NULL) {
-		printf("FAIL: database: %s\n", err);
-		failed = 1;
-	} else {
+	else {
+		s = store_open(cfg);
 		fflush(stdout);
 		if (s->ops->check(s, stdout) == -1) {
 			printf("FAIL: database: %s\n", s->err);
@@ -317,9 +315,9 @@ cmd_stats(struct config *cfg, int as_json)
 
 	if (*cfg->database_url == '\0')
 		db = json_null();
-	else if ((s = store_open(cfg, err, sizeof(err))) == NULL ||
+	else if ((s = store_open(cfg)) == NULL ||
 	    s->ops->stats(s, &st) == -1) {
-		db = json_pack("{s:s}", "error", s != NULL ? s->err : err);
+		db = json_pack("{s:s}", "error", s != NULL ? s->err : "");
 		failed = 1;
 	} else
 		db = json_pack("{s:s, s:O, s:i, s:f}", "store", s->ops->name,

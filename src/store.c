@@ -19,21 +19,17 @@ store_kind(const struct config *cfg)
 	return "postgresql";
 }
 
-/* A handle for the configured store, or NULL with err set (or empty: none). */
+/* A handle for the configured store (not yet connected), or NULL if none. */
 struct store *
-store_open(const struct config *cfg, char *err, size_t errlen)
+store_open(const struct config *cfg)
 {
 	const struct store_ops *ops = NULL;
 	struct store *s;
 
-	*err = '\0';
 	if (strcmp(store_kind(cfg), "sqlite") == 0)
 		ops = &store_sqlite_ops;
-	else if (strcmp(store_kind(cfg), "postgresql") == 0) {
-		snprintf(err, errlen,
-		    "this build has no PostgreSQL driver; use sqlite:///path");
-		return NULL;
-	}
+	else if (strcmp(store_kind(cfg), "postgresql") == 0)
+		ops = &store_pg_ops;
 	if (ops == NULL)
 		return NULL;
 	s = ops->open(cfg);

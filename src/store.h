@@ -54,7 +54,7 @@ struct store_ops {
 };
 
 /* store.c */
-struct store *store_open(const struct config *, char *, size_t);
+struct store *store_open(const struct config *);
 void store_close(struct store *);
 const char *store_kind(const struct config *);
 void store_err(struct store *, const char *, ...)
@@ -63,5 +63,8 @@ int store_quote_table(const char *, char *, size_t);
 
 /* store_sqlite.c */
 extern const struct store_ops store_sqlite_ops;
+
+/* store_pg.c */
+extern const struct store_ops store_pg_ops;
 
 #endif /* STORE_H */

@@ -83,13 +83,6 @@ prepare(struct store_sqlite *q, const char *sql, sqlite3_stmt **st)
 	return 0;
 }
 
-static int
-sqlite_lead(struct store *s)
-{
-	(void)s;
-	return 1;
-}
-
 /* "-180.000 seconds": a julianday() modifier for an age in milliseconds. */
 static void
 age_modifier(long long ms, char *buf, size_t len)
@@ -263,6 +256,7 @@ sqlite_check(struct store *s, FILE *out)
 	const struct config *cfg = s->cfg;
 	const char *want[] = { cfg->id_column, cfg->status_column,
 		cfg->updated_column, cfg->created_column, cfg->error_column };
+	char types[5][64] = { "", "", "", "", "" };
 	int found[5] = { 0 }, ncols = 0, i, rc = 0;
 	sqlite3_stmt *st = NULL;
 	const char *dot = strchr(cfg->table, '.');
@@ -272,36 +266,42 @@ sqlite_check(struct store *s, FILE *out)
 		snprintf(sql, sizeof(sql), "PRAGMA \"%.*s\".table_info(\"%s\")",
 		    (int)(dot - cfg->table), cfg->table, dot + 1);
 	else
-		snprintf(
-		    sql, sizeof(sql), "PRAGMA table_info(\"%s\")", cfg->table);
+		snprintf(sql, sizeof(sql), "PRAGMA table_info(\"%s\")",
+		    cfg->table);
 	if (prepare(q, sql, &st) == -1)
 		return -1;
 	while (sqlite3_step(st) == SQLITE_ROW) {
 		const char *name = (const char *)sqlite3_column_text(st, 1);
+		const char *type = (const char *)sqlite3_column_text(st, 2);
 
 		ncols++;
-		for (i = 0; i < 5; i++)
-			if (name != NULL && strcmp(name, want[i]) == 0)
-				found[i] = 1;
+		for (i = 0; i < 5; i++) {
+			if (name == NULL || strcmp(name, want[i]) != 0)
+				continue;
+			found[i] = 1;
+			snprintf(types[i], sizeof(types[i]), "%s",
+			    type != NULL ? type : "");
+		}
 	}
 	sqlite3_finalize(st);
 	fprintf(out, "ok: sqlite database %s (SQLite %s)\n", q->path,
 	    sqlite3_libversion());
 	if (ncols == 0) {
-		store_err(s, "table %s not found in %s", cfg->table, q->path);
+		store_err(s, "table %s not found", cfg->table);
 		return -1;
 	}
 	for (i = 0; i < 5; i++) {
-		if (found[i])
+		if (found[i]) {
+			fprintf(out, "ok: column %s.%s (%s)\n", cfg->table,
+			    want[i], types[i]);
 			continue;
-		fprintf(
-		    out, "FAIL: column %s.%s not found\n", cfg->table, want[i]);
+		}
+		fprintf(out, "FAIL: column %s.%s not found\n", cfg->table,
+		    want[i]);
 		rc = -1;
 	}
 	if (rc == -1)
-		store_err(s, "table %s lacks configured columns", cfg->table);
-	else
-		fprintf(out, "ok: table %s has every configured column\n",
+		store_err(s, "table %s lacks usable configured columns",
 		    cfg->table);
 	return rc;
 }
@@ -309,7 +309,7 @@ sqlite_check(struct store *s, FILE *out)
 const struct store_ops store_sqlite_ops = {
 	.name = "sqlite",
 	.open = sqlite_open,
-	.lead = sqlite_lead,
+	.lead = NULL,
 	.reap = sqlite_reap,
 	.force = sqlite_force,
 	.stats = sqlite_stats,

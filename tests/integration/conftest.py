@@ -62,15 +62,92 @@ class SqliteStore:
         with self.connect() as db:
             return dict(db.execute("SELECT job_id, status FROM scans").fetchall())
 
+    def age(self, job_id):
+        with self.connect() as db:
+            return db.execute("SELECT (julianday('now') - julianday(updated_at)) * 86400"
+                              " FROM scans WHERE job_id = ?", (job_id,)).fetchone()[0]
+
+    def sql(self, query, args=()):
+        with self.connect() as db:
+            return db.execute(query, args).fetchall()
+
+
+class PgStore:
+    """The API's scans table (SPEC §9's real shape) in a database of its own."""
+
+    counter = 0
+
+    def __init__(self, cluster, column_type="timestamp"):
+        PgStore.counter += 1
+        self.cluster = cluster
+        self.dbname = "t%d_%d" % (os.getpid(), PgStore.counter)
+        with open(os.path.join(ROOT, "tests/fixtures/scans_pg.sql")) as f:
+            schema = f.read()
+        if column_type != "timestamp":
+            schema += ("\nALTER TABLE scans ALTER created_at TYPE %s USING created_at AT TIME ZONE 'UTC',"
+                       " ALTER updated_at TYPE %s USING updated_at AT TIME ZONE 'UTC';"
+                       % (column_type, column_type))
+        cluster.create_db(self.dbname, schema)
+        self.url = cluster.url(self.dbname)
+
+    def connect(self):
+        return self.cluster.app(self.dbname)
+
+    def sql(self, query, args=None):
+        return self.cluster.sql(query, args, dbname=self.dbname, as_app=True)
+
+    def add(self, job_id, status, updated_age_s=0.0, created_age_s=None):
+        if created_age_s is None:
+            created_age_s = updated_age_s
+        # The session zone is UTC: a naive column gets UTC, as the API writes it.
+        self.sql("INSERT INTO scans (username, job_id, status, created_at, updated_at) VALUES"
+                 " (%s, %s, %s, now() - make_interval(secs => %s), now() - make_interval(secs => %s))",
+                 ("u-" + job_id, job_id, status, created_age_s, updated_age_s))
+
+    def row(self, job_id):
+        c = self.connect()
+        try:
+            cur = c.cursor()
+            cur.execute("SELECT * FROM scans WHERE job_id = %s", (job_id,))
+            r = cur.fetchone()
+            return dict(zip([d[0] for d in cur.description], r)) if r else None
+        finally:
+            c.close()
+
+    def age(self, job_id):
+        """Seconds since the row's updated_at, by the database's clock."""
+        return float(self.sql("SELECT extract(epoch FROM now() - updated_at) FROM scans"
+                              " WHERE job_id = %s", (job_id,))[0][0])
+
+    def statuses(self):
+        return dict(self.sql("SELECT job_id, status FROM scans"))
+
+
+_cluster = None
+
+
+def pg_cluster():
+    """One cluster for the whole run, started on first use."""
+    global _cluster
+    if _cluster is None:
+        from pgcluster import PgCluster
+        _cluster = PgCluster()
+    return _cluster
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _cluster is not None:
+        _cluster.destroy()
+
 
 class Env:
     """One test's files and the environment limpeza runs with."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, store=None):
         self.tmp = str(tmp)
         self.cache = os.path.join(self.tmp, "desfollow_jobs.json")
         self.log = os.path.join(self.tmp, "log", "limpeza_3min.log")
-        self.store = SqliteStore(os.path.join(self.tmp, "jobs.db"))
+        self.store = store or SqliteStore(os.path.join(self.tmp, "jobs.db"))
         self.vars = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "TZ": "UTC",
@@ -119,6 +196,19 @@ class Env:
 @pytest.fixture
 def env(tmp_path):
     return Env(tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def senv(request, tmp_path):
+    """The same test against each store driver."""
+    if request.param == "sqlite":
+        return Env(tmp_path)
+    return Env(tmp_path, PgStore(pg_cluster()))
+
+
+@pytest.fixture
+def pg():
+    return pg_cluster()
 
 
 class HealthServer:

@@ -1,0 +1,539 @@
+/* store_pg.c: the PostgreSQL job store (libpq): batched SKIP LOCKED reaping, leader lock, timeouts. */
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "store.h"
+
+#define CONNECT_TIMEOUT "10"
+#define STATEMENT_TIMEOUT "30s"
+#define LOCK_TIMEOUT "2s"
+/* The client gives up a little after the server should have. */
+#define CLIENT_TIMEOUT_MS (35 * MS_PER_S)
+#define BACKOFF_MIN_MS (1 * MS_PER_S)
+#define BACKOFF_MAX_MS (30 * MS_PER_S)
+
+/*
+ * One persistent connection. After a failure it is re-made no sooner
+ * than next_try, with a backoff that doubles up to BACKOFF_MAX_MS, so a
+ * database that is down is not hammered every cycle. leader is 1 while
+ * this connection holds the advisory lock; the lock dies with the
+ * connection, so any reconnect starts as a follower.
+ */
+struct store_pg {
+	struct store s;
+	PGconn *conn;
+	char *password; /* only to scrub it from libpq's messages */
+	int leader;
+	long long next_try;
+	long long backoff;
+	char table[160];
+	char id[80], status[80], updated[80], created[80], error[80];
+};
+
+static void
+pg_ident(PGconn *conn, const char *name, char *buf, size_t len)
+{
+	char *q = conn != NULL ? PQescapeIdentifier(conn, name, strlen(name)) :
+				 NULL;
+
+	/* config.c allows plain identifiers only, so this is the same. */
+	snprintf(buf, len, "%s", q != NULL ? q : name);
+	PQfreemem(q);
+}
+
+static struct store *
+pg_open(const struct config *cfg)
+{
+	struct store_pg *p = calloc(1, sizeof(*p));
+	PQconninfoOption *opts, *o;
+
+	if (p == NULL)
+		return NULL;
+	opts = PQconninfoParse(cfg->database_url, NULL);
+	for (o = opts; o != NULL && o->keyword != NULL; o++)
+		if (strcmp(o->keyword, "password") == 0 && o->val != NULL &&
+		    *o->val != '\0')
+			p->password = strdup(o->val);
+	PQconninfoFree(opts);
+	p->backoff = BACKOFF_MIN_MS;
+	return &p->s;
+}
+
+static void
+pg_disconnect(struct store_pg *p)
+{
+	PQfinish(p->conn);
+	p->conn = NULL;
+	p->leader = 0;
+}
+
+static void
+pg_close(struct store *s)
+{
+	struct store_pg *p = (struct store_pg *)s;
+
+	pg_disconnect(p);
+	free(p->password);
+	free(p);
+}
+
+/* Records an error, with the password (if libpq quoted it) masked. */
+static void
+pg_err(struct store_pg *p, const char *what, const char *msg)
+{
+	char *at;
+
+	store_err(&p->s, "%s: %s", what, msg != NULL ? msg : "unknown error");
+	if (p->password == NULL || strlen(p->password) < 3)
+		return;
+	while ((at = strstr(p->s.err, p->password)) != NULL) {
+		size_t pl = strlen(p->password);
+
+		memmove(at + 3, at + pl, strlen(at + pl) + 1);
+		memcpy(at, "***", 3);
+	}
+}
+
+static void
+pg_failed_connection(struct store_pg *p)
+{
+	pg_disconnect(p);
+	p->next_try = now_monotonic_ms() + p->backoff;
+	p->backoff *= 2;
+	if (p->backoff > BACKOFF_MAX_MS)
+		p->backoff = BACKOFF_MAX_MS;
+}
+
+/*
+ * Runs one statement with its parameters, waiting at most
+ * CLIENT_TIMEOUT_MS for the answer even if the server never sends one
+ * (statement_timeout alone cannot help against a server that hangs).
+ * Returns the result, or NULL with the error recorded; on a broken or
+ * hung connection the connection is dropped.
+ */
+static PGresult *
+pg_exec(struct store_pg *p, const char *sql, int n, const char *const *vals)
+{
+	long long deadline = now_monotonic_ms() + CLIENT_TIMEOUT_MS, left;
+	PGresult *res = NULL, *r;
+	struct pollfd pfd;
+	ExecStatusType st;
+
+	if (!PQsendQueryParams(p->conn, sql, n, NULL, vals, NULL, NULL, 0))
+		goto broken;
+	pfd.fd = PQsocket(p->conn);
+	pfd.events = POLLIN;
+	for (;;) {
+		if (!PQconsumeInput(p->conn))
+			goto broken;
+		if (!PQisBusy(p->conn))
+			break;
+		left = deadline - now_monotonic_ms();
+		if (left <= 0) {
+			store_err(&p->s, "no answer from the database within %llds",
+			    CLIENT_TIMEOUT_MS / MS_PER_S);
+			pg_failed_connection(p);
+			return NULL;
+		}
+		if (poll(&pfd, 1, (int)(left > 1000 ? 1000 : left)) == -1 &&
+		    errno != EINTR)
+			goto broken;
+	}
+	while ((r = PQgetResult(p->conn)) != NULL) {
+		PQclear(res);
+		res = r;
+	}
+	st = PQresultStatus(res);
+	if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+		return res;
+	pg_err(p, "query failed", PQresultErrorMessage(res));
+	PQclear(res);
+	if (PQstatus(p->conn) == CONNECTION_BAD)
+		pg_failed_connection(p);
+	return NULL;
+broken:
+	pg_err(p, "connection lost", PQerrorMessage(p->conn));
+	PQclear(res);
+	pg_failed_connection(p);
+	return NULL;
+}
+
+/*
+ * Connects if needed (not before the backoff allows), then sets the
+ * session up: application_name, the zone naive timestamps are read in,
+ * and statement and lock timeouts, all as parameters.
+ */
+static int
+pg_connect(struct store_pg *p)
+{
+	const struct config *cfg = p->s.cfg;
+	const char *kw[] = { "connect_timeout", "application_name", "dbname",
+		NULL };
+	const char *val[] = { CONNECT_TIMEOUT, "limpeza", cfg->database_url,
+		NULL };
+	const char *params[] = { cfg->db_timezone, STATEMENT_TIMEOUT,
+		LOCK_TIMEOUT };
+	PGresult *res;
+	long long now = now_monotonic_ms();
+
+	if (p->conn != NULL)
+		return 0;
+	/* Within the backoff, the last reason stands in s.err. */
+	if (now < p->next_try)
+		return -1;
+	/* Parameters before dbname are defaults the URL may override. */
+	p->conn = PQconnectdbParams(kw, val, 1);
+	if (p->conn == NULL || PQstatus(p->conn) != CONNECTION_OK) {
+		pg_err(p, "cannot connect",
+		    p->conn != NULL ? PQerrorMessage(p->conn) : "out of memory");
+		pg_failed_connection(p);
+		return -1;
+	}
+	res = pg_exec(p,
+	    "SELECT set_config('TimeZone', $1, false), "
+	    "set_config('statement_timeout', $2, false), "
+	    "set_config('lock_timeout', $3, false)",
+	    3, params);
+	if (res == NULL) {
+		if (p->conn != NULL)
+			pg_failed_connection(p);
+		return -1;
+	}
+	PQclear(res);
+	pg_ident(p->conn, cfg->id_column, p->id, sizeof(p->id));
+	pg_ident(p->conn, cfg->status_column, p->status, sizeof(p->status));
+	pg_ident(p->conn, cfg->updated_column, p->updated, sizeof(p->updated));
+	pg_ident(p->conn, cfg->created_column, p->created, sizeof(p->created));
+	pg_ident(p->conn, cfg->error_column, p->error, sizeof(p->error));
+	{
+		const char *dot = strchr(cfg->table, '.');
+		char a[80], b[80], part[64];
+
+		if (dot != NULL) {
+			snprintf(part, sizeof(part), "%.*s",
+			    (int)(dot - cfg->table), cfg->table);
+			pg_ident(p->conn, part, a, sizeof(a));
+			pg_ident(p->conn, dot + 1, b, sizeof(b));
+			snprintf(p->table, sizeof(p->table), "%s.%s", a, b);
+		} else
+			pg_ident(p->conn, cfg->table, p->table,
+			    sizeof(p->table));
+	}
+	p->backoff = BACKOFF_MIN_MS;
+	*p->s.err = '\0';
+	return 0;
+}
+
+/* The session-level advisory lock elects one reaper among all hosts. */
+static int
+pg_lead(struct store *s)
+{
+	struct store_pg *p = (struct store_pg *)s;
+	char key[32];
+	const char *params[] = { key };
+	PGresult *res;
+
+	if (pg_connect(p) == -1)
+		return -1;
+	if (s->cfg->leader_key == 0)
+		return 1;
+	if (p->leader)
+		return 1;
+	snprintf(key, sizeof(key), "%lld", s->cfg->leader_key);
+	res = pg_exec(p, "SELECT pg_try_advisory_lock($1::bigint)", 1, params);
+	if (res == NULL)
+		return -1;
+	p->leader = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	PQclear(res);
+	return p->leader;
+}
+
+/*
+ * Ends, batch by batch, the rows of one status that cond selects. Each
+ * batch is one statement and so one short transaction: it locks at most
+ * LIMPEZA_BATCH rows, skipping rows another session holds, and the
+ * UPDATE re-checks cond so a row that got a heartbeat or finished in
+ * between is not touched. $1 status, $2 age (cond), $3 batch, $4 error
+ * status, $5 message.
+ */
+static int
+end_rows(struct store_pg *p, const char *status, const char *cond,
+    long long age_ms, int dry_run, enum reap_kind kind, long *count,
+    store_job_fn fn, void *arg)
+{
+	const struct config *cfg = p->s.cfg;
+	char sql[2048], age[64], batch[32], msg[256];
+	const char *params[5] = { status, age, batch, cfg->error_status, msg };
+	PGresult *res;
+	long long t0, took;
+	int i, rows;
+
+	if (pg_connect(p) == -1)
+		return -1;
+	config_reap_message(cfg, kind, msg, sizeof(msg));
+	snprintf(age, sizeof(age), "%lld milliseconds", age_ms);
+	snprintf(batch, sizeof(batch), "%lld", cfg->batch);
+	if (dry_run)
+		snprintf(sql, sizeof(sql),
+		    "SELECT %s FROM %s WHERE %s = $1 AND %s AND $3::int > 0",
+		    p->id, p->table, p->status, cond);
+	else
+		snprintf(sql, sizeof(sql),
+		    "UPDATE %s t SET %s = $4, %s = $5, %s = now() WHERE "
+		    "t.ctid = ANY (ARRAY(SELECT ctid FROM %s WHERE %s = $1 AND "
+		    "%s LIMIT $3::int FOR UPDATE SKIP LOCKED)) AND t.%s = $1 "
+		    "AND %s RETURNING t.%s",
+		    p->table, p->status, p->error, p->updated, p->table,
+		    p->status, cond, p->status, cond, p->id);
+	do {
+		t0 = now_monotonic_ms();
+		res = pg_exec(p, sql, dry_run ? 3 : 5, params);
+		if (res == NULL)
+			return -1;
+		took = now_monotonic_ms() - t0;
+		rows = PQntuples(res);
+		for (i = 0; i < rows; i++)
+			if (fn != NULL)
+				fn(arg, kind, PQgetvalue(res, i, 0));
+		PQclear(res);
+		*count += rows;
+		if (!dry_run)
+			log_event(LVL_DEBUG, EV_DB_BATCH, (long)rows,
+			    (long)took);
+	} while (!dry_run && rows == cfg->batch);
+	return 0;
+}
+
+static int
+pg_reap(struct store *s, int dry_run, struct store_counts *c,
+    store_job_fn fn, void *arg)
+{
+	struct store_pg *p = (struct store_pg *)s;
+	char cond[256];
+
+	if (pg_connect(p) == -1)
+		return -1;
+	snprintf(cond, sizeof(cond), "%s < now() - $2::interval", p->updated);
+	if (end_rows(p, s->cfg->running_status, cond, s->cfg->running_ttl,
+		dry_run, REAP_RUNNING, &c->running, fn, arg) == -1)
+		return -1;
+	return end_rows(p, s->cfg->queued_status, cond, s->cfg->queued_ttl,
+	    dry_run, REAP_QUEUED, &c->queued, fn, arg);
+}
+
+/* Every active row but those created within LIMPEZA_FORCE_MIN_AGE. */
+static int
+pg_force(struct store *s, int dry_run, struct store_counts *c,
+    store_job_fn fn, void *arg)
+{
+	struct store_pg *p = (struct store_pg *)s;
+	char cond[256];
+
+	if (pg_connect(p) == -1)
+		return -1;
+	snprintf(cond, sizeof(cond),
+	    "($2::interval = interval '0' OR coalesce(%s, %s) < now() - "
+	    "$2::interval)",
+	    p->created, p->updated);
+	if (end_rows(p, s->cfg->running_status, cond, s->cfg->force_min_age,
+		dry_run, REAP_FORCED, &c->forced, fn, arg) == -1)
+		return -1;
+	return end_rows(p, s->cfg->queued_status, cond, s->cfg->force_min_age,
+	    dry_run, REAP_FORCED, &c->forced, fn, arg);
+}
+
+static int
+pg_stats(struct store *s, struct store_stats *out)
+{
+	struct store_pg *p = (struct store_pg *)s;
+	const char *params[] = { s->cfg->running_status,
+		s->cfg->queued_status };
+	char sql[1024];
+	PGresult *res;
+	int i;
+
+	out->active = 0;
+	out->oldest_s = -1;
+	if (pg_connect(p) == -1)
+		return -1;
+	snprintf(sql, sizeof(sql),
+	    "SELECT %s, count(*) FROM %s WHERE %s >= now() - interval "
+	    "'24 hours' GROUP BY 1 ORDER BY 1",
+	    p->status, p->table, p->created);
+	if ((res = pg_exec(p, sql, 0, NULL)) == NULL)
+		return -1;
+	for (i = 0; i < PQntuples(res); i++)
+		json_object_set_new(out->by_status,
+		    PQgetisnull(res, i, 0) ? "null" : PQgetvalue(res, i, 0),
+		    json_integer(strtoll(PQgetvalue(res, i, 1), NULL, 10)));
+	PQclear(res);
+
+	snprintf(sql, sizeof(sql),
+	    "SELECT count(*), extract(epoch FROM now() - min(%s)) FROM %s "
+	    "WHERE %s IN ($1, $2)",
+	    p->updated, p->table, p->status);
+	if ((res = pg_exec(p, sql, 2, params)) == NULL)
+		return -1;
+	out->active = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+	if (!PQgetisnull(res, 0, 1))
+		out->oldest_s = strtod(PQgetvalue(res, 0, 1), NULL);
+	PQclear(res);
+	return 0;
+}
+
+static int
+is_text_type(const char *t)
+{
+	return strcmp(t, "text") == 0 ||
+	    strncmp(t, "character varying", 17) == 0 ||
+	    strncmp(t, "character", 9) == 0 || strcmp(t, "uuid") == 0;
+}
+
+static int
+is_time_type(const char *t)
+{
+	return strncmp(t, "timestamp", 9) == 0;
+}
+
+/*
+ * `limpeza check`: the server, its zone, the table and the type of each
+ * configured column, and whether an index serves the reaping query (an
+ * index on (status, updated) or on updated restricted to active rows).
+ */
+static int
+pg_check(struct store *s, FILE *out)
+{
+	struct store_pg *p = (struct store_pg *)s;
+	const struct config *cfg = s->cfg;
+	const char *want[] = { cfg->id_column, cfg->status_column,
+		cfg->updated_column, cfg->created_column, cfg->error_column };
+	const char *kind[] = { "text", "text", "time", "time", "text" };
+	const char *params[] = { cfg->table, cfg->status_column,
+		cfg->updated_column };
+	PGresult *res;
+	int i, j, rc = 0, served = 0;
+	char tname[64];
+
+	if (pg_connect(p) == -1)
+		return -1;
+	res = pg_exec(p,
+	    "SELECT current_setting('server_version'), "
+	    "(SELECT reset_val FROM pg_settings WHERE name = 'TimeZone'), "
+	    "current_setting('TimeZone'), to_regclass($1) IS NOT NULL",
+	    1, params);
+	if (res == NULL)
+		return -1;
+	fprintf(out,
+	    "ok: postgresql %s, server zone %s, session zone %s (naive "
+	    "timestamps are read in it)\n",
+	    PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1),
+	    PQgetvalue(res, 0, 2));
+	if (strcmp(PQgetvalue(res, 0, 3), "t") != 0) {
+		PQclear(res);
+		store_err(s, "table %s not found", cfg->table);
+		return -1;
+	}
+	PQclear(res);
+
+	res = pg_exec(p,
+	    "SELECT attname, format_type(atttypid, atttypmod) FROM "
+	    "pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND "
+	    "NOT attisdropped",
+	    1, params);
+	if (res == NULL)
+		return -1;
+	for (i = 0; i < 5; i++) {
+		*tname = '\0';
+		for (j = 0; j < PQntuples(res); j++)
+			if (strcmp(PQgetvalue(res, j, 0), want[i]) == 0)
+				snprintf(tname, sizeof(tname), "%s",
+				    PQgetvalue(res, j, 1));
+		if (*tname == '\0') {
+			fprintf(out, "FAIL: column %s.%s not found\n",
+			    cfg->table, want[i]);
+			rc = -1;
+		} else if (strcmp(kind[i], "text") == 0 ? !is_text_type(tname) :
+							  !is_time_type(tname)) {
+			fprintf(out, "FAIL: column %s.%s is %s, expected %s\n",
+			    cfg->table, want[i], tname,
+			    strcmp(kind[i], "text") == 0 ? "a text type" :
+							   "a timestamp");
+			rc = -1;
+		} else
+			fprintf(out, "ok: column %s.%s (%s)\n", cfg->table,
+			    want[i], tname);
+	}
+	PQclear(res);
+	if (rc == -1) {
+		store_err(s, "table %s lacks usable configured columns",
+		    cfg->table);
+		return -1;
+	}
+
+	/* Key columns of each valid index, in order, and its predicate. */
+	res = pg_exec(p,
+	    "SELECT i.indexrelid::regclass, "
+	    "(SELECT array_agg(a.attname ORDER BY k.n) FROM unnest(i.indkey) "
+	    "WITH ORDINALITY k(attnum, n) JOIN pg_attribute a ON a.attrelid "
+	    "= i.indrelid AND a.attnum = k.attnum)::text[] AS cols, "
+	    "coalesce(pg_get_expr(i.indpred, i.indrelid), '') FROM pg_index i "
+	    "WHERE i.indrelid = $1::regclass AND i.indisvalid",
+	    1, params);
+	if (res == NULL)
+		return -1;
+	for (i = 0; i < PQntuples(res) && !served; i++) {
+		const char *cols = PQgetvalue(res, i, 1);
+		const char *pred = PQgetvalue(res, i, 2);
+		char a[160], b[160];
+
+		snprintf(a, sizeof(a), "{%s,%s", cfg->status_column,
+		    cfg->updated_column);
+		snprintf(b, sizeof(b), "{%s", cfg->updated_column);
+		if (strncmp(cols, a, strlen(a)) == 0 ||
+		    (strncmp(cols, b, strlen(b)) == 0 &&
+			(cols[strlen(b)] == '}' || cols[strlen(b)] == ',') &&
+			strstr(pred, cfg->status_column) != NULL)) {
+			served = 1;
+			fprintf(out, "ok: index %s serves the reaping query\n",
+			    PQgetvalue(res, i, 0));
+		}
+	}
+	PQclear(res);
+	if (!served) {
+		char *run = PQescapeLiteral(p->conn, cfg->running_status,
+		    strlen(cfg->running_status));
+		char *que = PQescapeLiteral(p->conn, cfg->queued_status,
+		    strlen(cfg->queued_status));
+
+		if (run == NULL || que == NULL)
+			fatalx_oom();
+		fprintf(out,
+		    "advice: no index serves the reaping query; on a large "
+		    "table add one (it does not block writers):\n"
+		    "  CREATE INDEX CONCURRENTLY ix_%s_active_%s ON %s (%s) "
+		    "WHERE %s IN (%s, %s);\n",
+		    strchr(cfg->table, '.') ? strchr(cfg->table, '.') + 1 :
+					      cfg->table,
+		    cfg->updated_column, p->table, p->updated, p->status, run,
+		    que);
+		PQfreemem(run);
+		PQfreemem(que);
+	}
+	return 0;
+}
+
+const struct store_ops store_pg_ops = {
+	.name = "postgresql",
+	.open = pg_open,
+	.lead = pg_lead,
+	.reap = pg_reap,
+	.force = pg_force,
+	.stats = pg_stats,
+	.check = pg_check,
+	.close = pg_close,
+};
