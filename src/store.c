@@ -57,8 +57,10 @@ store_err(struct store *s, const char *fmt, ...)
 	vsnprintf(s->err, sizeof(s->err), fmt, ap);
 	va_end(ap);
 	/* Driver messages may span lines; a log line must not. */
-	while ((nl = strpbrk(s->err, "\r\n")) != NULL)
+	while ((nl = strpbrk(s->err, "\r\n\t")) != NULL)
 		*nl = ' ';
+	for (nl = s->err + strlen(s->err); nl > s->err && nl[-1] == ' '; nl--)
+		nl[-1] = '\0';
 }
 
 /*

@@ -422,7 +422,7 @@ pg_check(struct store *s, FILE *out)
 	if (pg_connect(p) == -1)
 		return -1;
 	res = pg_exec(p,
-	    "SELECT current_setting('server_version'), "
+	    "SELECT split_part(current_setting('server_version'), ' ', 1), "
 	    "(SELECT reset_val FROM pg_settings WHERE name = 'TimeZone'), "
 	    "current_setting('TimeZone'), to_regclass($1) IS NOT NULL",
 	    1, params);

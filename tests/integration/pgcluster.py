@@ -42,7 +42,7 @@ class PgCluster:
         with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
             f.write("\nport = %d\nlisten_addresses = '127.0.0.1'\n"
                     "unix_socket_directories = '%s'\nfsync = off\n"
-                    "synchronous_commit = off\nfull_page_writes = off\n"
+                    "full_page_writes = off\n"
                     "timezone = '%s'\nmax_connections = 60\n"
                     "shared_buffers = 256MB\n" % (self.port, self.base, timezone))
         with open(os.path.join(self.data, "pg_hba.conf"), "w") as f:

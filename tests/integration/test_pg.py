@@ -1,0 +1,260 @@
+"""PostgreSQL only: clock zones, leader election, outages, locks, check advice, secrets."""
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from conftest import BIN, SLOW, Env, PgStore
+from pgcluster import APP_PASSWORD, PgCluster
+
+
+def pgenv(tmp_path, cluster, column_type="timestamp"):
+    return Env(tmp_path, PgStore(cluster, column_type))
+
+
+@pytest.mark.parametrize("column_type", ["timestamp", "timestamptz"])
+@pytest.mark.parametrize("zone", ["America/Sao_Paulo", "Asia/Tokyo"])
+def test_server_zone_does_not_move_the_deadline(tmp_path, pg, zone, column_type):
+    """SPEC §8.4: naive UTC columns against now() under any server zone."""
+    env = pgenv(tmp_path, pg, column_type)
+    s = env.store
+    pg.sql("ALTER DATABASE %s SET timezone = '%s'" % (s.dbname, zone))
+    s.add("run-stale", "running", 200)
+    s.add("run-fresh", "running", 150)
+    s.add("q-stale", "queued", 150)
+    s.add("q-fresh", "queued", 90)
+    p = env.run("once", LIMPEZA_CACHE_FILE="")
+    assert p.returncode == 0, p.stderr
+    assert s.statuses() == {"run-stale": "error", "run-fresh": "running",
+                            "q-stale": "error", "q-fresh": "queued"}
+    assert s.row("run-stale")["error_message"] == "Job órfão - mais de 3 minutos"
+    assert s.row("q-stale")["error_message"] == "Job queued expirado - mais de 2 minutos"
+    # the fresh updated_at is the database's now(), stored as UTC
+    assert -1 < s.age("run-stale") < 10
+    assert -1 < s.age("q-stale") < 10
+    assert 140 < s.age("run-fresh") < 170
+    assert "running > 3min: 1, queued > 2min: 1" in p.stderr
+
+
+def test_check_advises_the_index_and_checks_types(tmp_path, pg):
+    env = pgenv(tmp_path, pg)
+    p = env.run("check", LIMPEZA_CACHE_FILE="")
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = p.stdout
+    assert re.search(r"ok: postgresql 15\.\d+, server zone America/Sao_Paulo, session zone UTC", out)
+    assert "ok: column scans.updated_at (timestamp without time zone)" in out
+    assert "ok: column scans.job_id (character varying(255))" in out
+    advice = re.search(r"^  (CREATE INDEX CONCURRENTLY .*;)$", out, re.M)
+    assert advice, out
+    assert advice.group(1) == ('CREATE INDEX CONCURRENTLY ix_scans_active_updated_at ON "scans" '
+                               '("updated_at") WHERE "status" IN (\'running\', \'queued\');')
+    env.store.sql(advice.group(1))
+    p = env.run("check", LIMPEZA_CACHE_FILE="")
+    assert "ok: index ix_scans_active_updated_at serves the reaping query" in p.stdout
+    assert "advice:" not in p.stdout
+    # a column of the wrong type is a failure
+    env.store.sql("ALTER TABLE scans ALTER updated_at TYPE text")
+    p = env.run("check", LIMPEZA_CACHE_FILE="")
+    assert p.returncode == 1
+    assert "FAIL: column scans.updated_at is text, expected a timestamp" in p.stdout
+
+
+def test_composite_index_is_recognised(tmp_path, pg):
+    env = pgenv(tmp_path, pg)
+    env.store.sql("CREATE INDEX ix_scans_status_updated_at ON scans (status, updated_at)")
+    p = env.run("check", LIMPEZA_CACHE_FILE="")
+    assert "ok: index ix_scans_status_updated_at serves the reaping query" in p.stdout
+
+
+def test_follower_leaves_the_database_alone(tmp_path, pg):
+    env = pgenv(tmp_path, pg)
+    env.store.add("run-stale", "running", 900)
+    env.write_cache({"c-old": {"status": "queued", "created_at": time.time() - 999}})
+    holder = env.store.connect()
+    holder.cursor().execute("SELECT pg_advisory_lock(7105573)")
+    try:
+        p = env.run("once")
+        assert p.returncode == 0, p.stderr
+        assert "👥 Outra instância é a líder: aqui só o cache é limpo" in p.stderr
+        assert "Limpeza banco executada" not in p.stderr
+        assert env.store.statuses() == {"run-stale": "running"}
+        assert env.read_cache() == "{}"
+        # with election off, it reaps regardless
+        p = env.run("once", LIMPEZA_LEADER_KEY="0")
+        assert env.store.statuses() == {"run-stale": "error"}
+        assert "Outra instância" not in p.stderr
+    finally:
+        holder.close()
+
+
+def test_three_daemons_reap_each_orphan_once_and_survive_the_leader(tmp_path, pg, daemons):
+    """Thousands of orphans, three hosts, the leader SIGKILLed mid-work."""
+    env = pgenv(tmp_path, pg)
+    s = env.store
+    n = 3000
+    s.sql("""
+        CREATE TABLE reaped (job_id text, at timestamptz DEFAULT clock_timestamp());
+        CREATE FUNCTION count_reap() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO reaped (job_id) VALUES (NEW.job_id);
+            PERFORM pg_sleep(0.001);  -- make the backlog take a while
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER count_reap AFTER UPDATE OF status ON scans FOR EACH ROW
+            WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION count_reap();
+        INSERT INTO scans (username, job_id, status, created_at, updated_at)
+            SELECT 'u', 'orphan-' || i, 'running', now() - interval '1 hour',
+                   now() - interval '1 hour' FROM generate_series(1, %d) i;
+        INSERT INTO scans (username, job_id, status, created_at, updated_at)
+            SELECT 'u', 'live-' || i, 'running', now(), now() + interval '1 hour'
+            FROM generate_series(1, 50) i;
+    """ % n)
+    ds = []
+    for i in range(3):
+        cache = os.path.join(env.tmp, "cache%d.json" % i)
+        log = os.path.join(env.tmp, "log%d" % i, "limpeza.log")
+        ds.append(daemons(env, LIMPEZA_INTERVAL="200ms", LIMPEZA_BATCH="100",
+                          LIMPEZA_CACHE_FILE=cache, LIMPEZA_LOG_FILE=log))
+    # find the leader once it has reaped part of the backlog
+    leader = None
+    deadline = time.monotonic() + 20 * SLOW
+    while leader is None and time.monotonic() < deadline:
+        for d in ds:
+            if "👑 Líder" in d.stderr():
+                leader = d
+        time.sleep(0.05)
+    assert leader is not None
+    while int(s.sql("SELECT count(*) FROM reaped")[0][0]) < 300:
+        time.sleep(0.02)
+    leader.p.kill()
+    leader.p.wait()
+    done_at_kill = int(s.sql("SELECT count(*) FROM reaped")[0][0])
+    assert done_at_kill < n, "the leader finished before it could be killed"
+    # another one takes over and finishes
+    deadline = time.monotonic() + 60 * SLOW
+    while time.monotonic() < deadline:
+        left = int(s.sql("SELECT count(*) FROM scans WHERE status = 'running'"
+                         " AND job_id LIKE 'orphan-%%'")[0][0])
+        if left == 0:
+            break
+        time.sleep(0.1)
+    assert left == 0
+    counts = s.sql("SELECT count(*), count(DISTINCT job_id), max(c) FROM"
+                   " (SELECT job_id, count(*) c FROM reaped GROUP BY job_id) x")[0]
+    assert counts == (n, n, 1), counts
+    assert int(s.sql("SELECT count(*) FROM scans WHERE job_id LIKE 'live-%%'"
+                     " AND status = 'running'")[0][0]) == 50
+    survivors = [d for d in ds if d is not leader]
+    assert sum("👑 Líder" in d.stderr() for d in survivors) == 1
+    for d in survivors:
+        # a follower says so once, however many cycles it ran
+        assert d.stderr().count("👥 Outra instância é a líder") <= 1
+        assert d.stop() == 0
+
+
+def test_outage_is_logged_once_and_survived(tmp_path, daemons):
+    cluster = PgCluster()
+    try:
+        env = pgenv(tmp_path, cluster)
+        d = daemons(env, LIMPEZA_INTERVAL="200ms", LIMPEZA_ERROR_BACKOFF="200ms")
+        d.wait_for("Limpeza banco executada")
+        cluster.stop("immediate")
+        d.wait_for("❌ Erro no banco \\(postgresql\\)")
+        # several failing cycles, one error line
+        log = d.wait_for("Ciclo", count=d.stderr().count("Ciclo") + 8)
+        assert log.count("❌ Erro no banco (postgresql)") == 1
+        assert d.p.poll() is None
+        cluster.start()
+        env.store.add("after-restart", "running", 900)
+        d.wait_for("✅ Banco disponível novamente \\(postgresql\\)", timeout=40)
+        d.wait_for("running > 3min: 1", timeout=10)
+        assert env.store.statuses()["after-restart"] == "error"
+        assert d.stderr().count("❌ Erro no banco (postgresql)") == 1
+        assert d.stop() == 0
+    finally:
+        cluster.destroy()
+
+
+def test_database_refusing_connections_at_start(tmp_path, pg, daemons):
+    env = pgenv(tmp_path, pg)
+    url = "postgresql://app:%s@127.0.0.1:%d/%s" % (APP_PASSWORD, pg.port + 1 if pg.port < 65535 else 1, env.store.dbname)
+    d = daemons(env, LIMPEZA_INTERVAL="200ms", LIMPEZA_ERROR_BACKOFF="200ms", DATABASE_URL=url)
+    log = d.wait_for("Ciclo 3 ")
+    assert log.count("❌ Erro no banco (postgresql): cannot connect") == 1
+    assert APP_PASSWORD not in log
+
+
+def test_locked_table_hits_lock_timeout_not_a_hang(tmp_path, pg):
+    env = pgenv(tmp_path, pg)
+    env.store.add("run-stale", "running", 900)
+    holder = env.store.connect()
+    holder.autocommit = False
+    holder.cursor().execute("LOCK TABLE scans IN ACCESS EXCLUSIVE MODE")
+    try:
+        t0 = time.monotonic()
+        p = env.run("once", LIMPEZA_CACHE_FILE="")
+        took = time.monotonic() - t0
+    finally:
+        holder.rollback()
+        holder.close()
+    assert p.returncode == 1
+    assert "lock timeout" in p.stderr
+    assert took < 10 * SLOW
+    p = env.run("once", LIMPEZA_CACHE_FILE="")
+    assert p.returncode == 0 and env.store.statuses()["run-stale"] == "error"
+
+
+def test_rows_locked_by_a_writer_are_skipped_not_waited_for(tmp_path, pg):
+    env = pgenv(tmp_path, pg)
+    env.store.add("busy", "running", 900)
+    env.store.add("free", "running", 900)
+    holder = env.store.connect()
+    holder.autocommit = False
+    holder.cursor().execute("SELECT 1 FROM scans WHERE job_id = 'busy' FOR UPDATE")
+    try:
+        t0 = time.monotonic()
+        p = env.run("once", LIMPEZA_CACHE_FILE="")
+        took = time.monotonic() - t0
+        assert p.returncode == 0, p.stderr
+        assert took < 5 * SLOW
+    finally:
+        holder.rollback()
+        holder.close()
+    assert env.store.statuses() == {"busy": "running", "free": "error"}
+
+
+def test_secrets_never_printed(tmp_path, pg):
+    env = pgenv(tmp_path, pg)
+    good = env.store.url
+    wrong = good.replace(APP_PASSWORD, "Wr0ng-" + APP_PASSWORD)
+    for url, secret in ((good, APP_PASSWORD), (wrong, "Wr0ng-" + APP_PASSWORD)):
+        for args in (["once"], ["check"], ["stats"], ["stats", "--json"]):
+            p = env.run(*args, DATABASE_URL=url, LIMPEZA_LOG_LEVEL="debug")
+            assert secret not in p.stdout + p.stderr, (args, p.stdout + p.stderr)
+            assert secret not in env.log_text()
+    p = env.run("once", DATABASE_URL=wrong)
+    assert "password authentication failed" in p.stderr
+    p = env.run("check", DATABASE_URL=good)
+    assert "app:***@127.0.0.1" in p.stdout
+    # URL parameters reach libpq: this server has no SSL
+    p = env.run("once", DATABASE_URL=good + "?sslmode=require")
+    assert "SSL" in p.stderr
+    assert APP_PASSWORD not in p.stderr
+
+
+def test_libpq_keyword_form(tmp_path, pg):
+    env = pgenv(tmp_path, pg)
+    env.store.add("run-stale", "running", 900)
+    url = "host=127.0.0.1 port=%d dbname=%s user=app password='%s'" % (
+        pg.port, env.store.dbname, APP_PASSWORD)
+    p = env.run("once", DATABASE_URL=url, LIMPEZA_CACHE_FILE="")
+    assert p.returncode == 0, p.stderr
+    assert env.store.statuses()["run-stale"] == "error"
+    p = env.run("check", DATABASE_URL=url)
+    assert APP_PASSWORD not in p.stdout and "password=***" in p.stdout
