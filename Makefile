@@ -31,7 +31,7 @@ SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
 
 .PHONY: all deps test-deps install uninstall clean test unit integration \
 	asan asan-unit asan-integration demo format \
-	format-check
+	format-check bench
 
 all: build/limpeza build/limpeza.8
 
@@ -94,6 +94,10 @@ test: test-deps
 	$(MAKE) unit
 	$(MAKE) integration
 	$(MAKE) asan
+
+# Benchmarks print figures; they are not tests and make test does not run them.
+bench: all test-deps
+	$(PYTHON) bench/pg_reap.py
 
 demo: all
 	@sh scripts/deps.sh test
