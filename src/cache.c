@@ -1,5 +1,4 @@
-/* cache.c: the cache-file reaper: read under flock, decide each job, rewrite
- * atomically. */
+/* cache.c: the cache-file reaper: flock, decide, rewrite atomically. */
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,5 +1,4 @@
-/* config.c: the one table of settings: environment, env files, options,
- * defaults, validation, help. */
+/* config.c: the one settings table: env, env files, options, checks. */
 
 #include <ctype.h>
 #include <errno.h>

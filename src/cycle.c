@@ -1,5 +1,4 @@
-/* cycle.c: one cleanup cycle, store-agnostic: cache, store, health and forced
- * cleanup, summary. */
+/* cycle.c: one cleanup cycle, store-agnostic, top to bottom. */
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,5 +1,4 @@
-/* health.c: asks the API's health endpoint how many jobs are active (libcurl,
- * bounded). */
+/* health.c: asks the API how many jobs are active (libcurl, bounded). */
 
 #include <string.h>
 

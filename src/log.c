@@ -1,5 +1,4 @@
-/* log.c: every log line, in pt/en text or JSON, to the log file and standard
- * error. */
+/* log.c: every log line, pt/en text or JSON, to the file and stderr. */
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,5 +1,4 @@
-/* main.c: command line, start-up, the daemon loop and its signals; check and
- * stats. */
+/* main.c: command line, start-up, daemon loop, signals, check, stats. */
 
 #include <errno.h>
 #include <poll.h>
@@ -315,8 +314,7 @@ cmd_stats(struct config *cfg, int as_json)
 
 	if (*cfg->database_url == '\0')
 		db = json_null();
-	else if ((s = store_open(cfg)) == NULL ||
-	    s->ops->stats(s, &st) == -1) {
+	else if ((s = store_open(cfg)) == NULL || s->ops->stats(s, &st) == -1) {
 		db = json_pack("{s:s}", "error", s != NULL ? s->err : "");
 		failed = 1;
 	} else

@@ -1,5 +1,4 @@
-/* store.c: picks the job-store driver from DATABASE_URL; helpers both drivers
- * share. */
+/* store.c: picks the store driver from DATABASE_URL; shared helpers. */
 
 #include <stdarg.h>
 #include <stdlib.h>

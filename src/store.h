@@ -1,5 +1,4 @@
-/* store.h: the job-store interface; store_pg.c and store_sqlite.c implement it.
- */
+/* store.h: the job-store interface; store_pg.c, store_sqlite.c fill it. */
 
 #ifndef STORE_H
 #define STORE_H

@@ -1,4 +1,4 @@
-/* store_pg.c: the PostgreSQL job store (libpq): batched SKIP LOCKED reaping, leader lock, timeouts. */
+/* store_pg.c: the PostgreSQL job store (libpq), batched, leader-elected. */
 
 #include <errno.h>
 #include <poll.h>
@@ -38,8 +38,8 @@ struct store_pg {
 static void
 pg_ident(PGconn *conn, const char *name, char *buf, size_t len)
 {
-	char *q = conn != NULL ? PQescapeIdentifier(conn, name, strlen(name)) :
-				 NULL;
+	char *q =
+	    conn != NULL ? PQescapeIdentifier(conn, name, strlen(name)) : NULL;
 
 	/* config.c allows plain identifiers only, so this is the same. */
 	snprintf(buf, len, "%s", q != NULL ? q : name);
@@ -135,7 +135,8 @@ pg_exec(struct store_pg *p, const char *sql, int n, const char *const *vals)
 			break;
 		left = deadline - now_monotonic_ms();
 		if (left <= 0) {
-			store_err(&p->s, "no answer from the database within %llds",
+			store_err(&p->s,
+			    "no answer from the database within %llds",
 			    CLIENT_TIMEOUT_MS / MS_PER_S);
 			pg_failed_connection(p);
 			return NULL;
@@ -190,7 +191,8 @@ pg_connect(struct store_pg *p)
 	p->conn = PQconnectdbParams(kw, val, 1);
 	if (p->conn == NULL || PQstatus(p->conn) != CONNECTION_OK) {
 		pg_err(p, "cannot connect",
-		    p->conn != NULL ? PQerrorMessage(p->conn) : "out of memory");
+		    p->conn != NULL ? PQerrorMessage(p->conn)
+				    : "out of memory");
 		pg_failed_connection(p);
 		return -1;
 	}
@@ -221,8 +223,8 @@ pg_connect(struct store_pg *p)
 			pg_ident(p->conn, dot + 1, b, sizeof(b));
 			snprintf(p->table, sizeof(p->table), "%s.%s", a, b);
 		} else
-			pg_ident(p->conn, cfg->table, p->table,
-			    sizeof(p->table));
+			pg_ident(
+			    p->conn, cfg->table, p->table, sizeof(p->table));
 	}
 	p->backoff = BACKOFF_MIN_MS;
 	*p->s.err = '\0';
@@ -303,15 +305,15 @@ end_rows(struct store_pg *p, const char *status, const char *cond,
 		PQclear(res);
 		*count += rows;
 		if (!dry_run)
-			log_event(LVL_DEBUG, EV_DB_BATCH, (long)rows,
-			    (long)took);
+			log_event(
+			    LVL_DEBUG, EV_DB_BATCH, (long)rows, (long)took);
 	} while (!dry_run && rows == cfg->batch);
 	return 0;
 }
 
 static int
-pg_reap(struct store *s, int dry_run, struct store_counts *c,
-    store_job_fn fn, void *arg)
+pg_reap(struct store *s, int dry_run, struct store_counts *c, store_job_fn fn,
+    void *arg)
 {
 	struct store_pg *p = (struct store_pg *)s;
 	char cond[256];
@@ -328,8 +330,8 @@ pg_reap(struct store *s, int dry_run, struct store_counts *c,
 
 /* Every active row but those created within LIMPEZA_FORCE_MIN_AGE. */
 static int
-pg_force(struct store *s, int dry_run, struct store_counts *c,
-    store_job_fn fn, void *arg)
+pg_force(struct store *s, int dry_run, struct store_counts *c, store_job_fn fn,
+    void *arg)
 {
 	struct store_pg *p = (struct store_pg *)s;
 	char cond[256];
@@ -457,12 +459,13 @@ pg_check(struct store *s, FILE *out)
 			fprintf(out, "FAIL: column %s.%s not found\n",
 			    cfg->table, want[i]);
 			rc = -1;
-		} else if (strcmp(kind[i], "text") == 0 ? !is_text_type(tname) :
-							  !is_time_type(tname)) {
+		} else if (strcmp(kind[i], "text") == 0
+			? !is_text_type(tname)
+			: !is_time_type(tname)) {
 			fprintf(out, "FAIL: column %s.%s is %s, expected %s\n",
 			    cfg->table, want[i], tname,
-			    strcmp(kind[i], "text") == 0 ? "a text type" :
-							   "a timestamp");
+			    strcmp(kind[i], "text") == 0 ? "a text type"
+							 : "a timestamp");
 			rc = -1;
 		} else
 			fprintf(out, "ok: column %s.%s (%s)\n", cfg->table,
@@ -470,8 +473,8 @@ pg_check(struct store *s, FILE *out)
 	}
 	PQclear(res);
 	if (rc == -1) {
-		store_err(s, "table %s lacks usable configured columns",
-		    cfg->table);
+		store_err(
+		    s, "table %s lacks usable configured columns", cfg->table);
 		return -1;
 	}
 
@@ -505,10 +508,10 @@ pg_check(struct store *s, FILE *out)
 	}
 	PQclear(res);
 	if (!served) {
-		char *run = PQescapeLiteral(p->conn, cfg->running_status,
-		    strlen(cfg->running_status));
-		char *que = PQescapeLiteral(p->conn, cfg->queued_status,
-		    strlen(cfg->queued_status));
+		char *run = PQescapeLiteral(
+		    p->conn, cfg->running_status, strlen(cfg->running_status));
+		char *que = PQescapeLiteral(
+		    p->conn, cfg->queued_status, strlen(cfg->queued_status));
 
 		if (run == NULL || que == NULL)
 			fatalx_oom();
@@ -517,8 +520,8 @@ pg_check(struct store *s, FILE *out)
 		    "table add one (it does not block writers):\n"
 		    "  CREATE INDEX CONCURRENTLY ix_%s_active_%s ON %s (%s) "
 		    "WHERE %s IN (%s, %s);\n",
-		    strchr(cfg->table, '.') ? strchr(cfg->table, '.') + 1 :
-					      cfg->table,
+		    strchr(cfg->table, '.') ? strchr(cfg->table, '.') + 1
+					    : cfg->table,
 		    cfg->updated_column, p->table, p->updated, p->status, run,
 		    que);
 		PQfreemem(run);

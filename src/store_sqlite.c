@@ -1,5 +1,4 @@
-/* store_sqlite.c: the embedded SQLite job store (same table shape, UTC text
- * times). */
+/* store_sqlite.c: the embedded SQLite job store (UTC text times). */
 
 #include <stdlib.h>
 #include <string.h>
@@ -266,8 +265,8 @@ sqlite_check(struct store *s, FILE *out)
 		snprintf(sql, sizeof(sql), "PRAGMA \"%.*s\".table_info(\"%s\")",
 		    (int)(dot - cfg->table), cfg->table, dot + 1);
 	else
-		snprintf(sql, sizeof(sql), "PRAGMA table_info(\"%s\")",
-		    cfg->table);
+		snprintf(
+		    sql, sizeof(sql), "PRAGMA table_info(\"%s\")", cfg->table);
 	if (prepare(q, sql, &st) == -1)
 		return -1;
 	while (sqlite3_step(st) == SQLITE_ROW) {
@@ -296,13 +295,13 @@ sqlite_check(struct store *s, FILE *out)
 			    want[i], types[i]);
 			continue;
 		}
-		fprintf(out, "FAIL: column %s.%s not found\n", cfg->table,
-		    want[i]);
+		fprintf(
+		    out, "FAIL: column %s.%s not found\n", cfg->table, want[i]);
 		rc = -1;
 	}
 	if (rc == -1)
-		store_err(s, "table %s lacks usable configured columns",
-		    cfg->table);
+		store_err(
+		    s, "table %s lacks usable configured columns", cfg->table);
 	return rc;
 }
 
