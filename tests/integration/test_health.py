@@ -33,7 +33,8 @@ def test_reports_active_jobs(env, health):
     assert health.hits == 1
 
 
-def test_forced_cleanup_above_threshold(env, health):
+def test_forced_cleanup_above_threshold(senv, health):
+    env = senv
     fill(env)
     health.set_json({"status": "healthy", "jobs_active": 9})
     p = env.run("once", LIMPEZA_HEALTH_URL=health.url)
@@ -62,7 +63,8 @@ def test_threshold_is_strict_and_zero_disables(env, health):
     assert "c-run" in json.loads(env.read_cache())
 
 
-def test_force_active_only_and_min_age(env, health):
+def test_force_active_only_and_min_age(senv, health):
+    env = senv
     fill(env)
     health.set_json({"jobs_active": 9})
     p = env.run("once", LIMPEZA_HEALTH_URL=health.url, LIMPEZA_FORCE_CACHE="active",
@@ -76,7 +78,8 @@ def test_force_active_only_and_min_age(env, health):
     assert "🚨 Limpeza forçada: 2 jobs terminados" in p.stderr
 
 
-def test_once_force_without_health(env):
+def test_once_force_without_health(senv):
+    env = senv
     fill(env)
     p = env.run("once", "--force")
     assert p.returncode == 0, p.stderr
