@@ -6,18 +6,21 @@ DESTDIR ?=
 CFLAGS ?= -O2 -g
 PYTHON ?= /usr/bin/python3
 
-PKGS = sqlite3 libcurl jansson libpq
+PKGS = sqlite3 libcurl jansson libpq libsystemd libmicrohttpd
 WARN = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
        -Wpointer-arith -Wcast-qual -Werror
 # Expanded when a recipe runs, i.e. after `deps` has installed the packages.
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS = $(shell pkg-config --libs $(PKGS))
-ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(PKG_CFLAGS)
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -DHAVE_SYSTEMD -pthread $(WARN) $(CFLAGS) \
+	     $(PKG_CFLAGS)
 SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined \
       -fno-omit-frame-pointer
-ASAN_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) -O1 -g $(SAN) $(PKG_CFLAGS)
+ASAN_CFLAGS = -std=c11 -D_GNU_SOURCE -DHAVE_SYSTEMD -pthread $(WARN) -O1 -g \
+	      $(SAN) $(PKG_CFLAGS)
 
-MODULES = config log cache store store_sqlite store_pg health cycle
+MODULES = config log cache store store_sqlite store_pg health metrics alert \
+	  cycle
 OBJS = $(MODULES:%=build/obj/%.o)
 ASAN_OBJS = $(MODULES:%=build/asan/obj/%.o)
 HDRS = src/limpeza.h src/store.h
@@ -48,7 +51,7 @@ build/obj/%.o: src/%.c $(HDRS) | deps build/obj
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
 build/limpeza: $(OBJS) build/obj/main.o
-	$(CC) $(CFLAGS) -o $@ $^ $(PKG_LIBS) $(LDFLAGS)
+	$(CC) $(CFLAGS) -pthread -o $@ $^ $(PKG_LIBS) $(LDFLAGS)
 
 # The man page's settings come from the same table as --help.
 build/limpeza.8: man/limpeza.8.in build/limpeza
@@ -61,7 +64,7 @@ build/asan/obj/%.o: src/%.c $(HDRS) | deps build/asan/obj
 	$(CC) $(ASAN_CFLAGS) -c -o $@ $<
 
 build/asan/limpeza: $(ASAN_OBJS) build/asan/obj/main.o
-	$(CC) $(SAN) -o $@ $^ $(PKG_LIBS)
+	$(CC) $(SAN) -pthread -o $@ $^ $(PKG_LIBS)
 
 build/tests/%: tests/unit/%.c tests/unit/clock.h $(OBJS) $(HDRS) | test-deps build/tests
 	$(CC) $(ALL_CFLAGS) -Isrc $(shell pkg-config --cflags cmocka) -o $@ \

@@ -3,8 +3,8 @@
 # Usage: scripts/deps.sh [build|test|all]   (default: all)
 set -eu
 
-build_pkgs="build-essential pkg-config libsqlite3-dev libcurl4-openssl-dev libjansson-dev libpq-dev"
-test_pkgs="libcmocka-dev sqlite3 python3 python3-pytest python3-psycopg2 postgresql-15 clang-format man-db"
+build_pkgs="build-essential pkg-config libsqlite3-dev libcurl4-openssl-dev libjansson-dev libpq-dev libsystemd-dev libmicrohttpd-dev"
+test_pkgs="libcmocka-dev sqlite3 python3 python3-pytest python3-psycopg2 postgresql-15 clang-format man-db systemd shellcheck python3-prometheus-client logrotate"
 
 case "${1:-all}" in
 build) want="$build_pkgs" ;;

@@ -607,10 +607,19 @@ log_reaped(
 			log_event(LVL_INFO, EV_CACHE_QUEUED, id);
 			res->reaped_queued++;
 			break;
-		case FATE_FORCED:
+		case FATE_FORCED: {
+			const char *st = json_string_value(
+			    json_object_get(m->job, "status"));
+
 			log_event(LVL_INFO, EV_CACHE_FORCED, id);
 			res->forced++;
+			if (st != NULL && strcmp(st, cfg->running_status) == 0)
+				res->forced_running++;
+			else if (st != NULL &&
+			    strcmp(st, cfg->queued_status) == 0)
+				res->forced_queued++;
 			break;
+		}
 		case FATE_KEEP:
 			break;
 		}

@@ -11,6 +11,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include "limpeza.h"
 
 enum setting_type {
@@ -25,7 +28,8 @@ enum setting_type {
 	T_IDENT,
 	T_TABLE,
 	T_WORD,
-	T_ZONE
+	T_ZONE,
+	T_ADDR
 };
 
 /*
@@ -139,6 +143,14 @@ static const struct setting settings[] = {
 	    "jobs" },
 	{ "LIMPEZA_DRY_RUN", "dry-run", T_BOOL, "0", OFF(dry_run), NULL, 0, 0,
 	    "report what would be reaped, change nothing" },
+	{ "LIMPEZA_METRICS_ADDR", "metrics-addr", T_ADDR, "", OFF(metrics_addr),
+	    NULL, 0, 0,
+	    "serve Prometheus metrics at /metrics and /healthz on this "
+	    "address only, e.g. 127.0.0.1:9464; empty: off" },
+	{ "LIMPEZA_ALERT_WEBHOOK", "alert-webhook", T_HTTPURL, "",
+	    OFF(alert_webhook), NULL, 0, 0,
+	    "POST a JSON alert here on forced cleanup, on a store or API "
+	    "unreachable for 3 cycles, and on recovery; empty: off" },
 };
 
 #define NSETTINGS ((int)(sizeof(settings) / sizeof(settings[0])))
@@ -185,6 +197,8 @@ type_hint(const struct setting *s)
 		return "WORD";
 	case T_ZONE:
 		return "ZONE";
+	case T_ADDR:
+		return "HOST:PORT";
 	}
 	return "VALUE";
 }
@@ -263,6 +277,55 @@ config_parse_option(struct config_args *a, int argc, char **argv, int *i,
 		a->values[k] = value;
 		return 1;
 	}
+	return 0;
+}
+
+/*
+ * HOST:PORT for a listening socket: a numeric IPv4 address, or an IPv6
+ * one in brackets, and a port. Names are refused so that the address a
+ * socket binds to is exactly the one written.
+ */
+int
+config_parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *sl)
+{
+	struct sockaddr_storage tmp;
+	struct sockaddr_in *in = (struct sockaddr_in *)&tmp;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&tmp;
+	char host[64], *end;
+	const char *colon;
+	long port;
+
+	memset(&tmp, 0, sizeof(tmp));
+	colon = strrchr(s, ':');
+	if (colon == NULL || colon == s ||
+	    (size_t)(colon - s) >= sizeof(host))
+		return -1;
+	errno = 0;
+	port = strtol(colon + 1, &end, 10);
+	if (colon[1] == '\0' || *end != '\0' || errno != 0 || port < 1 ||
+	    port > 65535)
+		return -1;
+	if (s[0] == '[') {
+		if (colon[-1] != ']' || colon - s < 3)
+			return -1;
+		snprintf(host, sizeof(host), "%.*s", (int)(colon - s - 2), s + 1);
+		if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1)
+			return -1;
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons((uint16_t)port);
+		if (sl != NULL)
+			*sl = sizeof(*in6);
+	} else {
+		snprintf(host, sizeof(host), "%.*s", (int)(colon - s), s);
+		if (inet_pton(AF_INET, host, &in->sin_addr) != 1)
+			return -1;
+		in->sin_family = AF_INET;
+		in->sin_port = htons((uint16_t)port);
+		if (sl != NULL)
+			*sl = sizeof(*in);
+	}
+	if (ss != NULL)
+		*ss = tmp;
 	return 0;
 }
 
@@ -545,6 +608,12 @@ setting_apply(struct config *cfg, const struct setting *s, const char *value,
 			return bad(err, errlen, s, from, value,
 			    "a time zone name such as UTC or "
 			    "America/Sao_Paulo");
+		break;
+	case T_ADDR:
+		if (len != 0 && config_parse_addr(value, NULL, NULL) == -1)
+			return bad(err, errlen, s, from, value,
+			    "HOST:PORT with a numeric IPv4 or [IPv6] address and "
+			    "a port from 1 to 65535, or empty to disable");
 		break;
 	case T_HTTPURL:
 		if (len != 0 && strncasecmp(value, "http://", 7) != 0 &&

@@ -6,21 +6,35 @@
 
 #include "store.h"
 
+/* After this many failing cycles in a row, an outage is worth an alert. */
+#define ALERT_AFTER 3
+
+/* Tracks one dependency (store or API) for its log lines and alerts. */
+struct outage {
+	int down;    /* failed at the last try */
+	int streak;  /* failing cycles in a row */
+	int alerted; /* an alert went out for this incident */
+};
+
 /*
  * What lives from one cycle to the next: the cache reaper's memory, the
- * store handle (re-made when the settings change), whether the store was
- * down at the last try (so an outage is logged once per change of state),
- * and the last answer of the API for the periodic report.
+ * store handle (re-made when the settings change), the state of the store
+ * and the API (so an outage is logged and alerted once per change of
+ * state, not once per cycle), the last answer of the API for the report,
+ * and the last summary for systemd's STATUS=.
  */
 struct cycle {
 	const struct config *cfg;
 	struct cache *cache;
 	struct store *store;
-	int store_down;
+	struct outage store_out;
+	struct outage api_out;
 	int leading; /* last answer of the election, -1 before the first */
+	int dry;
 	long long count;
 	long long jobs_active; /* -1: unknown */
 	long long reaped_total;
+	char status[256];
 };
 
 struct cycle *
@@ -63,36 +77,81 @@ cycle_count(const struct cycle *c)
 	return c->count;
 }
 
-static void
-log_db_job(void *arg, enum reap_kind kind, const char *id)
+const char *
+cycle_status(const struct cycle *c)
 {
-	(void)arg;
-	log_event(LVL_DEBUG, EV_DB_JOB,
-	    kind == REAP_RUNNING      ? "running"
-		: kind == REAP_QUEUED ? "queued"
-				      : "forced",
-	    id);
+	return c->status;
 }
 
-/* Logs a store failure loudly only when the store was up before. */
-static void
-store_failed(struct cycle *c)
+static const char *
+reason_name(enum reap_kind kind)
 {
-	const char *kind = store_kind(c->cfg);
+	return kind == REAP_RUNNING ? "orphan" :
+	    kind == REAP_QUEUED	    ? "expired" :
+				      "forced";
+}
 
-	if (!c->store_down)
-		log_event(LVL_ERROR, EV_DB_DOWN, kind, c->store->err);
-	else
-		log_event(LVL_DEBUG, EV_DB_STILL_DOWN, kind, c->store->err);
-	c->store_down = 1;
+/* Each reaped row: a debug line with its id, and the metrics. */
+static void
+db_job(void *arg, enum reap_kind kind, const char *status, const char *id)
+{
+	struct cycle *c = arg;
+
+	log_event(LVL_DEBUG, EV_DB_JOB, status, id);
+	if (!c->dry)
+		metrics_reaped(store_kind(c->cfg), status, reason_name(kind),
+		    1);
+}
+
+/*
+ * Records one step's outcome for a dependency: logs the first failure
+ * and the recovery, and alerts after ALERT_AFTER failing cycles and on
+ * the recovery that follows such an alert.
+ */
+static void
+outage_update(struct outage *o, int ok, const char *what, const char *detail,
+    enum log_event down_ev, enum log_event still_ev, enum log_event up_ev,
+    const char *kind)
+{
+	char msg[640];
+
+	if (ok) {
+		if (o->down && up_ev != EV_COUNT)
+			log_event(LVL_INFO, up_ev, kind);
+		if (o->alerted) {
+			snprintf(msg, sizeof(msg), "%s reachable again", what);
+			alert_send(strcmp(what, "API") == 0 ? "api_recovered" :
+							      "store_recovered",
+			    0, msg);
+		}
+		memset(o, 0, sizeof(*o));
+		return;
+	}
+	if (down_ev != EV_COUNT) {
+		if (!o->down)
+			log_event(LVL_ERROR, down_ev, kind, detail);
+		else
+			log_event(LVL_DEBUG, still_ev, kind, detail);
+	}
+	o->down = 1;
+	if (++o->streak == ALERT_AFTER && !o->alerted) {
+		snprintf(msg, sizeof(msg), "%s unreachable for %d cycles: %s",
+		    what, ALERT_AFTER, detail);
+		alert_send(strcmp(what, "API") == 0 ? "api_unreachable" :
+						      "store_unreachable",
+		    ALERT_AFTER, msg);
+		o->alerted = 1;
+	}
 }
 
 static void
-store_ok(struct cycle *c)
+store_result(struct cycle *c, int ok)
 {
-	if (c->store_down)
-		log_event(LVL_INFO, EV_DB_UP, store_kind(c->cfg));
-	c->store_down = 0;
+	outage_update(&c->store_out, ok, "job store",
+	    ok ? "" : c->store->err, EV_DB_DOWN, EV_DB_STILL_DOWN, EV_DB_UP,
+	    store_kind(c->cfg));
+	if (!ok)
+		metrics_step_failed("store");
 }
 
 /*
@@ -114,9 +173,29 @@ store_lead(struct cycle *c)
 	return lead;
 }
 
+/* The cache step: stale jobs out of the API's cache file. */
+static int
+step_cache(struct cycle *c, long *reaped)
+{
+	struct cache_result cr;
+	int rc;
+
+	rc = cache_reap(c->cache, c->cfg, 0, c->dry, &cr);
+	if (rc == -1)
+		metrics_step_failed("cache");
+	*reaped += cr.reaped_running + cr.reaped_queued;
+	if (!c->dry) {
+		metrics_reaped("cache", c->cfg->running_status, "orphan",
+		    cr.reaped_running);
+		metrics_reaped("cache", c->cfg->queued_status, "expired",
+		    cr.reaped_queued);
+	}
+	return rc;
+}
+
 /* The database step: reap both rules, then the 24 h statistics. */
 static int
-step_store(struct cycle *c, int dry_run, long *reaped)
+step_store(struct cycle *c, long *reaped)
 {
 	const struct config *cfg = c->cfg;
 	struct store_counts n = { 0, 0, 0 };
@@ -130,8 +209,7 @@ step_store(struct cycle *c, int dry_run, long *reaped)
 	if (lead == -1)
 		goto fail;
 	if (lead == 1) {
-		if (c->store->ops->reap(
-			c->store, dry_run, &n, log_db_job, NULL) == -1)
+		if (c->store->ops->reap(c->store, c->dry, &n, db_job, c) == -1)
 			goto fail;
 		config_format_duration(cfg->running_ttl, rt, sizeof(rt));
 		config_format_duration(cfg->queued_ttl, qt, sizeof(qt));
@@ -147,10 +225,10 @@ step_store(struct cycle *c, int dry_run, long *reaped)
 	}
 	log_event(LVL_INFO, EV_DB_STATS, st.by_status);
 	json_decref(st.by_status);
-	store_ok(c);
+	store_result(c, 1);
 	return 0;
 fail:
-	store_failed(c);
+	store_result(c, 0);
 	return -1;
 }
 
@@ -159,28 +237,76 @@ fail:
  * file, sparing what is younger than LIMPEZA_FORCE_MIN_AGE.
  */
 static int
-step_force(struct cycle *c, int dry_run, long *ended)
+step_force(struct cycle *c, long long jobs, long *ended)
 {
 	struct store_counts n = { 0, 0, 0 };
 	struct cache_result cr;
+	char msg[256];
 	int rc = 0, lead;
 
 	if (c->store != NULL) {
 		lead = store_lead(c);
-		if (lead == -1 ||
-		    (lead == 1 &&
-			c->store->ops->force(
-			    c->store, dry_run, &n, log_db_job, NULL) == -1)) {
-			store_failed(c);
+		if (lead == -1 || (lead == 1 &&
+				      c->store->ops->force(c->store, c->dry,
+					  &n, db_job, c) == -1)) {
+			store_result(c, 0);
 			rc = -1;
 		} else
-			store_ok(c);
+			store_result(c, 1);
 	}
-	if (cache_reap(c->cache, c->cfg, 1, dry_run, &cr) == -1)
+	if (cache_reap(c->cache, c->cfg, 1, c->dry, &cr) == -1) {
+		metrics_step_failed("cache");
 		rc = -1;
+	}
 	*ended = n.forced + cr.forced;
+	if (!c->dry) {
+		metrics_reaped("cache", c->cfg->running_status, "forced",
+		    cr.forced_running);
+		metrics_reaped("cache", c->cfg->queued_status, "forced",
+		    cr.forced_queued);
+		metrics_reaped("cache", "other", "forced",
+		    cr.forced - cr.forced_running - cr.forced_queued);
+	}
 	log_event(LVL_WARNING, EV_FORCE_DONE, *ended);
+	if (jobs >= 0)
+		snprintf(msg, sizeof(msg),
+		    "forced cleanup: the API reported %lld active jobs "
+		    "(threshold %lld); %ld jobs ended",
+		    jobs, c->cfg->force_threshold, *ended);
+	else
+		snprintf(msg, sizeof(msg),
+		    "forced cleanup requested by hand; %ld jobs ended", *ended);
+	if (!c->dry)
+		alert_send("forced_cleanup", *ended, msg);
 	return rc;
+}
+
+/* The API step: how many jobs are active, and a forced cleanup if too many. */
+static int
+step_health(struct cycle *c, int force, long *ended)
+{
+	const struct config *cfg = c->cfg;
+	long long jobs;
+	char err[512];
+
+	if (*cfg->health_url == '\0')
+		return 0;
+	if (health_probe(cfg, &jobs, err, sizeof(err)) == -1) {
+		c->jobs_active = -1;
+		log_event(LVL_ERROR, EV_HEALTH_ERROR, err);
+		outage_update(&c->api_out, 0, "API", err, EV_COUNT, EV_COUNT,
+		    EV_COUNT, "api");
+		metrics_step_failed("health");
+		return -1;
+	}
+	outage_update(&c->api_out, 1, "API", "", EV_COUNT, EV_COUNT, EV_COUNT,
+	    "api");
+	c->jobs_active = jobs;
+	log_event(LVL_INFO, EV_HEALTH, (long)jobs);
+	if (force || cfg->force_threshold == 0 || jobs <= cfg->force_threshold)
+		return 0;
+	log_event(LVL_WARNING, EV_FORCE_WARN, (long)jobs);
+	return step_force(c, jobs, ended);
 }
 
 /*
@@ -195,49 +321,31 @@ int
 cycle_run(struct cycle *c, int force, volatile sig_atomic_t *stop)
 {
 	const struct config *cfg = c->cfg;
-	struct cache_result cr;
 	long reaped = 0, ended = 0;
-	long long jobs;
-	char when[16], err[512];
+	long long t0 = now_monotonic_ms();
+	char when[16], api[48];
 	time_t t = time(NULL);
 	struct tm tm;
-	int failed = 0, dry = cfg->dry_run != 0;
+	int failed = 0;
 
 	c->count++;
+	c->dry = cfg->dry_run != 0;
 	localtime_r(&t, &tm);
 	strftime(when, sizeof(when), "%H:%M:%S", &tm);
 	log_event(LVL_INFO, EV_CYCLE, (long)c->count, when);
 	log_event(LVL_INFO, EV_CYCLE_START);
-	if (dry)
+	if (c->dry)
 		log_event(LVL_INFO, EV_DRY_RUN);
 
-	if (cache_reap(c->cache, cfg, 0, dry, &cr) == -1)
+	if (step_cache(c, &reaped) == -1)
 		failed = 1;
-	reaped += cr.reaped_running + cr.reaped_queued;
-
-	if (!*stop && step_store(c, dry, &reaped) == -1)
+	if (!*stop && step_store(c, &reaped) == -1)
 		failed = 1;
-
-	if (!*stop && *cfg->health_url != '\0') {
-		if (health_probe(cfg, &jobs, err, sizeof(err)) == 0) {
-			c->jobs_active = jobs;
-			log_event(LVL_INFO, EV_HEALTH, (long)jobs);
-			if (!force && cfg->force_threshold > 0 &&
-			    jobs > cfg->force_threshold) {
-				log_event(
-				    LVL_WARNING, EV_FORCE_WARN, (long)jobs);
-				if (step_force(c, dry, &ended) == -1)
-					failed = 1;
-			}
-		} else {
-			c->jobs_active = -1;
-			log_event(LVL_ERROR, EV_HEALTH_ERROR, err);
-			failed = 1;
-		}
-	}
+	if (!*stop && step_health(c, force, &ended) == -1)
+		failed = 1;
 	if (!*stop && force) {
 		log_event(LVL_WARNING, EV_FORCE_REQUESTED);
-		if (step_force(c, dry, &ended) == -1)
+		if (step_force(c, -1, &ended) == -1)
 			failed = 1;
 	}
 
@@ -255,5 +363,22 @@ cycle_run(struct cycle *c, int force, volatile sig_atomic_t *stop)
 			log_event(LVL_INFO, EV_REPORT_NO_API, (long)c->count,
 			    (long)c->reaped_total);
 	}
+
+	metrics_cycle((double)(now_monotonic_ms() - t0) / MS_PER_S, !failed);
+	metrics_gauges(c->jobs_active,
+	    c->store == NULL ? -1 : !c->store_out.down,
+	    c->store == NULL || c->store->ops->lead == NULL ||
+		    cfg->leader_key == 0 ?
+		-1 :
+		c->leading,
+	    cfg->interval);
+	*api = '\0';
+	if (c->jobs_active >= 0)
+		snprintf(api, sizeof(api), "; API: %lld active",
+		    c->jobs_active);
+	snprintf(c->status, sizeof(c->status),
+	    "cycle %lld at %s: %ld jobs reaped, %lld since start%s%s",
+	    c->count, when, reaped, c->reaped_total, api,
+	    failed ? "; a step failed" : "");
 	return failed ? -1 : 0;
 }

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <jansson.h>
@@ -59,6 +60,8 @@ struct config {
 	long long log_level;
 	long long lang;
 	long long dry_run;
+	char *metrics_addr;
+	char *alert_webhook;
 	/* Lines worth a warning once logging is up (unreadable env file...). */
 	char warnings[8][256];
 	int nwarnings;
@@ -84,6 +87,7 @@ int config_parse_option(
 int config_load(struct config *, const struct config_args *, char *, size_t);
 void config_free(struct config *);
 int config_parse_duration(const char *, long long *);
+int config_parse_addr(const char *, struct sockaddr_storage *, socklen_t *);
 int config_format_duration(long long, char *, size_t);
 void config_print_help(FILE *);
 void config_print_man(FILE *);
@@ -137,6 +141,8 @@ enum log_event {
 	EV_CLEAN,
 	EV_REPORT,
 	EV_REPORT_NO_API,
+	EV_ALERT_FAILED,
+	EV_METRICS_ERROR,
 	EV_COUNT
 };
 
@@ -156,6 +162,8 @@ struct cache_result {
 	long reaped_running;
 	long reaped_queued;
 	long forced;
+	long forced_running; /* forced, by the state the job was in */
+	long forced_queued;
 	long active; /* running/queued jobs left in the file */
 	double oldest_s; /* age of the oldest active job left, -1 if none */
 	int rewritten;
@@ -187,6 +195,21 @@ int health_global_init(void);
 int health_probe(const struct config *, long long *, char *, size_t);
 int health_parse(const char *, size_t, long long *, char *, size_t);
 
+/* metrics.c */
+void metrics_reaped(const char *, const char *, const char *, long);
+void metrics_step_failed(const char *);
+void metrics_cycle(double, int);
+void metrics_gauges(long long, int, int, long long);
+char *metrics_render(size_t *);
+int metrics_healthy(void);
+int metrics_start(const char *, char *, size_t);
+void metrics_stop(void);
+
+/* alert.c */
+int alert_start(const char *);
+void alert_stop(void);
+void alert_send(const char *, long, const char *);
+
 /* cycle.c */
 struct cycle;
 struct cycle *cycle_new(const struct config *);
@@ -194,6 +217,7 @@ void cycle_free(struct cycle *);
 void cycle_set_config(struct cycle *, const struct config *);
 int cycle_run(struct cycle *, int, volatile sig_atomic_t *);
 long long cycle_count(const struct cycle *);
+const char *cycle_status(const struct cycle *);
 
 /* main.c */
 double now_realtime(void);

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -103,7 +104,7 @@ static const struct log_def defs[EV_COUNT] = {
 	    { "path" } },
 	[EV_DB_JOB] = { "db_job", "🧹 Job %s encerrado no banco: %s",
 	    "🧹 Job %s ended in the database: %s", "ss",
-	    { "reason", "job_id" } },
+	    { "status", "job_id" } },
 	[EV_DB_BATCH] = { "db_batch", "Lote no banco: %s jobs em %s ms",
 	    "Database batch: %s jobs in %s ms", "ll", { "count", "ms" } },
 	[EV_LEADER] = { "leader",
@@ -157,7 +158,14 @@ static const struct log_def defs[EV_COUNT] = {
 	    "📊 Relatório (Ciclo %s): %s jobs limpos desde o início",
 	    "📊 Report (Cycle %s): %s jobs cleaned since start", "ll",
 	    { "cycle", "reaped_total" } },
+	[EV_ALERT_FAILED] = { "alert_failed", "⚠️ Alerta não entregue: %s",
+	    "⚠️ Alert not delivered: %s", "s", { "detail" } },
+	[EV_METRICS_ERROR] = { "metrics_error", "❌ Métricas indisponíveis: %s",
+	    "❌ Metrics unavailable: %s", "s", { "detail" } },
 };
+
+/* The alert thread logs too: one line at a time, and no reopen meanwhile. */
+static pthread_mutex_t log_mu = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 
 static const char *level_names[] = { "DEBUG", "INFO", "WARNING", "ERROR" };
 static const char *level_json[] = { "debug", "info", "warning", "error" };
@@ -402,11 +410,13 @@ stderr_is_journal(void)
 void
 log_stderr_only(enum log_level min, enum log_format format, enum lang lang)
 {
+	pthread_mutex_lock(&log_mu);
 	log_close();
 	lg.min = min;
 	lg.format = format;
 	lg.lang = lang;
 	lg.journal = stderr_is_journal();
+	pthread_mutex_unlock(&log_mu);
 }
 
 /* Applies the log settings of cfg; on reload the file is reopened. */
@@ -420,27 +430,33 @@ log_setup(const struct config *cfg)
 		if (path == NULL)
 			fatalx_oom();
 	}
+	pthread_mutex_lock(&log_mu);
 	log_stderr_only((enum log_level)cfg->log_level,
 	    (enum log_format)cfg->log_format, (enum lang)cfg->lang);
 	lg.path = path;
 	log_open_file();
+	pthread_mutex_unlock(&log_mu);
 	return 0;
 }
 
 void
 log_reopen(void)
 {
+	pthread_mutex_lock(&log_mu);
 	log_open_file();
+	pthread_mutex_unlock(&log_mu);
 }
 
 void
 log_close(void)
 {
+	pthread_mutex_lock(&log_mu);
 	if (lg.fd != -1)
 		close(lg.fd);
 	lg.fd = -1;
 	free(lg.path);
 	lg.path = NULL;
+	pthread_mutex_unlock(&log_mu);
 }
 
 /* Reopens the file when logrotate moved it away without a SIGHUP. */
@@ -477,6 +493,7 @@ write_all(int fd, const char *buf, size_t len)
 	}
 }
 
+
 void
 log_event(enum log_level level, enum log_event ev, ...)
 {
@@ -487,6 +504,7 @@ log_event(enum log_level level, enum log_event ev, ...)
 
 	if (level < lg.min)
 		return;
+	pthread_mutex_lock(&log_mu);
 	clock_gettime(CLOCK_REALTIME, &ts);
 	va_start(ap, ev);
 	log_format_line(line, sizeof(line) - 1, level, ev, lg.format, lg.lang,
@@ -503,6 +521,7 @@ log_event(enum log_level level, enum log_event ev, ...)
 		write_all(STDERR_FILENO, prefix, strlen(prefix));
 	}
 	write_all(STDERR_FILENO, line, n);
+	pthread_mutex_unlock(&log_mu);
 }
 
 void

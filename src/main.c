@@ -3,11 +3,20 @@
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#ifdef HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#define notify(...) sd_notifyf(0, __VA_ARGS__)
+#else
+#define notify(...) ((void)0)
+#define sd_watchdog_enabled(u, p) 0
+#endif
 
 #include "store.h"
 
@@ -76,6 +85,18 @@ log_startup(const struct config *cfg)
 		log_event(LVL_WARNING, EV_NO_DATABASE);
 }
 
+/* Metrics and alerts follow the settings; a failure to listen is logged. */
+static void
+start_services(const struct config *cfg)
+{
+	char err[256];
+
+	if (metrics_start(cfg->metrics_addr, err, sizeof(err)) == -1)
+		log_event(LVL_ERROR, EV_METRICS_ERROR, err);
+	if (alert_start(cfg->alert_webhook) == -1)
+		log_event(LVL_WARNING, EV_ALERT_FAILED, "cannot start a thread");
+}
+
 /*
  * SIGHUP: settings are read again from the same sources. A bad new
  * configuration is refused with one line and the old one stays in force;
@@ -85,9 +106,14 @@ static struct config *
 reload(struct config *cfg, const struct config_args *args, struct cycle *cy)
 {
 	struct config *ncfg;
+	struct timespec ts;
 	char err[512];
 	int i;
 
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	notify("RELOADING=1\nMONOTONIC_USEC=%llu",
+	    (unsigned long long)ts.tv_sec * 1000000ULL +
+		(unsigned long long)ts.tv_nsec / 1000ULL);
 	ncfg = calloc(1, sizeof(*ncfg));
 	if (ncfg == NULL)
 		fatalx_oom();
@@ -95,6 +121,7 @@ reload(struct config *cfg, const struct config_args *args, struct cycle *cy)
 		free(ncfg);
 		log_reopen();
 		log_event(LVL_ERROR, EV_RELOAD_FAILED, err);
+		notify("READY=1");
 		return cfg;
 	}
 	log_setup(ncfg);
@@ -104,6 +131,8 @@ reload(struct config *cfg, const struct config_args *args, struct cycle *cy)
 	log_event(LVL_INFO, EV_RELOAD);
 	for (i = 0; i < ncfg->nwarnings; i++)
 		log_event(LVL_WARNING, EV_CONFIG_WARNING, ncfg->warnings[i]);
+	start_services(ncfg);
+	notify("READY=1");
 	return ncfg;
 }
 
@@ -111,7 +140,9 @@ reload(struct config *cfg, const struct config_args *args, struct cycle *cy)
  * The daemon loop. Signals are blocked except while waiting in ppoll(),
  * so a signal that arrives just before the wait still ends it at once.
  * Cycles are scheduled on the monotonic clock: interval after the start
- * of a good cycle, error backoff after the end of a failed one.
+ * of a good cycle, error backoff after the end of a failed one. The
+ * watchdog is fed on every pass of the loop, so systemd restarts the
+ * daemon only when the loop itself is stuck.
  */
 static int
 cmd_run(struct config *cfg, const struct config_args *args)
@@ -120,7 +151,9 @@ cmd_run(struct config *cfg, const struct config_args *args)
 	sigset_t block, orig;
 	struct timespec ts;
 	struct cycle *cy;
-	long long next, start, wait;
+	long long next, start, wait, wd_ms = 0;
+	uint64_t wd_usec = 0;
+	int ready = 0;
 	char bo[32];
 
 	memset(&sa, 0, sizeof(sa));
@@ -137,11 +170,16 @@ cmd_run(struct config *cfg, const struct config_args *args)
 	sigaddset(&block, SIGINT);
 	sigaddset(&block, SIGHUP);
 	sigaddset(&block, SIGUSR1);
+	if (sd_watchdog_enabled(0, &wd_usec) > 0)
+		wd_ms = (long long)(wd_usec / 2000);
 
 	log_startup(cfg);
+	start_services(cfg);
 	cy = cycle_new(cfg);
 	next = now_monotonic_ms();
 	for (;;) {
+		if (wd_ms > 0)
+			notify("WATCHDOG=1");
 		sigprocmask(SIG_BLOCK, &block, &orig);
 		if (sig_stop) {
 			sigprocmask(SIG_SETMASK, &orig, NULL);
@@ -158,6 +196,8 @@ cmd_run(struct config *cfg, const struct config_args *args)
 		}
 		wait = next - now_monotonic_ms();
 		if (wait > 0) {
+			if (wd_ms > 0 && wait > wd_ms)
+				wait = wd_ms;
 			ts.tv_sec = wait / MS_PER_S;
 			ts.tv_nsec = (wait % MS_PER_S) * 1000000;
 			ppoll(NULL, 0, &ts, &orig);
@@ -171,13 +211,19 @@ cmd_run(struct config *cfg, const struct config_args *args)
 			next = start + cfg->interval;
 		} else {
 			next = now_monotonic_ms() + cfg->error_backoff;
-			config_format_duration(
-			    cfg->error_backoff, bo, sizeof(bo));
+			config_format_duration(cfg->error_backoff, bo,
+			    sizeof(bo));
 			log_event(LVL_WARNING, EV_CYCLE_FAILED,
 			    (long)cycle_count(cy), bo);
 		}
+		notify("%sSTATUS=%s", ready ? "" : "READY=1\n",
+		    cycle_status(cy));
+		ready = 1;
 	}
+	notify("STOPPING=1");
 	log_event(LVL_INFO, EV_STOP);
+	metrics_stop();
+	alert_stop();
 	cycle_free(cy);
 	config_free(cfg);
 	free(cfg);
@@ -188,8 +234,11 @@ static int
 cmd_once(struct config *cfg, int force)
 {
 	struct cycle *cy = cycle_new(cfg);
-	int rc = cycle_run(cy, force, &sig_stop);
+	int rc;
 
+	alert_start(cfg->alert_webhook);
+	rc = cycle_run(cy, force, &sig_stop);
+	alert_stop();
 	cycle_free(cy);
 	return rc == 0 ? 0 : 1;
 }

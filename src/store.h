@@ -19,8 +19,9 @@ struct store {
 	char err[512];
 };
 
-/* Called for every reaped row, with its kind and job id, for the log. */
-typedef void (*store_job_fn)(void *, enum reap_kind, const char *);
+/* Called for every reaped row: its kind, the status it had, its job id. */
+typedef void (*store_job_fn)(void *, enum reap_kind, const char *,
+    const char *);
 
 struct store_counts {
 	long running;

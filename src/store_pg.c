@@ -301,7 +301,7 @@ end_rows(struct store_pg *p, const char *status, const char *cond,
 		rows = PQntuples(res);
 		for (i = 0; i < rows; i++)
 			if (fn != NULL)
-				fn(arg, kind, PQgetvalue(res, i, 0));
+				fn(arg, kind, status, PQgetvalue(res, i, 0));
 		PQclear(res);
 		*count += rows;
 		if (!dry_run)

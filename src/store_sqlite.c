@@ -140,7 +140,7 @@ end_rows(struct store_sqlite *q, const char *status, const char *cond,
 
 			batch_rows++;
 			if (fn != NULL)
-				fn(arg, kind, id != NULL ? id : "");
+				fn(arg, kind, status, id != NULL ? id : "");
 		}
 		if (rc != SQLITE_DONE) {
 			store_err(

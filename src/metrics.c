@@ -1,0 +1,334 @@
+/* metrics.c: Prometheus text at /metrics and /healthz (libmicrohttpd). */
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <microhttpd.h>
+
+#include "limpeza.h"
+
+#define MAX_SERIES 64
+
+static const double buckets[] = { 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+	30, 60 };
+#define NBUCKETS (sizeof(buckets) / sizeof(buckets[0]))
+
+/*
+ * Everything /metrics shows. The cycle updates it from the main thread;
+ * libmicrohttpd's thread reads it. One mutex guards the whole struct:
+ * both sides hold it for microseconds.
+ */
+static struct {
+	pthread_mutex_t mu;
+	struct {
+		char store[16], state[16], reason[16];
+		double n;
+	} reaped[MAX_SERIES];
+	int nreaped;
+	struct {
+		char step[16];
+		double n;
+	} failed[8];
+	int nfailed;
+	double cycles;
+	double hist[NBUCKETS];
+	double hist_sum;
+	double hist_count;
+	double last_success;	     /* wall clock, for the gauge */
+	long long last_success_mono; /* for /healthz */
+	long long interval_ms;
+	long long jobs_active; /* -1: unknown */
+	int store_up;	       /* -1: no store */
+	int leader;	       /* -1: no election */
+} m = { .mu = PTHREAD_MUTEX_INITIALIZER,
+	.jobs_active = -1,
+	.store_up = -1,
+	.leader = -1,
+	.interval_ms = 30000 };
+
+static struct MHD_Daemon *httpd;
+
+void
+metrics_reaped(const char *store, const char *state, const char *reason,
+    long n)
+{
+	int i;
+
+	if (n <= 0)
+		return;
+	pthread_mutex_lock(&m.mu);
+	for (i = 0; i < m.nreaped; i++)
+		if (strcmp(m.reaped[i].store, store) == 0 &&
+		    strcmp(m.reaped[i].state, state) == 0 &&
+		    strcmp(m.reaped[i].reason, reason) == 0)
+			break;
+	if (i == m.nreaped && m.nreaped < MAX_SERIES) {
+		snprintf(m.reaped[i].store, sizeof(m.reaped[i].store), "%s",
+		    store);
+		snprintf(m.reaped[i].state, sizeof(m.reaped[i].state), "%s",
+		    state);
+		snprintf(m.reaped[i].reason, sizeof(m.reaped[i].reason), "%s",
+		    reason);
+		m.nreaped++;
+	}
+	if (i < MAX_SERIES)
+		m.reaped[i].n += (double)n;
+	pthread_mutex_unlock(&m.mu);
+}
+
+void
+metrics_step_failed(const char *step)
+{
+	int i;
+
+	pthread_mutex_lock(&m.mu);
+	for (i = 0; i < m.nfailed; i++)
+		if (strcmp(m.failed[i].step, step) == 0)
+			break;
+	if (i == m.nfailed && m.nfailed < 8) {
+		snprintf(m.failed[i].step, sizeof(m.failed[i].step), "%s",
+		    step);
+		m.nfailed++;
+	}
+	if (i < 8)
+		m.failed[i].n++;
+	pthread_mutex_unlock(&m.mu);
+}
+
+void
+metrics_cycle(double seconds, int ok)
+{
+	size_t i;
+
+	pthread_mutex_lock(&m.mu);
+	m.cycles++;
+	for (i = 0; i < NBUCKETS; i++)
+		if (seconds <= buckets[i])
+			m.hist[i]++;
+	m.hist_sum += seconds;
+	m.hist_count++;
+	if (ok) {
+		m.last_success = now_realtime();
+		m.last_success_mono = now_monotonic_ms();
+	}
+	pthread_mutex_unlock(&m.mu);
+}
+
+void
+metrics_gauges(long long jobs_active, int store_up, int leader,
+    long long interval_ms)
+{
+	pthread_mutex_lock(&m.mu);
+	m.jobs_active = jobs_active;
+	m.store_up = store_up;
+	m.leader = leader;
+	m.interval_ms = interval_ms;
+	pthread_mutex_unlock(&m.mu);
+}
+
+/* A growing text buffer for the exposition. */
+struct text {
+	char *buf;
+	size_t len, cap;
+};
+
+static void
+put(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void
+put(struct text *t, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	for (;;) {
+		va_start(ap, fmt);
+		n = vsnprintf(t->buf + t->len, t->cap - t->len, fmt, ap);
+		va_end(ap);
+		if (n < 0)
+			return;
+		if ((size_t)n < t->cap - t->len) {
+			t->len += (size_t)n;
+			return;
+		}
+		t->cap = t->cap * 2 + (size_t)n;
+		if ((t->buf = realloc(t->buf, t->cap)) == NULL)
+			fatalx_oom();
+	}
+}
+
+/* The Prometheus text exposition format, version 0.0.4. */
+char *
+metrics_render(size_t *len)
+{
+	struct text t = { malloc(4096), 0, 4096 };
+	size_t i;
+	int k;
+
+	if (t.buf == NULL)
+		fatalx_oom();
+	pthread_mutex_lock(&m.mu);
+	put(&t, "# HELP limpeza_jobs_reaped_total Jobs ended, by store, the "
+		"state they were in, and why.\n"
+		"# TYPE limpeza_jobs_reaped_total counter\n");
+	for (k = 0; k < m.nreaped; k++)
+		put(&t,
+		    "limpeza_jobs_reaped_total{store=\"%s\",state=\"%s\","
+		    "reason=\"%s\"} %.0f\n",
+		    m.reaped[k].store, m.reaped[k].state, m.reaped[k].reason,
+		    m.reaped[k].n);
+	put(&t, "# HELP limpeza_cycles_total Cleanup cycles run.\n"
+		"# TYPE limpeza_cycles_total counter\n"
+		"limpeza_cycles_total %.0f\n",
+	    m.cycles);
+	put(&t, "# HELP limpeza_step_failures_total Failed steps, by step.\n"
+		"# TYPE limpeza_step_failures_total counter\n");
+	for (k = 0; k < m.nfailed; k++)
+		put(&t, "limpeza_step_failures_total{step=\"%s\"} %.0f\n",
+		    m.failed[k].step, m.failed[k].n);
+	put(&t, "# HELP limpeza_cycle_duration_seconds Time one cycle took.\n"
+		"# TYPE limpeza_cycle_duration_seconds histogram\n");
+	/* hist[] counts every cycle no longer than each bound: cumulative. */
+	for (i = 0; i < NBUCKETS; i++)
+		put(&t,
+		    "limpeza_cycle_duration_seconds_bucket{le=\"%g\"} %.0f\n",
+		    buckets[i], m.hist[i]);
+	put(&t,
+	    "limpeza_cycle_duration_seconds_bucket{le=\"+Inf\"} %.0f\n"
+	    "limpeza_cycle_duration_seconds_sum %.6f\n"
+	    "limpeza_cycle_duration_seconds_count %.0f\n",
+	    m.hist_count, m.hist_sum, m.hist_count);
+	put(&t,
+	    "# HELP limpeza_last_success_timestamp_seconds When the last "
+	    "cycle without a failed step ended.\n"
+	    "# TYPE limpeza_last_success_timestamp_seconds gauge\n"
+	    "limpeza_last_success_timestamp_seconds %.3f\n",
+	    m.last_success);
+	if (m.jobs_active >= 0)
+		put(&t,
+		    "# HELP limpeza_api_jobs_active jobs_active of the API's "
+		    "last health answer.\n"
+		    "# TYPE limpeza_api_jobs_active gauge\n"
+		    "limpeza_api_jobs_active %lld\n",
+		    m.jobs_active);
+	if (m.store_up >= 0)
+		put(&t,
+		    "# HELP limpeza_store_up 1 if the job store answered in "
+		    "the last cycle.\n"
+		    "# TYPE limpeza_store_up gauge\n"
+		    "limpeza_store_up %d\n",
+		    m.store_up);
+	if (m.leader >= 0)
+		put(&t,
+		    "# HELP limpeza_leader 1 if this instance reaps the "
+		    "database.\n"
+		    "# TYPE limpeza_leader gauge\n"
+		    "limpeza_leader %d\n",
+		    m.leader);
+	put(&t,
+	    "# HELP limpeza_build_info limpeza's version.\n"
+	    "# TYPE limpeza_build_info gauge\n"
+	    "limpeza_build_info{version=\"%s\"} 1\n",
+	    LIMPEZA_VERSION);
+	pthread_mutex_unlock(&m.mu);
+	*len = t.len;
+	return t.buf;
+}
+
+/* Healthy: a cycle succeeded within the last 3 intervals. */
+int
+metrics_healthy(void)
+{
+	int ok;
+
+	pthread_mutex_lock(&m.mu);
+	ok = m.last_success_mono != 0 &&
+	    now_monotonic_ms() - m.last_success_mono <= 3 * m.interval_ms;
+	pthread_mutex_unlock(&m.mu);
+	return ok;
+}
+
+static enum MHD_Result
+answer(void *cls, struct MHD_Connection *conn, const char *url,
+    const char *method, const char *version, const char *upload,
+    size_t *upload_len, void **con_cls)
+{
+	struct MHD_Response *r;
+	enum MHD_Result ret;
+	unsigned int status = MHD_HTTP_OK;
+	const char *type = "text/plain; version=0.0.4; charset=utf-8";
+	char *body;
+	size_t len;
+
+	(void)cls;
+	(void)version;
+	(void)upload;
+	(void)upload_len;
+	(void)con_cls;
+	if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+		body = strdup("method not allowed\n");
+		status = MHD_HTTP_METHOD_NOT_ALLOWED;
+	} else if (strcmp(url, "/metrics") == 0)
+		body = metrics_render(&len);
+	else if (strcmp(url, "/healthz") == 0) {
+		int ok = metrics_healthy();
+
+		body = strdup(ok ? "ok\n" : "no successful cycle within 3 "
+					    "intervals\n");
+		status = ok ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE;
+	} else {
+		body = strdup("not found: try /metrics or /healthz\n");
+		status = MHD_HTTP_NOT_FOUND;
+	}
+	if (body == NULL)
+		return MHD_NO;
+	len = strlen(body);
+	r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+	if (r == NULL) {
+		free(body);
+		return MHD_NO;
+	}
+	MHD_add_response_header(r, "Content-Type", type);
+	ret = MHD_queue_response(conn, status, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+/* Serves on addr (HOST:PORT, checked by config.c) only; -1 with err set. */
+int
+metrics_start(const char *addr, char *err, size_t errlen)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD |
+	    MHD_USE_ERROR_LOG;
+
+	metrics_stop();
+	if (addr == NULL || *addr == '\0')
+		return 0;
+	if (config_parse_addr(addr, &ss, &sl) == -1) {
+		snprintf(err, errlen, "bad address %s", addr);
+		return -1;
+	}
+	if (ss.ss_family == AF_INET6)
+		flags |= MHD_USE_IPv6;
+	httpd = MHD_start_daemon(flags, 0, NULL, NULL, answer, NULL,
+	    MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+	    MHD_OPTION_CONNECTION_LIMIT, 16U, MHD_OPTION_CONNECTION_TIMEOUT,
+	    10U, MHD_OPTION_END);
+	if (httpd == NULL) {
+		snprintf(err, errlen, "cannot listen on %s", addr);
+		return -1;
+	}
+	return 0;
+}
+
+void
+metrics_stop(void)
+{
+	if (httpd != NULL)
+		MHD_stop_daemon(httpd);
+	httpd = NULL;
+}
