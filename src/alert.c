@@ -147,8 +147,8 @@ alert_send(const char *event, long count, const char *message)
 	gethostname(host, sizeof(host) - 1);
 	gmtime_r(&t, &tm);
 	strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	o = json_pack("{s:s, s:s, s:i, s:s, s:s}", "event", event, "host",
-	    host, "count", (json_int_t)count, "message", message, "time", ts);
+	o = json_pack("{s:s, s:s, s:i, s:s, s:s}", "event", event, "host", host,
+	    "count", (json_int_t)count, "message", message, "time", ts);
 	if (o == NULL)
 		fatalx_oom();
 	body = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);

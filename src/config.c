@@ -297,8 +297,7 @@ config_parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *sl)
 
 	memset(&tmp, 0, sizeof(tmp));
 	colon = strrchr(s, ':');
-	if (colon == NULL || colon == s ||
-	    (size_t)(colon - s) >= sizeof(host))
+	if (colon == NULL || colon == s || (size_t)(colon - s) >= sizeof(host))
 		return -1;
 	errno = 0;
 	port = strtol(colon + 1, &end, 10);
@@ -308,7 +307,8 @@ config_parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *sl)
 	if (s[0] == '[') {
 		if (colon[-1] != ']' || colon - s < 3)
 			return -1;
-		snprintf(host, sizeof(host), "%.*s", (int)(colon - s - 2), s + 1);
+		snprintf(
+		    host, sizeof(host), "%.*s", (int)(colon - s - 2), s + 1);
 		if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1)
 			return -1;
 		in6->sin6_family = AF_INET6;
@@ -612,7 +612,8 @@ setting_apply(struct config *cfg, const struct setting *s, const char *value,
 	case T_ADDR:
 		if (len != 0 && config_parse_addr(value, NULL, NULL) == -1)
 			return bad(err, errlen, s, from, value,
-			    "HOST:PORT with a numeric IPv4 or [IPv6] address and "
+			    "HOST:PORT with a numeric IPv4 or [IPv6] address "
+			    "and "
 			    "a port from 1 to 65535, or empty to disable");
 		break;
 	case T_HTTPURL:

@@ -11,8 +11,8 @@
 
 /* Tracks one dependency (store or API) for its log lines and alerts. */
 struct outage {
-	int down;    /* failed at the last try */
-	int streak;  /* failing cycles in a row */
+	int down; /* failed at the last try */
+	int streak; /* failing cycles in a row */
 	int alerted; /* an alert went out for this incident */
 };
 
@@ -86,9 +86,9 @@ cycle_status(const struct cycle *c)
 static const char *
 reason_name(enum reap_kind kind)
 {
-	return kind == REAP_RUNNING ? "orphan" :
-	    kind == REAP_QUEUED	    ? "expired" :
-				      "forced";
+	return kind == REAP_RUNNING ? "orphan"
+	    : kind == REAP_QUEUED   ? "expired"
+				    : "forced";
 }
 
 /* Each reaped row: a debug line with its id, and the metrics. */
@@ -99,8 +99,8 @@ db_job(void *arg, enum reap_kind kind, const char *status, const char *id)
 
 	log_event(LVL_DEBUG, EV_DB_JOB, status, id);
 	if (!c->dry)
-		metrics_reaped(store_kind(c->cfg), status, reason_name(kind),
-		    1);
+		metrics_reaped(
+		    store_kind(c->cfg), status, reason_name(kind), 1);
 }
 
 /*
@@ -120,8 +120,8 @@ outage_update(struct outage *o, int ok, const char *what, const char *detail,
 			log_event(LVL_INFO, up_ev, kind);
 		if (o->alerted) {
 			snprintf(msg, sizeof(msg), "%s reachable again", what);
-			alert_send(strcmp(what, "API") == 0 ? "api_recovered" :
-							      "store_recovered",
+			alert_send(strcmp(what, "API") == 0 ? "api_recovered"
+							    : "store_recovered",
 			    0, msg);
 		}
 		memset(o, 0, sizeof(*o));
@@ -137,8 +137,8 @@ outage_update(struct outage *o, int ok, const char *what, const char *detail,
 	if (++o->streak == ALERT_AFTER && !o->alerted) {
 		snprintf(msg, sizeof(msg), "%s unreachable for %d cycles: %s",
 		    what, ALERT_AFTER, detail);
-		alert_send(strcmp(what, "API") == 0 ? "api_unreachable" :
-						      "store_unreachable",
+		alert_send(strcmp(what, "API") == 0 ? "api_unreachable"
+						    : "store_unreachable",
 		    ALERT_AFTER, msg);
 		o->alerted = 1;
 	}
@@ -147,9 +147,8 @@ outage_update(struct outage *o, int ok, const char *what, const char *detail,
 static void
 store_result(struct cycle *c, int ok)
 {
-	outage_update(&c->store_out, ok, "job store",
-	    ok ? "" : c->store->err, EV_DB_DOWN, EV_DB_STILL_DOWN, EV_DB_UP,
-	    store_kind(c->cfg));
+	outage_update(&c->store_out, ok, "job store", ok ? "" : c->store->err,
+	    EV_DB_DOWN, EV_DB_STILL_DOWN, EV_DB_UP, store_kind(c->cfg));
 	if (!ok)
 		metrics_step_failed("store");
 }
@@ -246,9 +245,10 @@ step_force(struct cycle *c, long long jobs, long *ended)
 
 	if (c->store != NULL) {
 		lead = store_lead(c);
-		if (lead == -1 || (lead == 1 &&
-				      c->store->ops->force(c->store, c->dry,
-					  &n, db_job, c) == -1)) {
+		if (lead == -1 ||
+		    (lead == 1 &&
+			c->store->ops->force(c->store, c->dry, &n, db_job, c) ==
+			    -1)) {
 			store_result(c, 0);
 			rc = -1;
 		} else
@@ -262,8 +262,8 @@ step_force(struct cycle *c, long long jobs, long *ended)
 	if (!c->dry) {
 		metrics_reaped("cache", c->cfg->running_status, "forced",
 		    cr.forced_running);
-		metrics_reaped("cache", c->cfg->queued_status, "forced",
-		    cr.forced_queued);
+		metrics_reaped(
+		    "cache", c->cfg->queued_status, "forced", cr.forced_queued);
 		metrics_reaped("cache", "other", "forced",
 		    cr.forced - cr.forced_running - cr.forced_queued);
 	}
@@ -299,8 +299,8 @@ step_health(struct cycle *c, int force, long *ended)
 		metrics_step_failed("health");
 		return -1;
 	}
-	outage_update(&c->api_out, 1, "API", "", EV_COUNT, EV_COUNT, EV_COUNT,
-	    "api");
+	outage_update(
+	    &c->api_out, 1, "API", "", EV_COUNT, EV_COUNT, EV_COUNT, "api");
 	c->jobs_active = jobs;
 	log_event(LVL_INFO, EV_HEALTH, (long)jobs);
 	if (force || cfg->force_threshold == 0 || jobs <= cfg->force_threshold)
@@ -368,17 +368,17 @@ cycle_run(struct cycle *c, int force, volatile sig_atomic_t *stop)
 	metrics_gauges(c->jobs_active,
 	    c->store == NULL ? -1 : !c->store_out.down,
 	    c->store == NULL || c->store->ops->lead == NULL ||
-		    cfg->leader_key == 0 ?
-		-1 :
-		c->leading,
+		    cfg->leader_key == 0
+		? -1
+		: c->leading,
 	    cfg->interval);
 	*api = '\0';
 	if (c->jobs_active >= 0)
-		snprintf(api, sizeof(api), "; API: %lld active",
-		    c->jobs_active);
+		snprintf(
+		    api, sizeof(api), "; API: %lld active", c->jobs_active);
 	snprintf(c->status, sizeof(c->status),
-	    "cycle %lld at %s: %ld jobs reaped, %lld since start%s%s",
-	    c->count, when, reaped, c->reaped_total, api,
+	    "cycle %lld at %s: %ld jobs reaped, %lld since start%s%s", c->count,
+	    when, reaped, c->reaped_total, api,
 	    failed ? "; a step failed" : "");
 	return failed ? -1 : 0;
 }

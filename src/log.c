@@ -493,7 +493,6 @@ write_all(int fd, const char *buf, size_t len)
 	}
 }
 
-
 void
 log_event(enum log_level level, enum log_event ev, ...)
 {

@@ -94,7 +94,8 @@ start_services(const struct config *cfg)
 	if (metrics_start(cfg->metrics_addr, err, sizeof(err)) == -1)
 		log_event(LVL_ERROR, EV_METRICS_ERROR, err);
 	if (alert_start(cfg->alert_webhook) == -1)
-		log_event(LVL_WARNING, EV_ALERT_FAILED, "cannot start a thread");
+		log_event(
+		    LVL_WARNING, EV_ALERT_FAILED, "cannot start a thread");
 }
 
 /*
@@ -211,13 +212,13 @@ cmd_run(struct config *cfg, const struct config_args *args)
 			next = start + cfg->interval;
 		} else {
 			next = now_monotonic_ms() + cfg->error_backoff;
-			config_format_duration(cfg->error_backoff, bo,
-			    sizeof(bo));
+			config_format_duration(
+			    cfg->error_backoff, bo, sizeof(bo));
 			log_event(LVL_WARNING, EV_CYCLE_FAILED,
 			    (long)cycle_count(cy), bo);
 		}
-		notify("%sSTATUS=%s", ready ? "" : "READY=1\n",
-		    cycle_status(cy));
+		notify(
+		    "%sSTATUS=%s", ready ? "" : "READY=1\n", cycle_status(cy));
 		ready = 1;
 	}
 	notify("STOPPING=1");

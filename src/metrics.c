@@ -11,8 +11,8 @@
 
 #define MAX_SERIES 64
 
-static const double buckets[] = { 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
-	30, 60 };
+static const double buckets[] = { 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+	60 };
 #define NBUCKETS (sizeof(buckets) / sizeof(buckets[0]))
 
 /*
@@ -36,12 +36,12 @@ static struct {
 	double hist[NBUCKETS];
 	double hist_sum;
 	double hist_count;
-	double last_success;	     /* wall clock, for the gauge */
+	double last_success; /* wall clock, for the gauge */
 	long long last_success_mono; /* for /healthz */
 	long long interval_ms;
 	long long jobs_active; /* -1: unknown */
-	int store_up;	       /* -1: no store */
-	int leader;	       /* -1: no election */
+	int store_up; /* -1: no store */
+	int leader; /* -1: no election */
 } m = { .mu = PTHREAD_MUTEX_INITIALIZER,
 	.jobs_active = -1,
 	.store_up = -1,
@@ -51,8 +51,7 @@ static struct {
 static struct MHD_Daemon *httpd;
 
 void
-metrics_reaped(const char *store, const char *state, const char *reason,
-    long n)
+metrics_reaped(const char *store, const char *state, const char *reason, long n)
 {
 	int i;
 
@@ -65,10 +64,10 @@ metrics_reaped(const char *store, const char *state, const char *reason,
 		    strcmp(m.reaped[i].reason, reason) == 0)
 			break;
 	if (i == m.nreaped && m.nreaped < MAX_SERIES) {
-		snprintf(m.reaped[i].store, sizeof(m.reaped[i].store), "%s",
-		    store);
-		snprintf(m.reaped[i].state, sizeof(m.reaped[i].state), "%s",
-		    state);
+		snprintf(
+		    m.reaped[i].store, sizeof(m.reaped[i].store), "%s", store);
+		snprintf(
+		    m.reaped[i].state, sizeof(m.reaped[i].state), "%s", state);
 		snprintf(m.reaped[i].reason, sizeof(m.reaped[i].reason), "%s",
 		    reason);
 		m.nreaped++;
@@ -88,8 +87,8 @@ metrics_step_failed(const char *step)
 		if (strcmp(m.failed[i].step, step) == 0)
 			break;
 	if (i == m.nfailed && m.nfailed < 8) {
-		snprintf(m.failed[i].step, sizeof(m.failed[i].step), "%s",
-		    step);
+		snprintf(
+		    m.failed[i].step, sizeof(m.failed[i].step), "%s", step);
 		m.nfailed++;
 	}
 	if (i < 8)
@@ -117,8 +116,8 @@ metrics_cycle(double seconds, int ok)
 }
 
 void
-metrics_gauges(long long jobs_active, int store_up, int leader,
-    long long interval_ms)
+metrics_gauges(
+    long long jobs_active, int store_up, int leader, long long interval_ms)
 {
 	pthread_mutex_lock(&m.mu);
 	m.jobs_active = jobs_active;
@@ -134,8 +133,8 @@ struct text {
 	size_t len, cap;
 };
 
-static void
-put(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(struct text *t, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void
 put(struct text *t, const char *fmt, ...)
@@ -170,26 +169,30 @@ metrics_render(size_t *len)
 	if (t.buf == NULL)
 		fatalx_oom();
 	pthread_mutex_lock(&m.mu);
-	put(&t, "# HELP limpeza_jobs_reaped_total Jobs ended, by store, the "
-		"state they were in, and why.\n"
-		"# TYPE limpeza_jobs_reaped_total counter\n");
+	put(&t,
+	    "# HELP limpeza_jobs_reaped_total Jobs ended, by store, the "
+	    "state they were in, and why.\n"
+	    "# TYPE limpeza_jobs_reaped_total counter\n");
 	for (k = 0; k < m.nreaped; k++)
 		put(&t,
 		    "limpeza_jobs_reaped_total{store=\"%s\",state=\"%s\","
 		    "reason=\"%s\"} %.0f\n",
 		    m.reaped[k].store, m.reaped[k].state, m.reaped[k].reason,
 		    m.reaped[k].n);
-	put(&t, "# HELP limpeza_cycles_total Cleanup cycles run.\n"
-		"# TYPE limpeza_cycles_total counter\n"
-		"limpeza_cycles_total %.0f\n",
+	put(&t,
+	    "# HELP limpeza_cycles_total Cleanup cycles run.\n"
+	    "# TYPE limpeza_cycles_total counter\n"
+	    "limpeza_cycles_total %.0f\n",
 	    m.cycles);
-	put(&t, "# HELP limpeza_step_failures_total Failed steps, by step.\n"
-		"# TYPE limpeza_step_failures_total counter\n");
+	put(&t,
+	    "# HELP limpeza_step_failures_total Failed steps, by step.\n"
+	    "# TYPE limpeza_step_failures_total counter\n");
 	for (k = 0; k < m.nfailed; k++)
 		put(&t, "limpeza_step_failures_total{step=\"%s\"} %.0f\n",
 		    m.failed[k].step, m.failed[k].n);
-	put(&t, "# HELP limpeza_cycle_duration_seconds Time one cycle took.\n"
-		"# TYPE limpeza_cycle_duration_seconds histogram\n");
+	put(&t,
+	    "# HELP limpeza_cycle_duration_seconds Time one cycle took.\n"
+	    "# TYPE limpeza_cycle_duration_seconds histogram\n");
 	/* hist[] counts every cycle no longer than each bound: cumulative. */
 	for (i = 0; i < NBUCKETS; i++)
 		put(&t,
@@ -275,8 +278,9 @@ answer(void *cls, struct MHD_Connection *conn, const char *url,
 	else if (strcmp(url, "/healthz") == 0) {
 		int ok = metrics_healthy();
 
-		body = strdup(ok ? "ok\n" : "no successful cycle within 3 "
-					    "intervals\n");
+		body = strdup(ok ? "ok\n"
+				 : "no successful cycle within 3 "
+				   "intervals\n");
 		status = ok ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE;
 	} else {
 		body = strdup("not found: try /metrics or /healthz\n");
@@ -302,8 +306,8 @@ metrics_start(const char *addr, char *err, size_t errlen)
 {
 	struct sockaddr_storage ss;
 	socklen_t sl;
-	unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD |
-	    MHD_USE_ERROR_LOG;
+	unsigned int flags =
+	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
 
 	metrics_stop();
 	if (addr == NULL || *addr == '\0')

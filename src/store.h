@@ -20,8 +20,8 @@ struct store {
 };
 
 /* Called for every reaped row: its kind, the status it had, its job id. */
-typedef void (*store_job_fn)(void *, enum reap_kind, const char *,
-    const char *);
+typedef void (*store_job_fn)(
+    void *, enum reap_kind, const char *, const char *);
 
 struct store_counts {
 	long running;
