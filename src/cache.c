@@ -1,8 +1,10 @@
 /* cache.c: the cache-file reaper: flock, decide, rewrite atomically. */
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -423,6 +425,23 @@ same_version(const struct stat *a, const struct stat *b)
 	    a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
 }
 
+/*
+ * True if the file changes within a moment: a parse error then means the
+ * API was caught writing, not a broken file.
+ */
+static int
+settling(int fd, const struct stat *was)
+{
+	struct timespec pause = { 0, 20 * 1000 * 1000 };
+	struct stat now;
+
+	/* Only a file written within the last second can be mid-write. */
+	if (now_realtime() - (double)was->st_mtim.tv_sec > 1.0)
+		return 0;
+	nanosleep(&pause, NULL);
+	return fstat(fd, &now) == 0 && !same_version(was, &now);
+}
+
 /* The new file: kept members copied from buf, marked jobs re-serialised. */
 static int
 is_active(const struct config *cfg, const json_t *job)
@@ -503,12 +522,13 @@ build_output(
 
 /*
  * Writes data next to path and renames it over path, keeping mode and
- * owner, unless the file changed since `was` was taken: then nothing is
- * replaced and 1 is returned so the caller reads the new version.
+ * owner, unless the file (open as oldfd) changed since `was` was taken:
+ * then the file in place is the writer's and 1 is returned so the caller
+ * reads the new version.
  */
 static int
-replace_file(const char *path, const struct stat *was, const char *data,
-    size_t len, char *err, size_t errlen)
+replace_file(const char *path, int oldfd, const struct stat *was,
+    const char *data, size_t len, char *err, size_t errlen)
 {
 	char tmp[4096], dir[4096], *slash;
 	const char *base;
@@ -570,7 +590,24 @@ replace_file(const char *path, const struct stat *was, const char *data,
 		unlink(tmp);
 		return 1;
 	}
-	if (rename(tmp, path) == -1) {
+	/*
+	 * The API writes without a lock. Swapping the names (not a plain
+	 * rename) keeps the old file at tmp, so a writer that opened it
+	 * after the check above can be noticed: its version goes back in
+	 * place and the pass is retried. What is left is a window of two
+	 * system calls in which a second writer would have to open the file.
+	 */
+	if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_EXCHANGE) == 0) {
+		if (fstat(oldfd, &now) == 0 && same_version(was, &now)) {
+			unlink(tmp);
+		} else {
+			if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path,
+				RENAME_EXCHANGE) == 0)
+				unlink(tmp);
+			return 1;
+		}
+	} else if ((errno != EINVAL && errno != ENOSYS) ||
+	    rename(tmp, path) == -1) {
 		snprintf(err, errlen, "cannot replace the file: %s",
 		    strerror(errno));
 		goto fail;
@@ -586,6 +623,42 @@ fail:
 		close(fd);
 	unlink(tmp);
 	return -1;
+}
+
+/*
+ * Removes temporary files that a limpeza killed mid-rewrite left next to
+ * the cache file. Called with the lock held: every limpeza writes its
+ * temporary file only while it holds the lock, so any such file now is a
+ * leftover.
+ */
+static void
+remove_leftovers(const char *path)
+{
+	char dir[4096], prefix[512], full[4608];
+	const char *base, *slash = strrchr(path, '/');
+	struct dirent *de;
+	DIR *d;
+
+	if (slash == NULL) {
+		snprintf(dir, sizeof(dir), ".");
+		base = path;
+	} else {
+		snprintf(dir, sizeof(dir), "%.*s",
+		    slash == path ? 1 : (int)(slash - path), path);
+		base = slash + 1;
+	}
+	snprintf(prefix, sizeof(prefix), ".%s.limpeza-", base);
+	if ((d = opendir(dir)) == NULL)
+		return;
+	while ((de = readdir(d)) != NULL) {
+		if (strncmp(de->d_name, prefix, strlen(prefix)) != 0 ||
+		    strlen(de->d_name) != strlen(prefix) + 6)
+			continue;
+		snprintf(full, sizeof(full), "%s/%s", dir, de->d_name);
+		if (unlink(full) == 0)
+			log_event(LVL_INFO, EV_CACHE_LEFTOVER, full);
+	}
+	closedir(d);
 }
 
 static void
@@ -756,12 +829,19 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 		rc = 1;
 		goto done;
 	}
+	if (!dry_run)
+		remove_leftovers(path);
 	if (fstat(fd, &st) == -1 || read_all(fd, &buf, &len) == -1) {
 		log_event(LVL_ERROR, EV_CACHE_ERROR, path, strerror(errno));
 		goto done;
 	}
 
 	root = json_loadb(buf, len, JSON_ALLOW_NUL, &jerr);
+	if (root == NULL && settling(fd, &st)) {
+		/* Caught mid-write by the API: read it again shortly. */
+		rc = 1;
+		goto done;
+	}
 	if (root == NULL) {
 		log_event(LVL_ERROR, EV_CACHE_INVALID, path, (long)jerr.line,
 		    (long)jerr.column, len == 0 ? "empty file" : jerr.text);
@@ -792,7 +872,7 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 
 	if (changes > 0 && !dry_run) {
 		out = build_output(buf, &s, cfg, &outlen);
-		r = replace_file(path, &st, out, outlen, err, sizeof(err));
+		r = replace_file(path, fd, &st, out, outlen, err, sizeof(err));
 		if (r == 1) {
 			rc = 1;
 			goto done;

@@ -102,6 +102,11 @@ static const struct log_def defs[EV_COUNT] = {
 	    "⚠️ Cache alterado a cada tentativa, limpeza adiada: %s",
 	    "⚠️ Cache changed at every try, cleanup postponed: %s", "s",
 	    { "path" } },
+	[EV_CACHE_LEFTOVER] = { "cache_leftover",
+	    "🧹 Arquivo temporário deixado por uma execução interrompida "
+	    "removido: %s",
+	    "🧹 Temporary file left by an interrupted run removed: %s", "s",
+	    { "path" } },
 	[EV_DB_JOB] = { "db_job", "🧹 Job %s encerrado no banco: %s",
 	    "🧹 Job %s ended in the database: %s", "ss",
 	    { "status", "job_id" } },

@@ -516,6 +516,8 @@ main(int argc, char *argv[])
 		config_args_free(&args);
 		return 2;
 	}
+	/* A file size limit must fail the write (EFBIG), not kill us. */
+	signal(SIGXFSZ, SIG_IGN);
 	if (health_global_init() == -1)
 		fatal("cannot initialise libcurl");
 

@@ -1,0 +1,219 @@
+"""Reliability: racing writers, SIGKILL mid-rewrite, faults on the cache file and the disk.
+
+Counts come from the environment so `make stress` can run the long version:
+STRESS_WRITES (per round), STRESS_ROUNDS, CRASH_KILLS. Each test prints its
+figures (pytest -s shows them; RELIABILITY.md has a full run's).
+"""
+
+import fcntl
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+from conftest import BIN, SLOW
+
+WRITES = int(os.environ.get("STRESS_WRITES", "300"))
+ROUNDS = int(os.environ.get("STRESS_ROUNDS", "1"))
+KILLS = int(os.environ.get("CRASH_KILLS", "100"))
+
+
+def backend_write(path, i, cooperate):
+    """The API's read-modify-write: json.load, change one job, open(w) + json.dump.
+
+    A done job every write (never stale) and, every 4th write, a stale
+    running job, so limpeza has work and rewrites the file often.
+    """
+    while True:
+        if cooperate:
+            # The protocol limpeza follows: lock, then check the path still
+            # names the locked file; then write in place.
+            f = open(path, "r+")
+            fcntl.flock(f, fcntl.LOCK_EX)
+            if os.fstat(f.fileno()).st_ino != os.stat(path).st_ino:
+                f.close()
+                continue
+            data = json.load(f)
+        else:
+            with open(path) as f:
+                data = json.load(f)
+        data["done-%d" % i] = {"status": "done", "all": list(range(20)), "count": 20}
+        if i % 4 == 0:
+            data["stale-%d" % i] = {"status": "running", "start_time": time.time() - 9999}
+        if cooperate:
+            f.seek(0)
+            f.truncate()
+            json.dump(data, f)
+            f.flush()
+            f.close()
+        else:
+            with open(path, "w") as f:
+                json.dump(data, f)
+        return
+
+
+@pytest.mark.parametrize("cooperate", [False, True], ids=["backend-writer", "flock-writer"])
+def test_racing_writer_loses_nothing(env, daemons, cooperate):
+    total_lost = total_rewrites = 0
+    for rnd in range(ROUNDS):
+        env.write_cache({})
+        log = os.path.join(env.tmp, "race-%d.log" % rnd)
+        d = daemons(env, LIMPEZA_INTERVAL="100ms", LIMPEZA_ERROR_BACKOFF="100ms",
+                    DATABASE_URL=None, LIMPEZA_LOG_FILE=log, LIMPEZA_LOG_LEVEL="debug")
+        d.wait_for("Ciclo 1 ")
+        t0 = time.monotonic()
+        rng = random.Random(rnd)
+        for i in range(WRITES):
+            backend_write(env.cache, i, cooperate)
+            # an API writes on job events: mostly bursts, sometimes a pause
+            if rng.random() < 0.1:
+                time.sleep(rng.uniform(0, 0.02))
+        took = time.monotonic() - t0
+        # let limpeza reap what is left, then stop it
+        time.sleep(0.5)
+        assert d.stop() == 0
+        with open(env.cache) as f:
+            data = json.load(f)
+        lost = [i for i in range(WRITES) if "done-%d" % i not in data]
+        rewrites = d.stderr().count("Cache limpo:")
+        retries = d.stderr().count("Cache alterado")
+        stale_left = [k for k in data if k.startswith("stale-")]
+        print("\n%s round %d: %d writes in %.1fs, %d limpeza rewrites, %d passes retried, "
+              "%d done jobs lost, %d stale left"
+              % ("flock" if cooperate else "backend", rnd + 1, WRITES, took, rewrites,
+                 retries, len(lost), len(stale_left)))
+        total_lost += len(lost)
+        total_rewrites += rewrites
+        assert stale_left == []
+    assert total_lost == 0
+    assert total_rewrites >= ROUNDS  # limpeza really raced the writer
+    assert [f for f in os.listdir(env.tmp) if ".limpeza-" in f] == []
+
+
+def test_sigkill_mid_rewrite_leaves_old_or_new(env):
+    """SIGKILL at random moments: the file is always the old or the new version."""
+    big = {"done-%d" % i: {"status": "done", "all": list(range(100)), "n": i}
+           for i in range(3000)}
+    old = dict(big, stale={"status": "queued", "created_at": 1e9})
+    old_text = json.dumps(old)
+    e = env.env(DATABASE_URL=None, LIMPEZA_LOG_FILE="")
+    # how long a whole run takes, to aim the kills inside it
+    runs = []
+    for _ in range(3):
+        env.write_cache(old_text)
+        t0 = time.monotonic()
+        subprocess.run([BIN, "once"], env=e, capture_output=True)
+        runs.append(time.monotonic() - t0)
+    span = max(runs)
+    outcomes = {"old": 0, "new": 0}
+    leftovers = 0
+    rng = random.Random(7105573)
+    for _ in range(KILLS):
+        env.write_cache(old_text)
+        p = subprocess.Popen([BIN, "once"], env=e, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0, span))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        with open(env.cache) as f:
+            data = json.load(f)  # always valid JSON
+        if data == old:
+            outcomes["old"] += 1
+        else:
+            assert data == big
+            outcomes["new"] += 1
+        tmp = [f for f in os.listdir(env.tmp) if ".limpeza-" in f]
+        leftovers += len(tmp)
+        if tmp:
+            # the next run removes what the killed one left
+            p = subprocess.run([BIN, "once"], env=e, capture_output=True, text=True)
+            assert "Arquivo temporário deixado por uma execução interrompida removido" in p.stderr
+            assert [f for f in os.listdir(env.tmp) if ".limpeza-" in f] == []
+    print("\ncrash loop: %d SIGKILLs (run %.0f ms): %d left the old file, %d the new one, "
+          "%d temporary files left and removed by the next run, 0 corrupted"
+          % (KILLS, span * 1000, outcomes["old"], outcomes["new"], leftovers))
+    assert outcomes["old"] + outcomes["new"] == KILLS
+
+
+def test_file_size_limit_during_rewrite(env):
+    """A rewrite that cannot be written (disk full, RLIMIT_FSIZE) leaves the file."""
+    text = env.write_cache({"stale": {"status": "queued", "created_at": 1e9},
+                            "pad": {"status": "done", "all": "x" * 20000}})
+    p = subprocess.run(["prlimit", "--fsize=4096", BIN, "once"], capture_output=True,
+                       text=True, env=env.env(DATABASE_URL=None))
+    assert p.returncode == 1
+    assert "❌ Erro no cache" in p.stderr and "cannot write the new file" in p.stderr
+    assert env.read_cache() == text
+    assert [f for f in os.listdir(env.tmp) if ".limpeza-" in f] == []
+    # the fault goes: the next run cleans
+    p = env.run("once", DATABASE_URL=None)
+    assert p.returncode == 0 and "stale" not in json.loads(env.read_cache())
+
+
+def test_disk_full_during_rewrite(env, tmp_path):
+    """A full file system (a tiny tmpfs if we may mount one) behaves the same."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        cache = str(mnt / "jobs.json")
+        text = json.dumps({"stale": {"status": "queued", "created_at": 1e9},
+                           "pad": {"status": "done", "all": "x" * 40000}})
+        with open(cache, "w") as f:
+            f.write(text)
+        p = env.run("once", DATABASE_URL=None, LIMPEZA_CACHE_FILE=cache)
+        assert p.returncode == 1
+        assert "No space left on device" in p.stderr
+        with open(cache) as f:
+            assert f.read() == text
+        assert os.listdir(str(mnt)) == ["jobs.json"]
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run limpeza as another user")
+def test_unreadable_cache_file_then_recovery():
+    base = tempfile.mkdtemp(prefix="limpeza-perm-", dir="/tmp")
+    try:
+        os.chmod(base, 0o777)
+        cache = os.path.join(base, "jobs.json")
+        text = json.dumps({"stale": {"status": "queued", "created_at": 1e9}})
+        with open(cache, "w") as f:
+            f.write(text)
+        os.chmod(cache, 0o600)  # root's: nobody may not read it
+        cmd = ["runuser", "-u", "nobody", "--", "env", "LIMPEZA_ENV_FILES=",
+               "LIMPEZA_HEALTH_URL=", "LIMPEZA_LOG_FILE=", "LIMPEZA_CACHE_FILE=" + cache,
+               BIN, "once"]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        assert p.returncode == 1
+        assert "❌ Erro no cache %s: Permission denied" % cache in p.stderr
+        with open(cache) as f:
+            assert f.read() == text
+        os.chown(cache, 65534, 65534)  # the fault goes
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        with open(cache) as f:
+            assert f.read() == "{}"
+        assert os.stat(cache).st_uid == 65534
+    finally:
+        shutil.rmtree(base)
+
+
+def test_odd_file_then_recovery_in_the_daemon(env, daemons):
+    """The cache path becomes a directory, then a file again: logged, then cleaned."""
+    os.mkdir(env.cache)
+    d = daemons(env, LIMPEZA_INTERVAL="200ms", LIMPEZA_ERROR_BACKOFF="200ms", DATABASE_URL=None)
+    d.wait_for("not a regular file", count=2)
+    os.rmdir(env.cache)
+    env.write_cache({"stale": {"status": "queued", "created_at": 1e9}})
+    d.wait_for("Job queued expirado no cache: stale")
+    assert d.p.poll() is None
