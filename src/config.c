@@ -698,6 +698,11 @@ env_file_read(struct config *cfg, const char *path, json_t *vars)
 		config_warn(cfg, "env file %s: not a regular file", path);
 		goto done;
 	}
+	if (st.st_mode & (S_IRGRP | S_IROTH))
+		config_warn(cfg,
+		    "env file %s is readable by group or others (mode %04o) "
+		    "and may hold secrets: chmod 600 it",
+		    path, (unsigned)(st.st_mode & 07777));
 	if (st.st_size > MAX_ENV_FILE) {
 		config_warn(
 		    cfg, "env file %s: larger than 1 MiB, skipped", path);

@@ -219,6 +219,7 @@ class HealthServer:
         self.body = b'{"status":"healthy","jobs_active":0}'
         self.status = 200
         self.hits = 0
+        self.huge_mib = 8
         self.stop = threading.Event()
         outer = self
 
@@ -266,7 +267,7 @@ class HealthServer:
             h.end_headers()
             chunk = b" " * 65536
             h.wfile.write(b'{"jobs_active": 99, "pad": "')
-            for _ in range(8 * 16):  # 8 MiB, no Content-Length
+            for _ in range(self.huge_mib * 16):  # no Content-Length
                 h.wfile.write(chunk)
             h.wfile.write(b'"}')
             return

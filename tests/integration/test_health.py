@@ -125,3 +125,54 @@ def test_faulty_health_never_forces(env, health, fault, expect):
     # the cycle went on to its summary, within the timeout
     assert "✅ Sistema limpo - nenhum job órfão encontrado" in p.stderr
     assert took < 4 * SLOW
+
+
+def test_https_certificates_are_verified(env, tmp_path):
+    """A self-signed certificate is refused: no answer, so no forced cleanup."""
+    import http.server
+    import ssl
+    import subprocess
+    import threading
+    key, cert = str(tmp_path / "key.pem"), str(tmp_path / "cert.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            body = b'{"jobs_active": 99}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        fill(env)
+        p = env.run("once", LIMPEZA_HEALTH_URL="https://127.0.0.1:%d/api/health"
+                    % srv.server_address[1])
+        assert p.returncode == 1
+        assert "❌ Erro ao consultar API Health: SSL certificate problem" in p.stderr
+        assert "MUITOS JOBS" not in p.stderr
+        assert env.store.statuses()["db-run"] == "running"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_enormous_health_body_is_cut_at_1_mib(env, health):
+    """Hundreds of MB on offer: limpeza stops reading at 1 MiB, promptly."""
+    fill(env)
+    health.mode = "huge"
+    health.huge_mib = 300
+    t0 = time.monotonic()
+    p = env.run("once", LIMPEZA_HEALTH_URL=health.url)
+    assert p.returncode == 1 and "larger than 1 MiB" in p.stderr
+    assert time.monotonic() - t0 < 5 * SLOW

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "clock.h"
@@ -156,7 +157,15 @@ test_precedence(void **state)
 	assert_string_equal(cfg.database_url, "sqlite:///one.db"); /* file 1 */
 	assert_int_equal(cfg.batch, 7); /* only in file 2 */
 	assert_int_equal(cfg.running_ttl, 180000); /* default */
-	assert_int_equal(cfg.nwarnings, 0); /* a missing file is fine */
+	assert_int_equal(cfg.nwarnings, 0); /* 0600, a missing file: fine */
+	config_free(&cfg);
+
+	/* A secrets file others can read is worth a warning. */
+	chmod(f2, 0644);
+	assert_int_equal(load(&cfg, opts, err, sizeof(err)), 0);
+	assert_int_equal(cfg.nwarnings, 1);
+	assert_non_null(strstr(cfg.warnings[0], "readable by group or others"));
+	assert_non_null(strstr(cfg.warnings[0], f2));
 	config_free(&cfg);
 
 	/* A bad value in an env file is still a configuration error. */
@@ -202,12 +211,29 @@ test_bad_values(void **state)
 		{ "LIMPEZA_CACHE_FILE", "/tmp/a\nb", "control" },
 		{ "LIMPEZA_DB_TIMEZONE", "UTC'; --", "zone" },
 		{ "LIMPEZA_RUNNING_STATUS", "", "status" },
+		{ "LIMPEZA_ERROR_STATUS", "a\rb", "control" },
+		{ "LIMPEZA_METRICS_ADDR", "localhost:9464", "numeric" },
+		{ "LIMPEZA_METRICS_ADDR", "127.0.0.1:99999", "numeric" },
+		{ "LIMPEZA_ALERT_WEBHOOK", "file:///etc/passwd", "http" },
 	};
 	struct config cfg;
 	char err[512];
 	size_t i;
 
 	(void)state;
+	/* A huge value is refused before anything else looks at it. */
+	clear_env();
+	{
+		char *huge = malloc(100001);
+
+		memset(huge, 'a', 100000);
+		huge[100000] = '\0';
+		setenv("LIMPEZA_TABLE", huge, 1);
+		free(huge);
+	}
+	assert_int_equal(load(&cfg, NULL, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "at most 4096 characters"));
+	assert_true(strlen(err) < 400);
 	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		clear_env();
 		setenv(cases[i].env, cases[i].value, 1);
