@@ -28,13 +28,21 @@ UNIT = test_config test_dotenv test_cache test_log test_health
 UNIT_BINS = $(UNIT:%=build/tests/%)
 ASAN_UNIT_BINS = $(UNIT:%=build/asan/tests/%)
 
+FUZZ = cache health dotenv settings mask
+FUZZ_BINS = $(FUZZ:%=build/fuzz/fuzz_%)
+FUZZ_SRCS = $(MODULES:%=src/%.c)
+FUZZ_SECONDS ?= 60
+FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -DHAVE_SYSTEMD -pthread $(WARN) -g -O1 \
+	      -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	      -Isrc $(PKG_CFLAGS)
+
 SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp
 
 .PHONY: all deps test-deps install uninstall clean test unit integration \
 	asan asan-unit asan-integration demo format \
-	format-check bench
+	format-check bench fuzz fuzz-smoke
 
 all: build/limpeza build/limpeza.8
 
@@ -44,7 +52,7 @@ deps:
 test-deps:
 	@sh scripts/deps.sh test
 
-build/obj build/asan/obj build/tests build/asan/tests:
+build/obj build/asan/obj build/tests build/asan/tests build/fuzz:
 	mkdir -p $@
 
 build/obj/%.o: src/%.c $(HDRS) | deps build/obj
@@ -73,6 +81,25 @@ build/tests/%: tests/unit/%.c tests/unit/clock.h $(OBJS) $(HDRS) | test-deps bui
 build/asan/tests/%: tests/unit/%.c tests/unit/clock.h $(ASAN_OBJS) $(HDRS) | test-deps build/asan/tests
 	$(CC) $(ASAN_CFLAGS) -Isrc $(shell pkg-config --cflags cmocka) -o $@ \
 	    $< $(ASAN_OBJS) $(PKG_LIBS) $(shell pkg-config --libs cmocka) -lm
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_SRCS) $(HDRS) | test-deps build/fuzz
+	clang $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_SRCS) $(PKG_LIBS) -lm
+
+# Each target for FUZZ_SECONDS on its seed corpus (tests/fuzz/corpus/);
+# what it learns goes to build/fuzz/work-*, not into the repository.
+fuzz: $(FUZZ_BINS)
+	@set -e; for t in $(FUZZ); do \
+	    mkdir -p build/fuzz/work-$$t; \
+	    if $(SAN_ENV) build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) \
+	        -timeout=10 -rss_limit_mb=1024 -artifact_prefix=build/fuzz/ \
+	        build/fuzz/work-$$t \
+	        tests/fuzz/corpus/$$t > build/fuzz/$$t.log 2>&1; then \
+	        echo "fuzz_$$t: $$(grep '^Done' build/fuzz/$$t.log), 0 crashes"; \
+	    else tail -40 build/fuzz/$$t.log; exit 1; fi; \
+	done
+
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=5
 
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done

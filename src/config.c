@@ -431,7 +431,14 @@ config_mask_url(const char *url, char *buf, size_t len)
 	if (len == 0)
 		return -1;
 	p = url;
+	/* user:password@ only counts in a URL: scheme:// at the start. */
 	auth = strstr(url, "://");
+	if (auth != NULL &&
+	    (auth == url || !isalpha((unsigned char)url[0]) ||
+		strspn(url, "abcdefghijklmnopqrstuvwxyz"
+			    "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-") !=
+		    (size_t)(auth - url)))
+		auth = NULL;
 	if (auth != NULL) {
 		auth += 3;
 		end = auth + strcspn(auth, "/?#");
@@ -818,6 +825,26 @@ config_free(struct config *cfg)
 		}
 	}
 	memset(cfg, 0, sizeof(*cfg));
+}
+
+/* Validates one value for the setting named env, alone (for fuzzing, check). */
+int
+config_check_setting(const char *env, const char *value, char *err,
+    size_t errlen)
+{
+	struct config tmp;
+	int k, rc;
+
+	for (k = 0; k < NSETTINGS; k++) {
+		if (strcmp(settings[k].env, env) != 0)
+			continue;
+		memset(&tmp, 0, sizeof(tmp));
+		rc = setting_apply(&tmp, &settings[k], value, "", err, errlen);
+		config_free(&tmp);
+		return rc;
+	}
+	snprintf(err, errlen, "unknown setting %s", env);
+	return -1;
 }
 
 /* Renders a setting's current value as it would be written back. */

@@ -85,6 +85,7 @@ void config_args_free(struct config_args *);
 int config_parse_option(
     struct config_args *, int, char **, int *, char *, size_t);
 int config_load(struct config *, const struct config_args *, char *, size_t);
+int config_check_setting(const char *, const char *, char *, size_t);
 void config_free(struct config *);
 int config_parse_duration(const char *, long long *);
 int config_parse_addr(const char *, struct sockaddr_storage *, socklen_t *);

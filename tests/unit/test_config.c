@@ -280,6 +280,9 @@ test_mask_url(void **state)
 	assert_string_equal(b, "host=h password=*** user=u");
 	config_mask_url("postgres://h/db?user=u&password=zz&x=1", b, sizeof(b));
 	assert_string_equal(b, "postgres://h/db?user=u&password=***&x=1");
+	/* found by fuzz_mask: a URL-like text after a password= parameter */
+	config_mask_url("host=h password=sehBnn x://e:y@h", b, sizeof(b));
+	assert_string_equal(b, "host=h password=*** x://e:y@h");
 	config_mask_url("sqlite:///demo/jobs.db", b, sizeof(b));
 	assert_string_equal(b, "sqlite:///demo/jobs.db");
 }
