@@ -42,7 +42,7 @@ SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
 
 .PHONY: all deps test-deps install uninstall clean test unit integration \
 	asan asan-unit asan-integration demo format \
-	format-check bench fuzz fuzz-smoke
+	format-check bench fuzz fuzz-smoke lint stress
 
 all: build/limpeza build/limpeza.8
 
@@ -101,6 +101,22 @@ fuzz: $(FUZZ_BINS)
 fuzz-smoke:
 	$(MAKE) fuzz FUZZ_SECONDS=5
 
+# Static analysis under the checked-in configurations (.clang-tidy,
+# tests/cppcheck.supp); any finding fails.
+lint: test-deps
+	cppcheck --enable=warning,style,performance,portability --std=c11 \
+	    --inline-suppr --quiet --error-exitcode=1 \
+	    --suppressions-list=tests/cppcheck.supp -D_GNU_SOURCE \
+	    -DHAVE_SYSTEMD -Isrc src/*.c
+	clang-tidy --quiet src/*.c -- -std=c11 -D_GNU_SOURCE -DHAVE_SYSTEMD \
+	    $(PKG_CFLAGS)
+
+# The long reliability runs: 3 x 2,000 racing writes per writer, 100 SIGKILLs.
+stress: all test-deps
+	STRESS_WRITES=2000 STRESS_ROUNDS=3 CRASH_KILLS=100 \
+	    LIMPEZA_BIN=$(CURDIR)/build/limpeza $(PYTHON) -m pytest -q -s \
+	    tests/integration/test_reliability.py -k "racing or sigkill"
+
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
@@ -120,10 +136,12 @@ asan: asan-unit asan-integration
 # daemon end to end), then both again under ASan and UBSan.
 test: test-deps
 	$(MAKE) format-check
+	$(MAKE) lint
 	$(MAKE) all
 	$(MAKE) unit
 	$(MAKE) integration
 	$(MAKE) asan
+	$(MAKE) fuzz-smoke
 
 # Benchmarks print figures; they are not tests and make test does not run them.
 bench: all test-deps

@@ -146,8 +146,10 @@ cache_parse_iso8601(const char *s, double *out)
 	}
 	if (*p != '\0')
 		return -1;
-	*out = (double)(days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 +
-		   h * 3600 + mi * 60 + sec - sign * (zh * 3600 + zm * 60)) +
+	*out =
+	    (double)(days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400LL +
+		h * 3600LL + mi * 60LL + sec -
+		sign * (zh * 3600LL + zm * 60LL)) +
 	    frac;
 	return 0;
 }
@@ -401,7 +403,7 @@ write_full(int fd, const char *b, size_t len)
 static int
 lock_file(int fd)
 {
-	struct timespec pause = { 0, 10 * 1000 * 1000 };
+	struct timespec pause = { 0, 10L * 1000 * 1000 };
 	long long deadline = now_monotonic_ms() + LOCK_WAIT_MS;
 
 	while (flock(fd, LOCK_EX | LOCK_NB) == -1) {
@@ -432,7 +434,7 @@ same_version(const struct stat *a, const struct stat *b)
 static int
 settling(int fd, const struct stat *was)
 {
-	struct timespec pause = { 0, 20 * 1000 * 1000 };
+	struct timespec pause = { 0, 20L * 1000 * 1000 };
 	struct stat now;
 
 	/* Only a file written within the last second can be mid-write. */
@@ -494,9 +496,12 @@ build_output(
 		need = (m->ke - m->ks) + 2 +
 		    (dump ? strlen(dump) : m->ve - m->vs) + 2;
 		if (o + need + 2 > cap) {
+			char *grown;
+
 			cap = (o + need + 2) * 2;
-			if ((out = realloc(out, cap)) == NULL)
+			if ((grown = realloc(out, cap)) == NULL)
 				fatalx_oom();
+			out = grown;
 		}
 		if (o > 1) {
 			memcpy(out + o, ", ", 2);

@@ -155,7 +155,7 @@ static const struct setting settings[] = {
 
 #define NSETTINGS ((int)(sizeof(settings) / sizeof(settings[0])))
 #define MAX_VALUE 4096
-#define MAX_ENV_FILE (1024 * 1024)
+#define MAX_ENV_FILE (1024L * 1024)
 
 int
 config_nsettings(void)
@@ -435,8 +435,9 @@ config_mask_url(const char *url, char *buf, size_t len)
 	auth = strstr(url, "://");
 	if (auth != NULL &&
 	    (auth == url || !isalpha((unsigned char)url[0]) ||
-		strspn(url, "abcdefghijklmnopqrstuvwxyz"
-			    "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-") !=
+		strspn(url,
+		    "abcdefghijklmnopqrstuvwxyz"
+		    "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-") !=
 		    (size_t)(auth - url)))
 		auth = NULL;
 	if (auth != NULL) {
@@ -829,8 +830,8 @@ config_free(struct config *cfg)
 
 /* Validates one value for the setting named env, alone (for fuzzing, check). */
 int
-config_check_setting(const char *env, const char *value, char *err,
-    size_t errlen)
+config_check_setting(
+    const char *env, const char *value, char *err, size_t errlen)
 {
 	struct config tmp;
 	int k, rc;

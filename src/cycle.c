@@ -318,7 +318,7 @@ step_health(struct cycle *c, int force, long *ended)
  * Returns 0, or -1 if any step failed.
  */
 int
-cycle_run(struct cycle *c, int force, volatile sig_atomic_t *stop)
+cycle_run(struct cycle *c, int force, const volatile sig_atomic_t *stop)
 {
 	const struct config *cfg = c->cfg;
 	long reaped = 0, ended = 0;

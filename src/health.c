@@ -6,7 +6,7 @@
 
 #include "limpeza.h"
 
-#define HEALTH_MAX_BODY (1024 * 1024)
+#define HEALTH_MAX_BODY (1024UL * 1024)
 
 struct body {
 	char *buf;
@@ -81,6 +81,7 @@ int
 health_probe(
     const struct config *cfg, long long *jobs, char *err, size_t errlen)
 {
+	/* cppcheck-suppress unassignedVariable ; body_write() fills it */
 	static char buf[HEALTH_MAX_BODY];
 	struct body b = { buf, 0, 0 };
 	char cerr[CURL_ERROR_SIZE] = "";

@@ -217,7 +217,7 @@ struct cycle;
 struct cycle *cycle_new(const struct config *);
 void cycle_free(struct cycle *);
 void cycle_set_config(struct cycle *, const struct config *);
-int cycle_run(struct cycle *, int, volatile sig_atomic_t *);
+int cycle_run(struct cycle *, int, const volatile sig_atomic_t *);
 long long cycle_count(const struct cycle *);
 const char *cycle_status(const struct cycle *);
 

@@ -403,8 +403,15 @@ stderr_is_journal(void)
 	const char *js = getenv("JOURNAL_STREAM");
 	unsigned long long dev, ino;
 	struct stat st;
+	char *end;
 
-	if (js == NULL || sscanf(js, "%llu:%llu", &dev, &ino) != 2)
+	if (js == NULL)
+		return 0;
+	dev = strtoull(js, &end, 10);
+	if (end == js || *end != ':')
+		return 0;
+	ino = strtoull(end + 1, &end, 10);
+	if (*end != '\0')
 		return 0;
 	if (fstat(STDERR_FILENO, &st) == -1)
 		return 0;

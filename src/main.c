@@ -350,11 +350,11 @@ static int
 cmd_stats(struct config *cfg, int as_json)
 {
 	struct store_stats st = { NULL, 0, -1 };
-	struct cache_result cr;
+	struct cache_result cr = { 0 };
 	struct cache *c;
 	struct store *s = NULL;
 	json_t *out, *db, *ca, *api;
-	long long jobs;
+	long long jobs = 0;
 	char err[512];
 	int failed = 0, r;
 
@@ -383,7 +383,8 @@ cmd_stats(struct config *cfg, int as_json)
 	} else
 		ca = json_pack("{s:s, s:i, s:i, s:f}", "path", cfg->cache_file,
 		    "active", (json_int_t)cr.active, "stale",
-		    (json_int_t)(cr.reaped_running + cr.reaped_queued),
+		    (json_int_t)cr.reaped_running +
+			(json_int_t)cr.reaped_queued,
 		    "oldest_active_s", cr.oldest_s);
 	cache_free(c);
 
