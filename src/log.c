@@ -183,8 +183,9 @@ static struct {
 	char *path;
 	int fd;
 	int journal; /* standard error is the journal: add <N> prefixes */
-	time_t last_open_fail;
-} lg = { LVL_INFO, LOGF_TEXT, LANG_PT, NULL, -1, 0, 0 };
+	time_t last_open_fail; /* last time the failure was reported */
+	time_t last_try; /* last attempt while it fails */
+} lg = { LVL_INFO, LOGF_TEXT, LANG_PT, NULL, -1, 0, 0, 0 };
 
 /* A Python-dict rendering, {'done': 45, 'error': 12}, as the seed logged. */
 static void
@@ -374,6 +375,7 @@ log_open_file(void)
 
 	if (lg.path == NULL || *lg.path == '\0')
 		return;
+	lg.last_try = t;
 	if (mkdir_parents(lg.path) == 0)
 		fd = open(
 		    lg.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
@@ -479,8 +481,9 @@ log_check_rotated(void)
 
 	if (lg.path == NULL)
 		return;
+	/* A file that could not be opened is tried again every few seconds. */
 	if (lg.fd == -1) {
-		if (time(NULL) - lg.last_open_fail >= 60)
+		if (time(NULL) - lg.last_try >= 5)
 			log_open_file();
 		return;
 	}

@@ -136,6 +136,19 @@ def test_unwritable_log_does_not_stop_the_daemon(env, daemons):
     log = d.wait_for("Sistema limpo")
     assert "cannot open log file" in log
     assert d.p.poll() is None
+    # the fault goes: the log file is opened again within seconds
+    os.unlink(blocker)
+    deadline = time.monotonic() + 15 * SLOW
+    n = 2
+    while not os.path.exists(blocker + "/x/limpeza.log") and time.monotonic() < deadline:
+        d.signal(signal.SIGUSR1)
+        d.wait_for("Ciclo %d " % n)
+        n += 1
+        time.sleep(0.5)
+    d.signal(signal.SIGUSR1)
+    d.wait_for("Ciclo %d " % n)
+    with open(blocker + "/x/limpeza.log") as f:
+        assert "Ciclo %d " % n in f.read()
 
 
 def test_failed_cycle_waits_the_error_backoff(env, daemons):

@@ -159,11 +159,28 @@ def test_three_daemons_reap_each_orphan_once_and_survive_the_leader(tmp_path, pg
 
 
 def test_outage_is_logged_once_and_survived(tmp_path, daemons):
+    """The database stops mid-cycle (during a reaping batch) and comes back."""
     cluster = PgCluster()
     try:
         env = pgenv(tmp_path, cluster)
-        d = daemons(env, LIMPEZA_INTERVAL="200ms", LIMPEZA_ERROR_BACKOFF="200ms")
-        d.wait_for("Limpeza banco executada")
+        s = env.store
+        s.sql("""
+            CREATE TABLE reaped (job_id text);
+            CREATE FUNCTION count_reap() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO reaped VALUES (NEW.job_id);
+                PERFORM pg_sleep(0.005);
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER count_reap AFTER UPDATE OF status ON scans FOR EACH ROW
+                WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION count_reap();
+            INSERT INTO scans (username, job_id, status, created_at, updated_at)
+                SELECT 'u', 'orphan-' || i, 'running', now() - interval '1 hour',
+                       now() - interval '1 hour' FROM generate_series(1, 600) i;
+        """)
+        d = daemons(env, LIMPEZA_INTERVAL="200ms", LIMPEZA_ERROR_BACKOFF="200ms",
+                    LIMPEZA_BATCH="100", LIMPEZA_LOG_LEVEL="debug")
+        d.wait_for("Lote no banco: 100 jobs")
         cluster.stop("immediate")
         d.wait_for("❌ Erro no banco \\(postgresql\\)")
         # several failing cycles, one error line
@@ -171,10 +188,16 @@ def test_outage_is_logged_once_and_survived(tmp_path, daemons):
         assert log.count("❌ Erro no banco (postgresql)") == 1
         assert d.p.poll() is None
         cluster.start()
-        env.store.add("after-restart", "running", 900)
+        s.add("after-restart", "running", 900)
         d.wait_for("✅ Banco disponível novamente \\(postgresql\\)", timeout=40)
-        d.wait_for("running > 3min: 1", timeout=10)
-        assert env.store.statuses()["after-restart"] == "error"
+        d.wait_for("running > 3min: [1-9]", timeout=20)
+        deadline = time.monotonic() + 30 * SLOW
+        while s.statuses()["after-restart"] != "error" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert s.statuses()["after-restart"] == "error"
+        assert int(s.sql("SELECT count(*) FROM scans WHERE status = 'running'")[0][0]) == 0
+        # a batch cut by the crash was rolled back whole: nothing twice
+        assert s.sql("SELECT count(*), count(DISTINCT job_id) FROM reaped")[0] == (601, 601)
         assert d.stderr().count("❌ Erro no banco (postgresql)") == 1
         assert d.stop() == 0
     finally:
