@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,15 @@
  */
 struct cache {
 	json_t *seen;
+	/*
+	 * The file as the last full pass left it, and when its first active
+	 * job falls due: until then, an unchanged file is not even read.
+	 */
+	int known;
+	struct stat last;
+	long long next_due; /* monotonic ms; LLONG_MAX: no active job */
+	long active;
+	double oldest_since; /* wall clock start of the oldest active job */
 };
 
 /* One top-level member of the file, as byte offsets into the buffer. */
@@ -51,6 +61,23 @@ cache_new(void)
 	if (c == NULL || (c->seen = json_object()) == NULL)
 		fatalx_oom();
 	return c;
+}
+
+/* Forgets the file, so the next pass reads it (new settings, new TTLs). */
+void
+cache_invalidate(struct cache *c)
+{
+	c->known = 0;
+}
+
+/*
+ * When the first active job in the file falls due, in monotonic ms
+ * (LLONG_MAX if none, or if the file is not known yet).
+ */
+long long
+cache_next_due(const struct cache *c)
+{
+	return c->known ? c->next_due : LLONG_MAX;
 }
 
 void
@@ -802,6 +829,7 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 	json_error_t jerr;
 	char *buf = NULL, *out = NULL, err[512];
 	size_t len = 0, outlen, i;
+	long long next_due, due;
 	int fd, rc = -1, r, changes = 0;
 
 	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
@@ -863,16 +891,29 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 	decide_all(c, cfg, force, buf, root, &s, seen);
 	res->active = 0;
 	res->oldest_s = -1;
+	next_due = LLONG_MAX;
 	for (i = 0; i < s.n; i++) {
+		const char *stt;
+		double ttl;
+
 		if (s.m[i].fate != FATE_KEEP) {
 			changes++;
 			continue;
 		}
-		if (is_active(cfg, s.m[i].job)) {
-			res->active++;
-			if (s.m[i].age > res->oldest_s)
-				res->oldest_s = s.m[i].age;
-		}
+		if (!is_active(cfg, s.m[i].job))
+			continue;
+		res->active++;
+		if (s.m[i].age > res->oldest_s)
+			res->oldest_s = s.m[i].age;
+		stt = json_string_value(json_object_get(s.m[i].job, "status"));
+		ttl = (double)(strcmp(stt, cfg->running_status) == 0
+			      ? cfg->running_ttl
+			      : cfg->queued_ttl) /
+		    MS_PER_S;
+		due = now_monotonic_ms() +
+		    (long long)((ttl - s.m[i].age) * MS_PER_S);
+		if (due < next_due)
+			next_due = due;
 	}
 
 	if (changes > 0 && !dry_run) {
@@ -893,6 +934,10 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 	json_decref(c->seen);
 	c->seen = seen;
 	seen = NULL;
+	c->known = !force && lstat(path, &c->last) == 0;
+	c->next_due = next_due;
+	c->active = res->active;
+	c->oldest_since = now_realtime() - res->oldest_s;
 	rc = 0;
 done:
 	json_decref(seen);
@@ -913,12 +958,23 @@ int
 cache_reap(struct cache *c, const struct config *cfg, int force, int dry_run,
     struct cache_result *res)
 {
+	struct stat now;
 	int try, r;
 
 	memset(res, 0, sizeof(*res));
 	res->oldest_s = -1;
 	if (cfg->cache_file == NULL || *cfg->cache_file == '\0')
 		return 0;
+	/* Nothing changed and nothing is due: no need to read 50 MB. */
+	if (!force && c->known && lstat(cfg->cache_file, &now) == 0 &&
+	    same_version(&c->last, &now) && now_monotonic_ms() < c->next_due) {
+		res->active = c->active;
+		res->oldest_s =
+		    c->active > 0 ? now_realtime() - c->oldest_since : -1;
+		log_event(LVL_DEBUG, EV_CACHE_UNCHANGED, cfg->cache_file);
+		return 0;
+	}
+	c->known = 0;
 	for (try = 0; try < CACHE_TRIES; try++) {
 		memset(res, 0, sizeof(*res));
 		res->oldest_s = -1;

@@ -1,5 +1,6 @@
 /* cycle.c: one cleanup cycle, store-agnostic, top to bottom. */
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -34,6 +35,7 @@ struct cycle {
 	long long count;
 	long long jobs_active; /* -1: unknown */
 	long long reaped_total;
+	long long store_due; /* monotonic ms the first row falls due */
 	char status[256];
 };
 
@@ -47,6 +49,7 @@ cycle_new(const struct config *cfg)
 	c->cache = cache_new();
 	c->jobs_active = -1;
 	c->leading = -1;
+	c->store_due = LLONG_MAX;
 	cycle_set_config(c, cfg);
 	return c;
 }
@@ -69,6 +72,8 @@ cycle_set_config(struct cycle *c, const struct config *cfg)
 	c->cfg = cfg;
 	c->store = store_open(cfg);
 	c->leading = -1;
+	c->store_due = LLONG_MAX;
+	cache_invalidate(c->cache);
 }
 
 long long
@@ -192,6 +197,19 @@ step_cache(struct cycle *c, long *reaped)
 	return rc;
 }
 
+/* Notes when the first active row falls due, to wake up for it. */
+static void
+store_refresh_due(struct cycle *c)
+{
+	double secs;
+
+	c->store_due = LLONG_MAX;
+	if (c->store->ops->next_due != NULL &&
+	    c->store->ops->next_due(c->store, &secs) == 1)
+		c->store_due =
+		    now_monotonic_ms() + (long long)(secs * MS_PER_S);
+}
+
 /* The database step: reap both rules, then the 24 h statistics. */
 static int
 step_store(struct cycle *c, long *reaped)
@@ -214,7 +232,9 @@ step_store(struct cycle *c, long *reaped)
 		config_format_duration(cfg->queued_ttl, qt, sizeof(qt));
 		log_event(LVL_INFO, EV_DB_CLEANED, rt, n.running, qt, n.queued);
 		*reaped += n.running + n.queued;
-	}
+		store_refresh_due(c);
+	} else
+		c->store_due = LLONG_MAX;
 	memset(&st, 0, sizeof(st));
 	if ((st.by_status = json_object()) == NULL)
 		fatalx_oom();
@@ -307,6 +327,54 @@ step_health(struct cycle *c, int force, long *ended)
 		return 0;
 	log_event(LVL_WARNING, EV_FORCE_WARN, (long)jobs);
 	return step_force(c, jobs, ended);
+}
+
+/*
+ * When the next job falls due, in the cache file or in the store (if this
+ * daemon reaps it), in monotonic ms; LLONG_MAX if nothing is active. The
+ * margin makes the job strictly older than its TTL when limpeza looks.
+ */
+long long
+cycle_next_due(const struct cycle *c)
+{
+	long long due = cache_next_due(c->cache);
+
+	if (c->store_due < due)
+		due = c->store_due;
+	return due == LLONG_MAX ? due : due + 50;
+}
+
+/*
+ * Between regular cycles, at a job's deadline: the cache file and the
+ * store's reaping only, without statistics, health check or report, and
+ * without counting as a cycle.
+ */
+int
+cycle_reap_due(struct cycle *c)
+{
+	struct store_counts n = { 0, 0, 0 };
+	long reaped = 0;
+	int failed = 0;
+
+	c->dry = c->cfg->dry_run != 0;
+	if (step_cache(c, &reaped) == -1)
+		failed = 1;
+	if (c->store != NULL && c->store_due != LLONG_MAX &&
+	    !c->store_out.down) {
+		if (c->store->ops->reap(c->store, c->dry, &n, db_job, c) ==
+		    -1) {
+			store_result(c, 0);
+			c->store_due = LLONG_MAX;
+			failed = 1;
+		} else {
+			reaped += n.running + n.queued;
+			store_refresh_due(c);
+		}
+	}
+	c->reaped_total += reaped;
+	if (reaped > 0)
+		log_event(LVL_INFO, EV_DUE, reaped);
+	return failed ? -1 : 0;
 }
 
 /*

@@ -125,6 +125,8 @@ enum log_event {
 	EV_CACHE_CHANGED,
 	EV_CACHE_GAVE_UP,
 	EV_CACHE_LEFTOVER,
+	EV_CACHE_UNCHANGED,
+	EV_DUE,
 	EV_DB_JOB,
 	EV_DB_BATCH,
 	EV_LEADER,
@@ -183,6 +185,8 @@ enum cache_fate { FATE_KEEP, FATE_RUNNING, FATE_QUEUED, FATE_FORCED };
 
 struct cache *cache_new(void);
 void cache_free(struct cache *);
+void cache_invalidate(struct cache *);
+long long cache_next_due(const struct cache *);
 int cache_reap(
     struct cache *, const struct config *, int, int, struct cache_result *);
 int cache_parse_time(const json_t *, double *);
@@ -220,6 +224,8 @@ void cycle_set_config(struct cycle *, const struct config *);
 int cycle_run(struct cycle *, int, const volatile sig_atomic_t *);
 long long cycle_count(const struct cycle *);
 const char *cycle_status(const struct cycle *);
+long long cycle_next_due(const struct cycle *);
+int cycle_reap_due(struct cycle *);
 
 /* main.c */
 double now_realtime(void);

@@ -22,6 +22,9 @@
 
 enum command { CMD_RUN, CMD_ONCE, CMD_CHECK, CMD_STATS };
 
+/* Deadline wake-ups between cycles are at least this far apart. */
+#define DUE_SPACING_MS 250
+
 static volatile sig_atomic_t sig_stop;
 static volatile sig_atomic_t sig_reload;
 static volatile sig_atomic_t sig_cycle;
@@ -152,7 +155,7 @@ cmd_run(struct config *cfg, const struct config_args *args)
 	sigset_t block, orig;
 	struct timespec ts;
 	struct cycle *cy;
-	long long next, start, wait, wd_ms = 0;
+	long long next, start, wait, wd_ms = 0, due, last_due = 0;
 	uint64_t wd_usec = 0;
 	int ready = 0;
 	char bo[32];
@@ -195,7 +198,11 @@ cmd_run(struct config *cfg, const struct config_args *args)
 			log_event(LVL_INFO, EV_SIGNAL_CYCLE);
 			next = now_monotonic_ms();
 		}
-		wait = next - now_monotonic_ms();
+		/* A job's deadline may come before the next cycle. */
+		due = cycle_next_due(cy);
+		if (due < last_due + DUE_SPACING_MS)
+			due = last_due + DUE_SPACING_MS;
+		wait = (due < next ? due : next) - now_monotonic_ms();
 		if (wait > 0) {
 			if (wd_ms > 0 && wait > wd_ms)
 				wait = wd_ms;
@@ -208,6 +215,11 @@ cmd_run(struct config *cfg, const struct config_args *args)
 		sigprocmask(SIG_SETMASK, &orig, NULL);
 
 		start = now_monotonic_ms();
+		if (start < next) {
+			last_due = start;
+			cycle_reap_due(cy);
+			continue;
+		}
 		if (cycle_run(cy, 0, &sig_stop) == 0) {
 			next = start + cfg->interval;
 		} else {

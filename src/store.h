@@ -49,6 +49,11 @@ struct store_ops {
 	int (*force)(
 	    struct store *, int, struct store_counts *, store_job_fn, void *);
 	int (*stats)(struct store *, struct store_stats *);
+	/*
+	 * Seconds until the first active row goes stale by the store's
+	 * clock (negative if one already is): 1, or 0 if no row is active.
+	 */
+	int (*next_due)(struct store *, double *);
 	int (*check)(struct store *, FILE *);
 	void (*close)(struct store *);
 };

@@ -389,6 +389,35 @@ pg_stats(struct store *s, struct store_stats *out)
 }
 
 static int
+pg_next_due(struct store *s, double *secs)
+{
+	struct store_pg *p = (struct store_pg *)s;
+	char sql[1024], rt[64], qt[64];
+	const char *params[] = { s->cfg->running_status, rt,
+		s->cfg->queued_status, qt };
+	PGresult *res;
+	int found;
+
+	if (pg_connect(p) == -1)
+		return -1;
+	snprintf(rt, sizeof(rt), "%lld milliseconds", s->cfg->running_ttl);
+	snprintf(qt, sizeof(qt), "%lld milliseconds", s->cfg->queued_ttl);
+	/* Each min() is one step down the index limpeza check recommends. */
+	snprintf(sql, sizeof(sql),
+	    "SELECT extract(epoch FROM least((SELECT min(%s) FROM %s WHERE "
+	    "%s = $1) + $2::interval, (SELECT min(%s) FROM %s WHERE %s = $3) "
+	    "+ $4::interval) - now())",
+	    p->updated, p->table, p->status, p->updated, p->table, p->status);
+	if ((res = pg_exec(p, sql, 4, params)) == NULL)
+		return -1;
+	found = !PQgetisnull(res, 0, 0);
+	if (found)
+		*secs = strtod(PQgetvalue(res, 0, 0), NULL);
+	PQclear(res);
+	return found;
+}
+
+static int
 is_text_type(const char *t)
 {
 	return strcmp(t, "text") == 0 ||
@@ -537,6 +566,7 @@ const struct store_ops store_pg_ops = {
 	.reap = pg_reap,
 	.force = pg_force,
 	.stats = pg_stats,
+	.next_due = pg_next_due,
 	.check = pg_check,
 	.close = pg_close,
 };

@@ -247,6 +247,41 @@ fail:
 	return -1;
 }
 
+static int
+sqlite_next_due(struct store *s, double *secs)
+{
+	struct store_sqlite *q = (struct store_sqlite *)s;
+	sqlite3_stmt *st = NULL;
+	char sql[1024], rm[64], qm[64];
+	int rc, found = 0;
+
+	snprintf(sql, sizeof(sql),
+	    "SELECT (min(julianday(%s, CASE %s WHEN ?1 THEN ?2 ELSE ?3 END)) "
+	    "- julianday('now')) * 86400.0 FROM %s WHERE %s IN (?1, ?4)",
+	    q->updated, q->status, q->table, q->status);
+	if (prepare(q, sql, &st) == -1)
+		return -1;
+	snprintf(rm, sizeof(rm), "+%lld.%03lld seconds",
+	    s->cfg->running_ttl / MS_PER_S, s->cfg->running_ttl % MS_PER_S);
+	snprintf(qm, sizeof(qm), "+%lld.%03lld seconds",
+	    s->cfg->queued_ttl / MS_PER_S, s->cfg->queued_ttl % MS_PER_S);
+	sqlite3_bind_text(st, 1, s->cfg->running_status, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, rm, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, qm, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, s->cfg->queued_status, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
+		*secs = sqlite3_column_double(st, 0);
+		found = 1;
+	}
+	sqlite3_finalize(st);
+	if (rc != SQLITE_ROW) {
+		store_err(s, "%s: %s", q->path, sqlite3_errmsg(q->db));
+		return -1;
+	}
+	return found;
+}
+
 /* Checks that the table and every configured column exist. */
 static int
 sqlite_check(struct store *s, FILE *out)
@@ -312,6 +347,7 @@ const struct store_ops store_sqlite_ops = {
 	.reap = sqlite_reap,
 	.force = sqlite_force,
 	.stats = sqlite_stats,
+	.next_due = sqlite_next_due,
 	.check = sqlite_check,
 	.close = sqlite_close,
 };

@@ -1,0 +1,91 @@
+"""Idle passes and exact deadlines (issue: performance): no read when nothing is due,
+and a job reaped within 1 s of its deadline even with a 30 s interval."""
+
+import ctypes
+import os
+import select
+import struct
+import time
+
+from conftest import SLOW
+
+IN_ACCESS, IN_MODIFY, IN_OPEN = 0x1, 0x2, 0x20
+
+
+class Inotify:
+    """Counts opens and reads of one file, through the kernel's inotify."""
+
+    def __init__(self, path):
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(os.O_NONBLOCK)
+        assert self.fd >= 0
+        assert libc.inotify_add_watch(self.fd, path.encode(), IN_ACCESS | IN_MODIFY | IN_OPEN) >= 0
+
+    def events(self):
+        out = []
+        while select.select([self.fd], [], [], 0)[0]:
+            buf = os.read(self.fd, 4096)
+            i = 0
+            while i < len(buf):
+                _, mask, _, n = struct.unpack_from("iIII", buf, i)
+                out.append(mask)
+                i += 16 + n
+        return out
+
+    def close(self):
+        os.close(self.fd)
+
+
+def test_nothing_due_means_no_read(env, daemons):
+    now = time.time()
+    env.write_cache({"live": {"status": "running", "start_time": now},
+                     "q": {"status": "queued"},
+                     "done": {"status": "done", "all": list(range(1000))}})
+    before = os.stat(env.cache)
+    d = daemons(env, LIMPEZA_INTERVAL="100ms", DATABASE_URL=None, LIMPEZA_LOG_LEVEL="debug")
+    d.wait_for("Ciclo 2 ")
+    watch = Inotify(env.cache)
+    try:
+        n = d.stderr().count("Ciclo ")
+        d.wait_for("Ciclo ", count=n + 10)
+        events = watch.events()
+        # ten cycles: the file was neither opened nor read nor written
+        assert events == [], events
+        assert d.stderr().count("leitura dispensada") >= 10
+        after = os.stat(env.cache)
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+        # a change is seen at once: the next pass reads the file
+        with open(env.cache, "a") as f:
+            f.write(" ")
+        watch.events()
+        n = d.stderr().count("Ciclo ")
+        d.wait_for("Ciclo ", count=n + 2)
+        assert any(e & IN_OPEN for e in watch.events())
+    finally:
+        watch.close()
+
+
+def test_job_reaped_within_a_second_of_its_deadline(senv, daemons):
+    env = senv
+    t0 = time.time()
+    env.store.add("db-job", "running", 0)
+    env.write_cache({"c-job": {"status": "running", "start_time": t0},
+                     "done": {"status": "done"}})
+    # the first cycle sees both jobs 3 s before they fall due; the next
+    # regular cycle is 30 s away, and no signal is sent
+    d = daemons(env, LIMPEZA_INTERVAL="30s", LIMPEZA_RUNNING_TTL="3s")
+    d.wait_for("Sistema limpo")
+    deadline = t0 + 3
+    reaped = {}
+    while len(reaped) < 2 and time.time() < deadline + 5 * SLOW:
+        if "c-job" not in reaped and "c-job" not in env.read_cache():
+            reaped["c-job"] = time.time()
+        if "db-job" not in reaped and env.store.statuses()["db-job"] == "error":
+            reaped["db-job"] = time.time()
+        time.sleep(0.02)
+    assert set(reaped) == {"c-job", "db-job"}, d.stderr()[-2000:]
+    for job, at in reaped.items():
+        assert deadline <= at <= deadline + 1.0 * SLOW, (job, at - deadline)
+    log = d.stderr()
+    assert "⏰ Prazo atingido" in log
+    assert "Ciclo 2 " not in log  # the regular cycles kept their rhythm
