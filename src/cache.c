@@ -9,7 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <stdint.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -37,20 +39,6 @@ struct cache {
 	long long next_due; /* monotonic ms; LLONG_MAX: no active job */
 	long active;
 	double oldest_since; /* wall clock start of the oldest active job */
-};
-
-/* One top-level member of the file, as byte offsets into the buffer. */
-struct member {
-	size_t ks, ke, vs, ve;
-	enum cache_fate fate;
-	double age;
-	json_t *job;
-	char *id;
-};
-
-struct scan {
-	struct member *m;
-	size_t n, cap;
 };
 
 struct cache *
@@ -253,101 +241,382 @@ cache_decide(const json_t *job, const struct cache_policy *p, double now,
 	return FATE_KEEP;
 }
 
-static size_t
-skip_ws(const char *b, size_t len, size_t i)
-{
-	while (i < len &&
-	    (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r'))
-		i++;
-	return i;
-}
+/*
+ * The validating scanner. It accepts exactly the JSON that jansson's
+ * json_loadb(JSON_ALLOW_NUL) accepts (the fuzz target fuzz_cache checks
+ * this against jansson itself) in one pass over the bytes, without
+ * building a tree: the file may be tens of MB and only a few fields of
+ * each job decide its fate. It records each top-level member's key and
+ * value spans and, in job objects, the spans of the deciding fields.
+ */
+#define MAX_DEPTH 2048 /* jansson's JSON_PARSER_MAX_DEPTH */
+#define S_ESCAPE 1
+#define S_NUL 2
 
-static size_t
-skip_string(const char *b, size_t len, size_t i)
-{
-	for (i++; i < len && b[i] != '"'; i++)
-		if (b[i] == '\\')
-			i++;
-	return i < len ? i + 1 : len + 1;
-}
+enum field { F_STATUS, F_START, F_CREATED, NFIELDS };
+static const char *const field_keys[NFIELDS] = { "\"status\"", "\"start_time\"",
+	"\"created_at\"" };
+static const char *const field_names[NFIELDS] = { "status", "start_time",
+	"created_at" };
 
-/* Ends a value that starts at i: a string, a nested container or a scalar. */
-static size_t
-skip_value(const char *b, size_t len, size_t i)
-{
-	size_t depth = 0;
+struct member {
+	size_t ks, ke, vs, ve;
+	size_t fs[NFIELDS], fe[NFIELDS]; /* fe == 0: absent */
+	int key_flags;
+	int superseded; /* a later member has the same key */
+	enum cache_fate fate;
+	double age;
+	json_t *job; /* the deciding fields only */
+	char *id;
+	size_t idlen;
+};
 
-	if (i >= len)
-		return len + 1;
-	if (b[i] == '"')
-		return skip_string(b, len, i);
-	if (b[i] != '{' && b[i] != '[') {
-		while (i < len && b[i] != ',' && b[i] != '}' && b[i] != ']' &&
-		    b[i] != ' ' && b[i] != '\t' && b[i] != '\n' && b[i] != '\r')
-			i++;
-		return i;
+struct scan {
+	struct member *m;
+	size_t n, cap;
+};
+
+struct scanner {
+	const unsigned char *b;
+	size_t len, i;
+	const char *err;
+	size_t err_at;
+	struct scan *out; /* NULL: validate only */
+};
+
+static int
+fail(struct scanner *z, size_t at, const char *msg)
+{
+	if (z->err == NULL) {
+		z->err = msg;
+		z->err_at = at;
 	}
-	while (i < len) {
-		if (b[i] == '"') {
-			i = skip_string(b, len, i);
+	return -1;
+}
+
+static void
+skip_ws(struct scanner *z)
+{
+	while (z->i < z->len &&
+	    (z->b[z->i] == ' ' || z->b[z->i] == '\t' || z->b[z->i] == '\n' ||
+		z->b[z->i] == '\r'))
+		z->i++;
+}
+
+/* The length of a valid UTF-8 sequence at p, 0 if invalid (as jansson). */
+static size_t
+utf8_seq(const unsigned char *p, size_t left)
+{
+	unsigned int v;
+	size_t n, k;
+
+	if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+		n = 2;
+		v = p[0] & 0x1f;
+	} else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+		n = 3;
+		v = p[0] & 0x0f;
+	} else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+		n = 4;
+		v = p[0] & 0x07;
+	} else
+		return 0;
+	if (left < n)
+		return 0;
+	for (k = 1; k < n; k++) {
+		if ((p[k] & 0xc0) != 0x80)
+			return 0;
+		v = (v << 6) | (p[k] & 0x3f);
+	}
+	if (v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff) ||
+	    (n == 3 && v < 0x800) || (n == 4 && v < 0x10000))
+		return 0;
+	return n;
+}
+
+static int
+hex4(const unsigned char *p, size_t left, unsigned int *v)
+{
+	size_t k;
+
+	if (left < 4)
+		return -1;
+	*v = 0;
+	for (k = 0; k < 4; k++) {
+		unsigned char c = p[k];
+
+		*v <<= 4;
+		if (c >= '0' && c <= '9')
+			*v |= c - '0';
+		else if (c >= 'a' && c <= 'f')
+			*v |= c - 'a' + 10;
+		else if (c >= 'A' && c <= 'F')
+			*v |= c - 'A' + 10;
+		else
+			return -1;
+	}
+	return 0;
+}
+
+/* A string at z->i (on its quote); flags gets S_ESCAPE and S_NUL. */
+static int
+scan_string(struct scanner *z, int *flags)
+{
+	const unsigned char *b = z->b;
+	size_t i = z->i + 1, len = z->len, n;
+	unsigned int u, u2;
+
+	*flags = 0;
+	for (;;) {
+		while (i < len && b[i] >= 0x20 && b[i] < 0x80 && b[i] != '"' &&
+		    b[i] != '\\')
+			i++;
+		if (i >= len)
+			return fail(z, i, "premature end of input");
+		if (b[i] == '"')
+			break;
+		if (b[i] < 0x20)
+			return fail(z, i, "control character in a string");
+		if (b[i] >= 0x80) {
+			if ((n = utf8_seq(b + i, len - i)) == 0)
+				return fail(z, i, "invalid UTF-8");
+			i += n;
 			continue;
 		}
-		if (b[i] == '{' || b[i] == '[')
-			depth++;
-		else if ((b[i] == '}' || b[i] == ']') && --depth == 0)
-			return i + 1;
-		i++;
+		*flags |= S_ESCAPE;
+		if (++i >= len)
+			return fail(z, i, "premature end of input");
+		if (b[i] != 'u') {
+			if (strchr("\"\\/bfnrt", b[i]) == NULL || b[i] == '\0')
+				return fail(z, i, "invalid escape");
+			i++;
+			continue;
+		}
+		if (hex4(b + i + 1, len - i - 1, &u) == -1)
+			return fail(z, i, "invalid escape");
+		i += 5;
+		if (u >= 0xd800 && u <= 0xdbff) {
+			if (len - i < 6 || b[i] != '\\' || b[i + 1] != 'u' ||
+			    hex4(b + i + 2, len - i - 2, &u2) == -1 ||
+			    u2 < 0xdc00 || u2 > 0xdfff)
+				return fail(z, i, "invalid Unicode surrogate");
+			i += 6;
+		} else if (u >= 0xdc00 && u <= 0xdfff)
+			return fail(z, i, "invalid Unicode surrogate");
+		else if (u == 0)
+			*flags |= S_NUL;
 	}
-	return len + 1;
+	z->i = i + 1;
+	return 0;
 }
 
 /*
- * Walks the members of a top-level object that jansson has already
- * accepted, giving the byte spans of each key (quotes included) and
- * value. The spans let kept jobs be copied byte for byte: the reaper
- * never re-serialises data it does not own.
+ * jansson reads past one NUL byte right after a number or a literal
+ * (ungetting a NUL loses it), so "[1\0]" is valid JSON to it, and so to
+ * us. The NUL is not part of the value's span.
  */
-int
-cache_members(const char *b, size_t len,
-    int (*cb)(void *, size_t, size_t, size_t, size_t), void *arg)
+static void
+skip_quirk_nul(struct scanner *z)
 {
-	size_t i = skip_ws(b, len, 0), ks, ke, vs, ve;
+	if (z->i < z->len && z->b[z->i] == '\0')
+		z->i++;
+}
 
-	if (i >= len || b[i] != '{')
-		return -1;
-	i = skip_ws(b, len, i + 1);
-	if (i < len && b[i] == '}')
+static size_t
+value_end(const struct scanner *z)
+{
+	return z->i > 0 && z->b[z->i - 1] == '\0' ? z->i - 1 : z->i;
+}
+
+/* A number, with jansson's grammar and its overflow errors. */
+static int
+scan_number(struct scanner *z)
+{
+	const unsigned char *b = z->b;
+	size_t i = z->i, len = z->len, start = z->i;
+	int real = 0;
+	char small[64], *text;
+
+	if (i < len && b[i] == '-')
+		i++;
+	if (i < len && b[i] == '0') {
+		i++;
+		if (i < len && b[i] >= '0' && b[i] <= '9')
+			return fail(z, i, "invalid number");
+	} else if (i < len && b[i] >= '1' && b[i] <= '9') {
+		while (i < len && b[i] >= '0' && b[i] <= '9')
+			i++;
+	} else
+		return fail(z, i, "invalid number");
+	if (i < len && b[i] == '.') {
+		real = 1;
+		if (++i >= len || b[i] < '0' || b[i] > '9')
+			return fail(z, i, "invalid number");
+		while (i < len && b[i] >= '0' && b[i] <= '9')
+			i++;
+	}
+	if (i < len && (b[i] == 'e' || b[i] == 'E')) {
+		real = 1;
+		i++;
+		if (i < len && (b[i] == '+' || b[i] == '-'))
+			i++;
+		if (i >= len || b[i] < '0' || b[i] > '9')
+			return fail(z, i, "invalid number");
+		while (i < len && b[i] >= '0' && b[i] <= '9')
+			i++;
+	}
+	z->i = i;
+	/* Short numbers are the rule; only long ones need a heap copy. */
+	text = i - start < sizeof(small) ? small : malloc(i - start + 1);
+	if (text == NULL)
+		fatalx_oom();
+	memcpy(text, b + start, i - start);
+	text[i - start] = '\0';
+	errno = 0;
+	if (!real) {
+		(void)strtoll(text, NULL, 10);
+		if (errno == ERANGE)
+			fail(z, start, "too big integer");
+	} else {
+		double d = strtod(text, NULL);
+
+		if (errno == ERANGE && (d == HUGE_VAL || d == -HUGE_VAL))
+			fail(z, start, "real number overflow");
+	}
+	if (text != small)
+		free(text);
+	skip_quirk_nul(z);
+	return z->err != NULL ? -1 : 0;
+}
+
+static int scan_value(struct scanner *, int, struct member *);
+
+/* Does the key at [ks, ke) name field f? Escaped keys are decoded. */
+static int
+key_is(struct scanner *z, size_t ks, size_t ke, int flags, const char *want)
+{
+	json_t *k;
+	int r;
+
+	if (!(flags & S_ESCAPE))
+		return ke - ks == strlen(want) &&
+		    memcmp(z->b + ks, want, ke - ks) == 0;
+	k = json_loadb((const char *)z->b + ks, ke - ks, JSON_DECODE_ANY, NULL);
+	r = k != NULL && json_string_length(k) == strlen(want) - 2 &&
+	    memcmp(json_string_value(k), want + 1, strlen(want) - 2) == 0;
+	json_decref(k);
+	return r;
+}
+
+/*
+ * An object or array at z->i whose values sit at depth. A job object
+ * (job != NULL) also gets the spans of its deciding fields: the last
+ * occurrence of each, as jansson keeps the last of duplicate keys.
+ */
+static int
+scan_container(struct scanner *z, int depth, struct member *job)
+{
+	unsigned char close = z->b[z->i] == '{' ? '}' : ']';
+	size_t ks, ke, vs;
+	int flags, f;
+
+	z->i++;
+	skip_ws(z);
+	if (z->i < z->len && z->b[z->i] == close) {
+		z->i++;
 		return 0;
+	}
 	for (;;) {
-		if (i >= len || b[i] != '"')
+		if (close == '}') {
+			if (z->i >= z->len || z->b[z->i] != '"')
+				return fail(z, z->i, "string or '}' expected");
+			ks = z->i;
+			if (scan_string(z, &flags) == -1)
+				return -1;
+			ke = z->i;
+			if (flags & S_NUL)
+				return fail(z, ks,
+				    "NUL byte in object key not supported");
+			skip_ws(z);
+			if (z->i >= z->len || z->b[z->i] != ':')
+				return fail(z, z->i, "':' expected");
+			z->i++;
+			skip_ws(z);
+			vs = z->i;
+			if (scan_value(z, depth, NULL) == -1)
+				return -1;
+			for (f = 0; job != NULL && f < NFIELDS; f++)
+				if (key_is(z, ks, ke, flags, field_keys[f])) {
+					job->fs[f] = vs;
+					job->fe[f] = value_end(z);
+				}
+		} else if (scan_value(z, depth, NULL) == -1)
 			return -1;
-		ks = i;
-		ke = skip_string(b, len, i);
-		if (ke > len)
-			return -1;
-		i = skip_ws(b, len, ke);
-		if (i >= len || b[i] != ':')
-			return -1;
-		vs = skip_ws(b, len, i + 1);
-		ve = skip_value(b, len, vs);
-		if (ve > len || ve == vs)
-			return -1;
-		if (cb(arg, ks, ke, vs, ve) != 0)
-			return -1;
-		i = skip_ws(b, len, ve);
-		if (i < len && b[i] == '}')
+		skip_ws(z);
+		if (z->i < z->len && z->b[z->i] == ',') {
+			z->i++;
+			skip_ws(z);
+			continue;
+		}
+		if (z->i < z->len && z->b[z->i] == close) {
+			z->i++;
 			return 0;
-		if (i >= len || b[i] != ',')
-			return -1;
-		i = skip_ws(b, len, i + 1);
+		}
+		return fail(z, z->i,
+		    close == '}' ? "',' or '}' expected"
+				 : "',' or ']' expected");
 	}
 }
 
 static int
-scan_add(void *arg, size_t ks, size_t ke, size_t vs, size_t ve)
+scan_value(struct scanner *z, int depth, struct member *job)
 {
-	struct scan *s = arg;
+	const unsigned char *b = z->b;
+	size_t start = z->i;
+	int flags;
 
+	if (depth > MAX_DEPTH)
+		return fail(z, z->i, "maximum parsing depth reached");
+	if (z->i >= z->len)
+		return fail(z, z->i, "premature end of input");
+	switch (b[z->i]) {
+	case '{':
+	case '[':
+		return scan_container(
+		    z, depth + 1, b[z->i] == '{' ? job : NULL);
+	case '"':
+		return scan_string(z, &flags);
+	case '-':
+	case '0':
+	case '1':
+	case '2':
+	case '3':
+	case '4':
+	case '5':
+	case '6':
+	case '7':
+	case '8':
+	case '9':
+		return scan_number(z);
+	default:
+		while (z->i < z->len &&
+		    ((b[z->i] >= 'a' && b[z->i] <= 'z') ||
+			(b[z->i] >= 'A' && b[z->i] <= 'Z')))
+			z->i++;
+		if ((z->i - start == 4 &&
+			(memcmp(b + start, "true", 4) == 0 ||
+			    memcmp(b + start, "null", 4) == 0)) ||
+		    (z->i - start == 5 && memcmp(b + start, "false", 5) == 0)) {
+			skip_quirk_nul(z);
+			return 0;
+		}
+		return fail(z, start, "invalid token");
+	}
+}
+
+static struct member *
+scan_add(struct scan *s)
+{
 	if (s->n == s->cap) {
 		size_t cap = s->cap ? s->cap * 2 : 64;
 		struct member *m = realloc(s->m, cap * sizeof(*m));
@@ -358,12 +627,114 @@ scan_add(void *arg, size_t ks, size_t ke, size_t vs, size_t ve)
 		s->cap = cap;
 	}
 	memset(&s->m[s->n], 0, sizeof(s->m[0]));
-	s->m[s->n].ks = ks;
-	s->m[s->n].ke = ke;
-	s->m[s->n].vs = vs;
-	s->m[s->n].ve = ve;
-	s->n++;
-	return 0;
+	return &s->m[s->n++];
+}
+
+/*
+ * Scans a whole file. Returns 0 with the members in out for an object,
+ * 1 for valid JSON that is not an object, -1 with err and err_at set for
+ * what jansson would refuse.
+ */
+static int
+scan_file(const char *buf, size_t len, struct scan *out, const char **err,
+    size_t *err_at)
+{
+	struct scanner z = { (const unsigned char *)buf, len, 0, NULL, 0, out };
+	struct member *m;
+	int is_object, flags, rc = -1;
+
+	skip_ws(&z);
+	if (z.i >= len || (buf[z.i] != '{' && buf[z.i] != '[')) {
+		fail(&z, z.i, "'[' or '{' expected");
+		goto done;
+	}
+	is_object = buf[z.i] == '{';
+	if (!is_object) {
+		if (scan_value(&z, 1, NULL) == -1)
+			goto done;
+	} else {
+		/* The top level by hand, to keep each member's spans. */
+		z.i++;
+		skip_ws(&z);
+		if (z.i < len && buf[z.i] == '}')
+			z.i++;
+		else
+			for (;;) {
+				if (z.i >= len || buf[z.i] != '"') {
+					fail(&z, z.i, "string or '}' expected");
+					goto done;
+				}
+				m = scan_add(out);
+				m->ks = z.i;
+				if (scan_string(&z, &flags) == -1)
+					goto done;
+				m->ke = z.i;
+				m->key_flags = flags;
+				if (flags & S_NUL) {
+					fail(&z, m->ks,
+					    "NUL byte in object key not "
+					    "supported");
+					goto done;
+				}
+				skip_ws(&z);
+				if (z.i >= len || buf[z.i] != ':') {
+					fail(&z, z.i, "':' expected");
+					goto done;
+				}
+				z.i++;
+				skip_ws(&z);
+				m->vs = z.i;
+				if (scan_value(&z, 2, m) == -1)
+					goto done;
+				m->ve = value_end(&z);
+				skip_ws(&z);
+				if (z.i < len && buf[z.i] == ',') {
+					z.i++;
+					skip_ws(&z);
+					continue;
+				}
+				if (z.i < len && buf[z.i] == '}') {
+					z.i++;
+					break;
+				}
+				fail(&z, z.i, "',' or '}' expected");
+				goto done;
+			}
+	}
+	skip_ws(&z);
+	if (z.i != len) {
+		fail(&z, z.i, "end of file expected");
+		goto done;
+	}
+	rc = is_object ? 0 : 1;
+done:
+	*err = z.err;
+	*err_at = z.err_at;
+	return rc;
+}
+
+/*
+ * The members of a top-level JSON object, as byte spans of each key
+ * (quotes included) and value; -1 if buf is not a valid JSON object.
+ */
+int
+cache_members(const char *b, size_t len,
+    int (*cb)(void *, size_t, size_t, size_t, size_t), void *arg)
+{
+	struct scan s = { NULL, 0, 0 };
+	const char *err;
+	size_t at, i;
+	int rc = -1;
+
+	if (scan_file(b, len, &s, &err, &at) == 0) {
+		rc = 0;
+		for (i = 0; i < s.n && rc == 0; i++)
+			if (cb(arg, s.m[i].ks, s.m[i].ke, s.m[i].vs,
+				s.m[i].ve) != 0)
+				rc = -1;
+	}
+	free(s.m);
+	return rc;
 }
 
 static int
@@ -407,23 +778,6 @@ read_all(int fd, char **bufp, size_t *lenp)
 fail:
 	free(buf);
 	return -1;
-}
-
-static int
-write_full(int fd, const char *b, size_t len)
-{
-	ssize_t n;
-
-	while (len > 0) {
-		n = write(fd, b, len);
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n == -1)
-			return -1;
-		b += n;
-		len -= (size_t)n;
-	}
-	return 0;
 }
 
 /* Takes the exclusive lock, waiting a bounded time for a cooperating writer. */
@@ -482,74 +836,120 @@ is_active(const struct config *cfg, const json_t *job)
 		strcmp(st, cfg->queued_status) == 0);
 }
 
-static char *
-build_output(
-    const char *buf, struct scan *s, const struct config *cfg, size_t *outlen)
-{
-	size_t cap = 2, o = 0, i;
-	char *out, msg[256], *dump;
+/*
+ * The new file as a list of pieces: kept members point into the buffer
+ * read from the old file (no second copy of tens of MB), marked jobs are
+ * re-serialised into dumps[]. Written with writev().
+ */
+struct output {
+	struct iovec *iov;
+	size_t niov;
+	char **dumps;
+	size_t ndumps;
+	size_t len;
+};
 
-	for (i = 0; i < s->n; i++)
-		cap += s->m[i].ve - s->m[i].ks + 2;
-	out = malloc(cap + 1);
-	if (out == NULL)
+static void
+out_add(struct output *o, const void *p, size_t n)
+{
+	o->iov[o->niov].iov_base = (void *)(uintptr_t)p;
+	o->iov[o->niov].iov_len = n;
+	o->niov++;
+	o->len += n;
+}
+
+static void
+output_free(struct output *o)
+{
+	size_t i;
+
+	for (i = 0; i < o->ndumps; i++)
+		free(o->dumps[i]);
+	free(o->dumps);
+	free(o->iov);
+	memset(o, 0, sizeof(*o));
+}
+
+static void
+build_output(
+    const char *buf, struct scan *s, const struct config *cfg, struct output *o)
+{
+	char msg[256];
+	size_t i, kept = 0;
+	json_t *full;
+
+	memset(o, 0, sizeof(*o));
+	o->iov = calloc(s->n * 4 + 2, sizeof(*o->iov));
+	o->dumps = calloc(s->n + 1, sizeof(*o->dumps));
+	if (o->iov == NULL || o->dumps == NULL)
 		fatalx_oom();
-	out[o++] = '{';
+	out_add(o, "{", 1);
 	for (i = 0; i < s->n; i++) {
 		struct member *m = &s->m[i];
-		size_t need;
 
-		dump = NULL;
+		if (m->superseded)
+			continue;
 		if (m->fate != FATE_KEEP) {
-			/* Marking keeps active jobs as errors; the rest just
-			 * go. */
+			/* Marking keeps active jobs as errors; the rest go. */
 			if (cfg->cache_action != CACHE_MARK ||
 			    !is_active(cfg, m->job))
 				continue;
+			full = json_loadb(buf + m->vs, m->ve - m->vs,
+			    JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+			if (full == NULL)
+				fatalx_oom();
 			config_reap_message(cfg,
 			    m->fate == FATE_RUNNING	 ? REAP_RUNNING
 				: m->fate == FATE_QUEUED ? REAP_QUEUED
 							 : REAP_FORCED,
 			    msg, sizeof(msg));
 			json_object_set_new(
-			    m->job, "status", json_string(cfg->error_status));
-			json_object_set_new(m->job, "error", json_string(msg));
-			dump = json_dumps(m->job,
+			    full, "status", json_string(cfg->error_status));
+			json_object_set_new(full, "error", json_string(msg));
+			o->dumps[o->ndumps] = json_dumps(full,
 			    JSON_ENSURE_ASCII | JSON_PRESERVE_ORDER |
 				JSON_REAL_PRECISION(17));
-			if (dump == NULL)
+			json_decref(full);
+			if (o->dumps[o->ndumps] == NULL)
 				fatalx_oom();
 		}
-		need = (m->ke - m->ks) + 2 +
-		    (dump ? strlen(dump) : m->ve - m->vs) + 2;
-		if (o + need + 2 > cap) {
-			char *grown;
+		if (kept++ > 0)
+			out_add(o, ", ", 2);
+		out_add(o, buf + m->ks, m->ke - m->ks);
+		out_add(o, ": ", 2);
+		if (m->fate != FATE_KEEP) {
+			out_add(o, o->dumps[o->ndumps],
+			    strlen(o->dumps[o->ndumps]));
+			o->ndumps++;
+		} else
+			out_add(o, buf + m->vs, m->ve - m->vs);
+	}
+	out_add(o, "}", 1);
+}
 
-			cap = (o + need + 2) * 2;
-			if ((grown = realloc(out, cap)) == NULL)
-				fatalx_oom();
-			out = grown;
+/* writev() of any number of pieces, IOV_MAX at a time, short writes too. */
+static int
+write_pieces(int fd, struct iovec *iov, size_t n)
+{
+	ssize_t w;
+
+	while (n > 0) {
+		w = writev(fd, iov, n > IOV_MAX ? IOV_MAX : (int)n);
+		if (w == -1 && errno == EINTR)
+			continue;
+		if (w == -1)
+			return -1;
+		while (n > 0 && (size_t)w >= iov->iov_len) {
+			w -= (ssize_t)iov->iov_len;
+			iov++;
+			n--;
 		}
-		if (o > 1) {
-			memcpy(out + o, ", ", 2);
-			o += 2;
-		}
-		memcpy(out + o, buf + m->ks, m->ke - m->ks);
-		o += m->ke - m->ks;
-		memcpy(out + o, ": ", 2);
-		o += 2;
-		if (dump != NULL) {
-			memcpy(out + o, dump, strlen(dump));
-			o += strlen(dump);
-			free(dump);
-		} else {
-			memcpy(out + o, buf + m->vs, m->ve - m->vs);
-			o += m->ve - m->vs;
+		if (n > 0) {
+			iov->iov_base = (char *)iov->iov_base + w;
+			iov->iov_len -= (size_t)w;
 		}
 	}
-	out[o++] = '}';
-	*outlen = o;
-	return out;
+	return 0;
 }
 
 /*
@@ -560,7 +960,7 @@ build_output(
  */
 static int
 replace_file(const char *path, int oldfd, const struct stat *was,
-    const char *data, size_t len, char *err, size_t errlen)
+    struct output *data, char *err, size_t errlen)
 {
 	char tmp[4096], dir[4096], *slash;
 	const char *base;
@@ -606,7 +1006,7 @@ replace_file(const char *path, int oldfd, const struct stat *was,
 		    strerror(errno));
 		goto fail;
 	}
-	if (write_full(fd, data, len) == -1 || fsync(fd) == -1) {
+	if (write_pieces(fd, data->iov, data->niov) == -1 || fsync(fd) == -1) {
 		snprintf(err, errlen, "cannot write the new file: %s",
 		    strerror(errno));
 		goto fail;
@@ -737,12 +1137,13 @@ log_reaped(
 }
 
 /*
- * Decides every member of the parsed file and notes first sightings. The
- * key decides which job a span is; a key that cannot be decoded is kept.
+ * Decides every member and notes first sightings. A member whose key a
+ * later member repeats is superseded, as jansson (and Python) keep only
+ * the last; only its deciding fields are parsed, from their spans.
  */
 static void
 decide_all(struct cache *c, const struct config *cfg, int force,
-    const char *buf, json_t *root, struct scan *s, json_t *seen)
+    const char *buf, struct scan *s, json_t *seen)
 {
 	struct cache_policy pol = {
 		.running_ttl = (double)cfg->running_ttl / MS_PER_S,
@@ -755,37 +1156,71 @@ decide_all(struct cache *c, const struct config *cfg, int force,
 	};
 	double now = now_realtime();
 	long long mono = now_monotonic_ms();
+	json_t *last = json_object(), *key, *first, *v;
 	size_t i;
+	int f;
+
+	if (last == NULL)
+		fatalx_oom();
+	for (i = 0; i < s->n; i++) {
+		struct member *m = &s->m[i];
+
+		if (m->key_flags & S_ESCAPE) {
+			key = json_loadb(
+			    buf + m->ks, m->ke - m->ks, JSON_DECODE_ANY, NULL);
+			if (key == NULL)
+				fatalx_oom();
+			m->idlen = json_string_length(key);
+			m->id = malloc(m->idlen + 1);
+			if (m->id == NULL)
+				fatalx_oom();
+			memcpy(m->id, json_string_value(key), m->idlen + 1);
+			json_decref(key);
+		} else {
+			m->idlen = m->ke - m->ks - 2;
+			if ((m->id = strndup(buf + m->ks + 1, m->idlen)) ==
+			    NULL)
+				fatalx_oom();
+		}
+		first = json_object_getn(last, m->id, m->idlen);
+		if (first != NULL)
+			s->m[json_integer_value(first)].superseded = 1;
+		json_object_setn_new_nocheck(
+		    last, m->id, m->idlen, json_integer((json_int_t)i));
+	}
+	json_decref(last);
 
 	for (i = 0; i < s->n; i++) {
 		struct member *m = &s->m[i];
-		json_t *key, *first;
-		const char *status, *k;
+		const char *status;
 		double first_age = 0;
-		char *sk;
-		size_t kl;
 
-		key = json_loadb(buf + m->ks, m->ke - m->ks,
-		    JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
-		if (key == NULL) {
-			m->fate = FATE_KEEP;
+		if (m->superseded)
 			continue;
+		m->job = buf[m->vs] == '{' ? json_object() : json_null();
+		if (m->job == NULL)
+			fatalx_oom();
+		for (f = 0; json_is_object(m->job) && f < NFIELDS; f++) {
+			if (m->fe[f] == 0)
+				continue;
+			v = json_loadb(buf + m->fs[f], m->fe[f] - m->fs[f],
+			    JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+			if (v == NULL)
+				fatalx_oom();
+			json_object_set_new(m->job, field_names[f], v);
 		}
-		k = json_string_value(key);
-		kl = json_string_length(key);
-		m->job = json_object_getn(root, k, kl);
-		m->id = strndup(k, kl);
 		status = json_string_value(json_object_get(m->job, "status"));
 		if (status != NULL &&
 		    (strcmp(status, pol.running) == 0 ||
 			strcmp(status, pol.queued) == 0)) {
-			size_t sl = strlen(status), skl = sl + 1 + kl;
+			size_t sl = strlen(status), skl = sl + 1 + m->idlen;
+			char *sk = malloc(skl);
 
-			if ((sk = malloc(skl)) == NULL)
+			if (sk == NULL)
 				fatalx_oom();
 			memcpy(sk, status, sl);
 			sk[sl] = '\n';
-			memcpy(sk + sl + 1, k, kl);
+			memcpy(sk + sl + 1, m->id, m->idlen);
 			first = json_object_getn(c->seen, sk, skl);
 			if (first != NULL) {
 				first_age =
@@ -797,7 +1232,6 @@ decide_all(struct cache *c, const struct config *cfg, int force,
 				    seen, sk, skl, json_integer(mono));
 			free(sk);
 		}
-		json_decref(key);
 		m->fate = cache_decide(m->job, &pol, now, first_age, &m->age);
 	}
 }
@@ -807,8 +1241,10 @@ scan_free(struct scan *s)
 {
 	size_t i;
 
-	for (i = 0; i < s->n; i++)
+	for (i = 0; i < s->n; i++) {
 		free(s->m[i].id);
+		json_decref(s->m[i].job);
+	}
 	free(s->m);
 	memset(s, 0, sizeof(*s));
 }
@@ -825,12 +1261,13 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 	const char *path = cfg->cache_file;
 	struct stat st, pst;
 	struct scan s = { NULL, 0, 0 };
-	json_t *root = NULL, *seen = NULL;
-	json_error_t jerr;
-	char *buf = NULL, *out = NULL, err[512];
-	size_t len = 0, outlen, i;
+	struct output out = { NULL, 0, NULL, 0, 0 };
+	json_t *seen = NULL;
+	const char *why;
+	char *buf = NULL, err[512];
+	size_t len = 0, i, at;
 	long long next_due, due;
-	int fd, rc = -1, r, changes = 0;
+	int fd, rc = -1, r, changes = 0, kind;
 
 	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (fd == -1) {
@@ -869,26 +1306,33 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 		goto done;
 	}
 
-	root = json_loadb(buf, len, JSON_ALLOW_NUL, &jerr);
-	if (root == NULL && settling(fd, &st)) {
+	kind = scan_file(buf, len, &s, &why, &at);
+	if (kind == -1 && settling(fd, &st)) {
 		/* Caught mid-write by the API: read it again shortly. */
 		rc = 1;
 		goto done;
 	}
-	if (root == NULL) {
-		log_event(LVL_ERROR, EV_CACHE_INVALID, path, (long)jerr.line,
-		    (long)jerr.column, len == 0 ? "empty file" : jerr.text);
+	if (kind == -1) {
+		long line = 1;
+		size_t bol = 0;
+
+		for (i = 0; i < at && i < len; i++)
+			if (buf[i] == '\n') {
+				line++;
+				bol = i + 1;
+			}
+		log_event(LVL_ERROR, EV_CACHE_INVALID, path, line,
+		    (long)(at - bol + 1), len == 0 ? "empty file" : why);
 		goto done;
 	}
-	if (!json_is_object(root) ||
-	    cache_members(buf, len, scan_add, &s) == -1) {
+	if (kind == 1) {
 		log_event(LVL_ERROR, EV_CACHE_NOT_OBJECT, path);
 		goto done;
 	}
 
 	if ((seen = json_object()) == NULL)
 		fatalx_oom();
-	decide_all(c, cfg, force, buf, root, &s, seen);
+	decide_all(c, cfg, force, buf, &s, seen);
 	res->active = 0;
 	res->oldest_s = -1;
 	next_due = LLONG_MAX;
@@ -896,6 +1340,8 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 		const char *stt;
 		double ttl;
 
+		if (s.m[i].superseded)
+			continue;
 		if (s.m[i].fate != FATE_KEEP) {
 			changes++;
 			continue;
@@ -917,8 +1363,8 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 	}
 
 	if (changes > 0 && !dry_run) {
-		out = build_output(buf, &s, cfg, &outlen);
-		r = replace_file(path, fd, &st, out, outlen, err, sizeof(err));
+		build_output(buf, &s, cfg, &out);
+		r = replace_file(path, fd, &st, &out, err, sizeof(err));
 		if (r == 1) {
 			rc = 1;
 			goto done;
@@ -941,9 +1387,8 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 	rc = 0;
 done:
 	json_decref(seen);
-	json_decref(root);
 	scan_free(&s);
-	free(out);
+	output_free(&out);
 	free(buf);
 	close(fd);
 	return rc;
