@@ -447,7 +447,7 @@ pg_check(struct store *s, FILE *out)
 	const char *params[] = { cfg->table, cfg->status_column,
 		cfg->updated_column };
 	PGresult *res;
-	int i, j, rc = 0, served = 0;
+	int i, j, rc = 0, served = 0, stats_served = 0;
 	char tname[64];
 
 	if (pg_connect(p) == -1)
@@ -518,11 +518,22 @@ pg_check(struct store *s, FILE *out)
 	    1, params);
 	if (res == NULL)
 		return -1;
-	for (i = 0; i < PQntuples(res) && !served; i++) {
+	for (i = 0; i < PQntuples(res); i++) {
 		const char *cols = PQgetvalue(res, i, 1);
 		const char *pred = PQgetvalue(res, i, 2);
 		char a[160], b[160];
 
+		snprintf(a, sizeof(a), "{%s", cfg->created_column);
+		if (!stats_served && strncmp(cols, a, strlen(a)) == 0 &&
+		    (cols[strlen(a)] == '}' || cols[strlen(a)] == ',') &&
+		    *pred == '\0') {
+			stats_served = 1;
+			fprintf(out,
+			    "ok: index %s serves the 24 h statistics\n",
+			    PQgetvalue(res, i, 0));
+		}
+		if (served)
+			continue;
 		snprintf(a, sizeof(a), "{%s,%s", cfg->status_column,
 		    cfg->updated_column);
 		snprintf(b, sizeof(b), "{%s", cfg->updated_column);
@@ -556,6 +567,14 @@ pg_check(struct store *s, FILE *out)
 		PQfreemem(run);
 		PQfreemem(que);
 	}
+	if (!stats_served)
+		fprintf(out,
+		    "advice: no index serves the 24 h statistics of each "
+		    "cycle; on a large table add one:\n"
+		    "  CREATE INDEX CONCURRENTLY ix_%s_%s ON %s (%s);\n",
+		    strchr(cfg->table, '.') ? strchr(cfg->table, '.') + 1
+					    : cfg->table,
+		    cfg->created_column, p->table, p->created);
 	return 0;
 }
 

@@ -50,13 +50,17 @@ def test_check_advises_the_index_and_checks_types(tmp_path, pg):
     assert re.search(r"ok: postgresql 15\.\d+, server zone America/Sao_Paulo, session zone UTC", out)
     assert "ok: column scans.updated_at (timestamp without time zone)" in out
     assert "ok: column scans.job_id (character varying(255))" in out
+    advices = re.findall(r"^  (CREATE INDEX CONCURRENTLY .*;)$", out, re.M)
+    assert advices[1] == 'CREATE INDEX CONCURRENTLY ix_scans_created_at ON "scans" ("created_at");'
     advice = re.search(r"^  (CREATE INDEX CONCURRENTLY .*;)$", out, re.M)
     assert advice, out
     assert advice.group(1) == ('CREATE INDEX CONCURRENTLY ix_scans_active_updated_at ON "scans" '
                                '("updated_at") WHERE "status" IN (\'running\', \'queued\');')
-    env.store.sql(advice.group(1))
+    for ddl in advices:
+        env.store.sql(ddl)
     p = env.run("check", LIMPEZA_CACHE_FILE="")
     assert "ok: index ix_scans_active_updated_at serves the reaping query" in p.stdout
+    assert "ok: index ix_scans_created_at serves the 24 h statistics" in p.stdout
     assert "advice:" not in p.stdout
     # a column of the wrong type is a failure
     env.store.sql("ALTER TABLE scans ALTER updated_at TYPE text")
