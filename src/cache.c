@@ -882,7 +882,8 @@ struct output {
 static void
 out_add(struct output *o, const void *p, size_t n)
 {
-	o->iov[o->niov].iov_base = (void *)(uintptr_t)p;
+	/* writev() only reads: iov_base is not const for historical reasons. */
+	memcpy(&o->iov[o->niov].iov_base, &p, sizeof(p));
 	o->iov[o->niov].iov_len = n;
 	o->niov++;
 	o->len += n;
