@@ -145,7 +145,7 @@ test: test-deps
 
 # Benchmarks print figures; they are not tests and make test does not run them.
 bench: all test-deps
-	$(PYTHON) bench/pg_reap.py
+	$(PYTHON) bench/run.py
 
 demo: all
 	@sh scripts/deps.sh test

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""make bench: limpeza and the old cleaner's algorithm side by side, in one run.
+
+Wall time, CPU time and peak RSS come from the kernel's accounting of each
+finished process (wait4). Prints one Markdown table.
+
+Usage: bench/run.py [--cycles N] [--rows N] [--skip-db] [--skip-daemon]
+"""
+
+import argparse
+import http.server
+import os
+import re
+import shutil
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+sys.path.insert(0, HERE)
+BIN = os.environ.get("LIMPEZA_BIN", os.path.join(ROOT, "build", "limpeza"))
+PY = "/usr/bin/python3"
+
+from gen_cache import generate  # noqa: E402
+
+
+def measure(cmd, env=None):
+    """(wall s, cpu s, peak RSS MB, stderr) of one finished process.
+
+    GNU time reads the kernel's accounting (wait4) of its own small child,
+    so the peak is the command's, not this Python process's (a child forked
+    from a big parent inherits its high-water mark).
+    """
+    fd, out = tempfile.mkstemp()
+    os.close(fd)
+    p = subprocess.run(["/usr/bin/time", "-f", "%e %U %S %M", "-o", out, *cmd], env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with open(out) as f:
+        wall, user, sys_, rss = f.read().split()[-4:]
+    os.unlink(out)
+    if p.returncode != 0:
+        sys.exit("failed: %s\n%s" % (" ".join(cmd), p.stderr[-2000:]))
+    return float(wall), float(user) + float(sys_), int(rss) / 1024.0, p.stderr
+
+
+def limpeza_env(**kw):
+    e = {"PATH": os.environ["PATH"], "LIMPEZA_ENV_FILES": "", "LIMPEZA_HEALTH_URL": "",
+         "LIMPEZA_LOG_FILE": "", "LIMPEZA_CACHE_FILE": ""}
+    e.update({k: str(v) for k, v in kw.items()})
+    return e
+
+
+rows = []
+
+
+def row(what, mine, base, note=""):
+    rows.append((what, mine, base, note))
+
+
+def bench_cache(tmp):
+    for mb, orphans, label in ((5, 100, "cache pass, 5 MB, 100 orphans"),
+                               (50, 100, "cache pass, 50 MB, 100 orphans"),
+                               (50, 0, "cache pass, 50 MB, nothing to do")):
+        src = os.path.join(tmp, "src.json")
+        generate(src, mb, orphans)
+        size = os.path.getsize(src) / 1e6
+        a, b = os.path.join(tmp, "a.json"), os.path.join(tmp, "b.json")
+        shutil.copy(src, a)
+        shutil.copy(src, b)
+        mine = measure([BIN, "once"], limpeza_env(LIMPEZA_CACHE_FILE=a))
+        base = measure([PY, os.path.join(HERE, "old_cleaner.py"), "cache", b])
+        row("%s (%.1f MB file)" % (label, size), mine[:3], base[:3],
+            "RSS %.2f× the file" % (mine[2] / size))
+
+
+def bench_db(tmp, n_rows, stale):
+    import pg_reap
+    from pgcluster import PgCluster
+    c = PgCluster(timezone="UTC")
+    try:
+        with open(os.path.join(ROOT, "tests", "fixtures", "scans_pg.sql")) as f:
+            c.create_db("bench", f.read())
+        pg_reap.seed(c, "bench", n_rows, stale)
+        url = c.url("bench")
+        for label in ("no index", "indexes from limpeza check"):
+            if label != "no index":
+                out = subprocess.run([BIN, "check"], env=limpeza_env(DATABASE_URL=url),
+                                     capture_output=True, text=True).stdout
+                for ddl in re.findall(r"^  (CREATE INDEX CONCURRENTLY .*;)$", out, re.M):
+                    c.sql(ddl, dbname="bench", as_app=True)
+                c.sql("ANALYZE scans", dbname="bench")
+            env = limpeza_env(DATABASE_URL=url, LIMPEZA_LOG_LEVEL="debug")
+            pg_reap.reset(c, "bench", stale)
+            mine = measure([BIN, "once"], env)
+            batches = [int(ms) for ms in re.findall(r"Lote no banco: \d+ jobs em (\d+) ms", mine[3])]
+            idle = measure([BIN, "once"], env)
+            pg_reap.reset(c, "bench", stale)
+            base = measure([PY, os.path.join(HERE, "old_cleaner.py"), "db", url])
+            base_idle = measure([PY, os.path.join(HERE, "old_cleaner.py"), "db", url])
+            row("DB step, %d rows, %d stale, %s" % (n_rows, stale, label), mine[:3], base[:3],
+                "longest batch held its row locks %d ms" % max(batches or [0]))
+            row("next cycle, nothing to reap (stats included), %s" % label, idle[:3],
+                base_idle[:3])
+    finally:
+        c.destroy()
+
+
+class Health(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        body = b'{"status":"healthy","jobs_active":1}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def memory(pid):
+    with open("/proc/%d/smaps_rollup" % pid) as f:
+        text = f.read()
+    kb = lambda k: int(re.search(r"^%s:\s+(\d+) kB" % k, text, re.M).group(1))
+    return kb("Rss") / 1024.0, kb("Private_Dirty") / 1024.0
+
+
+def bench_daemon(tmp, cycles):
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = "http://127.0.0.1:%d/api/health" % srv.server_address[1]
+    db = os.path.join(tmp, "jobs.db")
+    subprocess.run(["sqlite3", db], stdin=open(os.path.join(ROOT, "tests", "fixtures",
+                                                              "scans_sqlite.sql")), check=True)
+    a, b = os.path.join(tmp, "da.json"), os.path.join(tmp, "db.json")
+    for p in (a, b):
+        generate(p, 0.05, 0)
+    log = os.path.join(tmp, "daemon.log")
+    mine = subprocess.Popen([BIN, "run"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=limpeza_env(DATABASE_URL="sqlite:///" + db, LIMPEZA_CACHE_FILE=a,
+                                            LIMPEZA_HEALTH_URL=url, LIMPEZA_INTERVAL="1s",
+                                            LIMPEZA_LOG_FILE=log))
+    base = subprocess.Popen([PY, os.path.join(HERE, "old_cleaner.py"), "daemon", b, url, "1",
+                             str(cycles)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while open(log).read().count("Ciclo ") < cycles if os.path.exists(log) else True:
+            time.sleep(0.5)
+        time.sleep(1)
+        m, o = memory(mine.pid), memory(base.pid)
+    finally:
+        mine.terminate()
+        base.kill()
+        mine.wait()
+        base.wait()
+        srv.shutdown()
+    rows.append(("idle daemon after %d cycles (1 s, SQLite, small cache, health URL)" % cycles,
+                 "RSS %.1f MB, Private_Dirty %.1f MB" % m,
+                 "RSS %.1f MB, Private_Dirty %.1f MB" % o, ""))
+
+
+def fmt(v):
+    if isinstance(v, str):
+        return v
+    return "%.3f s wall, %.3f s CPU, %.0f MB peak" % v
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cycles", type=int, default=100)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--stale", type=int, default=15_000)
+    ap.add_argument("--skip-db", action="store_true")
+    ap.add_argument("--skip-daemon", action="store_true")
+    a = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="limpeza-bench-", dir="/tmp")
+    try:
+        bench_cache(tmp)
+        if not a.skip_db:
+            bench_db(tmp, a.rows, a.stale)
+        if not a.skip_daemon:
+            bench_daemon(tmp, a.cycles)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("| measurement | limpeza | old cleaner (baseline) | speed-up | note |")
+    print("|---|---|---|---|---|")
+    for what, mine, base, note in rows:
+        speed = "%.1f×" % (base[0] / mine[0]) if not isinstance(mine, str) else ""
+        print("| %s | %s | %s | %s | %s |" % (what, fmt(mine), fmt(base), speed, note))
+
+
+if __name__ == "__main__":
+    main()
