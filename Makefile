@@ -11,7 +11,8 @@ WARN = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
        -Wpointer-arith -Wcast-qual -Werror
 # Expanded when a recipe runs, i.e. after `deps` has installed the packages.
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
-PKG_LIBS = $(shell pkg-config --libs $(PKGS))
+# libmicrohttpd is dlopen()ed by metrics.c when metrics are on.
+PKG_LIBS = $(shell pkg-config --libs $(filter-out libmicrohttpd,$(PKGS))) -ldl
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -DHAVE_SYSTEMD -pthread $(WARN) $(CFLAGS) \
 	     $(PKG_CFLAGS)
 SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined \

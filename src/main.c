@@ -1,6 +1,7 @@
 /* main.c: command line, start-up, daemon loop, signals, check, stats. */
 
 #include <errno.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
@@ -232,6 +233,8 @@ cmd_run(struct config *cfg, const struct config_args *args)
 		notify(
 		    "%sSTATUS=%s", ready ? "" : "READY=1\n", cycle_status(cy));
 		ready = 1;
+		/* A cycle's buffers (a 50 MB cache) go back to the system. */
+		malloc_trim(0);
 	}
 	notify("STOPPING=1");
 	log_event(LVL_INFO, EV_STOP);

@@ -1,7 +1,9 @@
 /* metrics.c: Prometheus text at /metrics and /healthz (libmicrohttpd). */
 
+#include <dlfcn.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,6 +51,59 @@ static struct {
 	.interval_ms = 30000 };
 
 static struct MHD_Daemon *httpd;
+
+/*
+ * libmicrohttpd is loaded only when metrics are on: linking it would load
+ * GnuTLS and p11-kit, whose constructors cost an idle daemon a megabyte
+ * or more whether or not it serves anything.
+ */
+#define MHD_SONAME "libmicrohttpd.so.12"
+
+static struct {
+	void *lib;
+	struct MHD_Daemon *(*start)(unsigned int, uint16_t,
+	    MHD_AcceptPolicyCallback, void *, MHD_AccessHandlerCallback, void *,
+	    ...);
+	void (*stop)(struct MHD_Daemon *);
+	struct MHD_Response *(*create)(
+	    size_t, void *, enum MHD_ResponseMemoryMode);
+	enum MHD_Result (*header)(
+	    struct MHD_Response *, const char *, const char *);
+	enum MHD_Result (*queue)(
+	    struct MHD_Connection *, unsigned int, struct MHD_Response *);
+	void (*destroy)(struct MHD_Response *);
+} mhd;
+
+static int
+mhd_load(char *err, size_t errlen)
+{
+	void *lib;
+
+	if (mhd.lib != NULL)
+		return 0;
+	lib = dlopen(MHD_SONAME, RTLD_NOW | RTLD_LOCAL);
+	if (lib == NULL) {
+		snprintf(
+		    err, errlen, "cannot load %s: %s", MHD_SONAME, dlerror());
+		return -1;
+	}
+	/* POSIX guarantees data and function pointers convert. */
+	*(void **)&mhd.start = dlsym(lib, "MHD_start_daemon");
+	*(void **)&mhd.stop = dlsym(lib, "MHD_stop_daemon");
+	*(void **)&mhd.create = dlsym(lib, "MHD_create_response_from_buffer");
+	*(void **)&mhd.header = dlsym(lib, "MHD_add_response_header");
+	*(void **)&mhd.queue = dlsym(lib, "MHD_queue_response");
+	*(void **)&mhd.destroy = dlsym(lib, "MHD_destroy_response");
+	if (mhd.start == NULL || mhd.stop == NULL || mhd.create == NULL ||
+	    mhd.header == NULL || mhd.queue == NULL || mhd.destroy == NULL) {
+		snprintf(err, errlen, "%s lacks a function limpeza uses",
+		    MHD_SONAME);
+		dlclose(lib);
+		return -1;
+	}
+	mhd.lib = lib;
+	return 0;
+}
 
 void
 metrics_reaped(const char *store, const char *state, const char *reason, long n)
@@ -289,14 +344,14 @@ answer(void *cls, struct MHD_Connection *conn, const char *url,
 	if (body == NULL)
 		return MHD_NO;
 	len = strlen(body);
-	r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+	r = mhd.create(len, body, MHD_RESPMEM_MUST_FREE);
 	if (r == NULL) {
 		free(body);
 		return MHD_NO;
 	}
-	MHD_add_response_header(r, "Content-Type", type);
-	ret = MHD_queue_response(conn, status, r);
-	MHD_destroy_response(r);
+	mhd.header(r, "Content-Type", type);
+	ret = mhd.queue(conn, status, r);
+	mhd.destroy(r);
 	return ret;
 }
 
@@ -312,16 +367,18 @@ metrics_start(const char *addr, char *err, size_t errlen)
 	metrics_stop();
 	if (addr == NULL || *addr == '\0')
 		return 0;
+	if (mhd_load(err, errlen) == -1)
+		return -1;
 	if (config_parse_addr(addr, &ss, &sl) == -1) {
 		snprintf(err, errlen, "bad address %s", addr);
 		return -1;
 	}
 	if (ss.ss_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
-	httpd = MHD_start_daemon(flags, 0, NULL, NULL, answer, NULL,
-	    MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-	    MHD_OPTION_CONNECTION_LIMIT, 16U, MHD_OPTION_CONNECTION_TIMEOUT,
-	    10U, MHD_OPTION_END);
+	httpd =
+	    mhd.start(flags, 0, NULL, NULL, answer, NULL, MHD_OPTION_SOCK_ADDR,
+		(struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT, 16U,
+		MHD_OPTION_CONNECTION_TIMEOUT, 10U, MHD_OPTION_END);
 	if (httpd == NULL) {
 		snprintf(err, errlen, "cannot listen on %s", addr);
 		return -1;
@@ -333,6 +390,6 @@ void
 metrics_stop(void)
 {
 	if (httpd != NULL)
-		MHD_stop_daemon(httpd);
+		mhd.stop(httpd);
 	httpd = NULL;
 }
