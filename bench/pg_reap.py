@@ -92,14 +92,14 @@ def main():
         print("seeded %d rows (%d stale) in %.1f s" % (a.rows, a.stale, time.monotonic() - t0))
         url = c.url("bench")
         results = []
-        for label in ("no index", "recommended index"):
+        for label in ("no index", "recommended indexes"):
             if label != "no index":
                 reset(c, "bench", a.stale)
                 env = {"PATH": os.environ["PATH"], "DATABASE_URL": url, "LIMPEZA_ENV_FILES": "",
                        "LIMPEZA_CACHE_FILE": "", "LIMPEZA_HEALTH_URL": "", "LIMPEZA_LOG_FILE": ""}
                 out = subprocess.run([BIN, "check"], env=env, capture_output=True, text=True).stdout
-                ddl = re.search(r"^  (CREATE INDEX CONCURRENTLY .*;)$", out, re.M).group(1)
-                c.sql(ddl, dbname="bench", as_app=True)
+                for ddl in re.findall(r"^  (CREATE INDEX CONCURRENTLY .*;)$", out, re.M):
+                    c.sql(ddl, dbname="bench", as_app=True)
                 c.sql("ANALYZE scans", dbname="bench")
             wall, reaped, worst, nb = cycle(url, a.batch, c.base)
             idle, _, _, _ = cycle(url, a.batch, c.base)

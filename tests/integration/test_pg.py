@@ -1,5 +1,6 @@
 """PostgreSQL only: clock zones, leader election, outages, locks, check advice, secrets."""
 
+import contextlib
 import os
 import re
 import signal
@@ -217,19 +218,30 @@ def test_database_refusing_connections_at_start(tmp_path, pg, daemons):
     assert APP_PASSWORD not in log
 
 
-def test_locked_table_hits_lock_timeout_not_a_hang(tmp_path, pg):
-    env = pgenv(tmp_path, pg)
-    env.store.add("run-stale", "running", 900)
+@contextlib.contextmanager
+def another_session_holding(env, sql):
+    """Another session runs sql (taking a lock) and keeps its transaction open."""
     holder = env.store.connect()
     holder.autocommit = False
-    holder.cursor().execute("LOCK TABLE scans IN ACCESS EXCLUSIVE MODE")
+    holder.cursor().execute(sql)
     try:
-        t0 = time.monotonic()
-        p = env.run("once", LIMPEZA_CACHE_FILE="")
-        took = time.monotonic() - t0
+        yield
     finally:
         holder.rollback()
         holder.close()
+
+
+def timed_once(env):
+    t0 = time.monotonic()
+    p = env.run("once", LIMPEZA_CACHE_FILE="")
+    return p, time.monotonic() - t0
+
+
+def test_locked_table_hits_lock_timeout_not_a_hang(tmp_path, pg):
+    env = pgenv(tmp_path, pg)
+    env.store.add("run-stale", "running", 900)
+    with another_session_holding(env, "LOCK TABLE scans IN ACCESS EXCLUSIVE MODE"):
+        p, took = timed_once(env)
     assert p.returncode == 1
     assert "lock timeout" in p.stderr
     assert took < 10 * SLOW
@@ -241,18 +253,10 @@ def test_rows_locked_by_a_writer_are_skipped_not_waited_for(tmp_path, pg):
     env = pgenv(tmp_path, pg)
     env.store.add("busy", "running", 900)
     env.store.add("free", "running", 900)
-    holder = env.store.connect()
-    holder.autocommit = False
-    holder.cursor().execute("SELECT 1 FROM scans WHERE job_id = 'busy' FOR UPDATE")
-    try:
-        t0 = time.monotonic()
-        p = env.run("once", LIMPEZA_CACHE_FILE="")
-        took = time.monotonic() - t0
+    with another_session_holding(env, "SELECT 1 FROM scans WHERE job_id = 'busy' FOR UPDATE"):
+        p, took = timed_once(env)
         assert p.returncode == 0, p.stderr
         assert took < 5 * SLOW
-    finally:
-        holder.rollback()
-        holder.close()
     assert env.store.statuses() == {"busy": "running", "free": "error"}
 
 
