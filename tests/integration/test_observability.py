@@ -84,7 +84,7 @@ def test_healthz_503_without_a_good_cycle_and_bound_address_only(env, daemons):
     d = daemons(env, LIMPEZA_INTERVAL="200ms", LIMPEZA_ERROR_BACKOFF="200ms",
                 LIMPEZA_METRICS_ADDR="127.0.0.1:%d" % port,
                 LIMPEZA_HEALTH_URL="http://127.0.0.1:9/api/health")
-    d.wait_for("Ciclo 2 ")
+    d.wait_for("Ciclo 3 ")  # cycles 1 and 2 are over, metrics included
     status, body = scrape(port, "/healthz")
     assert status == 503
     sm = samples(scrape(port)[1])
