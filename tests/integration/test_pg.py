@@ -98,17 +98,14 @@ def test_follower_leaves_the_database_alone(tmp_path, pg):
         holder.close()
 
 
-def test_three_daemons_reap_each_orphan_once_and_survive_the_leader(tmp_path, pg, daemons):
-    """Thousands of orphans, three hosts, the leader SIGKILLed mid-work."""
-    env = pgenv(tmp_path, pg)
-    s = env.store
-    n = 3000
-    s.sql("""
+def seed_counted_orphans(store, n, sleep_s):
+    """n stale running rows, and a trigger that records (slowly) each one ended."""
+    store.sql("""
         CREATE TABLE reaped (job_id text, at timestamptz DEFAULT clock_timestamp());
         CREATE FUNCTION count_reap() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             INSERT INTO reaped (job_id) VALUES (NEW.job_id);
-            PERFORM pg_sleep(0.001);  -- make the backlog take a while
+            PERFORM pg_sleep(%s);
             RETURN NEW;
         END $$;
         CREATE TRIGGER count_reap AFTER UPDATE OF status ON scans FOR EACH ROW
@@ -116,10 +113,18 @@ def test_three_daemons_reap_each_orphan_once_and_survive_the_leader(tmp_path, pg
         INSERT INTO scans (username, job_id, status, created_at, updated_at)
             SELECT 'u', 'orphan-' || i, 'running', now() - interval '1 hour',
                    now() - interval '1 hour' FROM generate_series(1, %d) i;
-        INSERT INTO scans (username, job_id, status, created_at, updated_at)
-            SELECT 'u', 'live-' || i, 'running', now(), now() + interval '1 hour'
-            FROM generate_series(1, 50) i;
-    """ % n)
+    """ % (sleep_s, n))
+
+
+def test_three_daemons_reap_each_orphan_once_and_survive_the_leader(tmp_path, pg, daemons):
+    """Thousands of orphans, three hosts, the leader SIGKILLed mid-work."""
+    env = pgenv(tmp_path, pg)
+    s = env.store
+    n = 3000
+    seed_counted_orphans(s, n, 0.001)  # the sleep makes the backlog take a while
+    s.sql("INSERT INTO scans (username, job_id, status, created_at, updated_at)"
+          " SELECT 'u', 'live-' || i, 'running', now(), now() + interval '1 hour'"
+          " FROM generate_series(1, 50) i")
     ds = []
     for i in range(3):
         cache = os.path.join(env.tmp, "cache%d.json" % i)
@@ -169,20 +174,7 @@ def test_outage_is_logged_once_and_survived(tmp_path, daemons):
     try:
         env = pgenv(tmp_path, cluster)
         s = env.store
-        s.sql("""
-            CREATE TABLE reaped (job_id text);
-            CREATE FUNCTION count_reap() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                INSERT INTO reaped VALUES (NEW.job_id);
-                PERFORM pg_sleep(0.005);
-                RETURN NEW;
-            END $$;
-            CREATE TRIGGER count_reap AFTER UPDATE OF status ON scans FOR EACH ROW
-                WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION count_reap();
-            INSERT INTO scans (username, job_id, status, created_at, updated_at)
-                SELECT 'u', 'orphan-' || i, 'running', now() - interval '1 hour',
-                       now() - interval '1 hour' FROM generate_series(1, 600) i;
-        """)
+        seed_counted_orphans(s, 600, 0.005)
         d = daemons(env, LIMPEZA_INTERVAL="200ms", LIMPEZA_ERROR_BACKOFF="200ms",
                     LIMPEZA_BATCH="100", LIMPEZA_LOG_LEVEL="debug")
         d.wait_for("Lote no banco: 100 jobs")
