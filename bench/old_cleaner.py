@@ -3,8 +3,9 @@
 
 cache PATH: load the whole file with json, drop stale jobs (a missing time
 counts as 0, as the old cleaner did), json.dump the whole file back, every
-pass. db URL: one UPDATE per rule, then the 24 h statistics. daemon: both,
-every INTERVAL seconds, for CYCLES cycles.
+pass. db URL: one UPDATE per rule, then the 24 h statistics. dbloop URL N:
+that, N times on one connection, each pass's wall and CPU time printed.
+daemon: cache and health, every INTERVAL seconds, for CYCLES cycles.
 """
 
 import json
@@ -53,6 +54,18 @@ def main():
         import psycopg2
         conn = psycopg2.connect(sys.argv[2], options="-c TimeZone=UTC")
         db_pass(conn)
+    elif what == "dbloop":
+        # steady state: one connection, PASSES passes, each timed in-process
+        import psycopg2
+        import resource
+        conn = psycopg2.connect(sys.argv[2], options="-c TimeZone=UTC")
+        for _ in range(int(sys.argv[3])):
+            t0, r0 = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
+            db_pass(conn)
+            t1, r1 = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
+            cpu = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
+            print(json.dumps({"wall": t1 - t0, "cpu": cpu, "rss_mb": r1.ru_maxrss / 1024}),
+                  flush=True)
     elif what == "daemon":
         import urllib.request
         path, health, interval, cycles = sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])

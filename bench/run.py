@@ -4,7 +4,8 @@
 Wall time, CPU time and peak RSS come from the kernel's accounting of each
 finished process (wait4). Prints one Markdown table.
 
-Usage: bench/run.py [--cycles N] [--rows N] [--skip-db] [--skip-daemon]
+Usage: bench/run.py [--cycles N] [--rows N] [--stale N] [--skip-cache] [--skip-db]
+                    [--skip-daemon]
 """
 
 import argparse
@@ -76,14 +77,100 @@ def bench_cache(tmp):
         generate(src, mb, orphans)
         size = os.path.getsize(src) / 1e6
         a, b = os.path.join(tmp, "a.json"), os.path.join(tmp, "b.json")
-        shutil.copy(src, a)
-        shutil.copy(src, b)
-        mine = measure([BIN, "once"], limpeza_env(LIMPEZA_CACHE_FILE=a))
-        base = measure([PY, os.path.join(HERE, "old_cleaner.py"), "cache", b])
+        mines, bases = [], []
+        for _ in range(3):
+            shutil.copy(src, a)
+            shutil.copy(src, b)
+            os.sync()  # the copies' write-back must not run during the passes
+            mines.append(measure([BIN, "once"], limpeza_env(LIMPEZA_CACHE_FILE=a)))
+            bases.append(measure([PY, os.path.join(HERE, "old_cleaner.py"), "cache", b]))
+        mine, base = median(mines), median(bases)
         row("%s (%.1f MB file)" % (label, size), mine[:3], base[:3],
             "RSS %.2f× the file" % (mine[2] / size))
         if where.startswith("/dev/shm"):
             shutil.rmtree(where, ignore_errors=True)
+
+
+def scrape(port):
+    """(cycles, seconds) from limpeza's own cycle histogram."""
+    import urllib.request
+    body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read().decode()
+    get = lambda k: float(re.search(r"^%s (\S+)$" % k, body, re.M).group(1))
+    return get("limpeza_cycle_duration_seconds_count"), get("limpeza_cycle_duration_seconds_sum")
+
+
+def on_cpu(pid):
+    """Seconds the main thread (where cycles run) spent on a CPU: the kernel's schedstat."""
+    with open("/proc/%d/schedstat" % pid) as f:
+        return int(f.read().split()[0]) / 1e9
+
+
+def peak_rss(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return int(re.search(r"^VmHWM:\s+(\d+) kB", f.read(), re.M).group(1)) / 1024.0
+
+
+def daemon_db(c, url, stale, log):
+    """A running daemon (connection open, leader already elected): one cycle
+    that reaps the backlog, then three with nothing to reap, each started
+    with SIGUSR1. Returns (wall, cpu, peak) of the first and a list of the rest."""
+    import signal
+    import pg_reap
+    from pgcluster import free_port
+    port = free_port()
+    env = limpeza_env(DATABASE_URL=url, LIMPEZA_INTERVAL="24h",
+                      LIMPEZA_METRICS_ADDR="127.0.0.1:%d" % port, LIMPEZA_LOG_FILE=log)
+    p = subprocess.Popen([BIN, "run"], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        def cycles():
+            try:
+                return scrape(port)
+            except OSError:
+                return (0.0, 0.0)
+
+        deadline = time.monotonic() + 60
+        while cycles()[0] < 1:  # the first cycle connects
+            if time.monotonic() > deadline or p.poll() is not None:
+                sys.exit("limpeza run did not finish its first cycle; see " + log)
+            time.sleep(0.05)
+        pg_reap.reset(c, "bench", stale)
+        def ended():
+            # watching the log, not scraping, keeps the measured cycle alone
+            with open(log, encoding="utf-8") as f:
+                text = f.read()
+            return text.count("✅ Limpeza executada") + text.count("✅ Sistema limpo")
+
+        out = []
+        for _ in range(4):
+            n0, s0 = cycles()
+            done = ended()
+            cpu0 = on_cpu(p.pid)
+            p.send_signal(signal.SIGUSR1)
+            while ended() <= done:
+                time.sleep(0.05)
+            cpu1 = on_cpu(p.pid)
+            while cycles()[0] < n0 + 1:
+                time.sleep(0.01)
+            n1, s1 = cycles()
+            out.append((s1 - s0, cpu1 - cpu0, peak_rss(p.pid)))
+    finally:
+        p.terminate()
+        p.wait()
+    return out[0], out[1:]
+
+
+def baseline_db(url):
+    """The old cleaner's passes on one connection: the backlog, then three idle."""
+    import json
+    out = subprocess.run([PY, os.path.join(HERE, "old_cleaner.py"), "dbloop", url, "4"],
+                         capture_output=True, text=True, check=True).stdout
+    passes = [json.loads(line) for line in out.splitlines()]
+    return [(x["wall"], x["cpu"], x["rss_mb"]) for x in passes]
+
+
+def median(runs):
+    return sorted(runs, key=lambda r: r[0])[len(runs) // 2]
 
 
 def bench_db(tmp, n_rows, stale):
@@ -95,6 +182,7 @@ def bench_db(tmp, n_rows, stale):
             c.create_db("bench", f.read())
         pg_reap.seed(c, "bench", n_rows, stale)
         url = c.url("bench")
+        unindexed = {}
         for label in ("no index", "indexes from limpeza check"):
             if label != "no index":
                 out = subprocess.run([BIN, "check"], env=limpeza_env(DATABASE_URL=url),
@@ -102,18 +190,39 @@ def bench_db(tmp, n_rows, stale):
                 for ddl in re.findall(r"^  (CREATE INDEX CONCURRENTLY .*;)$", out, re.M):
                     c.sql(ddl, dbname="bench", as_app=True)
                 c.sql("ANALYZE scans", dbname="bench")
+            # whole processes: connecting, electing a leader, one cycle; at
+            # debug level, which times each batch
             env = limpeza_env(DATABASE_URL=url, LIMPEZA_LOG_LEVEL="debug")
             pg_reap.reset(c, "bench", stale)
             mine = measure([BIN, "once"], env)
-            batches = [int(ms) for ms in re.findall(r"Lote no banco: \d+ jobs em (\d+) ms", mine[3])]
+            batches = [int(ms) for ms in re.findall(r"Lote no banco: \d+ jobs em (\d+) ms",
+                                                    mine[3])]
             idle = measure([BIN, "once"], env)
             pg_reap.reset(c, "bench", stale)
             base = measure([PY, os.path.join(HERE, "old_cleaner.py"), "db", url])
             base_idle = measure([PY, os.path.join(HERE, "old_cleaner.py"), "db", url])
-            row("DB step, %d rows, %d stale, %s" % (n_rows, stale, label), mine[:3], base[:3],
-                "longest batch held its row locks %d ms" % max(batches or [0]))
-            row("next cycle, nothing to reap (stats included), %s" % label, idle[:3],
-                base_idle[:3])
+            # steady state: the daemon's cycles on its open connection, at
+            # the default log level; the baseline's passes on one connection
+            reap, idles = daemon_db(c, url, stale, os.path.join(tmp, "db-daemon.log"))
+            pg_reap.reset(c, "bench", stale)
+            b = baseline_db(url)
+            b_reap, b_idle = b[0], median(b[1:])
+            notes = ["", ""]
+            if label == "no index":
+                unindexed = {"reap": b_reap, "idle": b_idle}
+            else:
+                notes = ["the old cleaner on its unindexed table: %.3f s (%.1f×)"
+                         % (unindexed["reap"][0], unindexed["reap"][0] / reap[0]),
+                         "the old cleaner on its unindexed table: %.3f s (%.1f×)"
+                         % (unindexed["idle"][0], unindexed["idle"][0] / median(idles)[0])]
+            row("DB step, %d rows, %d stale, %s: one `once` process" % (n_rows, stale, label),
+                mine[:3], base[:3], "longest batch held its row locks %d ms" % max(batches or [0]))
+            row("next cycle, nothing to reap (stats included), %s: one `once` process" % label,
+                idle[:3], base_idle[:3])
+            row("DB step, %d rows, %d stale, %s: daemon cycle" % (n_rows, stale, label),
+                reap, b_reap, notes[0])
+            row("next cycle, nothing to reap (stats included), %s: daemon cycle, median of 3"
+                % label, median(idles), b_idle, notes[1])
     finally:
         c.destroy()
 
@@ -181,12 +290,14 @@ def main():
     ap.add_argument("--cycles", type=int, default=100)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--stale", type=int, default=15_000)
+    ap.add_argument("--skip-cache", action="store_true")
     ap.add_argument("--skip-db", action="store_true")
     ap.add_argument("--skip-daemon", action="store_true")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="limpeza-bench-", dir="/tmp")
     try:
-        bench_cache(tmp)
+        if not a.skip_cache:
+            bench_cache(tmp)
         if not a.skip_db:
             bench_db(tmp, a.rows, a.stale)
         if not a.skip_daemon:

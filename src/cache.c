@@ -16,6 +16,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "limpeza.h"
 
 #define CACHE_TRIES 5
@@ -268,8 +272,9 @@ struct member {
 	enum cache_fate fate;
 	double age;
 	json_t *job; /* the deciding fields only */
-	char *id;
+	const char *id; /* the key, decoded: in the buffer unless escaped */
 	size_t idlen;
+	char *decoded; /* owned copy of an escaped key */
 };
 
 struct scan {
@@ -372,6 +377,58 @@ plain_init(void)
 		plain[c] = c != '"' && c != '\\';
 }
 
+/*
+ * Skips plain string bytes from i. Most of a cache file is short ASCII
+ * strings (the result lists), so this looks at sixteen bytes at a time
+ * with SSE2, then eight with plain integers: the lowest flagged byte of
+ * the word is the first one that is a quote, a backslash, a control
+ * character or not ASCII (the borrows that make the tests inexact only
+ * reach bytes above it).
+ */
+static size_t
+plain_run(const unsigned char *b, size_t i, size_t len)
+{
+#if defined(__SSE2__)
+	/* Sixteen at a time: bytes of 0x80 and up are negative, so below 0x20.
+	 */
+	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
+	const __m128i space = _mm_set1_epi8(0x20);
+	__m128i w;
+	int hits;
+
+	while (len - i >= 16) {
+		w = _mm_loadu_si128((const __m128i *)(const void *)(b + i));
+		hits = _mm_movemask_epi8(
+		    _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(w, quote),
+				     _mm_cmpeq_epi8(w, bslash)),
+			_mm_cmplt_epi8(w, space)));
+		if (hits != 0)
+			return i + (size_t)__builtin_ctz((unsigned int)hits);
+		i += 16;
+	}
+#endif
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	const uint64_t ones = 0x0101010101010101ULL;
+	const uint64_t highs = 0x8080808080808080ULL;
+	uint64_t v, q, bs, hit;
+
+	while (len - i >= 8) {
+		memcpy(&v, b + i, 8);
+		q = v ^ (ones * '"');
+		bs = v ^ (ones * '\\');
+		hit = (((v - ones * 0x20) & ~v) | ((q - ones) & ~q) |
+			  ((bs - ones) & ~bs) | v) &
+		    highs;
+		if (hit != 0)
+			return i + (size_t)(__builtin_ctzll(hit) / 8);
+		i += 8;
+	}
+#endif
+	while (i < len && plain[b[i]])
+		i++;
+	return i;
+}
+
 /* A string at z->i (on its quote); flags gets S_ESCAPE and S_NUL. */
 static int
 scan_string(struct scanner *z, int *flags)
@@ -382,8 +439,7 @@ scan_string(struct scanner *z, int *flags)
 
 	*flags = 0;
 	for (;;) {
-		while (i < len && plain[b[i]])
-			i++;
+		i = plain_run(b, i, len);
 		if (i >= len)
 			return fail(z, i, "premature end of input");
 		if (b[i] == '"')
@@ -446,8 +502,8 @@ static int
 scan_number(struct scanner *z)
 {
 	const unsigned char *b = z->b;
-	size_t i = z->i, len = z->len, start = z->i;
-	int real = 0;
+	size_t i = z->i, len = z->len, start = z->i, ndigits;
+	int real = 0, expo = 0;
 	char small[64], *text;
 
 	if (i < len && b[i] == '-')
@@ -461,6 +517,7 @@ scan_number(struct scanner *z)
 			i++;
 	} else
 		return fail(z, i, "invalid number");
+	ndigits = i - start - (b[start] == '-');
 	if (i < len && b[i] == '.') {
 		real = 1;
 		if (++i >= len || b[i] < '0' || b[i] > '9')
@@ -469,7 +526,7 @@ scan_number(struct scanner *z)
 			i++;
 	}
 	if (i < len && (b[i] == 'e' || b[i] == 'E')) {
-		real = 1;
+		real = expo = 1;
 		i++;
 		if (i < len && (b[i] == '+' || b[i] == '-'))
 			i++;
@@ -479,6 +536,14 @@ scan_number(struct scanner *z)
 			i++;
 	}
 	z->i = i;
+	/*
+	 * Only a long integer or a real with an exponent or hundreds of
+	 * digits can overflow; the rest need no conversion at all.
+	 */
+	if ((!real && ndigits <= 18) || (real && !expo && ndigits < 300)) {
+		skip_quirk_nul(z);
+		return 0;
+	}
 	/* Short numbers are the rule; only long ones need a heap copy. */
 	text = i - start < sizeof(small) ? small : malloc(i - start + 1);
 	if (text == NULL)
@@ -627,19 +692,58 @@ scan_value(struct scanner *z, int depth, struct member *job)
 	}
 }
 
+#define HUGE_PAGE (2UL * 1024 * 1024)
+
+/* The mapping size for n bytes: whole huge pages once that is worth it. */
+static size_t
+big_size(size_t n)
+{
+	size_t unit = n >= HUGE_PAGE ? HUGE_PAGE : 4096;
+
+	return n == 0 ? unit : (n + unit - 1) / unit * unit;
+}
+
+/*
+ * The large arrays of a pass (the file, its members, the output pieces)
+ * live in anonymous mappings that ask for huge pages: a 50 MB cache is
+ * then a few dozen page faults and TLB entries, not tens of thousands,
+ * which a virtual machine makes dear. Grows old, of oldn bytes, to n
+ * bytes, or maps n new ones; new memory comes zeroed.
+ */
+static void *
+big_alloc(void *old, size_t oldn, size_t n)
+{
+	void *p;
+
+	if (old == NULL)
+		p = mmap(NULL, big_size(n), PROT_READ | PROT_WRITE,
+		    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	else
+		p = mremap(old, big_size(oldn), big_size(n), MREMAP_MAYMOVE);
+	if (p == MAP_FAILED)
+		fatalx_oom();
+	if (big_size(n) >= HUGE_PAGE)
+		(void)madvise(p, big_size(n), MADV_HUGEPAGE);
+	return p;
+}
+
+static void
+big_free(void *p, size_t n)
+{
+	if (p != NULL)
+		munmap(p, big_size(n));
+}
+
 static struct member *
 scan_add(struct scan *s)
 {
 	if (s->n == s->cap) {
 		size_t cap = s->cap ? s->cap * 2 : 64;
-		struct member *m = realloc(s->m, cap * sizeof(*m));
 
-		if (m == NULL)
-			fatalx_oom();
-		s->m = m;
+		s->m = big_alloc(
+		    s->m, s->cap * sizeof(*s->m), cap * sizeof(*s->m));
 		s->cap = cap;
 	}
-	memset(&s->m[s->n], 0, sizeof(s->m[0]));
 	return &s->m[s->n++];
 }
 
@@ -747,49 +851,28 @@ cache_members(const char *b, size_t len,
 				s.m[i].ve) != 0)
 				rc = -1;
 	}
-	free(s.m);
+	big_free(s.m, s.cap * sizeof(*s.m));
 	return rc;
 }
 
-/*
- * The whole file in one buffer. The buffer is anonymous memory asking for
- * huge pages: a 50 MB cache is then a few dozen page faults, not 12,000.
- * Freed with buffer_free().
- */
-#define HUGE_PAGE (2UL * 1024 * 1024)
-
-static void
-buffer_free(char *buf, size_t cap)
-{
-	if (buf != NULL)
-		munmap(buf, cap);
-}
-
+/* The whole file in one buffer from big_alloc(), freed with big_free(). */
 static int
 read_all(int fd, char **bufp, size_t *lenp, size_t *capp)
 {
 	size_t cap, len = 0;
-	char *buf, *nb;
 	struct stat st;
+	char *buf;
 	ssize_t n;
 
 	cap = fstat(fd, &st) == 0 ? (size_t)st.st_size + 1 : 65536;
-	cap = (cap + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
-	buf = mmap(NULL, cap, PROT_READ | PROT_WRITE,
-	    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (buf == MAP_FAILED)
-		fatalx_oom();
-	madvise(buf, cap, MADV_HUGEPAGE);
+	buf = big_alloc(NULL, 0, cap);
 	for (;;) {
 		if (len == cap) {
 			if ((long long)cap > CACHE_MAX_BYTES) {
 				errno = EFBIG;
 				goto fail;
 			}
-			nb = mremap(buf, cap, cap * 2, MREMAP_MAYMOVE);
-			if (nb == MAP_FAILED)
-				fatalx_oom();
-			buf = nb;
+			buf = big_alloc(buf, cap, cap * 2);
 			cap *= 2;
 		}
 		n = read(fd, buf + len, cap - len);
@@ -806,7 +889,7 @@ read_all(int fd, char **bufp, size_t *lenp, size_t *capp)
 	*capp = cap;
 	return 0;
 fail:
-	munmap(buf, cap);
+	big_free(buf, cap);
 	return -1;
 }
 
@@ -873,7 +956,7 @@ is_active(const struct config *cfg, const json_t *job)
  */
 struct output {
 	struct iovec *iov;
-	size_t niov;
+	size_t niov, iov_cap;
 	char **dumps;
 	size_t ndumps;
 	size_t len;
@@ -897,7 +980,7 @@ output_free(struct output *o)
 	for (i = 0; i < o->ndumps; i++)
 		free(o->dumps[i]);
 	free(o->dumps);
-	free(o->iov);
+	big_free(o->iov, o->iov_cap * sizeof(*o->iov));
 	memset(o, 0, sizeof(*o));
 }
 
@@ -910,9 +993,10 @@ build_output(
 	json_t *full;
 
 	memset(o, 0, sizeof(*o));
-	o->iov = calloc(s->n * 4 + 2, sizeof(*o->iov));
+	o->iov_cap = s->n * 4 + 2;
+	o->iov = big_alloc(NULL, 0, o->iov_cap * sizeof(*o->iov));
 	o->dumps = calloc(s->n + 1, sizeof(*o->dumps));
-	if (o->iov == NULL || o->dumps == NULL)
+	if (o->dumps == NULL)
 		fatalx_oom();
 	out_add(o, "{", 1);
 	for (i = 0; i < s->n; i++) {
@@ -958,10 +1042,18 @@ build_output(
 	out_add(o, "}", 1);
 }
 
-/* writev() of any number of pieces, IOV_MAX at a time, short writes too. */
+/*
+ * writev() of any number of pieces, IOV_MAX at a time, short writes too.
+ * Write-back of each few MB is started as soon as they are written, so
+ * the disk works while the rest is copied and the final fsync() has
+ * little left to wait for.
+ */
+#define FLUSH_CHUNK (4L * 1024 * 1024)
+
 static int
 write_pieces(int fd, struct iovec *iov, size_t n)
 {
+	off_t done = 0, flushed = 0;
 	ssize_t w;
 
 	while (n > 0) {
@@ -970,6 +1062,13 @@ write_pieces(int fd, struct iovec *iov, size_t n)
 			continue;
 		if (w == -1)
 			return -1;
+		done += w;
+		if (done - flushed >= FLUSH_CHUNK) {
+			/* Only a hint: fsync() still decides durability. */
+			(void)sync_file_range(
+			    fd, flushed, done - flushed, SYNC_FILE_RANGE_WRITE);
+			flushed = done;
+		}
 		while (n > 0 && (size_t)w >= iov->iov_len) {
 			w -= (ssize_t)iov->iov_len;
 			iov++;
@@ -1132,8 +1231,12 @@ log_reaped(
 
 	for (i = 0; i < s->n; i++) {
 		const struct member *m = &s->m[i];
-		const char *id = m->id != NULL ? m->id : "?";
+		char *id;
 
+		if (m->fate == FATE_KEEP)
+			continue;
+		if ((id = strndup(m->id, m->idlen)) == NULL)
+			fatalx_oom();
 		switch (m->fate) {
 		case FATE_RUNNING:
 			log_event(LVL_INFO, EV_CACHE_ORPHAN, id, (long)m->age);
@@ -1159,6 +1262,7 @@ log_reaped(
 		case FATE_KEEP:
 			break;
 		}
+		free(id);
 	}
 	if (res->reaped_running + res->reaped_queued > 0)
 		log_event(LVL_INFO,
@@ -1184,10 +1288,72 @@ maybe_active(const char *buf, const struct member *m, const struct config *cfg)
 		memcmp(v + 1, cfg->queued_status, n - 2) == 0);
 }
 
+/* FNV-1a: the keys are job ids, short and already spread out. */
+static size_t
+id_hash(const char *p, size_t n)
+{
+	uint64_t h = 14695981039346656037ULL;
+
+	while (n-- > 0)
+		h = (h ^ (unsigned char)*p++) * 1099511628211ULL;
+	return (size_t)h;
+}
+
 /*
- * Decides every member and notes first sightings. A member whose key a
- * later member repeats is superseded, as jansson (and Python) keep only
- * the last; only its deciding fields are parsed, from their spans.
+ * Gives each member its decoded key and marks the members whose key a
+ * later member repeats: jansson (and Python) keep only the last. The
+ * table holds member indices, so a file of 20,000 jobs costs one
+ * allocation, not 20,000.
+ */
+static void
+find_superseded(const char *buf, struct scan *s)
+{
+	size_t i, h, mask, size = 16, *slot;
+	json_t *key;
+
+	while (size < s->n * 2)
+		size *= 2;
+	mask = size - 1;
+	if ((slot = malloc(size * sizeof(*slot))) == NULL)
+		fatalx_oom();
+	memset(slot, 0xff, size * sizeof(*slot));
+	for (i = 0; i < s->n; i++) {
+		struct member *m = &s->m[i];
+
+		if (m->key_flags & S_ESCAPE) {
+			key = json_loadb(
+			    buf + m->ks, m->ke - m->ks, JSON_DECODE_ANY, NULL);
+			if (key == NULL)
+				fatalx_oom();
+			m->idlen = json_string_length(key);
+			if ((m->decoded = malloc(m->idlen + 1)) == NULL)
+				fatalx_oom();
+			memcpy(
+			    m->decoded, json_string_value(key), m->idlen + 1);
+			json_decref(key);
+			m->id = m->decoded;
+		} else {
+			m->id = buf + m->ks + 1;
+			m->idlen = m->ke - m->ks - 2;
+		}
+		for (h = id_hash(m->id, m->idlen) & mask; slot[h] != SIZE_MAX;
+		     h = (h + 1) & mask) {
+			struct member *o = &s->m[slot[h]];
+
+			if (o->idlen == m->idlen &&
+			    memcmp(o->id, m->id, m->idlen) == 0) {
+				o->superseded = 1;
+				break;
+			}
+		}
+		slot[h] = i;
+	}
+	free(slot);
+}
+
+/*
+ * Decides every member and notes first sightings. Only the deciding
+ * fields of possibly active jobs are parsed, from their spans.
  */
 static void
 decide_all(struct cache *c, const struct config *cfg, int force,
@@ -1204,40 +1370,11 @@ decide_all(struct cache *c, const struct config *cfg, int force,
 	};
 	double now = now_realtime();
 	long long mono = now_monotonic_ms();
-	json_t *last = json_object(), *key, *first, *v;
+	json_t *first, *v;
 	size_t i;
 	int f;
 
-	if (last == NULL)
-		fatalx_oom();
-	for (i = 0; i < s->n; i++) {
-		struct member *m = &s->m[i];
-
-		if (m->key_flags & S_ESCAPE) {
-			key = json_loadb(
-			    buf + m->ks, m->ke - m->ks, JSON_DECODE_ANY, NULL);
-			if (key == NULL)
-				fatalx_oom();
-			m->idlen = json_string_length(key);
-			m->id = malloc(m->idlen + 1);
-			if (m->id == NULL)
-				fatalx_oom();
-			memcpy(m->id, json_string_value(key), m->idlen + 1);
-			json_decref(key);
-		} else {
-			m->idlen = m->ke - m->ks - 2;
-			if ((m->id = strndup(buf + m->ks + 1, m->idlen)) ==
-			    NULL)
-				fatalx_oom();
-		}
-		first = json_object_getn(last, m->id, m->idlen);
-		if (first != NULL)
-			s->m[json_integer_value(first)].superseded = 1;
-		json_object_setn_new_nocheck(
-		    last, m->id, m->idlen, json_integer((json_int_t)i));
-	}
-	json_decref(last);
-
+	find_superseded(buf, s);
 	for (i = 0; i < s->n; i++) {
 		struct member *m = &s->m[i];
 		const char *status;
@@ -1295,10 +1432,10 @@ scan_free(struct scan *s)
 	size_t i;
 
 	for (i = 0; i < s->n; i++) {
-		free(s->m[i].id);
+		free(s->m[i].decoded);
 		json_decref(s->m[i].job);
 	}
-	free(s->m);
+	big_free(s->m, s->cap * sizeof(*s->m));
 	memset(s, 0, sizeof(*s));
 }
 
@@ -1314,7 +1451,7 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 	const char *path = cfg->cache_file;
 	struct stat st, pst;
 	struct scan s = { NULL, 0, 0 };
-	struct output out = { NULL, 0, NULL, 0, 0 };
+	struct output out = { NULL, 0, 0, NULL, 0, 0 };
 	json_t *seen = NULL;
 	const char *why;
 	char *buf = NULL, err[512];
@@ -1442,7 +1579,7 @@ done:
 	json_decref(seen);
 	scan_free(&s);
 	output_free(&out);
-	buffer_free(buf, cap);
+	big_free(buf, cap);
 	close(fd);
 	return rc;
 }

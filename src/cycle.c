@@ -210,6 +210,31 @@ store_refresh_due(struct cycle *c)
 		    now_monotonic_ms() + (long long)(secs * MS_PER_S);
 }
 
+/*
+ * The same from the ages the statistics just read, which saves the store
+ * another look at its active rows every cycle.
+ */
+static void
+store_due_from_stats(struct cycle *c, const struct store_stats *st)
+{
+	double secs = -1, s;
+	int found = 0;
+
+	if (st->oldest_running_s >= 0) {
+		secs = (double)c->cfg->running_ttl / MS_PER_S -
+		    st->oldest_running_s;
+		found = 1;
+	}
+	if (st->oldest_queued_s >= 0) {
+		s = (double)c->cfg->queued_ttl / MS_PER_S - st->oldest_queued_s;
+		if (!found || s < secs)
+			secs = s;
+		found = 1;
+	}
+	c->store_due = found ? now_monotonic_ms() + (long long)(secs * MS_PER_S)
+			     : LLONG_MAX;
+}
+
 /* The database step: reap both rules, then the 24 h statistics. */
 static int
 step_store(struct cycle *c, long *reaped)
@@ -232,9 +257,8 @@ step_store(struct cycle *c, long *reaped)
 		config_format_duration(cfg->queued_ttl, qt, sizeof(qt));
 		log_event(LVL_INFO, EV_DB_CLEANED, rt, n.running, qt, n.queued);
 		*reaped += n.running + n.queued;
-		store_refresh_due(c);
-	} else
-		c->store_due = LLONG_MAX;
+	}
+	c->store_due = LLONG_MAX;
 	memset(&st, 0, sizeof(st));
 	if ((st.by_status = json_object()) == NULL)
 		fatalx_oom();
@@ -244,6 +268,8 @@ step_store(struct cycle *c, long *reaped)
 	}
 	log_event(LVL_INFO, EV_DB_STATS, st.by_status);
 	json_decref(st.by_status);
+	if (lead == 1)
+		store_due_from_stats(c, &st);
 	store_result(c, 1);
 	return 0;
 fail:

@@ -364,7 +364,7 @@ cmd_check(struct config *cfg)
 static int
 cmd_stats(struct config *cfg, int as_json)
 {
-	struct store_stats st = { NULL, 0, -1 };
+	struct store_stats st = { NULL, 0, -1, -1, -1 };
 	struct cache_result cr = { 0 };
 	struct cache *c;
 	struct store *s = NULL;
@@ -459,6 +459,24 @@ cmd_stats(struct config *cfg, int as_json)
 	return failed;
 }
 
+/*
+ * GnuTLS comes in with libcurl's dependencies (libldap, librtmp), which
+ * limpeza never uses, and initialises itself from a library constructor:
+ * p11-kit, its modules and its configuration, about 0.8 MB that a daemon
+ * would carry for ever. GNUTLS_NO_IMPLICIT_INIT=1 skips that, but only if
+ * it is in the environment before the libraries load, so the daemon
+ * executes itself again, once, with it set (the unit sets it, so under
+ * systemd this does not happen). If that fails the daemon runs as it is.
+ */
+static void
+skip_gnutls_init(char *argv[])
+{
+	if (getenv("GNUTLS_NO_IMPLICIT_INIT") != NULL ||
+	    setenv("GNUTLS_NO_IMPLICIT_INIT", "1", 1) == -1)
+		return;
+	execv("/proc/self/exe", argv);
+}
+
 int
 main(int argc, char *argv[])
 {
@@ -520,6 +538,8 @@ main(int argc, char *argv[])
 	}
 	if (force && cmd != CMD_ONCE)
 		usage_error("%s", "--force goes with 'once'");
+	if (cmd == CMD_RUN)
+		skip_gnutls_init(argv);
 	if (as_json && cmd != CMD_STATS)
 		usage_error("%s", "--json goes with 'stats'");
 

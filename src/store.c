@@ -79,3 +79,17 @@ store_quote_table(const char *table, char *buf, size_t len)
 		    table, dot + 1);
 	return n < 0 || (size_t)n >= len ? -1 : 0;
 }
+
+/* Adds one active status's row count and oldest age to the statistics. */
+void
+stats_add_active(const struct config *cfg, struct store_stats *st,
+    const char *status, long count, double oldest_s)
+{
+	st->active += count;
+	if (oldest_s > st->oldest_s)
+		st->oldest_s = oldest_s;
+	if (status != NULL && strcmp(status, cfg->running_status) == 0)
+		st->oldest_running_s = oldest_s;
+	else if (status != NULL && strcmp(status, cfg->queued_status) == 0)
+		st->oldest_queued_s = oldest_s;
+}

@@ -36,6 +36,8 @@ struct store_stats {
 	    *by_status; /* status -> count of jobs created in the last 24 h */
 	long active; /* running + queued rows */
 	double oldest_s; /* age of the oldest active row, -1 if none */
+	/* the same per status, by the store's clock: when each falls due */
+	double oldest_running_s, oldest_queued_s;
 };
 
 struct store_ops {
@@ -65,6 +67,8 @@ const char *store_kind(const struct config *);
 void store_err(struct store *, const char *, ...)
     __attribute__((format(printf, 2, 3)));
 int store_quote_table(const char *, char *, size_t);
+void stats_add_active(
+    const struct config *, struct store_stats *, const char *, long, double);
 
 /* store_sqlite.c */
 extern const struct store_ops store_sqlite_ops;

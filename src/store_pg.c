@@ -360,7 +360,7 @@ pg_stats(struct store *s, struct store_stats *out)
 	int i;
 
 	out->active = 0;
-	out->oldest_s = -1;
+	out->oldest_s = out->oldest_running_s = out->oldest_queued_s = -1;
 	if (pg_connect(p) == -1)
 		return -1;
 	snprintf(sql, sizeof(sql),
@@ -375,15 +375,19 @@ pg_stats(struct store *s, struct store_stats *out)
 		    json_integer(strtoll(PQgetvalue(res, i, 1), NULL, 10)));
 	PQclear(res);
 
+	/* One look at the active rows gives the counts and the deadlines. */
 	snprintf(sql, sizeof(sql),
-	    "SELECT count(*), extract(epoch FROM now() - min(%s)) FROM %s "
-	    "WHERE %s IN ($1, $2)",
-	    p->updated, p->table, p->status);
+	    "SELECT %s, count(*), extract(epoch FROM now() - min(%s)) FROM %s "
+	    "WHERE %s IN ($1, $2) GROUP BY 1",
+	    p->status, p->updated, p->table, p->status);
 	if ((res = pg_exec(p, sql, 2, params)) == NULL)
 		return -1;
-	out->active = strtol(PQgetvalue(res, 0, 0), NULL, 10);
-	if (!PQgetisnull(res, 0, 1))
-		out->oldest_s = strtod(PQgetvalue(res, 0, 1), NULL);
+	for (i = 0; i < PQntuples(res); i++)
+		stats_add_active(s->cfg, out, PQgetvalue(res, i, 0),
+		    strtol(PQgetvalue(res, i, 1), NULL, 10),
+		    PQgetisnull(res, i, 2)
+			? -1
+			: strtod(PQgetvalue(res, i, 2), NULL));
 	PQclear(res);
 	return 0;
 }

@@ -205,7 +205,7 @@ sqlite_stats(struct store *s, struct store_stats *out)
 	int rc;
 
 	out->active = 0;
-	out->oldest_s = -1;
+	out->oldest_s = out->oldest_running_s = out->oldest_queued_s = -1;
 	snprintf(sql, sizeof(sql),
 	    "SELECT %s, count(*) FROM %s WHERE julianday(%s) >= "
 	    "julianday('now', '-1 day') GROUP BY %s ORDER BY %s",
@@ -224,20 +224,20 @@ sqlite_stats(struct store *s, struct store_stats *out)
 		goto fail;
 
 	snprintf(sql, sizeof(sql),
-	    "SELECT count(*), max((julianday('now') - julianday(%s)) * "
-	    "86400.0) FROM %s WHERE %s IN (?1, ?2)",
-	    q->updated, q->table, q->status);
+	    "SELECT %s, count(*), max((julianday('now') - julianday(%s)) * "
+	    "86400.0) FROM %s WHERE %s IN (?1, ?2) GROUP BY 1",
+	    q->status, q->updated, q->table, q->status);
 	if (prepare(q, sql, &st) == -1)
 		return -1;
 	sqlite3_bind_text(st, 1, s->cfg->running_status, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, s->cfg->queued_status, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		out->active = (long)sqlite3_column_int64(st, 0);
-		if (sqlite3_column_type(st, 1) != SQLITE_NULL)
-			out->oldest_s = sqlite3_column_double(st, 1);
-		rc = SQLITE_DONE;
-	}
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		stats_add_active(s->cfg, out,
+		    (const char *)sqlite3_column_text(st, 0),
+		    (long)sqlite3_column_int64(st, 1),
+		    sqlite3_column_type(st, 2) == SQLITE_NULL
+			? -1
+			: sqlite3_column_double(st, 2));
 	sqlite3_finalize(st);
 	if (rc != SQLITE_DONE)
 		goto fail;

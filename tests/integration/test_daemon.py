@@ -86,6 +86,33 @@ def test_sigusr1_runs_a_cycle_now(env, daemons):
     assert env.read_cache() == "{}"
 
 
+def environ_of(pid):
+    with open("/proc/%d/environ" % pid, "rb") as f:
+        return f.read().split(b"\0")
+
+
+def test_daemon_runs_with_gnutls_left_uninitialised(env, daemons):
+    """GnuTLS comes with libcurl's dependencies and would initialise itself at
+    load time; the daemon executes itself again, in the same process, with
+    GNUTLS_NO_IMPLICIT_INIT=1, and then works as before."""
+    d = daemons(env, LIMPEZA_INTERVAL="1h")
+    d.wait_for(r"Ciclo 1 ")
+    assert b"GNUTLS_NO_IMPLICIT_INIT=1" in environ_of(d.p.pid)
+    env.write_cache({"old": {"status": "queued", "created_at": time.time() - 999}})
+    d.signal(signal.SIGUSR1)
+    log = d.wait_for(r"Job queued expirado no cache: old", timeout=3)
+    assert log.count("🚀 Sistema de Limpeza 3 Minutos iniciado") == 1
+    assert d.stop() == 0
+
+
+def test_operator_choice_for_gnutls_is_kept(env, daemons):
+    d = daemons(env, LIMPEZA_INTERVAL="1h", GNUTLS_NO_IMPLICIT_INIT="0")
+    d.wait_for(r"Ciclo 1 ")
+    environ = environ_of(d.p.pid)
+    assert b"GNUTLS_NO_IMPLICIT_INIT=0" in environ
+    assert b"GNUTLS_NO_IMPLICIT_INIT=1" not in environ
+
+
 def test_sighup_reloads_settings_and_keeps_them_on_error(env, daemons, tmp_path):
     envfile = tmp_path / "backend.env"
     envfile.write_text("LIMPEZA_RUNNING_TTL=3m\n")

@@ -225,6 +225,97 @@ test_members(void **state)
 	assert_int_equal(cache_members(span_src, 3, span_cb, &s), -1);
 }
 
+static int
+count_cb(void *arg, size_t ks, size_t ke, size_t vs, size_t ve)
+{
+	(void)ks;
+	(void)ke;
+	(void)vs;
+	(void)ve;
+	(*(int *)arg)++;
+	return 0;
+}
+
+/* The scanner and jansson agree on text; 1 if both accept it. */
+static int
+agree(const char *text, size_t len)
+{
+	json_t *j = json_loadb(text, len, JSON_ALLOW_NUL, NULL);
+	int n = 0, ours = cache_members(text, len, count_cb, &n) == 0;
+	int theirs = j != NULL && json_is_object(j);
+
+	json_decref(j);
+	if (ours != theirs)
+		fail_msg("scanner %s, jansson %s: %.*s",
+		    ours ? "accepts" : "refuses",
+		    theirs ? "accepts" : "refuses", (int)len, text);
+	return ours;
+}
+
+/*
+ * Strings are scanned sixteen and eight bytes at a time: each byte that
+ * ends or breaks the plain run (quote, backslash, control, non-ASCII, a
+ * valid or broken UTF-8 sequence) at every offset of strings long enough
+ * to span several words must be seen exactly where jansson sees it.
+ */
+static void
+test_scanner_words(void **state)
+{
+	static const char *const odd[] = { "\"", "\\\"", "\\n", "\\u00e9",
+		"\\x", "\x01", "\x1f", "\x7f", "\x80", "\xc3\xa9", "\xc3",
+		"\xed\xa0\x80", "\xf0\x9f\x98\x80", "\xff", " " };
+	char text[256], pad[64];
+	size_t o, k, n, accepted = 0;
+
+	(void)state;
+	memset(pad, 'a', sizeof(pad));
+	for (k = 0; k < sizeof(odd) / sizeof(odd[0]); k++)
+		for (o = 0; o < 40; o++) {
+			n = (size_t)snprintf(text, sizeof(text),
+			    "{\"k\": [\"%.*s%s%.*s\"], \"%.*s\": 1}", (int)o,
+			    pad, odd[k], (int)(40 - o), pad, (int)o, pad);
+			accepted += (size_t)agree(text, n);
+		}
+	/* the valid ones: three escapes, DEL, é, the emoji and the space */
+	assert_int_equal(accepted, 7 * 40);
+}
+
+#define BIGGEST "{\"n\": 9223372036854775807}"
+#define TOO_BIG "{\"n\": 9223372036854775808}"
+#define HUGE_REAL "{\"n\": 1e309}"
+
+/* Numbers: only those that can overflow are converted, with jansson's limits.
+ */
+static void
+test_scanner_numbers(void **state)
+{
+	static const char *const nums[] = { "0", "-0", "123456789012345678",
+		"-123456789012345678", "9223372036854775807",
+		"9223372036854775808", "-9223372036854775808",
+		"-9223372036854775809", "99999999999999999999", "1.5",
+		"-0.25e-3", "1e308", "1e309", "-1E+400", "1e-400", "01", "1.",
+		".5", "-", "1e", "1.7976931348623157e308" };
+	char text[1024], digits[512];
+	size_t i, n;
+
+	(void)state;
+	for (i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+		n = (size_t)snprintf(
+		    text, sizeof(text), "{\"n\": %s}", nums[i]);
+		agree(text, n);
+	}
+	/* a real with hundreds of digits and no exponent */
+	for (i = 295; i < 315; i++) {
+		memset(digits, '9', i);
+		n = (size_t)snprintf(
+		    text, sizeof(text), "{\"n\": %.*s.5}", (int)i, digits);
+		agree(text, n);
+	}
+	assert_int_equal(agree(BIGGEST, strlen(BIGGEST)), 1);
+	assert_int_equal(agree(TOO_BIG, strlen(TOO_BIG)), 0);
+	assert_int_equal(agree(HUGE_REAL, strlen(HUGE_REAL)), 0);
+}
+
 static char cache_path[64];
 
 static struct config *
@@ -318,6 +409,53 @@ test_first_sight(void **state)
 	unlink(cache_path);
 }
 
+/*
+ * A repeated key keeps only its last member, as in jansson and Python,
+ * escaped or not; the table that finds them must hold thousands.
+ */
+static void
+test_duplicate_keys(void **state)
+{
+	struct config *cfg = cache_config();
+	struct cache *c = cache_new();
+	struct cache_result r;
+	char *big, *p;
+	int i;
+
+	(void)state;
+	snprintf(cache_path, sizeof(cache_path), "/tmp/limpeza-unit-XXXXXX");
+	close(mkstemp(cache_path));
+	/* the stale job is the one that counts: reaped, both members go */
+	write_file("{\"a\": {\"status\": \"done\"}, \"\\u0061\": {\"status\": "
+		   "\"queued\", \"created_at\": 1}, \"b\": 2}");
+	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
+	assert_int_equal(r.reaped_queued, 1);
+	assert_string_equal(read_file(), "{\"b\": 2}");
+	/* the stale job came first and was replaced: nothing to do */
+	write_file("{\"a\": {\"status\": \"queued\", \"created_at\": 1}, "
+		   "\"a\": {\"status\": \"done\"}}");
+	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
+	assert_int_equal(r.reaped_queued, 0);
+	assert_int_equal(r.rewritten, 0);
+
+	/* 3,000 members, every key twice, the stale one always first */
+	big = malloc(3000 * 64);
+	assert_non_null(big);
+	p = big + sprintf(big, "{");
+	for (i = 0; i < 3000; i++)
+		p += sprintf(p, "%s\"job%d\": {\"status\": \"%s\"%s}",
+		    i ? ", " : "", i % 1500, i < 1500 ? "queued" : "done",
+		    i < 1500 ? ", \"created_at\": 1" : "");
+	sprintf(p, "}");
+	write_file(big);
+	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
+	assert_int_equal(r.reaped_queued, 0);
+	assert_int_equal(r.active, 0);
+	free(big);
+	cache_free(c);
+	unlink(cache_path);
+}
+
 /* mark mode keeps the job with status error and a message. */
 static void
 test_mark(void **state)
@@ -369,6 +507,9 @@ main(void)
 		cmocka_unit_test(test_parse_time),
 		cmocka_unit_test(test_decide),
 		cmocka_unit_test(test_members),
+		cmocka_unit_test(test_scanner_words),
+		cmocka_unit_test(test_scanner_numbers),
+		cmocka_unit_test(test_duplicate_keys),
 		cmocka_unit_test(test_first_sight),
 		cmocka_unit_test(test_mark),
 	};
