@@ -11,8 +11,10 @@ WARN = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
        -Wpointer-arith -Wcast-qual -Werror
 # Expanded when a recipe runs, i.e. after `deps` has installed the packages.
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
-# libmicrohttpd is dlopen()ed by metrics.c when metrics are on.
-PKG_LIBS = $(shell pkg-config --libs $(filter-out libmicrohttpd,$(PKGS))) -ldl
+# libmicrohttpd is dlopen()ed by metrics.c when metrics are on, libpq and
+# libcurl by libs.c when the settings need them.
+PKG_LIBS = $(shell pkg-config --libs \
+	   $(filter-out libmicrohttpd libpq libcurl,$(PKGS))) -ldl
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -DHAVE_SYSTEMD -pthread $(WARN) $(CFLAGS) \
 	     $(PKG_CFLAGS)
 SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined \
@@ -21,7 +23,7 @@ ASAN_CFLAGS = -std=c11 -D_GNU_SOURCE -DHAVE_SYSTEMD -pthread $(WARN) -O1 -g \
 	      $(SAN) $(PKG_CFLAGS)
 
 MODULES = config log cache store store_sqlite store_pg health metrics alert \
-	  cycle
+	  cycle libs
 OBJS = $(MODULES:%=build/obj/%.o)
 ASAN_OBJS = $(MODULES:%=build/asan/obj/%.o)
 HDRS = src/limpeza.h src/store.h

@@ -64,8 +64,11 @@ def main():
             db_pass(conn)
             t1, r1 = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
             cpu = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
-            print(json.dumps({"wall": t1 - t0, "cpu": cpu, "rss_mb": r1.ru_maxrss / 1024}),
-                  flush=True)
+            # VmHWM, not ru_maxrss: that one keeps the peak of the parent
+            # that forked this process
+            with open("/proc/self/status") as f:
+                peak = [int(line.split()[1]) for line in f if line.startswith("VmHWM:")][0]
+            print(json.dumps({"wall": t1 - t0, "cpu": cpu, "rss_mb": peak / 1024}), flush=True)
     elif what == "daemon":
         import urllib.request
         path, health, interval, cycles = sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])

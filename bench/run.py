@@ -75,18 +75,20 @@ def bench_cache(tmp):
         tmp = where
         src = os.path.join(tmp, "src.json")
         generate(src, mb, orphans)
-        size = os.path.getsize(src) / 1e6
+        size = os.path.getsize(src) / 1048576.0
         a, b = os.path.join(tmp, "a.json"), os.path.join(tmp, "b.json")
         mines, bases = [], []
-        for _ in range(3):
+        for _ in range(5):
             shutil.copy(src, a)
             shutil.copy(src, b)
             os.sync()  # the copies' write-back must not run during the passes
             mines.append(measure([BIN, "once"], limpeza_env(LIMPEZA_CACHE_FILE=a)))
             bases.append(measure([PY, os.path.join(HERE, "old_cleaner.py"), "cache", b]))
         mine, base = median(mines), median(bases)
-        row("%s (%.1f MB file)" % (label, size), mine[:3], base[:3],
-            "RSS %.2f× the file" % (mine[2] / size))
+        row("%s (%.1f MiB file), median of 5" % (label, size), mine[:3], base[:3],
+            "RSS %.2f× the file; limpeza %.2f–%.2f s, baseline %.2f–%.2f s"
+            % (mine[2] / size, min(m[0] for m in mines), max(m[0] for m in mines),
+               min(b[0] for b in bases), max(b[0] for b in bases)))
         if where.startswith("/dev/shm"):
             shutil.rmtree(where, ignore_errors=True)
 
@@ -275,14 +277,14 @@ def bench_daemon(tmp, cycles):
         base.wait()
         srv.shutdown()
     rows.append(("idle daemon after %d cycles (1 s, SQLite, small cache, health URL)" % cycles,
-                 "RSS %.1f MB, Private_Dirty %.1f MB" % m,
-                 "RSS %.1f MB, Private_Dirty %.1f MB" % o, ""))
+                 "RSS %.2f MiB, Private_Dirty %.2f MiB" % m,
+                 "RSS %.2f MiB, Private_Dirty %.2f MiB" % o, ""))
 
 
 def fmt(v):
     if isinstance(v, str):
         return v
-    return "%.3f s wall, %.3f s CPU, %.0f MB peak" % v
+    return "%.3f s wall, %.3f s CPU, %.0f MiB peak" % v
 
 
 def main():

@@ -101,9 +101,15 @@ worker(void *arg)
 int
 alert_start(const char *url)
 {
+	char err[256];
+
 	alert_stop();
 	if (url == NULL || *url == '\0')
 		return 0;
+	if (health_global_init(err, sizeof(err)) == -1) {
+		log_event(LVL_WARNING, EV_ALERT_FAILED, err);
+		return 0;
+	}
 	if ((a.url = strdup(url)) == NULL)
 		fatalx_oom();
 	a.stop = 0;

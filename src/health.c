@@ -14,10 +14,25 @@ struct body {
 	int too_big;
 };
 
+/*
+ * libcurl, loaded and initialised the first time a URL needs it. Called
+ * from the main thread only: the alert thread starts after it.
+ */
 int
-health_global_init(void)
+health_global_init(char *err, size_t errlen)
 {
-	return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
+	static int ready;
+
+	if (ready)
+		return 0;
+	if (libs_curl(err, errlen) == -1)
+		return -1;
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+		snprintf(err, errlen, "cannot initialise libcurl");
+		return -1;
+	}
+	ready = 1;
+	return 0;
 }
 
 /* Keeps at most 1 MiB; returning short makes curl abort the transfer. */
@@ -90,6 +105,8 @@ health_probe(
 	long status = 0;
 	int rc = -1;
 
+	if (health_global_init(err, errlen) == -1)
+		return -1;
 	h = curl_easy_init();
 	if (h == NULL) {
 		snprintf(err, errlen, "cannot start a request");

@@ -196,8 +196,12 @@ enum cache_fate cache_decide(
 int cache_members(const char *, size_t,
     int (*)(void *, size_t, size_t, size_t, size_t), void *);
 
+/* libs.c */
+int libs_pq(char *, size_t);
+int libs_curl(char *, size_t);
+
 /* health.c */
-int health_global_init(void);
+int health_global_init(char *, size_t);
 int health_probe(const struct config *, long long *, char *, size_t);
 int health_parse(const char *, size_t, long long *, char *, size_t);
 

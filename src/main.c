@@ -459,24 +459,6 @@ cmd_stats(struct config *cfg, int as_json)
 	return failed;
 }
 
-/*
- * GnuTLS comes in with libcurl's dependencies (libldap, librtmp), which
- * limpeza never uses, and initialises itself from a library constructor:
- * p11-kit, its modules and its configuration, about 0.8 MB that a daemon
- * would carry for ever. GNUTLS_NO_IMPLICIT_INIT=1 skips that, but only if
- * it is in the environment before the libraries load, so the daemon
- * executes itself again, once, with it set (the unit sets it, so under
- * systemd this does not happen). If that fails the daemon runs as it is.
- */
-static void
-skip_gnutls_init(char *argv[])
-{
-	if (getenv("GNUTLS_NO_IMPLICIT_INIT") != NULL ||
-	    setenv("GNUTLS_NO_IMPLICIT_INIT", "1", 1) == -1)
-		return;
-	execv("/proc/self/exe", argv);
-}
-
 int
 main(int argc, char *argv[])
 {
@@ -538,8 +520,6 @@ main(int argc, char *argv[])
 	}
 	if (force && cmd != CMD_ONCE)
 		usage_error("%s", "--force goes with 'once'");
-	if (cmd == CMD_RUN)
-		skip_gnutls_init(argv);
 	if (as_json && cmd != CMD_STATS)
 		usage_error("%s", "--json goes with 'stats'");
 
@@ -554,8 +534,6 @@ main(int argc, char *argv[])
 	}
 	/* A file size limit must fail the write (EFBIG), not kill us. */
 	signal(SIGXFSZ, SIG_IGN);
-	if (health_global_init() == -1)
-		fatal("cannot initialise libcurl");
 
 	switch (cmd) {
 	case CMD_RUN:

@@ -28,6 +28,8 @@ struct store_pg {
 	struct store s;
 	PGconn *conn;
 	char *password; /* only to scrub it from libpq's messages */
+	char
+	    libpq_err[256]; /* why libpq could not be loaded, if it could not */
 	int leader;
 	long long next_try;
 	long long backoff;
@@ -54,13 +56,16 @@ pg_open(const struct config *cfg)
 
 	if (p == NULL)
 		return NULL;
+	p->backoff = BACKOFF_MIN_MS;
+	/* Without libpq every operation fails with this reason. */
+	if (libs_pq(p->libpq_err, sizeof(p->libpq_err)) == -1)
+		return &p->s;
 	opts = PQconninfoParse(cfg->database_url, NULL);
 	for (o = opts; o != NULL && o->keyword != NULL; o++)
 		if (strcmp(o->keyword, "password") == 0 && o->val != NULL &&
 		    *o->val != '\0')
 			p->password = strdup(o->val);
 	PQconninfoFree(opts);
-	p->backoff = BACKOFF_MIN_MS;
 	return &p->s;
 }
 
@@ -184,6 +189,10 @@ pg_connect(struct store_pg *p)
 
 	if (p->conn != NULL)
 		return 0;
+	if (*p->libpq_err != '\0') {
+		store_err(&p->s, "%s", p->libpq_err);
+		return -1;
+	}
 	/* Within the backoff, the last reason stands in s.err. */
 	if (now < p->next_try)
 		return -1;

@@ -86,31 +86,41 @@ def test_sigusr1_runs_a_cycle_now(env, daemons):
     assert env.read_cache() == "{}"
 
 
-def environ_of(pid):
-    with open("/proc/%d/environ" % pid, "rb") as f:
-        return f.read().split(b"\0")
+def mapped(pid, name):
+    with open("/proc/%d/maps" % pid) as f:
+        return name in f.read()
 
 
-def test_daemon_runs_with_gnutls_left_uninitialised(env, daemons):
-    """GnuTLS comes with libcurl's dependencies and would initialise itself at
-    load time; the daemon executes itself again, in the same process, with
-    GNUTLS_NO_IMPLICIT_INIT=1, and then works as before."""
+def smaps(pid, key):
+    with open("/proc/%d/smaps_rollup" % pid) as f:
+        return int(re.search(r"^%s:\s+(\d+) kB" % key, f.read(), re.M).group(1))
+
+
+def test_libraries_are_loaded_only_when_the_settings_need_them(env, health, daemons):
+    """libpq and libcurl (and the forty libraries behind them) are loaded on
+    first need: not for a cache file alone, libcurl once a health URL is set."""
     d = daemons(env, LIMPEZA_INTERVAL="1h")
     d.wait_for(r"Ciclo 1 ")
-    assert b"GNUTLS_NO_IMPLICIT_INIT=1" in environ_of(d.p.pid)
-    env.write_cache({"old": {"status": "queued", "created_at": time.time() - 999}})
-    d.signal(signal.SIGUSR1)
-    log = d.wait_for(r"Job queued expirado no cache: old", timeout=3)
-    assert log.count("🚀 Sistema de Limpeza 3 Minutos iniciado") == 1
-    assert d.stop() == 0
+    assert not mapped(d.p.pid, "libcurl") and not mapped(d.p.pid, "libpq")
+    health.set_json({"status": "healthy", "jobs_active": 2})
+    d2 = daemons(env, LIMPEZA_INTERVAL="1h", LIMPEZA_HEALTH_URL=health.url)
+    d2.wait_for(r"API Health: 2 jobs ativos")
+    assert mapped(d2.p.pid, "libcurl") and not mapped(d2.p.pid, "libpq")
+    assert d.stop() == 0 and d2.stop() == 0
 
 
-def test_operator_choice_for_gnutls_is_kept(env, daemons):
-    d = daemons(env, LIMPEZA_INTERVAL="1h", GNUTLS_NO_IMPLICIT_INIT="0")
-    d.wait_for(r"Ciclo 1 ")
-    environ = environ_of(d.p.pid)
-    assert b"GNUTLS_NO_IMPLICIT_INIT=0" in environ
-    assert b"GNUTLS_NO_IMPLICIT_INIT=1" not in environ
+def test_gnutls_is_left_uninitialised(env, health, daemons):
+    """GnuTLS comes in with libcurl's dependencies and initialises itself when
+    loaded unless GNUTLS_NO_IMPLICIT_INIT=1, which limpeza sets before loading
+    libcurl: the same daemon with the operator's GNUTLS_NO_IMPLICIT_INIT=0
+    keeps the GnuTLS state, hundreds of kB more."""
+    health.set_json({"status": "healthy", "jobs_active": 1})
+    lean = daemons(env, LIMPEZA_INTERVAL="1h", LIMPEZA_HEALTH_URL=health.url)
+    full = daemons(env, LIMPEZA_INTERVAL="1h", LIMPEZA_HEALTH_URL=health.url,
+                   GNUTLS_NO_IMPLICIT_INIT="0")
+    for d in (lean, full):
+        d.wait_for(r"API Health: 1 jobs ativos")
+    assert smaps(lean.p.pid, "Rss") < smaps(full.p.pid, "Rss") - 256
 
 
 def test_sighup_reloads_settings_and_keeps_them_on_error(env, daemons, tmp_path):

@@ -50,10 +50,7 @@ def test_daemon_with_reloads_is_clean(env, health, tmp_path):
     env.write_cache({"a": {"status": "running", "start_time": time.time() - 999}})
     err = open(tmp_path / "vg.txt", "w+")
     p = subprocess.Popen(VALGRIND + [BIN, "run"], stderr=err,
-                         # set, so the daemon does not execute itself again
-                         # outside valgrind
                          env=env.env(LIMPEZA_HEALTH_URL=health.url, LIMPEZA_INTERVAL="200ms",
-                                     GNUTLS_NO_IMPLICIT_INIT="1",
                                      LIMPEZA_ENV_FILES=str(envfile),
                                      LIMPEZA_METRICS_ADDR="127.0.0.1:%d" % free_port(),
                                      LIMPEZA_ALERT_WEBHOOK=health.url))
