@@ -389,8 +389,7 @@ static size_t
 plain_run(const unsigned char *b, size_t i, size_t len)
 {
 #if defined(__SSE2__)
-	/* Sixteen at a time: bytes of 0x80 and up are negative, so below 0x20.
-	 */
+	/* Signed bytes: 0x80 and up are negative, so "below 0x20" too. */
 	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
 	const __m128i space = _mm_set1_epi8(0x20);
 	__m128i w;

@@ -28,8 +28,8 @@ struct store_pg {
 	struct store s;
 	PGconn *conn;
 	char *password; /* only to scrub it from libpq's messages */
-	char
-	    libpq_err[256]; /* why libpq could not be loaded, if it could not */
+	/* Why libpq could not be loaded, if it could not. */
+	char libpq_err[256];
 	int leader;
 	long long next_try;
 	long long backoff;
