@@ -334,6 +334,14 @@ cache_config(void)
 	return &cfg;
 }
 
+/* A fresh, empty cache file at cache_path. */
+static void
+new_cache_file(void)
+{
+	snprintf(cache_path, sizeof(cache_path), "/tmp/limpeza-unit-XXXXXX");
+	close(mkstemp(cache_path));
+}
+
 static void
 write_file(const char *text)
 {
@@ -374,8 +382,7 @@ test_first_sight(void **state)
 
 	(void)state;
 	log_stderr_only(LVL_ERROR, LOGF_TEXT, LANG_EN);
-	snprintf(cache_path, sizeof(cache_path), "/tmp/limpeza-unit-XXXXXX");
-	close(mkstemp(cache_path));
+	new_cache_file();
 	write_file(text);
 
 	test_mono = 1000000;
@@ -423,8 +430,7 @@ test_duplicate_keys(void **state)
 	int i;
 
 	(void)state;
-	snprintf(cache_path, sizeof(cache_path), "/tmp/limpeza-unit-XXXXXX");
-	close(mkstemp(cache_path));
+	new_cache_file();
 	/* the stale job is the one that counts: reaped, both members go */
 	write_file("{\"a\": {\"status\": \"done\"}, \"\\u0061\": {\"status\": "
 		   "\"queued\", \"created_at\": 1}, \"b\": 2}");
@@ -469,8 +475,7 @@ test_mark(void **state)
 	(void)state;
 	cfg->cache_action = CACHE_MARK;
 	cfg->lang = LANG_PT;
-	snprintf(cache_path, sizeof(cache_path), "/tmp/limpeza-unit-XXXXXX");
-	close(mkstemp(cache_path));
+	new_cache_file();
 	snprintf(buf, sizeof(buf),
 	    "{\"old\": {\"status\": \"running\", \"start_time\": %.2f, "
 	    "\"count\": 4}, \"done\": {\"status\": \"done\"}}",
