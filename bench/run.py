@@ -146,7 +146,8 @@ def daemon_db(c, url, stale, log):
         deadline = time.monotonic() + 60
         while cycles()[0] < 1:  # the first cycle connects
             if time.monotonic() > deadline or p.poll() is not None:
-                sys.exit("limpeza run did not finish its first cycle; see " + log)
+                tail = open(log).read()[-2000:] if os.path.exists(log) else ""
+                sys.exit("limpeza run did not finish its first cycle:\n" + tail)
             time.sleep(0.05)
         pg_reap.reset(c, "bench", stale)
         def ended():
