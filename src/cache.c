@@ -12,7 +12,6 @@
 #include <sys/mman.h>
 #include <stdint.h>
 #include <sys/stat.h>
-#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -264,22 +263,46 @@ static const char *const field_keys[NFIELDS] = { "\"status\"", "\"start_time\"",
 static const char *const field_names[NFIELDS] = { "status", "start_time",
 	"created_at" };
 
-struct member {
-	size_t ks, ke, vs, ve;
+/* Where the deciding fields of the job being scanned are, in the window. */
+struct fields {
 	size_t fs[NFIELDS], fe[NFIELDS]; /* fe == 0: absent */
-	int key_flags;
+};
+
+/*
+ * A top-level member, as byte spans of the file. What its fate depends on
+ * is taken while its bytes are in the window: the decoded key, and for a
+ * job that may be active its deciding fields (and in mark mode the whole
+ * job, which is then re-serialised).
+ */
+struct member {
+	off_t ks, ke, vs, ve;
 	int superseded; /* a later member has the same key */
 	enum cache_fate fate;
 	double age;
 	json_t *job; /* the deciding fields only */
-	const char *id; /* the key, decoded: in the buffer unless escaped */
-	size_t idlen;
-	char *decoded; /* owned copy of an escaped key */
+	json_t *full; /* the whole job, if it may be marked */
+	size_t id, idlen; /* the decoded key, in scan.ids */
 };
 
 struct scan {
 	struct member *m;
 	size_t n, cap;
+	char *ids;
+	size_t ids_len, ids_cap;
+};
+
+/*
+ * The file is scanned through one small window, a slice at a time, and
+ * the kept jobs are copied to the new file from the old one by the
+ * kernel: a 50 MB cache costs no 50 MB of fresh memory (faulting it in
+ * was half of the pass on a virtual machine) and no copy through it.
+ */
+struct window {
+	int fd;
+	char *buf;
+	size_t len, cap;
+	off_t base; /* the file offset of buf[0] */
+	int eof;
 };
 
 struct scanner {
@@ -566,7 +589,7 @@ scan_number(struct scanner *z)
 	return z->err != NULL ? -1 : 0;
 }
 
-static int scan_value(struct scanner *, int, struct member *);
+static int scan_value(struct scanner *, int, struct fields *);
 
 /* Does the key at [ks, ke) name field f? Escaped keys are decoded. */
 static int
@@ -591,7 +614,7 @@ key_is(struct scanner *z, size_t ks, size_t ke, int flags, const char *want)
  * occurrence of each, as jansson keeps the last of duplicate keys.
  */
 static int
-scan_container(struct scanner *z, int depth, struct member *job)
+scan_container(struct scanner *z, int depth, struct fields *job)
 {
 	unsigned char close = z->b[z->i] == '{' ? '}' : ']';
 	size_t ks, ke, vs;
@@ -646,7 +669,7 @@ scan_container(struct scanner *z, int depth, struct member *job)
 }
 
 static int
-scan_value(struct scanner *z, int depth, struct member *job)
+scan_value(struct scanner *z, int depth, struct fields *job)
 {
 	const unsigned char *b = z->b;
 	size_t start = z->i;
@@ -746,150 +769,280 @@ scan_add(struct scan *s)
 	return &s->m[s->n++];
 }
 
+#define WINDOW_BYTES ((size_t)1024 * 1024)
+
+static size_t window_bytes = WINDOW_BYTES;
+
+/* For tests: the window's first size, to cut jobs anywhere (0: default). */
+void
+cache_set_window(size_t n)
+{
+	window_bytes = n > 0 ? n : WINDOW_BYTES;
+}
+
 /*
- * Scans a whole file. Returns 0 with the members in out for an object,
- * 1 for valid JSON that is not an object, -1 with err and err_at set for
- * what jansson would refuse.
+ * Drops the first keep bytes of the window and reads on; when nothing
+ * can be dropped the window grows (a job larger than the window). The
+ * scanner follows: its position moves back by keep.
  */
 static int
-scan_file(const char *buf, size_t len, struct scan *out, const char **err,
-    size_t *err_at)
+window_fill(struct window *w, struct scanner *z, size_t keep)
 {
-	struct scanner z = { (const unsigned char *)buf, len, 0, NULL, 0 };
-	struct member *m;
-	int is_object, flags, rc = -1;
+	ssize_t n;
+
+	if (keep > 0) {
+		memmove(w->buf, w->buf + keep, w->len - keep);
+		w->len -= keep;
+		w->base += (off_t)keep;
+	}
+	if (w->len == w->cap) {
+		if ((long long)w->cap > CACHE_MAX_BYTES) {
+			errno = EFBIG;
+			return -1;
+		}
+		w->buf = big_alloc(w->buf, w->cap, w->cap * 2);
+		w->cap *= 2;
+	}
+	do
+		n = read(w->fd, w->buf + w->len, w->cap - w->len);
+	while (n == -1 && errno == EINTR);
+	if (n == -1)
+		return -1;
+	if (n == 0)
+		w->eof = 1;
+	w->len += (size_t)n;
+	z->b = (const unsigned char *)w->buf;
+	z->len = w->len;
+	z->i -= keep;
+	return 0;
+}
+
+/*
+ * One member of the top-level object and the ',' or '}' after it, with
+ * spans relative to the window. Returns 0 if more follow, 1 after the
+ * last, 2 for an empty object, -1 on an error.
+ */
+static int
+scan_member(struct scanner *z, int first, struct member *m, struct fields *f,
+    int *key_flags)
+{
+	size_t ks;
+
+	skip_ws(z);
+	if (first && z->i < z->len && z->b[z->i] == '}') {
+		z->i++;
+		return 2;
+	}
+	if (z->i >= z->len || z->b[z->i] != '"')
+		return fail(z, z->i, "string or '}' expected");
+	ks = z->i;
+	if (scan_string(z, key_flags) == -1)
+		return -1;
+	if (*key_flags & S_NUL)
+		return fail(z, ks, "NUL byte in object key not supported");
+	m->ks = (off_t)ks;
+	m->ke = (off_t)z->i;
+	skip_ws(z);
+	if (z->i >= z->len || z->b[z->i] != ':')
+		return fail(z, z->i, "':' expected");
+	z->i++;
+	skip_ws(z);
+	m->vs = (off_t)z->i;
+	memset(f, 0, sizeof(*f));
+	if (scan_value(z, 2, f) == -1)
+		return -1;
+	m->ve = (off_t)value_end(z);
+	skip_ws(z);
+	if (z->i < z->len && z->b[z->i] == ',') {
+		z->i++;
+		return 0;
+	}
+	if (z->i < z->len && z->b[z->i] == '}') {
+		z->i++;
+		return 1;
+	}
+	return fail(z, z->i, "',' or '}' expected");
+}
+
+/* Could this job's status be running or queued? Escaped: assume so. */
+static int
+maybe_active(const char *b, const struct fields *f, const struct config *cfg)
+{
+	size_t n = f->fe[F_STATUS] - f->fs[F_STATUS];
+	const char *v = b + f->fs[F_STATUS];
+
+	if (f->fe[F_STATUS] == 0 || v[0] != '"')
+		return 0;
+	if (memchr(v, '\\', n) != NULL)
+		return 1;
+	return (n == strlen(cfg->running_status) + 2 &&
+		   memcmp(v + 1, cfg->running_status, n - 2) == 0) ||
+	    (n == strlen(cfg->queued_status) + 2 &&
+		memcmp(v + 1, cfg->queued_status, n - 2) == 0);
+}
+
+/*
+ * Takes what decides a member's fate while its bytes are in the window:
+ * its decoded key, and the deciding fields of a job that may be active
+ * (only those are parsed; most jobs are done).
+ */
+static void
+capture(struct scan *s, struct member *m, const struct scanner *z,
+    const struct fields *f, int key_flags, const struct config *cfg)
+{
+	const char *b = (const char *)z->b, *id = b + m->ks + 1;
+	size_t idlen = (size_t)(m->ke - m->ks) - 2, cap;
+	json_t *key = NULL, *v;
+	int k;
+
+	if (key_flags & S_ESCAPE) {
+		key = json_loadb(
+		    b + m->ks, (size_t)(m->ke - m->ks), JSON_DECODE_ANY, NULL);
+		if (key == NULL)
+			fatalx_oom();
+		id = json_string_value(key);
+		idlen = json_string_length(key);
+	}
+	if (s->ids == NULL || s->ids_len + idlen > s->ids_cap) {
+		cap = s->ids_cap ? s->ids_cap : 65536;
+		while (cap < s->ids_len + idlen)
+			cap *= 2;
+		s->ids = big_alloc(s->ids, s->ids_cap, cap);
+		s->ids_cap = cap;
+	}
+	memcpy(s->ids + s->ids_len, id, idlen);
+	m->id = s->ids_len;
+	m->idlen = idlen;
+	s->ids_len += idlen;
+	json_decref(key);
+
+	if (b[m->vs] != '{' || !maybe_active(b, f, cfg))
+		return;
+	if ((m->job = json_object()) == NULL)
+		fatalx_oom();
+	for (k = 0; k < NFIELDS; k++) {
+		if (f->fe[k] == 0)
+			continue;
+		v = json_loadb(b + f->fs[k], f->fe[k] - f->fs[k],
+		    JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+		if (v == NULL)
+			fatalx_oom();
+		json_object_set_new(m->job, field_names[k], v);
+	}
+	/* Marking re-serialises the job: keep all of it. */
+	if (cfg->cache_action == CACHE_MARK &&
+	    (m->full = json_loadb(b + m->vs, (size_t)(m->ve - m->vs),
+		 JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL)) == NULL)
+		fatalx_oom();
+}
+
+/*
+ * Scans the file through the window. Returns 0 with the members in out
+ * for an object, 1 for valid JSON that is not an object, -1 with err and
+ * err_at (a file offset) for what jansson would refuse, -2 with errno on
+ * a read error. With cfg, each member's deciding fields are captured.
+ */
+static int
+scan_window(struct window *w, struct scan *out, const struct config *cfg,
+    const char **err, off_t *err_at)
+{
+	struct scanner z = { (const unsigned char *)w->buf, w->len, 0, NULL,
+		0 };
+	struct member tmp, *m;
+	struct fields f;
+	size_t mark;
+	int r, flags, first = 1, rc = -1, is_object;
 
 	plain_init();
-	skip_ws(&z);
-	if (z.i >= len || (buf[z.i] != '{' && buf[z.i] != '[')) {
+	for (;;) {
+		skip_ws(&z);
+		if (z.i < z.len || w->eof)
+			break;
+		if (window_fill(w, &z, z.i) == -1)
+			return -2;
+	}
+	if (z.i >= z.len || (z.b[z.i] != '{' && z.b[z.i] != '[')) {
 		fail(&z, z.i, "'[' or '{' expected");
 		goto done;
 	}
-	is_object = buf[z.i] == '{';
+	is_object = z.b[z.i] == '{';
 	if (!is_object) {
+		/* Not a job cache: only whether it is valid matters. */
+		while (!w->eof)
+			if (window_fill(w, &z, 0) == -1)
+				return -2;
 		if (scan_value(&z, 1, NULL) == -1)
 			goto done;
 	} else {
-		/* The top level by hand, to keep each member's spans. */
 		z.i++;
-		skip_ws(&z);
-		if (z.i < len && buf[z.i] == '}')
-			z.i++;
-		else
-			for (;;) {
-				if (z.i >= len || buf[z.i] != '"') {
-					fail(&z, z.i, "string or '}' expected");
-					goto done;
-				}
-				m = scan_add(out);
-				m->ks = z.i;
-				if (scan_string(&z, &flags) == -1)
-					goto done;
-				m->ke = z.i;
-				m->key_flags = flags;
-				if (flags & S_NUL) {
-					fail(&z, m->ks,
-					    "NUL byte in object key not "
-					    "supported");
-					goto done;
-				}
-				skip_ws(&z);
-				if (z.i >= len || buf[z.i] != ':') {
-					fail(&z, z.i, "':' expected");
-					goto done;
-				}
-				z.i++;
-				skip_ws(&z);
-				m->vs = z.i;
-				if (scan_value(&z, 2, m) == -1)
-					goto done;
-				m->ve = value_end(&z);
-				skip_ws(&z);
-				if (z.i < len && buf[z.i] == ',') {
-					z.i++;
-					skip_ws(&z);
-					continue;
-				}
-				if (z.i < len && buf[z.i] == '}') {
-					z.i++;
-					break;
-				}
-				fail(&z, z.i, "',' or '}' expected");
-				goto done;
+		for (;;) {
+			mark = z.i;
+			memset(&tmp, 0, sizeof(tmp));
+			r = scan_member(&z, first, &tmp, &f, &flags);
+			if (r == -1 && !w->eof) {
+				/* Cut by the window's end, maybe: read on. */
+				z.err = NULL;
+				z.i = mark;
+				if (window_fill(w, &z, mark) == -1)
+					return -2;
+				continue;
 			}
+			if (r == -1)
+				goto done;
+			first = 0;
+			if (r == 2)
+				break;
+			m = scan_add(out);
+			*m = tmp;
+			if (cfg != NULL)
+				capture(out, m, &z, &f, flags, cfg);
+			m->ks += w->base;
+			m->ke += w->base;
+			m->vs += w->base;
+			m->ve += w->base;
+			if (r == 1)
+				break;
+		}
 	}
-	skip_ws(&z);
-	if (z.i != len) {
-		fail(&z, z.i, "end of file expected");
-		goto done;
+	for (;;) {
+		skip_ws(&z);
+		if (z.i < z.len) {
+			fail(&z, z.i, "end of file expected");
+			goto done;
+		}
+		if (w->eof)
+			break;
+		if (window_fill(w, &z, z.i) == -1)
+			return -2;
 	}
 	rc = is_object ? 0 : 1;
 done:
 	*err = z.err;
-	*err_at = z.err_at;
+	*err_at = w->base + (off_t)z.err_at;
 	return rc;
 }
 
-/*
- * The members of a top-level JSON object, as byte spans of each key
- * (quotes included) and value; -1 if buf is not a valid JSON object.
- */
-int
-cache_members(const char *b, size_t len,
-    int (*cb)(void *, size_t, size_t, size_t, size_t), void *arg)
+/* Line and column of a file offset, for the log: counted from the start. */
+static void
+position_of(int fd, off_t at, char *buf, size_t cap, long *line, long *col)
 {
-	struct scan s = { NULL, 0, 0 };
-	const char *err;
-	size_t at, i;
-	int rc = -1;
+	off_t off = 0, bol = 0;
+	ssize_t n, i;
 
-	if (scan_file(b, len, &s, &err, &at) == 0) {
-		rc = 0;
-		for (i = 0; i < s.n && rc == 0; i++)
-			if (cb(arg, s.m[i].ks, s.m[i].ke, s.m[i].vs,
-				s.m[i].ve) != 0)
-				rc = -1;
-	}
-	big_free(s.m, s.cap * sizeof(*s.m));
-	return rc;
-}
-
-/* The whole file in one buffer from big_alloc(), freed with big_free(). */
-static int
-read_all(int fd, char **bufp, size_t *lenp, size_t *capp)
-{
-	size_t cap, len = 0;
-	struct stat st;
-	char *buf;
-	ssize_t n;
-
-	cap = fstat(fd, &st) == 0 ? (size_t)st.st_size + 1 : 65536;
-	buf = big_alloc(NULL, 0, cap);
-	for (;;) {
-		if (len == cap) {
-			if ((long long)cap > CACHE_MAX_BYTES) {
-				errno = EFBIG;
-				goto fail;
-			}
-			buf = big_alloc(buf, cap, cap * 2);
-			cap *= 2;
-		}
-		n = read(fd, buf + len, cap - len);
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n == -1)
-			goto fail;
-		if (n == 0)
+	*line = 1;
+	while (off < at) {
+		n = pread(fd, buf,
+		    (size_t)(at - off) < cap ? (size_t)(at - off) : cap, off);
+		if (n <= 0)
 			break;
-		len += (size_t)n;
+		for (i = 0; i < n; i++)
+			if (buf[i] == '\n') {
+				(*line)++;
+				bol = off + i + 1;
+			}
+		off += n;
 	}
-	*bufp = buf;
-	*lenp = len;
-	*capp = cap;
-	return 0;
-fail:
-	big_free(buf, cap);
-	return -1;
+	*col = (long)(at - bol + 1);
 }
 
 /* Takes the exclusive lock, waiting a bounded time for a cooperating writer. */
@@ -937,7 +1090,30 @@ settling(int fd, const struct stat *was)
 	return fstat(fd, &now) == 0 && !same_version(was, &now);
 }
 
-/* The new file: kept members copied from buf, marked jobs re-serialised. */
+/*
+ * A file written within the current clock tick can be written again
+ * without its mtime moving (file times are coarse), and then the check
+ * before the rename would not see the change: let it age one tick. The
+ * kernel's clock, not the daemon's, wrote the mtime.
+ */
+#define FRESH_NS (20L * 1000 * 1000)
+
+static int
+fresh_wait(int fd, struct stat *st)
+{
+	struct timespec now, pause = { 0, FRESH_NS };
+	long long age;
+
+	clock_gettime(CLOCK_REALTIME, &now);
+	age = (long long)(now.tv_sec - st->st_mtim.tv_sec) * 1000000000LL +
+	    (now.tv_nsec - st->st_mtim.tv_nsec);
+	if (age < 0 || age >= FRESH_NS)
+		return 0;
+	nanosleep(&pause, NULL);
+	return fstat(fd, st);
+}
+
+/* Is the job (its deciding fields) running or queued? */
 static int
 is_active(const struct config *cfg, const json_t *job)
 {
@@ -949,26 +1125,36 @@ is_active(const struct config *cfg, const json_t *job)
 }
 
 /*
- * The new file as a list of pieces: kept members point into the buffer
- * read from the old file (no second copy of tens of MB), marked jobs are
- * re-serialised into dumps[]. Written with writev().
+ * The new file as a list of pieces: ranges of the old file, each a run
+ * of kept jobs with the bytes between them, and bytes in memory (the
+ * separators, marked jobs re-serialised).
  */
-struct output {
-	struct iovec *iov;
-	size_t niov, iov_cap;
-	char **dumps;
-	size_t ndumps;
+struct piece {
+	const char *mem; /* NULL: the range [off, off + len) of the old file */
+	off_t off;
 	size_t len;
 };
 
+struct output {
+	struct piece *p;
+	size_t n, cap;
+	char **dumps;
+	size_t ndumps;
+};
+
 static void
-out_add(struct output *o, const void *p, size_t n)
+out_add(struct output *o, const char *mem, off_t off, size_t len)
 {
-	/* writev() only reads: iov_base is not const for historical reasons. */
-	memcpy(&o->iov[o->niov].iov_base, &p, sizeof(p));
-	o->iov[o->niov].iov_len = n;
-	o->niov++;
-	o->len += n;
+	if (o->n == o->cap) {
+		o->cap = o->cap ? o->cap * 2 : 64;
+		o->p = realloc(o->p, o->cap * sizeof(*o->p));
+		if (o->p == NULL)
+			fatalx_oom();
+	}
+	o->p[o->n].mem = mem;
+	o->p[o->n].off = off;
+	o->p[o->n].len = len;
+	o->n++;
 }
 
 static void
@@ -979,103 +1165,144 @@ output_free(struct output *o)
 	for (i = 0; i < o->ndumps; i++)
 		free(o->dumps[i]);
 	free(o->dumps);
-	big_free(o->iov, o->iov_cap * sizeof(*o->iov));
+	free(o->p);
 	memset(o, 0, sizeof(*o));
 }
 
 static void
-build_output(
-    const char *buf, struct scan *s, const struct config *cfg, struct output *o)
+build_output(struct scan *s, const struct config *cfg, struct output *o)
 {
 	char msg[256];
+	off_t run = -1, run_end = 0;
 	size_t i, kept = 0;
-	json_t *full;
 
 	memset(o, 0, sizeof(*o));
-	o->iov_cap = s->n * 4 + 2;
-	o->iov = big_alloc(NULL, 0, o->iov_cap * sizeof(*o->iov));
 	o->dumps = calloc(s->n + 1, sizeof(*o->dumps));
 	if (o->dumps == NULL)
 		fatalx_oom();
-	out_add(o, "{", 1);
+	out_add(o, "{", 0, 1);
 	for (i = 0; i < s->n; i++) {
 		struct member *m = &s->m[i];
 
-		if (m->superseded)
+		if (!m->superseded && m->fate == FATE_KEEP) {
+			if (run == -1) {
+				if (kept++ > 0)
+					out_add(o, ", ", 0, 2);
+				run = m->ks;
+			}
+			run_end = m->ve;
 			continue;
-		if (m->fate != FATE_KEEP) {
-			/* Marking keeps active jobs as errors; the rest go. */
-			if (cfg->cache_action != CACHE_MARK ||
-			    !is_active(cfg, m->job))
-				continue;
-			full = json_loadb(buf + m->vs, m->ve - m->vs,
-			    JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
-			if (full == NULL)
-				fatalx_oom();
-			config_reap_message(cfg,
-			    m->fate == FATE_RUNNING	 ? REAP_RUNNING
-				: m->fate == FATE_QUEUED ? REAP_QUEUED
-							 : REAP_FORCED,
-			    msg, sizeof(msg));
-			json_object_set_new(
-			    full, "status", json_string(cfg->error_status));
-			json_object_set_new(full, "error", json_string(msg));
-			o->dumps[o->ndumps] = json_dumps(full,
-			    JSON_ENSURE_ASCII | JSON_PRESERVE_ORDER |
-				JSON_REAL_PRECISION(17));
-			json_decref(full);
-			if (o->dumps[o->ndumps] == NULL)
-				fatalx_oom();
 		}
+		if (run != -1)
+			out_add(o, NULL, run, (size_t)(run_end - run));
+		run = -1;
+		/* Marking keeps active jobs as errors; the rest go. */
+		if (m->superseded || m->fate == FATE_KEEP ||
+		    cfg->cache_action != CACHE_MARK || m->full == NULL ||
+		    !is_active(cfg, m->job))
+			continue;
+		config_reap_message(cfg,
+		    m->fate == FATE_RUNNING	 ? REAP_RUNNING
+			: m->fate == FATE_QUEUED ? REAP_QUEUED
+						 : REAP_FORCED,
+		    msg, sizeof(msg));
+		json_object_set_new(
+		    m->full, "status", json_string(cfg->error_status));
+		json_object_set_new(m->full, "error", json_string(msg));
+		o->dumps[o->ndumps] = json_dumps(m->full,
+		    JSON_ENSURE_ASCII | JSON_PRESERVE_ORDER |
+			JSON_REAL_PRECISION(17));
+		if (o->dumps[o->ndumps] == NULL)
+			fatalx_oom();
 		if (kept++ > 0)
-			out_add(o, ", ", 2);
-		out_add(o, buf + m->ks, m->ke - m->ks);
-		out_add(o, ": ", 2);
-		if (m->fate != FATE_KEEP) {
-			out_add(o, o->dumps[o->ndumps],
-			    strlen(o->dumps[o->ndumps]));
-			o->ndumps++;
-		} else
-			out_add(o, buf + m->vs, m->ve - m->vs);
+			out_add(o, ", ", 0, 2);
+		out_add(o, NULL, m->ks, (size_t)(m->ke - m->ks));
+		out_add(o, ": ", 0, 2);
+		out_add(o, o->dumps[o->ndumps], 0, strlen(o->dumps[o->ndumps]));
+		o->ndumps++;
 	}
-	out_add(o, "}", 1);
+	if (run != -1)
+		out_add(o, NULL, run, (size_t)(run_end - run));
+	out_add(o, "}", 0, 1);
 }
 
-/*
- * writev() of any number of pieces, IOV_MAX at a time, short writes too.
- * Write-back of each few MB is started as soon as they are written, so
- * the disk works while the rest is copied and the final fsync() has
- * little left to wait for.
- */
-#define FLUSH_CHUNK (4L * 1024 * 1024)
-
-static int
-write_pieces(int fd, struct iovec *iov, size_t n)
+/* Where copy_file_range() cannot: n bytes at *off of in through buf. */
+static ssize_t
+copy_through(int in, off_t *off, int fd, char *buf, size_t n)
 {
-	off_t done = 0, flushed = 0;
-	ssize_t w;
+	ssize_t got, w;
+	size_t done = 0;
 
-	while (n > 0) {
-		w = writev(fd, iov, n > IOV_MAX ? IOV_MAX : (int)n);
+	if ((got = pread(in, buf, n, *off)) <= 0)
+		return got;
+	while (done < (size_t)got) {
+		w = write(fd, buf + done, (size_t)got - done);
 		if (w == -1 && errno == EINTR)
 			continue;
 		if (w == -1)
 			return -1;
-		done += w;
-		if (done - flushed >= FLUSH_CHUNK) {
-			/* Only a hint: fsync() still decides durability. */
-			(void)sync_file_range(
-			    fd, flushed, done - flushed, SYNC_FILE_RANGE_WRITE);
-			flushed = done;
-		}
-		while (n > 0 && (size_t)w >= iov->iov_len) {
-			w -= (ssize_t)iov->iov_len;
-			iov++;
-			n--;
-		}
-		if (n > 0) {
-			iov->iov_base = (char *)iov->iov_base + w;
-			iov->iov_len -= (size_t)w;
+		done += (size_t)w;
+	}
+	*off += got;
+	return got;
+}
+
+/*
+ * Writes the pieces to fd, the old file's ranges by copy_file_range():
+ * the kernel copies them page to page, nothing passes through limpeza.
+ * Write-back of each few MB is started as soon as they are written, so
+ * the disk works while the rest is copied and the final fsync() has
+ * little left to wait for. Returns 1 if the old file (in) is shorter
+ * than it was: it changed.
+ */
+#define FLUSH_CHUNK (4L * 1024 * 1024)
+
+static int
+write_output(int fd, int in, const struct output *o, char *buf, size_t cap)
+{
+	off_t done = 0, flushed = 0, off;
+	size_t i, left, n;
+	ssize_t w;
+	int kernel = 1;
+
+	for (i = 0; i < o->n; i++) {
+		const struct piece *p = &o->p[i];
+
+		off = p->off;
+		for (left = p->len; left > 0;) {
+			n = left < FLUSH_CHUNK ? left : FLUSH_CHUNK;
+			if (p->mem != NULL)
+				w = write(fd, p->mem + (p->len - left), n);
+			else if (kernel) {
+				w = copy_file_range(in, &off, fd, NULL, n, 0);
+				if (w == -1 &&
+				    (errno == EXDEV || errno == EINVAL ||
+					errno == ENOSYS ||
+					errno == EOPNOTSUPP)) {
+					kernel = 0;
+					continue;
+				}
+			} else
+				w = copy_through(
+				    in, &off, fd, buf, n < cap ? n : cap);
+			if (w == -1 && errno == EINTR)
+				continue;
+			if (w == -1)
+				return -1;
+			if (w == 0 && p->mem == NULL)
+				return 1;
+			if (w == 0) {
+				errno = EIO;
+				return -1;
+			}
+			left -= (size_t)w;
+			done += w;
+			if (done - flushed >= FLUSH_CHUNK) {
+				/* Only a hint: fsync() decides durability. */
+				(void)sync_file_range(fd, flushed,
+				    done - flushed, SYNC_FILE_RANGE_WRITE);
+				flushed = done;
+			}
 		}
 	}
 	return 0;
@@ -1085,16 +1312,16 @@ write_pieces(int fd, struct iovec *iov, size_t n)
  * Writes data next to path and renames it over path, keeping mode and
  * owner, unless the file (open as oldfd) changed since `was` was taken:
  * then the file in place is the writer's and 1 is returned so the caller
- * reads the new version.
+ * reads the new version. buf is scratch space.
  */
 static int
 replace_file(const char *path, int oldfd, const struct stat *was,
-    struct output *data, char *err, size_t errlen)
+    const struct output *data, char *buf, size_t cap, char *err, size_t errlen)
 {
 	char tmp[4096], dir[4096], *slash;
 	const char *base;
 	struct stat now;
-	int fd = -1, dfd;
+	int fd = -1, dfd, r;
 
 	snprintf(dir, sizeof(dir), "%s", path);
 	slash = strrchr(dir, '/');
@@ -1135,7 +1362,12 @@ replace_file(const char *path, int oldfd, const struct stat *was,
 		    strerror(errno));
 		goto fail;
 	}
-	if (write_pieces(fd, data->iov, data->niov) == -1 || fsync(fd) == -1) {
+	if ((r = write_output(fd, oldfd, data, buf, cap)) == 1) {
+		close(fd);
+		unlink(tmp);
+		return 1;
+	}
+	if (r == -1 || fsync(fd) == -1) {
 		snprintf(err, errlen, "cannot write the new file: %s",
 		    strerror(errno));
 		goto fail;
@@ -1234,7 +1466,7 @@ log_reaped(
 
 		if (m->fate == FATE_KEEP)
 			continue;
-		if ((id = strndup(m->id, m->idlen)) == NULL)
+		if ((id = strndup(s->ids + m->id, m->idlen)) == NULL)
 			fatalx_oom();
 		switch (m->fate) {
 		case FATE_RUNNING:
@@ -1270,23 +1502,6 @@ log_reaped(
 		    res->reaped_running + res->reaped_queued);
 }
 
-/* Could this job's status be running or queued? Escaped: assume so. */
-static int
-maybe_active(const char *buf, const struct member *m, const struct config *cfg)
-{
-	size_t n = m->fe[F_STATUS] - m->fs[F_STATUS];
-	const char *v = buf + m->fs[F_STATUS];
-
-	if (m->fe[F_STATUS] == 0 || v[0] != '"')
-		return 0;
-	if (memchr(v, '\\', n) != NULL)
-		return 1;
-	return (n == strlen(cfg->running_status) + 2 &&
-		   memcmp(v + 1, cfg->running_status, n - 2) == 0) ||
-	    (n == strlen(cfg->queued_status) + 2 &&
-		memcmp(v + 1, cfg->queued_status, n - 2) == 0);
-}
-
 /* FNV-1a: the keys are job ids, short and already spread out. */
 static size_t
 id_hash(const char *p, size_t n)
@@ -1299,16 +1514,14 @@ id_hash(const char *p, size_t n)
 }
 
 /*
- * Gives each member its decoded key and marks the members whose key a
- * later member repeats: jansson (and Python) keep only the last. The
- * table holds member indices, so a file of 20,000 jobs costs one
- * allocation, not 20,000.
+ * Marks the members whose key a later member repeats: jansson (and
+ * Python) keep only the last. The table holds member indices, so a file
+ * of 20,000 jobs costs one allocation, not 20,000.
  */
 static void
-find_superseded(const char *buf, struct scan *s)
+find_superseded(struct scan *s)
 {
 	size_t i, h, mask, size = 16, *slot;
-	json_t *key;
 
 	while (size < s->n * 2)
 		size *= 2;
@@ -1318,29 +1531,14 @@ find_superseded(const char *buf, struct scan *s)
 	memset(slot, 0xff, size * sizeof(*slot));
 	for (i = 0; i < s->n; i++) {
 		struct member *m = &s->m[i];
+		const char *id = s->ids + m->id;
 
-		if (m->key_flags & S_ESCAPE) {
-			key = json_loadb(
-			    buf + m->ks, m->ke - m->ks, JSON_DECODE_ANY, NULL);
-			if (key == NULL)
-				fatalx_oom();
-			m->idlen = json_string_length(key);
-			if ((m->decoded = malloc(m->idlen + 1)) == NULL)
-				fatalx_oom();
-			memcpy(
-			    m->decoded, json_string_value(key), m->idlen + 1);
-			json_decref(key);
-			m->id = m->decoded;
-		} else {
-			m->id = buf + m->ks + 1;
-			m->idlen = m->ke - m->ks - 2;
-		}
-		for (h = id_hash(m->id, m->idlen) & mask; slot[h] != SIZE_MAX;
+		for (h = id_hash(id, m->idlen) & mask; slot[h] != SIZE_MAX;
 		     h = (h + 1) & mask) {
 			struct member *o = &s->m[slot[h]];
 
 			if (o->idlen == m->idlen &&
-			    memcmp(o->id, m->id, m->idlen) == 0) {
+			    memcmp(s->ids + o->id, id, m->idlen) == 0) {
 				o->superseded = 1;
 				break;
 			}
@@ -1351,12 +1549,12 @@ find_superseded(const char *buf, struct scan *s)
 }
 
 /*
- * Decides every member and notes first sightings. Only the deciding
- * fields of possibly active jobs are parsed, from their spans.
+ * Decides every member and notes first sightings. Only possibly active
+ * jobs carry their deciding fields; the rest are done (or not jobs).
  */
 static void
-decide_all(struct cache *c, const struct config *cfg, int force,
-    const char *buf, struct scan *s, json_t *seen)
+decide_all(struct cache *c, const struct config *cfg, int force, struct scan *s,
+    json_t *seen)
 {
 	struct cache_policy pol = {
 		.running_ttl = (double)cfg->running_ttl / MS_PER_S,
@@ -1369,11 +1567,10 @@ decide_all(struct cache *c, const struct config *cfg, int force,
 	};
 	double now = now_realtime();
 	long long mono = now_monotonic_ms();
-	json_t *first, *v;
+	json_t *first;
 	size_t i;
-	int f;
 
-	find_superseded(buf, s);
+	find_superseded(s);
 	for (i = 0; i < s->n; i++) {
 		struct member *m = &s->m[i];
 		const char *status;
@@ -1381,22 +1578,9 @@ decide_all(struct cache *c, const struct config *cfg, int force,
 
 		if (m->superseded)
 			continue;
-		/* Most jobs are done: a glance at the status span suffices. */
-		if (buf[m->vs] != '{' || !maybe_active(buf, m, cfg)) {
+		if (m->job == NULL) {
 			m->fate = cache_decide(NULL, &pol, now, 0, &m->age);
 			continue;
-		}
-		m->job = json_object();
-		if (m->job == NULL)
-			fatalx_oom();
-		for (f = 0; json_is_object(m->job) && f < NFIELDS; f++) {
-			if (m->fe[f] == 0)
-				continue;
-			v = json_loadb(buf + m->fs[f], m->fe[f] - m->fs[f],
-			    JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
-			if (v == NULL)
-				fatalx_oom();
-			json_object_set_new(m->job, field_names[f], v);
 		}
 		status = json_string_value(json_object_get(m->job, "status"));
 		if (status != NULL &&
@@ -1409,7 +1593,7 @@ decide_all(struct cache *c, const struct config *cfg, int force,
 				fatalx_oom();
 			memcpy(sk, status, sl);
 			sk[sl] = '\n';
-			memcpy(sk + sl + 1, m->id, m->idlen);
+			memcpy(sk + sl + 1, s->ids + m->id, m->idlen);
 			first = json_object_getn(c->seen, sk, skl);
 			if (first != NULL) {
 				first_age =
@@ -1431,11 +1615,42 @@ scan_free(struct scan *s)
 	size_t i;
 
 	for (i = 0; i < s->n; i++) {
-		free(s->m[i].decoded);
 		json_decref(s->m[i].job);
+		json_decref(s->m[i].full);
 	}
 	big_free(s->m, s->cap * sizeof(*s->m));
+	big_free(s->ids, s->ids_cap);
 	memset(s, 0, sizeof(*s));
+}
+
+/*
+ * The members of the JSON object in the file open as fd (read from its
+ * current offset through a window of `window` bytes at first), as file
+ * offsets of each key (quotes included) and value; -1 if it is not a
+ * valid JSON object.
+ */
+int
+cache_members(int fd, size_t window,
+    int (*cb)(void *, size_t, size_t, size_t, size_t), void *arg)
+{
+	struct window w = { fd, NULL, 0, window ? window : WINDOW_BYTES, 0, 0 };
+	struct scan s = { NULL, 0, 0, NULL, 0, 0 };
+	const char *err;
+	off_t at;
+	size_t i;
+	int rc = -1;
+
+	w.buf = big_alloc(NULL, 0, w.cap);
+	if (scan_window(&w, &s, NULL, &err, &at) == 0) {
+		rc = 0;
+		for (i = 0; i < s.n && rc == 0; i++)
+			if (cb(arg, (size_t)s.m[i].ks, (size_t)s.m[i].ke,
+				(size_t)s.m[i].vs, (size_t)s.m[i].ve) != 0)
+				rc = -1;
+	}
+	scan_free(&s);
+	big_free(w.buf, w.cap);
+	return rc;
 }
 
 /*
@@ -1449,12 +1664,14 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 {
 	const char *path = cfg->cache_file;
 	struct stat st, pst;
-	struct scan s = { NULL, 0, 0 };
-	struct output out = { NULL, 0, 0, NULL, 0, 0 };
+	struct scan s = { NULL, 0, 0, NULL, 0, 0 };
+	struct output out = { NULL, 0, 0, NULL, 0 };
+	struct window w = { -1, NULL, 0, 0, 0, 0 };
 	json_t *seen = NULL;
 	const char *why;
-	char *buf = NULL, err[512];
-	size_t len = 0, cap = 0, i, at;
+	char err[512];
+	size_t i;
+	off_t at;
 	long long next_due, due;
 	int fd, rc = -1, r, changes = 0, kind;
 
@@ -1490,28 +1707,28 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 	}
 	if (!dry_run)
 		remove_leftovers(path);
-	if (fstat(fd, &st) == -1 || read_all(fd, &buf, &len, &cap) == -1) {
+	if (fstat(fd, &st) == -1 || fresh_wait(fd, &st) == -1) {
 		log_event(LVL_ERROR, EV_CACHE_ERROR, path, strerror(errno));
 		goto done;
 	}
-
-	kind = scan_file(buf, len, &s, &why, &at);
+	w.fd = fd;
+	w.cap = window_bytes;
+	w.buf = big_alloc(NULL, 0, w.cap);
+	if ((kind = scan_window(&w, &s, cfg, &why, &at)) == -2) {
+		log_event(LVL_ERROR, EV_CACHE_ERROR, path, strerror(errno));
+		goto done;
+	}
 	if (kind == -1 && settling(fd, &st)) {
 		/* Caught mid-write by the API: read it again shortly. */
 		rc = 1;
 		goto done;
 	}
 	if (kind == -1) {
-		long line = 1;
-		size_t bol = 0;
+		long line, col;
 
-		for (i = 0; i < at && i < len; i++)
-			if (buf[i] == '\n') {
-				line++;
-				bol = i + 1;
-			}
-		log_event(LVL_ERROR, EV_CACHE_INVALID, path, line,
-		    (long)(at - bol + 1), len == 0 ? "empty file" : why);
+		position_of(fd, at, w.buf, w.cap, &line, &col);
+		log_event(LVL_ERROR, EV_CACHE_INVALID, path, line, col,
+		    w.eof && w.base + (off_t)w.len == 0 ? "empty file" : why);
 		goto done;
 	}
 	if (kind == 1) {
@@ -1521,7 +1738,7 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 
 	if ((seen = json_object()) == NULL)
 		fatalx_oom();
-	decide_all(c, cfg, force, buf, &s, seen);
+	decide_all(c, cfg, force, &s, seen);
 	res->active = 0;
 	res->oldest_s = -1;
 	next_due = LLONG_MAX;
@@ -1552,8 +1769,9 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 	}
 
 	if (changes > 0 && !dry_run) {
-		build_output(buf, &s, cfg, &out);
-		r = replace_file(path, fd, &st, &out, err, sizeof(err));
+		build_output(&s, cfg, &out);
+		r = replace_file(
+		    path, fd, &st, &out, w.buf, w.cap, err, sizeof(err));
 		if (r == 1) {
 			rc = 1;
 			goto done;
@@ -1578,7 +1796,7 @@ done:
 	json_decref(seen);
 	scan_free(&s);
 	output_free(&out);
-	big_free(buf, cap);
+	big_free(w.buf, w.cap);
 	close(fd);
 	return rc;
 }

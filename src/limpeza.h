@@ -193,8 +193,9 @@ int cache_parse_time(const json_t *, double *);
 int cache_parse_iso8601(const char *, double *);
 enum cache_fate cache_decide(
     const json_t *, const struct cache_policy *, double, double, double *);
-int cache_members(const char *, size_t,
-    int (*)(void *, size_t, size_t, size_t, size_t), void *);
+int cache_members(
+    int, size_t, int (*)(void *, size_t, size_t, size_t, size_t), void *);
+void cache_set_window(size_t);
 
 /* libs.c */
 int libs_pq(char *, size_t);

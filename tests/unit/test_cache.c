@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -188,6 +189,25 @@ struct spans {
 
 static const char *span_src;
 
+/* Windows that cut the text everywhere, and the default one. */
+static const size_t windows[] = { 1, 2, 3, 5, 8, 13, 64, 0 };
+#define NWINDOWS (sizeof(windows) / sizeof(windows[0]))
+
+/* cache_members() on a file holding len bytes of text. */
+static int
+members(const char *text, size_t len, size_t window,
+    int (*cb)(void *, size_t, size_t, size_t, size_t), void *arg)
+{
+	int fd = memfd_create("members", 0), rc;
+
+	assert_true(fd != -1);
+	assert_int_equal(write(fd, text, len), (ssize_t)len);
+	assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+	rc = cache_members(fd, window, cb, arg);
+	close(fd);
+	return rc;
+}
+
 static int
 span_cb(void *arg, size_t ks, size_t ke, size_t vs, size_t ve)
 {
@@ -199,30 +219,42 @@ span_cb(void *arg, size_t ks, size_t ke, size_t vs, size_t ve)
 	return 0;
 }
 
+/* The spans are file offsets, wherever the window cuts the file. */
 static void
 test_members(void **state)
 {
-	struct spans s = { .n = 0 };
+	struct spans s;
+	size_t w;
 
 	(void)state;
-	span_src = " {\"a\": {\"x\": \"}{\\\"\", \"y\": [1, {\"z\": 2}]},\n"
-		   "\"b\\\"q\" :-1.5e3 , \"c\":\"s\\\\\", \"d\":true}\n";
-	assert_int_equal(
-	    cache_members(span_src, strlen(span_src), span_cb, &s), 0);
-	assert_int_equal(s.n, 4);
-	assert_string_equal(s.keys[0], "\"a\"");
-	assert_string_equal(
-	    s.vals[0], "{\"x\": \"}{\\\"\", \"y\": [1, {\"z\": 2}]}");
-	assert_string_equal(s.keys[1], "\"b\\\"q\"");
-	assert_string_equal(s.vals[1], "-1.5e3");
-	assert_string_equal(s.vals[2], "\"s\\\\\"");
-	assert_string_equal(s.vals[3], "true");
-	s.n = 0;
-	span_src = "{}";
-	assert_int_equal(cache_members(span_src, 2, span_cb, &s), 0);
-	assert_int_equal(s.n, 0);
-	span_src = "[1]";
-	assert_int_equal(cache_members(span_src, 3, span_cb, &s), -1);
+	for (w = 0; w < NWINDOWS; w++) {
+		s.n = 0;
+		span_src = " {\"a\": {\"x\": \"}{\\\"\", \"y\": [1, {\"z\": "
+			   "2}]},\n\"b\\\"q\" :-1.5e3 , \"c\":\"s\\\\\", "
+			   "\"d\":true}\n";
+		assert_int_equal(members(span_src, strlen(span_src), windows[w],
+				     span_cb, &s),
+		    0);
+		assert_int_equal(s.n, 4);
+		assert_string_equal(s.keys[0], "\"a\"");
+		assert_string_equal(
+		    s.vals[0], "{\"x\": \"}{\\\"\", \"y\": [1, {\"z\": 2}]}");
+		assert_string_equal(s.keys[1], "\"b\\\"q\"");
+		assert_string_equal(s.vals[1], "-1.5e3");
+		assert_string_equal(s.vals[2], "\"s\\\\\"");
+		assert_string_equal(s.vals[3], "true");
+		s.n = 0;
+		span_src = "{}";
+		assert_int_equal(
+		    members(span_src, 2, windows[w], span_cb, &s), 0);
+		assert_int_equal(s.n, 0);
+		span_src = "[1]";
+		assert_int_equal(
+		    members(span_src, 3, windows[w], span_cb, &s), -1);
+		span_src = "{\"a\": 1} x";
+		assert_int_equal(
+		    members(span_src, 10, windows[w], span_cb, &s), -1);
+	}
 }
 
 static int
@@ -236,19 +268,30 @@ count_cb(void *arg, size_t ks, size_t ke, size_t vs, size_t ve)
 	return 0;
 }
 
-/* The scanner and jansson agree on text; 1 if both accept it. */
+/*
+ * The scanner and jansson agree on text, whatever the window; 1 if both
+ * accept it.
+ */
 static int
 agree(const char *text, size_t len)
 {
 	json_t *j = json_loadb(text, len, JSON_ALLOW_NUL, NULL);
-	int n = 0, ours = cache_members(text, len, count_cb, &n) == 0;
-	int theirs = j != NULL && json_is_object(j);
+	int theirs = j != NULL && json_is_object(j), ours = 0, n, first = -1;
+	size_t w;
 
 	json_decref(j);
-	if (ours != theirs)
-		fail_msg("scanner %s, jansson %s: %.*s",
-		    ours ? "accepts" : "refuses",
-		    theirs ? "accepts" : "refuses", (int)len, text);
+	for (w = 0; w < NWINDOWS; w++) {
+		n = 0;
+		ours = members(text, len, windows[w], count_cb, &n) == 0;
+		if (ours != theirs)
+			fail_msg("scanner (window %zu) %s, jansson %s: %.*s",
+			    windows[w], ours ? "accepts" : "refuses",
+			    theirs ? "accepts" : "refuses", (int)len, text);
+		if (first != -1 && n != first)
+			fail_msg("%d members with window %zu, %d before", n,
+			    windows[w], first);
+		first = n;
+	}
 	return ours;
 }
 
@@ -462,6 +505,83 @@ test_duplicate_keys(void **state)
 	unlink(cache_path);
 }
 
+/* The whole file at cache_path, malloc'ed. */
+static char *
+slurp(size_t *len)
+{
+	FILE *f = fopen(cache_path, "rb");
+	char *buf = malloc(1 << 20);
+
+	assert_non_null(f);
+	assert_non_null(buf);
+	*len = fread(buf, 1, (1 << 20) - 1, f);
+	buf[*len] = '\0';
+	fclose(f);
+	return buf;
+}
+
+/*
+ * The file is scanned through a window that slides and grows: wherever
+ * it cuts a job (in a key, an escape, a number, between a value and its
+ * comma), the pass decides and writes exactly what it does with the
+ * whole file in view, in both actions.
+ */
+static void
+test_window_cuts(void **state)
+{
+	struct config *cfg = cache_config();
+	struct cache_result r;
+	struct cache *c;
+	char *text, *p, *want, *got;
+	size_t w, len, wlen;
+	int i, action;
+
+	(void)state;
+	log_stderr_only(LVL_ERROR, LOGF_TEXT, LANG_EN);
+	new_cache_file();
+	text = malloc(1 << 20);
+	assert_non_null(text);
+	p = text + sprintf(text, "{");
+	for (i = 0; i < 60; i++)
+		p += sprintf(p,
+		    "%s\"j\\u00e9%d\" :\n{\"status\": \"%s\", "
+		    "\"start_time\": %d.5e0, \"all\": [\"}{\\\"\", %d, "
+		    "{\"x\": null}], \"n\": -0.25E+2}",
+		    i ? (i % 7 ? ", " : " ,\n ") : "", i % 50,
+		    i % 3 ? "done" : "running", i % 2 ? 1 : (int)test_now - 10,
+		    i);
+	sprintf(p, "}\n");
+	for (action = CACHE_REMOVE; action <= CACHE_MARK; action++) {
+		cfg->cache_action = action;
+		want = NULL;
+		wlen = 0;
+		for (w = NWINDOWS; w-- > 0;) {
+			write_file(text);
+			cache_set_window(windows[w]);
+			c = cache_new();
+			assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
+			cache_free(c);
+			/* 20 running, 10 stale; two of them repeated later */
+			assert_int_equal(r.reaped_running, 8);
+			assert_int_equal(r.rewritten, 1);
+			got = slurp(&len);
+			if (want == NULL) {
+				want = got;
+				wlen = len;
+				continue;
+			}
+			if (len != wlen || memcmp(got, want, len) != 0)
+				fail_msg("window %zu wrote %.*s", windows[w],
+				    (int)len, got);
+			free(got);
+		}
+		free(want);
+	}
+	cache_set_window(0);
+	free(text);
+	unlink(cache_path);
+}
+
 /* mark mode keeps the job with status error and a message. */
 static void
 test_mark(void **state)
@@ -515,6 +635,7 @@ main(void)
 		cmocka_unit_test(test_scanner_words),
 		cmocka_unit_test(test_scanner_numbers),
 		cmocka_unit_test(test_duplicate_keys),
+		cmocka_unit_test(test_window_cuts),
 		cmocka_unit_test(test_first_sight),
 		cmocka_unit_test(test_mark),
 	};
