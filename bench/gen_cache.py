@@ -17,10 +17,13 @@ def generate(path, megabytes, orphans, seed=1):
     n_jobs = max(100, int(megabytes * 400))
     per_job = int(megabytes * 1e6 / n_jobs)
     names = max(1, (per_job - 200) // 18)
+    # The API's dict keeps insertion order: the oldest (done) jobs come
+    # first, and orphans are among the recent ones, every 7th job near the end.
+    orphan_at = set(n_jobs - 1 - 7 * k for k in range(min(orphans, n_jobs // 7)))
     for i in range(n_jobs):
         job_id = "%032x" % rng.getrandbits(128)
-        if i < orphans:
-            job = {"status": "running", "start_time": now - 600 - i,
+        if i in orphan_at:
+            job = {"status": "running", "start_time": now - 600 - (n_jobs - i),
                    "profile_info": {"username": "user%d" % i}, "count": 0}
         elif i % 50 == 1:
             job = {"status": "running", "start_time": now - rng.uniform(0, 60), "count": 0}
