@@ -32,7 +32,9 @@ def cache_pass(path):
 
 
 def db_pass(conn):
+    """One pass; returns the seconds the two UPDATEs took (committed)."""
     cur = conn.cursor()
+    t0 = time.monotonic()
     cur.execute("UPDATE scans SET status='error', error_message='Job órfão - mais de 3 minutos',"
                 " updated_at=now() WHERE status='running'"
                 " AND updated_at < now() - interval '3 minutes'")
@@ -40,10 +42,12 @@ def db_pass(conn):
                 " minutos', updated_at=now() WHERE status='queued'"
                 " AND updated_at < now() - interval '2 minutes'")
     conn.commit()
+    reap = time.monotonic() - t0
     cur.execute("SELECT status, count(*) FROM scans WHERE created_at >= now() - interval '24 hours'"
                 " GROUP BY status")
     cur.fetchall()
     conn.commit()
+    return reap
 
 
 def main():
@@ -53,7 +57,7 @@ def main():
     elif what == "db":
         import psycopg2
         conn = psycopg2.connect(sys.argv[2], options="-c TimeZone=UTC")
-        db_pass(conn)
+        print("reap %.6f" % db_pass(conn), file=sys.stderr)
     elif what == "dbloop":
         # steady state: one connection, PASSES passes, each timed in-process
         import psycopg2
