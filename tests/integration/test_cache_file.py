@@ -318,3 +318,54 @@ def test_readers_never_see_a_partial_file(env):
         t.join()
     assert bad == []
     assert json.loads(env.read_cache()) == big
+
+
+NO_COPY_SHIM = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sys/types.h>
+
+/* A file system without copy_file_range() between these files. */
+ssize_t
+copy_file_range(int in, off_t *a, int out, off_t *b, size_t n, unsigned f)
+{
+	(void)in; (void)a; (void)out; (void)b; (void)n; (void)f;
+	errno = EXDEV;
+	return -1;
+}
+"""
+
+
+def test_kept_jobs_copied_with_or_without_copy_file_range(env, tmp_path):
+    """Kept jobs go from the old file to the new one by copy_file_range(), or
+    through limpeza's window where the file system cannot: the same bytes,
+    on a file larger than the window, with orphans scattered through it."""
+    src = tmp_path / "nocopy.c"
+    src.write_text(NO_COPY_SHIM)
+    so = str(tmp_path / "nocopy.so")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", so, str(src)], check=True)
+    now = NOW()
+    parts, want = [], []
+    for i in range(3000):
+        if i % 97 == 5 and i < 1500:  # then a run of kept jobs past the window
+            job = '{"status": "running", "start_time": %d}' % (now - 999)
+        else:
+            job = '{"status": "done", "all": ["%s"], "n": %d}' % ("x" * 1500, i)
+            want.append('"j%d": %s' % (i, job))
+        parts.append('"j%d": %s' % (i, job))
+    text = "{" + ", ".join(parts) + "}"
+    assert len(text) > 4 * 1024 * 1024
+    extra = {}
+    if SANITIZED:
+        extra["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
+    for preload in ({}, {"LD_PRELOAD": so}):
+        env.write_cache(text)
+        p = once(env, **preload, **(extra if preload else {}))
+        assert p.returncode == 0, p.stderr
+        assert "✅ Cache limpo: 16 jobs órfãos removidos" in p.stderr
+        got, expected = env.read_cache(), "{" + ", ".join(want) + "}"
+        # not `got == expected` in the assert: pytest would diff megabytes
+        same = got == expected
+        assert same, "first difference at byte %d of %d" % (
+            next((i for i, (x, y) in enumerate(zip(got, expected)) if x != y),
+                 min(len(got), len(expected))), len(expected))
