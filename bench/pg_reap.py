@@ -2,6 +2,11 @@
 which a backlog of stale running and queued jobs that reset() recreates
 between measurements (bench/run.py does the measuring)."""
 
+import os
+import re
+import statistics
+import time
+
 
 def seed(c, dbname, rows, stale):
     c.sql("""
@@ -38,3 +43,53 @@ def reset(c, dbname, stale, insert=False):
             WHERE job_id LIKE 'orphan-%%'
         """, (), dbname=dbname, as_app=True)
         c.sql("VACUUM ANALYZE scans", dbname=dbname)
+
+
+def logged_statement(c, dbname, run):
+    """The reaping statement limpeza sends, and its parameters, as the
+    server logs them while run() makes limpeza reap (log_statement=mod
+    for the application's role, for that run only)."""
+    c.sql("ALTER ROLE app IN DATABASE %s SET log_statement = 'mod'" % dbname)
+    start = os.path.getsize(c.logfile)
+    try:
+        run()
+    finally:
+        c.sql("ALTER ROLE app IN DATABASE %s RESET log_statement" % dbname)
+    with open(c.logfile, encoding="utf-8", errors="replace") as f:
+        f.seek(start)
+        log = f.read()
+    m = re.search(r"execute <unnamed>: (UPDATE .*)\n.*DETAIL:  parameters: (.*)\n", log)
+    if m is None:
+        raise SystemExit("limpeza's reaping statement not found in the server log")
+    params = {int(n): v.replace("''", "'") for n, v in
+              re.findall(r"\$(\d+) = '((?:[^']|'')*)'", m.group(2))}
+    return m.group(1), [params[i] for i in sorted(params)]
+
+
+def statements_alone(c, dbname, stale, sql, params, batch, rounds=5):
+    """The reaping statements alone, both sides on one warm connection,
+    alternating: limpeza's statement (prepared, planned for its values as
+    libpq's unnamed statements are) repeated until a batch comes back
+    short, against the old cleaner's two UPDATEs. Returns the medians."""
+    from old_cleaner import db_pass
+    conn = c.app(dbname)
+    cur = conn.cursor()
+    cur.execute("SET plan_cache_mode = force_custom_plan")
+    cur.execute("PREPARE reap AS " + sql)
+    call = "EXECUTE reap(%s)" % ", ".join(["%s"] * len(params))
+    mine, base = [], []
+    try:
+        for _ in range(rounds):
+            reset(c, dbname, stale)
+            t0 = time.monotonic()
+            cur.execute(call, params)
+            while cur.rowcount == batch:
+                cur.execute(call, params)
+            mine.append(time.monotonic() - t0)
+            reset(c, dbname, stale)
+            conn.autocommit = False
+            base.append(db_pass(conn))
+            conn.autocommit = True
+    finally:
+        conn.close()
+    return statistics.median(mine), statistics.median(base)
