@@ -45,11 +45,12 @@ def reset(c, dbname, stale, insert=False):
         c.sql("VACUUM ANALYZE scans", dbname=dbname)
 
 
-def logged_statement(c, dbname, run):
-    """The reaping statement limpeza sends, and its parameters, as the
-    server logs them while run() makes limpeza reap (log_statement=mod
+def logged_statements(c, dbname, run):
+    """limpeza's two reaping statements, the look for the stale rows'
+    addresses and the batch that ends them, each with its parameters, as
+    the server logs them while run() makes limpeza reap (log_statement=all
     for the application's role, for that run only)."""
-    c.sql("ALTER ROLE app IN DATABASE %s SET log_statement = 'mod'" % dbname)
+    c.sql("ALTER ROLE app IN DATABASE %s SET log_statement = 'all'" % dbname)
     start = os.path.getsize(c.logfile)
     try:
         run()
@@ -58,33 +59,45 @@ def logged_statement(c, dbname, run):
     with open(c.logfile, encoding="utf-8", errors="replace") as f:
         f.seek(start)
         log = f.read()
-    m = re.search(r"execute <unnamed>: (UPDATE .*)\n.*DETAIL:  parameters: (.*)\n", log)
-    if m is None:
-        raise SystemExit("limpeza's reaping statement not found in the server log")
-    params = {int(n): v.replace("''", "'") for n, v in
-              re.findall(r"\$(\d+) = '((?:[^']|'')*)'", m.group(2))}
-    return m.group(1), [params[i] for i in sorted(params)]
+    found = []
+    for head in ("SELECT ctid", "UPDATE"):
+        m = re.search(r"execute <unnamed>: (%s .*)\n.*DETAIL:  parameters: (.*)\n" % head, log)
+        if m is None:
+            raise SystemExit("limpeza's reaping statements not found in the server log")
+        params = {int(n): v.replace("''", "'") for n, v in
+                  re.findall(r"\$(\d+) = '((?:[^']|'')*)'", m.group(2))}
+        found.append((m.group(1), [params[i] for i in sorted(params)]))
+    # the batch's $5 is the addresses the look found
+    if not found[1][1][4].startswith("{"):
+        raise SystemExit("limpeza's batch statement changed: $5 is not the addresses")
+    return found
 
 
-def statements_alone(c, dbname, stale, sql, params, batch, rounds=5):
+def statements_alone(c, dbname, stale, statements, batch, rounds=5):
     """The reaping statements alone, both sides on one warm connection,
-    alternating: limpeza's statement (prepared, planned for its values as
-    libpq's unnamed statements are) repeated until a batch comes back
-    short, against the old cleaner's two UPDATEs. Returns the medians."""
+    alternating: limpeza's look, then its batch statement over each
+    `batch` of the addresses found (both prepared, planned for their values
+    as libpq's unnamed statements are), against the old cleaner's two
+    UPDATEs. Returns the medians."""
     from old_cleaner import db_pass
+    (look, look_params), (reap, reap_params) = statements
     conn = c.app(dbname)
     cur = conn.cursor()
     cur.execute("SET plan_cache_mode = force_custom_plan")
-    cur.execute("PREPARE reap AS " + sql)
-    call = "EXECUTE reap(%s)" % ", ".join(["%s"] * len(params))
+    cur.execute("PREPARE look AS " + look)
+    cur.execute("PREPARE reap AS " + reap)
+    call = lambda name, n: "EXECUTE %s(%s)" % (name, ", ".join(["%s"] * n))
     mine, base = [], []
     try:
         for _ in range(rounds):
             reset(c, dbname, stale)
             t0 = time.monotonic()
-            cur.execute(call, params)
-            while cur.rowcount == batch:
-                cur.execute(call, params)
+            cur.execute(call("look", len(look_params)), look_params)
+            tids = [r[0] for r in cur.fetchall()]
+            for i in range(0, len(tids), batch):
+                params = list(reap_params)
+                params[4] = "{%s}" % ",".join('"%s"' % t for t in tids[i:i + batch])
+                cur.execute(call("reap", len(params)), params)
             mine.append(time.monotonic() - t0)
             reset(c, dbname, stale)
             conn.autocommit = False

@@ -116,6 +116,8 @@ static const struct log_def defs[EV_COUNT] = {
 	[EV_DB_JOB] = { "db_job", "🧹 Job %s encerrado no banco: %s",
 	    "🧹 Job %s ended in the database: %s", "ss",
 	    { "status", "job_id" } },
+	[EV_DB_LOOK] = { "db_look", "Busca no banco: %s jobs vencidos em %s ms",
+	    "Database look: %s stale jobs in %s ms", "ll", { "count", "ms" } },
 	[EV_DB_BATCH] = { "db_batch", "Lote no banco: %s jobs em %s ms",
 	    "Database batch: %s jobs in %s ms", "ll", { "count", "ms" } },
 	[EV_LEADER] = { "leader",

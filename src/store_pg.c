@@ -12,6 +12,8 @@
 #define CONNECT_TIMEOUT "10"
 #define STATEMENT_TIMEOUT "30s"
 #define LOCK_TIMEOUT "2s"
+/* Rows one look at the stale rows returns at most. */
+#define LOOK_ROWS 50000
 /* The client gives up a little after the server should have. */
 #define CLIENT_TIMEOUT_MS (35 * MS_PER_S)
 #define BACKOFF_MIN_MS (1 * MS_PER_S)
@@ -321,31 +323,70 @@ end_rows(struct store_pg *p, const char *status, const char *cond,
 }
 
 /*
- * Both rules in one stream of batches, as end_rows() does for one: a
- * cycle with nothing stale costs one statement (one look at the index,
- * or one scan of a table without it), not two. The bound on the smaller
- * TTL lets the index serve the OR; the message written tells which rule
- * ended each row. $1 running, $2 its TTL, $3 queued, $4 its TTL, $5
- * batch, $6 error status, $7 and $8 the two messages.
+ * One batch of end_stale_rows(): ends the stale rows among the addresses
+ * in params[4] and says which rule ended each. Returns how many, or -1.
+ */
+static int
+end_batch(struct store_pg *p, const char *sql, const char *const *params,
+    struct store_counts *c, store_job_fn fn, void *arg)
+{
+	const struct config *cfg = p->s.cfg;
+	PGresult *res;
+	long long t0 = now_monotonic_ms();
+	int i, rows, running;
+
+	if ((res = pg_exec(p, sql, 8, params)) == NULL)
+		return -1;
+	rows = PQntuples(res);
+	log_event(LVL_DEBUG, EV_DB_BATCH, (long)rows,
+	    (long)(now_monotonic_ms() - t0));
+	for (i = 0; i < rows; i++) {
+		running = *PQgetvalue(res, i, 1) == 't';
+		if (running)
+			c->running++;
+		else
+			c->queued++;
+		if (fn != NULL)
+			fn(arg, running ? REAP_RUNNING : REAP_QUEUED,
+			    running ? cfg->running_status : cfg->queued_status,
+			    PQgetvalue(res, i, 0));
+	}
+	PQclear(res);
+	return rows;
+}
+
+/*
+ * Both rules, in two steps. A look without locks finds the addresses
+ * (ctid) of the stale rows: one step down the index, or without it one
+ * scan of the table however long the backlog. Then batches lock and end
+ * the rows at those addresses (FOR UPDATE SKIP LOCKED, a TID scan each),
+ * re-checking staleness on the rows' current versions, so a batch holds
+ * its row locks for milliseconds even where no index serves the look. A
+ * row updated between the look and its batch is left to the next look.
+ * $1 running, $2 its TTL, $3 queued, $4 its TTL, $5 look limit or the
+ * batch's addresses, $6 error status, $7 and $8 the two messages.
  */
 static int
 end_stale_rows(
     struct store_pg *p, struct store_counts *c, store_job_fn fn, void *arg)
 {
 	const struct config *cfg = p->s.cfg;
-	char sql[3072], stale[512], stale_t[512], rt[64], qt[64], batch[32];
-	char mr[256], mq[256];
+	char look[2048], sql[3072], stale[512], stale_t[512], rt[64], qt[64];
+	char limit[32], mr[256], mq[256], *tids = NULL;
 	const char *params[8] = { cfg->running_status, rt, cfg->queued_status,
-		qt, batch, cfg->error_status, mr, mq };
-	PGresult *res;
-	long long t0, took;
-	int i, rows, running;
+		qt, limit, cfg->error_status, mr, mq };
+	PGresult *found = NULL;
+	long long t0, max_look;
+	int i, j, n, rows, ended, rc = -1;
+	size_t len, cap;
 
 	config_reap_message(cfg, REAP_RUNNING, mr, sizeof(mr));
 	config_reap_message(cfg, REAP_QUEUED, mq, sizeof(mq));
 	snprintf(rt, sizeof(rt), "%lld milliseconds", cfg->running_ttl);
 	snprintf(qt, sizeof(qt), "%lld milliseconds", cfg->queued_ttl);
-	snprintf(batch, sizeof(batch), "%lld", cfg->batch);
+	/* A look's addresses stay under a few MB whatever the batch. */
+	max_look = cfg->batch < LOOK_ROWS ? LOOK_ROWS / cfg->batch * cfg->batch
+					  : cfg->batch;
 	snprintf(stale, sizeof(stale),
 	    "((%s = $1 AND %s < now() - $2::interval) OR (%s = $3 AND %s < "
 	    "now() - $4::interval))",
@@ -354,37 +395,56 @@ end_stale_rows(
 	    "((t.%s = $1 AND t.%s < now() - $2::interval) OR (t.%s = $3 AND "
 	    "t.%s < now() - $4::interval))",
 	    p->status, p->updated, p->status, p->updated);
+	/* The bound on the smaller TTL lets the index serve the OR. */
+	snprintf(look, sizeof(look),
+	    "SELECT ctid FROM %s WHERE %s IN ($1, $3) AND %s < now() - "
+	    "least($2::interval, $4::interval) AND %s LIMIT $5::int",
+	    p->table, p->status, p->updated, stale);
 	snprintf(sql, sizeof(sql),
 	    "UPDATE %s t SET %s = $6, %s = CASE WHEN t.%s = $1 THEN $7 ELSE "
 	    "$8 END, %s = now() WHERE t.ctid = ANY (ARRAY(SELECT ctid FROM %s "
-	    "WHERE %s IN ($1, $3) AND %s < now() - least($2::interval, "
-	    "$4::interval) AND %s LIMIT $5::int FOR UPDATE SKIP LOCKED)) AND "
-	    "%s "
-	    "RETURNING t.%s, t.%s = $7",
+	    "WHERE ctid = ANY ($5::tid[]) AND %s FOR UPDATE SKIP LOCKED)) AND "
+	    "%s RETURNING t.%s, t.%s = $7",
 	    p->table, p->status, p->error, p->status, p->updated, p->table,
-	    p->status, p->updated, stale, stale_t, p->id, p->error);
+	    stale, stale_t, p->id, p->error);
+	/* "(4294967295,65535)" quoted, and a comma: at most 21 bytes each. */
+	cap = (size_t)cfg->batch * 21 + 3;
 	do {
+		snprintf(limit, sizeof(limit), "%lld", max_look);
+		params[4] = limit;
 		t0 = now_monotonic_ms();
-		if ((res = pg_exec(p, sql, 8, params)) == NULL)
-			return -1;
-		took = now_monotonic_ms() - t0;
-		rows = PQntuples(res);
-		for (i = 0; i < rows; i++) {
-			running = *PQgetvalue(res, i, 1) == 't';
-			if (running)
-				c->running++;
-			else
-				c->queued++;
-			if (fn != NULL)
-				fn(arg, running ? REAP_RUNNING : REAP_QUEUED,
-				    running ? cfg->running_status
-					    : cfg->queued_status,
-				    PQgetvalue(res, i, 0));
+		if ((found = pg_exec(p, look, 5, params)) == NULL)
+			goto fail;
+		n = PQntuples(found);
+		log_event(LVL_DEBUG, EV_DB_LOOK, (long)n,
+		    (long)(now_monotonic_ms() - t0));
+		ended = 0;
+		if (n > 0 && tids == NULL && (tids = malloc(cap)) == NULL)
+			fatalx_oom();
+		for (i = 0; i < n; i += (int)cfg->batch) {
+			len = 0;
+			tids[len++] = '{';
+			for (j = i; j < n && j < i + cfg->batch; j++)
+				len += (size_t)snprintf(tids + len, cap - len,
+				    "%s\"%s\"", j > i ? "," : "",
+				    PQgetvalue(found, j, 0));
+			tids[len++] = '}';
+			tids[len] = '\0';
+			params[4] = tids;
+			rows = end_batch(p, sql, params, c, fn, arg);
+			if (rows == -1)
+				goto fail;
+			ended += rows;
 		}
-		PQclear(res);
-		log_event(LVL_DEBUG, EV_DB_BATCH, (long)rows, (long)took);
-	} while (rows == cfg->batch);
-	return 0;
+		PQclear(found);
+		found = NULL;
+		/* A full look may have left more; one that ended none, stop. */
+	} while (n == max_look && ended > 0);
+	rc = 0;
+fail:
+	PQclear(found);
+	free(tids);
+	return rc;
 }
 
 static int

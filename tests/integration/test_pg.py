@@ -116,6 +116,49 @@ def seed_counted_orphans(store, n, sleep_s):
     """ % (sleep_s, n))
 
 
+def table_scans(store):
+    """Sequential scans of the scans table so far, once limpeza's session has
+    ended (a backend's counters reach the statistics as it exits)."""
+    deadline = time.monotonic() + 10 * SLOW
+    while int(store.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                        " AND application_name = 'limpeza'", (store.dbname,))[0][0]):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return int(store.sql("SELECT seq_scan FROM pg_stat_user_tables"
+                         " WHERE relname = 'scans'")[0][0])
+
+
+def test_a_backlog_costs_a_table_without_index_one_scan(tmp_path, pg):
+    """Without the index, one look finds the stale rows however many batches
+    end them: a batch locks and ends rows by address, and does not scan the
+    table again while it holds its locks."""
+    env = pgenv(tmp_path, pg)
+    s = env.store
+    # a table of some size, where the planner weighs a scan against addresses
+    s.sql("INSERT INTO scans (username, job_id, status, created_at, updated_at)"
+          " SELECT 'u', 'done-' || i, 'done', now() - interval '2 days',"
+          " now() - interval '2 days' FROM generate_series(1, 20000) i; ANALYZE scans")
+    for i in range(5):
+        s.add("fresh-%d" % i, "running", 10)
+    before = table_scans(s)
+    p = env.run("once", LIMPEZA_CACHE_FILE="", LIMPEZA_BATCH="10")
+    assert p.returncode == 0, p.stderr
+    idle = table_scans(s) - before
+    s.sql("INSERT INTO scans (username, job_id, status, created_at, updated_at)"
+          " SELECT 'u', 'stale-' || i, CASE WHEN i <= 35 THEN 'running' ELSE 'queued' END,"
+          " now() - interval '1 hour', now() - interval '1 hour'"
+          " FROM generate_series(1, 45) i")
+    before = table_scans(s)
+    p = env.run("once", LIMPEZA_CACHE_FILE="", LIMPEZA_BATCH="10", LIMPEZA_LOG_LEVEL="debug")
+    assert p.returncode == 0, p.stderr
+    busy = table_scans(s) - before
+    assert "running > 3min: 35, queued > 2min: 10" in p.stderr
+    assert re.findall(r"Lote no banco: (\d+) jobs", p.stderr) == ["10"] * 4 + ["5"]
+    assert busy == idle, "%d scans of the table with a backlog, %d without" % (busy, idle)
+    left = s.sql("SELECT status, count(*) FROM scans GROUP BY 1 ORDER BY 1")
+    assert left == [("done", 20000), ("error", 45), ("running", 5)]
+
+
 def test_three_daemons_reap_each_orphan_once_and_survive_the_leader(tmp_path, pg, daemons):
     """Thousands of orphans, three hosts, the leader SIGKILLed mid-work."""
     env = pgenv(tmp_path, pg)
