@@ -266,105 +266,185 @@ pg_lead(struct store *s)
 	return p->leader;
 }
 
-/*
- * Ends, batch by batch, the rows of one status that cond selects. Each
- * batch is one statement and so one short transaction: it locks at most
- * LIMPEZA_BATCH rows, skipping rows another session holds, and the
- * UPDATE re-checks cond so a row that got a heartbeat or finished in
- * between is not touched. $1 status, $2 age (cond), $3 batch, $4 error
- * status, $5 message.
- */
-static int
-end_rows(struct store_pg *p, const char *status, const char *cond,
-    long long age_ms, int dry_run, enum reap_kind kind, long *count,
-    store_job_fn fn, void *arg)
-{
-	const struct config *cfg = p->s.cfg;
-	char sql[2048], age[64], batch[32], msg[256];
-	const char *params[5] = { status, age, batch, cfg->error_status, msg };
-	PGresult *res;
-	long long t0, took;
-	int i, rows;
+/* Where the rows a batch ended are counted and told. */
+struct ending {
+	struct store_counts *c;
+	enum reap_kind kind;
+	const char *status;
+	int by_rule; /* the rule is each row's second column: running? */
+	store_job_fn fn;
+	void *arg;
+};
 
-	if (pg_connect(p) == -1)
-		return -1;
-	config_reap_message(cfg, kind, msg, sizeof(msg));
-	snprintf(age, sizeof(age), "%lld milliseconds", age_ms);
-	snprintf(batch, sizeof(batch), "%lld", cfg->batch);
-	if (dry_run)
-		snprintf(sql, sizeof(sql),
-		    "SELECT %s FROM %s WHERE %s = $1 AND %s AND $3::int > 0",
-		    p->id, p->table, p->status, cond);
+static void
+count_kind(struct store_counts *c, enum reap_kind kind)
+{
+	if (kind == REAP_RUNNING)
+		c->running++;
+	else if (kind == REAP_QUEUED)
+		c->queued++;
 	else
-		snprintf(sql, sizeof(sql),
-		    "UPDATE %s t SET %s = $4, %s = $5, %s = now() WHERE "
-		    "t.ctid = ANY (ARRAY(SELECT ctid FROM %s WHERE %s = $1 AND "
-		    "%s LIMIT $3::int FOR UPDATE SKIP LOCKED)) AND t.%s = $1 "
-		    "AND %s RETURNING t.%s",
-		    p->table, p->status, p->error, p->updated, p->table,
-		    p->status, cond, p->status, cond, p->id);
-	do {
-		t0 = now_monotonic_ms();
-		res = pg_exec(p, sql, dry_run ? 3 : 5, params);
-		if (res == NULL)
-			return -1;
-		took = now_monotonic_ms() - t0;
-		rows = PQntuples(res);
-		for (i = 0; i < rows; i++)
-			if (fn != NULL)
-				fn(arg, kind, status, PQgetvalue(res, i, 0));
-		PQclear(res);
-		*count += rows;
-		if (!dry_run)
-			log_event(
-			    LVL_DEBUG, EV_DB_BATCH, (long)rows, (long)took);
-	} while (!dry_run && rows == cfg->batch);
-	return 0;
+		c->forced++;
 }
 
 /*
- * One batch of end_stale_rows(): ends the stale rows among the addresses
- * in params[4] and says which rule ended each. Returns how many, or -1.
+ * One batch: ends the rows among the addresses in params[addr] that its
+ * statement re-checks, and counts them. Returns how many, or -1.
  */
 static int
 end_batch(struct store_pg *p, const char *sql, const char *const *params,
-    struct store_counts *c, store_job_fn fn, void *arg)
+    int nparams, const struct ending *e)
 {
 	const struct config *cfg = p->s.cfg;
 	PGresult *res;
 	long long t0 = now_monotonic_ms();
-	int i, rows, running;
+	enum reap_kind kind;
+	const char *status;
+	int i, rows;
 
-	if ((res = pg_exec(p, sql, 8, params)) == NULL)
+	if ((res = pg_exec(p, sql, nparams, params)) == NULL)
 		return -1;
 	rows = PQntuples(res);
 	log_event(LVL_DEBUG, EV_DB_BATCH, (long)rows,
 	    (long)(now_monotonic_ms() - t0));
 	for (i = 0; i < rows; i++) {
-		running = *PQgetvalue(res, i, 1) == 't';
-		if (running)
-			c->running++;
-		else
-			c->queued++;
-		if (fn != NULL)
-			fn(arg, running ? REAP_RUNNING : REAP_QUEUED,
-			    running ? cfg->running_status : cfg->queued_status,
-			    PQgetvalue(res, i, 0));
+		kind = e->kind;
+		status = e->status;
+		if (e->by_rule && *PQgetvalue(res, i, 1) == 't') {
+			kind = REAP_RUNNING;
+			status = cfg->running_status;
+		} else if (e->by_rule) {
+			kind = REAP_QUEUED;
+			status = cfg->queued_status;
+		}
+		count_kind(e->c, kind);
+		if (e->fn != NULL)
+			e->fn(e->arg, kind, status, PQgetvalue(res, i, 0));
 	}
 	PQclear(res);
 	return rows;
 }
 
 /*
- * Both rules, in two steps. A look without locks finds the addresses
- * (ctid) of the stale rows: one step down the index, or without it one
- * scan of the table however long the backlog. Then batches lock and end
- * the rows at those addresses (FOR UPDATE SKIP LOCKED, a TID scan each),
- * re-checking staleness on the rows' current versions, so a batch holds
- * its row locks for milliseconds even where no index serves the look. A
- * row updated between the look and its batch is left to the next look.
- * $1 running, $2 its TTL, $3 queued, $4 its TTL, $5 look limit or the
- * batch's addresses, $6 error status, $7 and $8 the two messages.
+ * Ends rows in two steps. A look without locks (look, with params[addr]
+ * its limit) finds their addresses (ctid): one step down an index, or
+ * one scan of a table without it, however long the backlog. Then
+ * batches of LIMPEZA_BATCH addresses (sql, with params[addr] the
+ * addresses), each one statement and so one short transaction, lock the
+ * rows (FOR UPDATE SKIP LOCKED, a TID scan) and re-check them on their
+ * current versions: a batch holds its locks for milliseconds even where
+ * no index serves the look, and a row that got a heartbeat or finished
+ * in between is not touched. A row updated between the look and its
+ * batch is left to the next look.
+ */
+static int
+end_by_address(struct store_pg *p, const char *look, const char *sql,
+    const char **params, int nparams, int addr, const struct ending *e)
+{
+	const struct config *cfg = p->s.cfg;
+	char limit[32], *tids = NULL;
+	PGresult *found = NULL;
+	long long t0, max_look;
+	int i, j, n, rows, ended, rc = -1;
+	size_t len, cap;
+
+	/* A look's addresses stay under a few MB whatever the batch. */
+	max_look = cfg->batch < LOOK_ROWS ? LOOK_ROWS / cfg->batch * cfg->batch
+					  : cfg->batch;
+	snprintf(limit, sizeof(limit), "%lld", max_look);
+	/* "(4294967295,65535)" quoted, and a comma: at most 21 bytes each. */
+	cap = (size_t)cfg->batch * 21 + 3;
+	do {
+		params[addr] = limit;
+		t0 = now_monotonic_ms();
+		/* The look takes the parameters up to its limit. */
+		if ((found = pg_exec(p, look, addr + 1, params)) == NULL)
+			goto fail;
+		n = PQntuples(found);
+		log_event(LVL_DEBUG, EV_DB_LOOK, (long)n,
+		    (long)(now_monotonic_ms() - t0));
+		ended = 0;
+		if (n > 0 && tids == NULL && (tids = malloc(cap)) == NULL)
+			fatalx_oom();
+		for (i = 0; i < n; i += (int)cfg->batch) {
+			len = 0;
+			tids[len++] = '{';
+			for (j = i; j < n && j < i + cfg->batch; j++)
+				len += (size_t)snprintf(tids + len, cap - len,
+				    "%s\"%s\"", j > i ? "," : "",
+				    PQgetvalue(found, j, 0));
+			tids[len++] = '}';
+			tids[len] = '\0';
+			params[addr] = tids;
+			rows = end_batch(p, sql, params, nparams, e);
+			if (rows == -1)
+				goto fail;
+			ended += rows;
+		}
+		PQclear(found);
+		found = NULL;
+		/* A full look may have left more; one that ended none, stop. */
+	} while (n == max_look && ended > 0);
+	rc = 0;
+fail:
+	PQclear(found);
+	free(tids);
+	return rc;
+}
+
+/*
+ * Ends the rows of one status that cond selects (the forced cleanup), or
+ * in a dry run lists them. $1 status, $2 age (cond), $3 look limit or
+ * addresses, $4 error status, $5 message.
+ */
+static int
+end_rows(struct store_pg *p, const char *status, const char *cond,
+    long long age_ms, int dry_run, enum reap_kind kind, struct store_counts *c,
+    store_job_fn fn, void *arg)
+{
+	const struct config *cfg = p->s.cfg;
+	char look[2048], sql[2048], age[64], msg[256];
+	const char *params[5] = { status, age, NULL, cfg->error_status, msg };
+	struct ending e = { c, kind, status, 0, fn, arg };
+	PGresult *res;
+	int i;
+
+	if (pg_connect(p) == -1)
+		return -1;
+	config_reap_message(cfg, kind, msg, sizeof(msg));
+	snprintf(age, sizeof(age), "%lld milliseconds", age_ms);
+	if (dry_run) {
+		snprintf(sql, sizeof(sql),
+		    "SELECT %s FROM %s WHERE %s = $1 AND %s", p->id, p->table,
+		    p->status, cond);
+		if ((res = pg_exec(p, sql, 2, params)) == NULL)
+			return -1;
+		for (i = 0; i < PQntuples(res); i++) {
+			count_kind(c, kind);
+			if (fn != NULL)
+				fn(arg, kind, status, PQgetvalue(res, i, 0));
+		}
+		PQclear(res);
+		return 0;
+	}
+	snprintf(look, sizeof(look),
+	    "SELECT ctid FROM %s WHERE %s = $1 AND %s LIMIT $3::int", p->table,
+	    p->status, cond);
+	snprintf(sql, sizeof(sql),
+	    "UPDATE %s t SET %s = $4, %s = $5, %s = now() WHERE t.ctid = ANY "
+	    "(ARRAY(SELECT ctid FROM %s WHERE ctid = ANY ($3::tid[]) AND %s = "
+	    "$1 AND %s FOR UPDATE SKIP LOCKED)) AND t.%s = $1 AND %s "
+	    "RETURNING t.%s",
+	    p->table, p->status, p->error, p->updated, p->table, p->status,
+	    cond, p->status, cond, p->id);
+	return end_by_address(p, look, sql, params, 5, 2, &e);
+}
+
+/*
+ * Both rules in one look and one stream of batches: a cycle with nothing
+ * stale costs one statement, not two. The message written tells which
+ * rule ended each row. $1 running, $2 its TTL, $3 queued, $4 its TTL, $5
+ * look limit or addresses, $6 error status, $7 and $8 the two messages.
  */
 static int
 end_stale_rows(
@@ -372,21 +452,15 @@ end_stale_rows(
 {
 	const struct config *cfg = p->s.cfg;
 	char look[2048], sql[3072], stale[512], stale_t[512], rt[64], qt[64];
-	char limit[32], mr[256], mq[256], *tids = NULL;
+	char mr[256], mq[256];
 	const char *params[8] = { cfg->running_status, rt, cfg->queued_status,
-		qt, limit, cfg->error_status, mr, mq };
-	PGresult *found = NULL;
-	long long t0, max_look;
-	int i, j, n, rows, ended, rc = -1;
-	size_t len, cap;
+		qt, NULL, cfg->error_status, mr, mq };
+	struct ending e = { c, REAP_RUNNING, NULL, 1, fn, arg };
 
 	config_reap_message(cfg, REAP_RUNNING, mr, sizeof(mr));
 	config_reap_message(cfg, REAP_QUEUED, mq, sizeof(mq));
 	snprintf(rt, sizeof(rt), "%lld milliseconds", cfg->running_ttl);
 	snprintf(qt, sizeof(qt), "%lld milliseconds", cfg->queued_ttl);
-	/* A look's addresses stay under a few MB whatever the batch. */
-	max_look = cfg->batch < LOOK_ROWS ? LOOK_ROWS / cfg->batch * cfg->batch
-					  : cfg->batch;
 	snprintf(stale, sizeof(stale),
 	    "((%s = $1 AND %s < now() - $2::interval) OR (%s = $3 AND %s < "
 	    "now() - $4::interval))",
@@ -407,44 +481,7 @@ end_stale_rows(
 	    "%s RETURNING t.%s, t.%s = $7",
 	    p->table, p->status, p->error, p->status, p->updated, p->table,
 	    stale, stale_t, p->id, p->error);
-	/* "(4294967295,65535)" quoted, and a comma: at most 21 bytes each. */
-	cap = (size_t)cfg->batch * 21 + 3;
-	do {
-		snprintf(limit, sizeof(limit), "%lld", max_look);
-		params[4] = limit;
-		t0 = now_monotonic_ms();
-		if ((found = pg_exec(p, look, 5, params)) == NULL)
-			goto fail;
-		n = PQntuples(found);
-		log_event(LVL_DEBUG, EV_DB_LOOK, (long)n,
-		    (long)(now_monotonic_ms() - t0));
-		ended = 0;
-		if (n > 0 && tids == NULL && (tids = malloc(cap)) == NULL)
-			fatalx_oom();
-		for (i = 0; i < n; i += (int)cfg->batch) {
-			len = 0;
-			tids[len++] = '{';
-			for (j = i; j < n && j < i + cfg->batch; j++)
-				len += (size_t)snprintf(tids + len, cap - len,
-				    "%s\"%s\"", j > i ? "," : "",
-				    PQgetvalue(found, j, 0));
-			tids[len++] = '}';
-			tids[len] = '\0';
-			params[4] = tids;
-			rows = end_batch(p, sql, params, c, fn, arg);
-			if (rows == -1)
-				goto fail;
-			ended += rows;
-		}
-		PQclear(found);
-		found = NULL;
-		/* A full look may have left more; one that ended none, stop. */
-	} while (n == max_look && ended > 0);
-	rc = 0;
-fail:
-	PQclear(found);
-	free(tids);
-	return rc;
+	return end_by_address(p, look, sql, params, 8, 4, &e);
 }
 
 static int
@@ -460,10 +497,10 @@ pg_reap(struct store *s, int dry_run, struct store_counts *c, store_job_fn fn,
 		return end_stale_rows(p, c, fn, arg);
 	snprintf(cond, sizeof(cond), "%s < now() - $2::interval", p->updated);
 	if (end_rows(p, s->cfg->running_status, cond, s->cfg->running_ttl,
-		dry_run, REAP_RUNNING, &c->running, fn, arg) == -1)
+		dry_run, REAP_RUNNING, c, fn, arg) == -1)
 		return -1;
 	return end_rows(p, s->cfg->queued_status, cond, s->cfg->queued_ttl,
-	    dry_run, REAP_QUEUED, &c->queued, fn, arg);
+	    dry_run, REAP_QUEUED, c, fn, arg);
 }
 
 /* Every active row but those created within LIMPEZA_FORCE_MIN_AGE. */
@@ -481,10 +518,10 @@ pg_force(struct store *s, int dry_run, struct store_counts *c, store_job_fn fn,
 	    "$2::interval)",
 	    p->created, p->updated);
 	if (end_rows(p, s->cfg->running_status, cond, s->cfg->force_min_age,
-		dry_run, REAP_FORCED, &c->forced, fn, arg) == -1)
+		dry_run, REAP_FORCED, c, fn, arg) == -1)
 		return -1;
 	return end_rows(p, s->cfg->queued_status, cond, s->cfg->force_min_age,
-	    dry_run, REAP_FORCED, &c->forced, fn, arg);
+	    dry_run, REAP_FORCED, c, fn, arg);
 }
 
 static int

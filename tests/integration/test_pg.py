@@ -159,6 +159,32 @@ def test_a_backlog_costs_a_table_without_index_one_scan(tmp_path, pg):
     assert left == [("done", 20000), ("error", 45), ("running", 5)]
 
 
+def test_forced_cleanup_costs_a_table_without_index_one_look_per_status(tmp_path, pg):
+    """The forced cleanup ends rows by address too: with many active rows it
+    scans a table without the index no more than with none."""
+    env = pgenv(tmp_path, pg)
+    s = env.store
+    s.sql("INSERT INTO scans (username, job_id, status, created_at, updated_at)"
+          " SELECT 'u', 'done-' || i, 'done', now() - interval '2 days',"
+          " now() - interval '2 days' FROM generate_series(1, 20000) i; ANALYZE scans")
+    before = table_scans(s)
+    p = env.run("once", "--force", LIMPEZA_CACHE_FILE="", LIMPEZA_BATCH="10")
+    assert p.returncode == 0, p.stderr
+    idle = table_scans(s) - before
+    s.sql("INSERT INTO scans (username, job_id, status, created_at, updated_at)"
+          " SELECT 'u', 'live-' || i, CASE WHEN i <= 35 THEN 'running' ELSE 'queued' END,"
+          " now(), now() FROM generate_series(1, 45) i")
+    before = table_scans(s)
+    p = env.run("once", "--force", LIMPEZA_CACHE_FILE="", LIMPEZA_BATCH="10",
+                LIMPEZA_LOG_LEVEL="debug")
+    assert p.returncode == 0, p.stderr
+    busy = table_scans(s) - before
+    assert re.findall(r"Lote no banco: (\d+) jobs", p.stderr) == ["10"] * 3 + ["5"] + ["10"]
+    assert busy == idle, "%d scans of the table with active rows, %d without" % (busy, idle)
+    left = s.sql("SELECT status, count(*) FROM scans GROUP BY 1 ORDER BY 1")
+    assert left == [("done", 20000), ("error", 45)]
+
+
 def test_three_daemons_reap_each_orphan_once_and_survive_the_leader(tmp_path, pg, daemons):
     """Thousands of orphans, three hosts, the leader SIGKILLed mid-work."""
     env = pgenv(tmp_path, pg)
@@ -183,7 +209,9 @@ def test_three_daemons_reap_each_orphan_once_and_survive_the_leader(tmp_path, pg
                 leader = d
         time.sleep(0.05)
     assert leader is not None
+    deadline = time.monotonic() + 30 * SLOW
     while int(s.sql("SELECT count(*) FROM reaped")[0][0]) < 300:
+        assert time.monotonic() < deadline, "the leader reaped nothing"
         time.sleep(0.02)
     leader.p.kill()
     leader.p.wait()
