@@ -326,28 +326,52 @@ end_batch(struct store_pg *p, const char *sql, const char *const *params,
 }
 
 /*
- * Ends rows in two steps. A look without locks (look, with params[addr]
- * its limit) finds their addresses (ctid): one step down an index, or
- * one scan of a table without it, however long the backlog. Then
- * batches of LIMPEZA_BATCH addresses (sql, with params[addr] the
- * addresses), each one statement and so one short transaction, lock the
- * rows (FOR UPDATE SKIP LOCKED, a TID scan) and re-check them on their
- * current versions: a batch holds its locks for milliseconds even where
- * no index serves the look, and a row that got a heartbeat or finished
- * in between is not touched. A row updated between the look and its
- * batch is left to the next look.
+ * The statements of end_by_address(), in SQL fragments: the rows the
+ * look selects and those a batch locks (unqualified columns), the
+ * re-check and SET of the UPDATE (t. columns), what it returns, and the
+ * parameter number of the look's limit, which is also the batch's
+ * addresses.
+ */
+struct by_address {
+	const char *look_where;
+	const char *where;
+	const char *recheck;
+	const char *set;
+	const char *returning;
+	int addr;
+};
+
+/*
+ * Ends rows in two steps. A look without locks finds their addresses
+ * (ctid): one step down an index, or one scan of a table without it,
+ * however long the backlog. Then batches of LIMPEZA_BATCH addresses,
+ * each one statement and so one short transaction, lock the rows (FOR
+ * UPDATE SKIP LOCKED, a TID scan) and re-check them on their current
+ * versions: a batch holds its locks for milliseconds even where no index
+ * serves the look, and a row that got a heartbeat or finished in between
+ * is not touched. A row updated between the look and its batch is left
+ * to the next look.
  */
 static int
-end_by_address(struct store_pg *p, const char *look, const char *sql,
-    const char **params, int nparams, int addr, const struct ending *e)
+end_by_address(struct store_pg *p, const struct by_address *q,
+    const char **params, int nparams, const struct ending *e)
 {
 	const struct config *cfg = p->s.cfg;
-	char limit[32], *tids = NULL;
+	char look[2048], sql[3072], limit[32], *tids = NULL;
 	PGresult *found = NULL;
 	long long t0, max_look;
-	int i, j, n, rows, ended, rc = -1;
+	int i, j, n, rows, ended, rc = -1, addr = q->addr - 1;
 	size_t len, cap;
 
+	snprintf(look, sizeof(look),
+	    "SELECT ctid FROM %s WHERE %s LIMIT $%d::int", p->table,
+	    q->look_where, q->addr);
+	snprintf(sql, sizeof(sql),
+	    "UPDATE %s t SET %s WHERE t.ctid = ANY (ARRAY(SELECT ctid FROM %s "
+	    "WHERE ctid = ANY ($%d::tid[]) AND %s FOR UPDATE SKIP LOCKED)) AND "
+	    "%s RETURNING %s",
+	    p->table, q->set, p->table, q->addr, q->where, q->recheck,
+	    q->returning);
 	/* A look's addresses stay under a few MB whatever the batch. */
 	max_look = cfg->batch < LOOK_ROWS ? LOOK_ROWS / cfg->batch * cfg->batch
 					  : cfg->batch;
@@ -403,9 +427,11 @@ end_rows(struct store_pg *p, const char *status, const char *cond,
     store_job_fn fn, void *arg)
 {
 	const struct config *cfg = p->s.cfg;
-	char look[2048], sql[2048], age[64], msg[256];
+	char sql[1024], where[512], recheck[512], set[512], ret[256];
+	char age[64], msg[256];
 	const char *params[5] = { status, age, NULL, cfg->error_status, msg };
 	struct ending e = { c, kind, status, 0, fn, arg };
+	struct by_address q = { where, where, recheck, set, ret, 3 };
 	PGresult *res;
 	int i;
 
@@ -413,10 +439,10 @@ end_rows(struct store_pg *p, const char *status, const char *cond,
 		return -1;
 	config_reap_message(cfg, kind, msg, sizeof(msg));
 	snprintf(age, sizeof(age), "%lld milliseconds", age_ms);
+	snprintf(where, sizeof(where), "%s = $1 AND %s", p->status, cond);
 	if (dry_run) {
-		snprintf(sql, sizeof(sql),
-		    "SELECT %s FROM %s WHERE %s = $1 AND %s", p->id, p->table,
-		    p->status, cond);
+		snprintf(sql, sizeof(sql), "SELECT %s FROM %s WHERE %s", p->id,
+		    p->table, where);
 		if ((res = pg_exec(p, sql, 2, params)) == NULL)
 			return -1;
 		for (i = 0; i < PQntuples(res); i++) {
@@ -427,17 +453,11 @@ end_rows(struct store_pg *p, const char *status, const char *cond,
 		PQclear(res);
 		return 0;
 	}
-	snprintf(look, sizeof(look),
-	    "SELECT ctid FROM %s WHERE %s = $1 AND %s LIMIT $3::int", p->table,
-	    p->status, cond);
-	snprintf(sql, sizeof(sql),
-	    "UPDATE %s t SET %s = $4, %s = $5, %s = now() WHERE t.ctid = ANY "
-	    "(ARRAY(SELECT ctid FROM %s WHERE ctid = ANY ($3::tid[]) AND %s = "
-	    "$1 AND %s FOR UPDATE SKIP LOCKED)) AND t.%s = $1 AND %s "
-	    "RETURNING t.%s",
-	    p->table, p->status, p->error, p->updated, p->table, p->status,
-	    cond, p->status, cond, p->id);
-	return end_by_address(p, look, sql, params, 5, 2, &e);
+	snprintf(recheck, sizeof(recheck), "t.%s = $1 AND %s", p->status, cond);
+	snprintf(set, sizeof(set), "%s = $4, %s = $5, %s = now()", p->status,
+	    p->error, p->updated);
+	snprintf(ret, sizeof(ret), "t.%s", p->id);
+	return end_by_address(p, &q, params, 5, &e);
 }
 
 /*
@@ -451,11 +471,12 @@ end_stale_rows(
     struct store_pg *p, struct store_counts *c, store_job_fn fn, void *arg)
 {
 	const struct config *cfg = p->s.cfg;
-	char look[2048], sql[3072], stale[512], stale_t[512], rt[64], qt[64];
-	char mr[256], mq[256];
+	char look[1024], stale[512], stale_t[512], set[512], ret[256];
+	char rt[64], qt[64], mr[256], mq[256];
 	const char *params[8] = { cfg->running_status, rt, cfg->queued_status,
 		qt, NULL, cfg->error_status, mr, mq };
 	struct ending e = { c, REAP_RUNNING, NULL, 1, fn, arg };
+	struct by_address q = { look, stale, stale_t, set, ret, 5 };
 
 	config_reap_message(cfg, REAP_RUNNING, mr, sizeof(mr));
 	config_reap_message(cfg, REAP_QUEUED, mq, sizeof(mq));
@@ -471,17 +492,14 @@ end_stale_rows(
 	    p->status, p->updated, p->status, p->updated);
 	/* The bound on the smaller TTL lets the index serve the OR. */
 	snprintf(look, sizeof(look),
-	    "SELECT ctid FROM %s WHERE %s IN ($1, $3) AND %s < now() - "
-	    "least($2::interval, $4::interval) AND %s LIMIT $5::int",
-	    p->table, p->status, p->updated, stale);
-	snprintf(sql, sizeof(sql),
-	    "UPDATE %s t SET %s = $6, %s = CASE WHEN t.%s = $1 THEN $7 ELSE "
-	    "$8 END, %s = now() WHERE t.ctid = ANY (ARRAY(SELECT ctid FROM %s "
-	    "WHERE ctid = ANY ($5::tid[]) AND %s FOR UPDATE SKIP LOCKED)) AND "
-	    "%s RETURNING t.%s, t.%s = $7",
-	    p->table, p->status, p->error, p->status, p->updated, p->table,
-	    stale, stale_t, p->id, p->error);
-	return end_by_address(p, look, sql, params, 8, 4, &e);
+	    "%s IN ($1, $3) AND %s < now() - least($2::interval, "
+	    "$4::interval) AND %s",
+	    p->status, p->updated, stale);
+	snprintf(set, sizeof(set),
+	    "%s = $6, %s = CASE WHEN t.%s = $1 THEN $7 ELSE $8 END, %s = now()",
+	    p->status, p->error, p->status, p->updated);
+	snprintf(ret, sizeof(ret), "t.%s, t.%s = $7", p->id, p->error);
+	return end_by_address(p, &q, params, 8, &e);
 }
 
 static int
