@@ -17,6 +17,10 @@ PKG_LIBS = $(shell pkg-config --libs \
 	   $(filter-out libmicrohttpd libpq libcurl,$(PKGS))) -ldl
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -DHAVE_SYSTEMD -pthread $(WARN) $(CFLAGS) \
 	     $(PKG_CFLAGS)
+# The sanitizer build uses clang: its runtime writes every report (ASan,
+# LSan, UBSan) to log_path, where the tests look for them; GCC's combined
+# runtime prints UBSan's to standard error only.
+ASAN_CC ?= clang
 SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined \
       -fno-omit-frame-pointer
 ASAN_CFLAGS = -std=c11 -D_GNU_SOURCE -DHAVE_SYSTEMD -pthread $(WARN) -O1 -g \
@@ -39,13 +43,18 @@ FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -DHAVE_SYSTEMD -pthread $(WARN) -g -O1 \
 	      -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	      -Isrc $(PKG_CFLAGS)
 
+# A sanitizer report exits 86, never limpeza's own 1 or 2: the runtimes
+# share one exit code and one report path (clang), and the report's first
+# line names the sanitizer. The integration tests add a log_path per test
+# and fail any test whose limpeza processes left a report.
 SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
-	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:exitcode=86
 
 .PHONY: all deps test-deps install uninstall clean test unit integration \
 	asan asan-unit asan-integration demo format \
-	format-check bench fuzz fuzz-smoke lint stress
+	format-check bench fuzz fuzz-smoke lint stress mutants mutants-fast \
+	print-san-env
 
 all: build/limpeza build/limpeza.8
 
@@ -71,18 +80,18 @@ build/limpeza.8: man/limpeza.8.in build/limpeza
 	    -e '/@SETTINGS@/{r $@.settings' -e 'd}' man/limpeza.8.in > $@
 	rm -f $@.settings
 
-build/asan/obj/%.o: src/%.c $(HDRS) | deps build/asan/obj
-	$(CC) $(ASAN_CFLAGS) -c -o $@ $<
+build/asan/obj/%.o: src/%.c $(HDRS) | test-deps build/asan/obj
+	$(ASAN_CC) $(ASAN_CFLAGS) -c -o $@ $<
 
 build/asan/limpeza: $(ASAN_OBJS) build/asan/obj/main.o
-	$(CC) $(SAN) -pthread -o $@ $^ $(PKG_LIBS)
+	$(ASAN_CC) $(SAN) -pthread -o $@ $^ $(PKG_LIBS)
 
 build/tests/%: tests/unit/%.c tests/unit/clock.h $(OBJS) $(HDRS) | test-deps build/tests
 	$(CC) $(ALL_CFLAGS) -Isrc $(shell pkg-config --cflags cmocka) -o $@ \
 	    $< $(OBJS) $(PKG_LIBS) $(shell pkg-config --libs cmocka) -lm
 
 build/asan/tests/%: tests/unit/%.c tests/unit/clock.h $(ASAN_OBJS) $(HDRS) | test-deps build/asan/tests
-	$(CC) $(ASAN_CFLAGS) -Isrc $(shell pkg-config --cflags cmocka) -o $@ \
+	$(ASAN_CC) $(ASAN_CFLAGS) -Isrc $(shell pkg-config --cflags cmocka) -o $@ \
 	    $< $(ASAN_OBJS) $(PKG_LIBS) $(shell pkg-config --libs cmocka) -lm
 
 build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_SRCS) $(HDRS) | test-deps build/fuzz
@@ -135,6 +144,19 @@ asan-integration: build/asan/limpeza test-deps
 
 asan: asan-unit asan-integration
 
+# For tests/mutants/run.py: the environment the sanitizer tests run with.
+print-san-env:
+	@echo $(SAN_ENV)
+
+# Each mutation of tests/mutants/mutants.toml, one at a time, in a copy of
+# the tree: the tests named for it must fail. make test runs the entries
+# marked fast; the whole list takes about MUTANTS_MINUTES minutes.
+mutants: test-deps
+	$(PYTHON) tests/mutants/run.py
+
+mutants-fast: test-deps
+	$(PYTHON) tests/mutants/run.py --fast
+
 # Everything, in order: unit, integration (real files, SQLite, HTTP, the
 # daemon end to end), then both again under ASan and UBSan.
 test: test-deps
@@ -145,6 +167,7 @@ test: test-deps
 	$(MAKE) integration
 	$(MAKE) asan
 	$(MAKE) fuzz-smoke
+	$(MAKE) mutants-fast
 
 # Benchmarks print figures; they are not tests and make test does not run them.
 bench: all test-deps

@@ -350,5 +350,46 @@ def daemons():
         return d
 
     yield start
+    # SIGTERM, as systemd stops it: a daemon that exits normally runs
+    # LeakSanitizer, whose report then fails the test.
     for d in started:
-        d.kill()
+        if d.p.poll() is None:
+            d.p.send_signal(signal.SIGTERM)
+    for d in started:
+        try:
+            d.p.wait(10 * SLOW)
+        except subprocess.TimeoutExpired:
+            d.p.kill()
+            d.p.wait()
+        d.err.close()
+
+
+SAN_VARS = ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS")
+
+
+@pytest.fixture(autouse=True)
+def sanitizer_reports(tmp_path_factory):
+    """Under ASan/UBSan, every limpeza process a test starts writes its
+    sanitizer reports to a directory of the test's own; a report there
+    fails the test, whatever the test itself saw. Autouse fixtures are set
+    up first and torn down last, so daemons are stopped before the look."""
+    if not SANITIZED:
+        yield
+        return
+    where = str(tmp_path_factory.mktemp("sanitizer"))
+    saved = {k: os.environ.get(k) for k in SAN_VARS}
+    for k in SAN_VARS:
+        os.environ[k] = (saved[k] or "") + ":log_path=%s/report" % where
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    reports = sorted(os.listdir(where))
+    if reports:
+        text = ""
+        for r in reports:
+            with open(os.path.join(where, r), errors="replace") as f:
+                text += "== %s\n%s\n" % (r, f.read()[-3000:])
+        pytest.fail("sanitizer report(s) from limpeza:\n" + text, pytrace=False)
