@@ -20,6 +20,16 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SANITIZED = os.environ.get("LIMPEZA_SANITIZED") == "1"
 # Sanitized binaries start and run slower; waits stretch, assertions do not.
 SLOW = 4 if SANITIZED else 1
+# CI runs as root on a machine where every fault can be set up.
+CI = os.environ.get("CI") == "true"
+
+
+def cannot_set_up(reason):
+    """A test that cannot set up its fault skips, loudly; under CI it fails,
+    so a row of RELIABILITY.md is never silently left unchecked."""
+    if CI:
+        pytest.fail("cannot set up the fault under CI: " + reason, pytrace=False)
+    pytest.skip(reason)
 
 
 def utc(delta_s=0.0):

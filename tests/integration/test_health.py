@@ -52,15 +52,26 @@ def test_forced_cleanup_above_threshold(senv, health):
 
 def test_threshold_is_strict_and_zero_disables(env, health):
     fill(env)
+    # 5 is not more than the threshold 5: the probe answered, nothing forced
     health.set_json({"jobs_active": 5})
     p = env.run("once", LIMPEZA_HEALTH_URL=health.url)
-    assert "MUITOS JOBS" not in p.stderr
+    assert p.returncode == 0, p.stderr
+    assert "📊 API Health: 5 jobs ativos" in p.stderr
+    assert "MUITOS JOBS" not in p.stderr and "Limpeza forçada" not in p.stderr
+    # 6 is: the same setting forces
+    health.set_json({"jobs_active": 6})
+    p = env.run("once", LIMPEZA_HEALTH_URL=health.url, LIMPEZA_DRY_RUN="1")
+    assert p.returncode == 0, p.stderr
+    assert "MUITOS JOBS ATIVOS: 6" in p.stderr
+    # 0 disables forced cleanup, however many jobs the API reports
     health.set_json({"jobs_active": 500})
     p = env.run("once", LIMPEZA_HEALTH_URL=health.url, LIMPEZA_FORCE_THRESHOLD="0")
+    assert p.returncode == 0, p.stderr
     assert "📊 API Health: 500 jobs ativos" in p.stderr
-    assert "MUITOS JOBS" not in p.stderr
+    assert "MUITOS JOBS" not in p.stderr and "Limpeza forçada" not in p.stderr
     assert env.store.statuses()["db-run"] == "running"
     assert "c-run" in json.loads(env.read_cache())
+    assert health.hits == 3
 
 
 def test_force_active_only_and_min_age(senv, health):
@@ -92,6 +103,8 @@ def test_once_force_without_health(senv):
     ("500", "HTTP status 500"),
     ("html", "answer is not JSON"),
     ("string", "jobs_active is not a non-negative integer"),
+    ("real", "jobs_active is not a non-negative integer"),
+    ("negative", "jobs_active is not a non-negative integer"),
     ("missing", "answer has no jobs_active"),
     ("huge", "larger than 1 MiB"),
     ("hang", "timed out"),
@@ -107,6 +120,10 @@ def test_faulty_health_never_forces(env, health, fault, expect):
         health.set_json(b"<html>502 Bad Gateway</html>")
     elif fault == "string":
         health.set_json({"jobs_active": "99"})
+    elif fault == "real":
+        health.set_json(b'{"jobs_active": 99.0}')
+    elif fault == "negative":
+        health.set_json({"jobs_active": -99})
     elif fault == "missing":
         health.set_json({"status": "healthy"})
     elif fault == "refused":

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import BIN, SLOW
+from conftest import BIN, SLOW, cannot_set_up
 
 WRITES = int(os.environ.get("STRESS_WRITES", "300"))
 ROUNDS = int(os.environ.get("STRESS_ROUNDS", "1"))
@@ -61,7 +61,7 @@ def backend_write(path, i, cooperate):
 
 @pytest.mark.parametrize("cooperate", [False, True], ids=["backend-writer", "flock-writer"])
 def test_racing_writer_loses_nothing(env, daemons, cooperate):
-    total_lost = total_rewrites = 0
+    total_lost = 0
     for rnd in range(ROUNDS):
         env.write_cache({})
         log = os.path.join(env.tmp, "race-%d.log" % rnd)
@@ -70,11 +70,16 @@ def test_racing_writer_loses_nothing(env, daemons, cooperate):
         d.wait_for("Ciclo 1 ")
         t0 = time.monotonic()
         rng = random.Random(rnd)
+        raced, last_ino = 0, os.stat(env.cache).st_ino
         for i in range(WRITES):
             backend_write(env.cache, i, cooperate)
             # an API writes on job events: mostly bursts, sometimes a pause
             if rng.random() < 0.1:
                 time.sleep(rng.uniform(0, 0.02))
+            ino = os.stat(env.cache).st_ino
+            if ino != last_ino:
+                raced += 1  # limpeza swapped a new file in between two writes
+                last_ino = ino
         took = time.monotonic() - t0
         # let limpeza reap what is left, then stop it
         time.sleep(0.5)
@@ -85,40 +90,64 @@ def test_racing_writer_loses_nothing(env, daemons, cooperate):
         rewrites = d.stderr().count("Cache limpo:")
         retries = d.stderr().count("Cache alterado")
         stale_left = [k for k in data if k.startswith("stale-")]
-        print("\n%s round %d: %d writes in %.1fs, %d limpeza rewrites, %d passes retried, "
-              "%d done jobs lost, %d stale left"
+        print("\n%s round %d: %d writes in %.1fs, %d limpeza rewrites (%d between two "
+              "writes), %d passes retried, %d done jobs lost, %d stale left"
               % ("flock" if cooperate else "backend", rnd + 1, WRITES, took, rewrites,
-                 retries, len(lost), len(stale_left)))
+                 raced, retries, len(lost), len(stale_left)))
         total_lost += len(lost)
-        total_rewrites += rewrites
+        # limpeza really raced the writer: it replaced the file several
+        # times while the writer was writing, not only once it had stopped
+        assert raced >= 3, raced
         assert stale_left == []
     assert total_lost == 0
-    assert total_rewrites >= ROUNDS  # limpeza really raced the writer
     assert [f for f in os.listdir(env.tmp) if ".limpeza-" in f] == []
 
 
+def temp_files(env):
+    return [f for f in os.listdir(env.tmp) if ".limpeza-" in f]
+
+
+def wait_for_rewrite(env, p, limit_s):
+    """Polls until limpeza's temporary file appears (the rewrite has begun)
+    or the process ends; True in the first case."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and p.poll() is None:
+        if temp_files(env):
+            return True
+    return False
+
+
 def test_sigkill_mid_rewrite_leaves_old_or_new(env):
-    """SIGKILL at random moments: the file is always the old or the new version."""
+    """SIGKILL inside the rewrite itself (from the moment the temporary file
+    exists until limpeza has swapped it in): the file is always the old or
+    the new version, and the next run removes what the killed one left."""
     big = {"done-%d" % i: {"status": "done", "all": list(range(100)), "n": i}
            for i in range(3000)}
     old = dict(big, stale={"status": "queued", "created_at": 1e9})
     old_text = json.dumps(old)
     e = env.env(DATABASE_URL=None, LIMPEZA_LOG_FILE="")
-    # how long a whole run takes, to aim the kills inside it
-    runs = []
+    # How long the rewrite lasts (temporary file seen, then gone), to aim
+    # the kills inside it.
+    spans = []
     for _ in range(3):
         env.write_cache(old_text)
+        p = subprocess.Popen([BIN, "once"], env=e, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        assert wait_for_rewrite(env, p, 10 * SLOW)
         t0 = time.monotonic()
-        subprocess.run([BIN, "once"], env=e, capture_output=True)
-        runs.append(time.monotonic() - t0)
-    span = max(runs)
+        while temp_files(env):
+            pass
+        spans.append(time.monotonic() - t0)
+        assert p.wait() == 0
+    span = max(spans)
     outcomes = {"old": 0, "new": 0}
-    leftovers = 0
+    mid = leftovers = 0
     rng = random.Random(7105573)
     for _ in range(KILLS):
         env.write_cache(old_text)
         p = subprocess.Popen([BIN, "once"], env=e, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
+        assert wait_for_rewrite(env, p, 10 * SLOW), "limpeza never began the rewrite"
         time.sleep(rng.uniform(0, span))
         p.send_signal(signal.SIGKILL)
         p.wait()
@@ -129,17 +158,25 @@ def test_sigkill_mid_rewrite_leaves_old_or_new(env):
         else:
             assert data == big
             outcomes["new"] += 1
-        tmp = [f for f in os.listdir(env.tmp) if ".limpeza-" in f]
+        tmp = temp_files(env)
+        if tmp or data == old:
+            mid += 1  # killed between the temporary file and the swap
         leftovers += len(tmp)
-        if tmp:
-            # the next run removes what the killed one left
-            p = subprocess.run([BIN, "once"], env=e, capture_output=True, text=True)
-            assert "Arquivo temporário deixado por uma execução interrompida removido" in p.stderr
-            assert [f for f in os.listdir(env.tmp) if ".limpeza-" in f] == []
-    print("\ncrash loop: %d SIGKILLs (run %.0f ms): %d left the old file, %d the new one, "
-          "%d temporary files left and removed by the next run, 0 corrupted"
-          % (KILLS, span * 1000, outcomes["old"], outcomes["new"], leftovers))
+        # Whatever the kill left, the next run removes it and finishes.
+        p = subprocess.run([BIN, "once"], env=e, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        assert ("Arquivo temporário deixado por uma execução interrompida removido"
+                in p.stderr) == bool(tmp)
+        assert temp_files(env) == []
+        with open(env.cache) as f:
+            assert json.load(f) == big
+    print("\ncrash loop: %d SIGKILLs within the rewrite (%.0f ms): %d mid-rewrite, "
+          "%d left the old file, %d the new one, %d temporary files left and removed "
+          "by the next run, 0 corrupted"
+          % (KILLS, span * 1000, mid, outcomes["old"], outcomes["new"], leftovers))
     assert outcomes["old"] + outcomes["new"] == KILLS
+    # The kills really landed inside the rewrite, on both sides of the swap.
+    assert mid >= KILLS // 4 and leftovers >= KILLS // 4, (mid, leftovers)
 
 
 def test_file_size_limit_during_rewrite(env):
@@ -163,7 +200,7 @@ def test_disk_full_during_rewrite(env, tmp_path):
     mnt.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
                       capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
+        cannot_set_up("cannot mount a tmpfs here (needs root)")
     try:
         cache = str(mnt / "jobs.json")
         text = json.dumps({"stale": {"status": "queued", "created_at": 1e9},
@@ -180,8 +217,9 @@ def test_disk_full_during_rewrite(env, tmp_path):
         subprocess.run(["umount", str(mnt)])
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run limpeza as another user")
 def test_unreadable_cache_file_then_recovery():
+    if os.geteuid() != 0:
+        cannot_set_up("needs root to run limpeza as another user")
     base = tempfile.mkdtemp(prefix="limpeza-perm-", dir="/tmp")
     try:
         os.chmod(base, 0o777)
