@@ -16,7 +16,7 @@ PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS = $(shell pkg-config --libs \
 	   $(filter-out libmicrohttpd libpq libcurl,$(PKGS))) -ldl
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -DHAVE_SYSTEMD -pthread $(WARN) $(CFLAGS) \
-	     $(PKG_CFLAGS)
+	     -Ibuild $(PKG_CFLAGS)
 # The sanitizer build uses clang: its runtime writes every report (ASan,
 # LSan, UBSan) to log_path, where the tests look for them; GCC's combined
 # runtime prints UBSan's to standard error only.
@@ -24,13 +24,19 @@ ASAN_CC ?= clang
 SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined \
       -fno-omit-frame-pointer
 ASAN_CFLAGS = -std=c11 -D_GNU_SOURCE -DHAVE_SYSTEMD -pthread $(WARN) -O1 -g \
-	      $(SAN) $(PKG_CFLAGS)
+	      $(SAN) -Ibuild $(PKG_CFLAGS)
+# The build without libsystemd (no sd_notify): it must compile as cleanly.
+NOSD_CFLAGS = $(filter-out -DHAVE_SYSTEMD,$(ALL_CFLAGS))
+NOSD_LIBS = $(shell pkg-config --libs \
+	    $(filter-out libmicrohttpd libpq libcurl libsystemd,$(PKGS))) -ldl
 
 MODULES = config log cache store store_sqlite store_pg health metrics alert \
-	  cycle libs
+	  cycle libs commands notify
 OBJS = $(MODULES:%=build/obj/%.o)
 ASAN_OBJS = $(MODULES:%=build/asan/obj/%.o)
-HDRS = src/limpeza.h src/store.h
+NOSD_OBJS = $(MODULES:%=build/nosd/obj/%.o) build/nosd/obj/main.o
+# build/probe.h: minimum versions checked, sonames of what is dlopen()ed.
+HDRS = src/limpeza.h src/store.h build/probe.h
 UNIT = test_config test_dotenv test_cache test_log test_health
 UNIT_BINS = $(UNIT:%=build/tests/%)
 ASAN_UNIT_BINS = $(UNIT:%=build/asan/tests/%)
@@ -41,7 +47,7 @@ FUZZ_SRCS = $(MODULES:%=src/%.c)
 FUZZ_SECONDS ?= 60
 FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -DHAVE_SYSTEMD -pthread $(WARN) -g -O1 \
 	      -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	      -Isrc $(PKG_CFLAGS)
+	      -Isrc -Ibuild $(PKG_CFLAGS)
 
 # A sanitizer report exits 86, never limpeza's own 1 or 2: the runtimes
 # share one exit code and one report path (clang), and the report's first
@@ -51,7 +57,7 @@ SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:exitcode=86
 
-.PHONY: all deps test-deps install uninstall clean test unit integration \
+.PHONY: all deps test-deps install uninstall clean test unit integration nosd \
 	asan asan-unit asan-integration demo format \
 	format-check bench fuzz fuzz-smoke lint stress mutants mutants-fast \
 	print-san-env
@@ -64,14 +70,30 @@ deps:
 test-deps:
 	@sh scripts/deps.sh test
 
-build/obj build/asan/obj build/tests build/asan/tests build/fuzz:
+build build/obj build/asan/obj build/nosd/obj build/tests build/asan/tests \
+build/fuzz:
 	mkdir -p $@
+
+# The libraries' minimum versions (a clear line if one is older) and the
+# sonames that libs.c and metrics.c load: those of the libraries the
+# linker picks for -lpq, -lcurl and -lmicrohttpd with these flags.
+build/probe.h: scripts/probe.sh | deps build
+	CC="$(CC)" FLAGS="$(CFLAGS) $(LDFLAGS)" sh scripts/probe.sh > $@.tmp
+	mv $@.tmp $@
 
 build/obj/%.o: src/%.c $(HDRS) | deps build/obj
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
 build/limpeza: $(OBJS) build/obj/main.o
 	$(CC) $(CFLAGS) -pthread -o $@ $^ $(PKG_LIBS) $(LDFLAGS)
+
+build/nosd/obj/%.o: src/%.c $(HDRS) | deps build/nosd/obj
+	$(CC) $(NOSD_CFLAGS) -c -o $@ $<
+
+build/nosd/limpeza: $(NOSD_OBJS)
+	$(CC) $(CFLAGS) -pthread -o $@ $^ $(NOSD_LIBS) $(LDFLAGS)
+
+nosd: build/nosd/limpeza
 
 # The man page's settings come from the same table as --help.
 build/limpeza.8: man/limpeza.8.in build/limpeza
@@ -115,13 +137,13 @@ fuzz-smoke:
 
 # Static analysis under the checked-in configurations (.clang-tidy,
 # tests/cppcheck.supp); any finding fails.
-lint: test-deps
+lint: test-deps build/probe.h
 	cppcheck --enable=warning,style,performance,portability --std=c11 \
 	    --inline-suppr --quiet --error-exitcode=1 \
 	    --suppressions-list=tests/cppcheck.supp -D_GNU_SOURCE \
-	    -DHAVE_SYSTEMD -Isrc src/*.c
+	    -DHAVE_SYSTEMD -Isrc -Ibuild src/*.c
 	clang-tidy --quiet src/*.c -- -std=c11 -D_GNU_SOURCE -DHAVE_SYSTEMD \
-	    $(PKG_CFLAGS)
+	    -Ibuild $(PKG_CFLAGS)
 
 # The long reliability runs: 3 x 2,000 racing writes per writer, 100 SIGKILLs.
 stress: all test-deps
@@ -163,6 +185,7 @@ test: test-deps
 	$(MAKE) format-check
 	$(MAKE) lint
 	$(MAKE) all
+	$(MAKE) nosd
 	$(MAKE) unit
 	$(MAKE) integration
 	$(MAKE) asan
@@ -178,8 +201,9 @@ demo: all
 	sh scripts/demo.sh
 
 install: build/limpeza build/limpeza.8
-	install -d $(DESTDIR)$(PREFIX)/sbin
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man8
 	install -m 0755 build/limpeza $(DESTDIR)$(PREFIX)/sbin/limpeza
+	install -m 0644 build/limpeza.8 $(DESTDIR)$(PREFIX)/share/man/man8/limpeza.8
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/sbin/limpeza

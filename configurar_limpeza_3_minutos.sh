@@ -141,7 +141,7 @@ put "$src/etc/desfollow-limpeza.logrotate" "$logrotate" 644
 if [ -f "$defaults" ]; then
 	say "  unchanged  $defaults (yours: never overwritten)"
 else
-	put "$src/etc/desfollow-limpeza.default" "$defaults" 640
+	put "$src/etc/desfollow-limpeza.default" "$defaults" 600
 fi
 if [ -d "$logdir" ]; then
 	say "  unchanged  $logdir"
@@ -154,8 +154,8 @@ if [ -z "$root" ]; then
 fi
 
 say "==> limpeza check"
-# shellcheck source=/dev/null
-if (set -a && . "$defaults" && set +a && "$bin" check); then
+# The settings file as the service reads it (--env-file, see the unit).
+if "$bin" check --env-file "$defaults"; then
 	say "  configuration usable"
 else
 	say "  WARNING: limpeza check found problems (above); the service"

@@ -1,8 +1,10 @@
 /* alert.c: JSON alerts POSTed to LIMPEZA_ALERT_WEBHOOK from a worker thread. */
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -11,23 +13,39 @@
 #include "limpeza.h"
 
 #define ALERT_QUEUE 16
-#define ALERT_TIMEOUT_MS 5000
 
 /*
  * Alerts are queued and sent by one thread, so a slow or dead webhook
  * never holds a cycle up: the cycle only copies a few hundred bytes into
  * the queue. A full queue drops the alert, with a log line.
+ *
+ * Nothing the main thread does waits on the webhook either. A reload
+ * hands the running worker its new URL. A stop gives the worker a
+ * deadline: posts started after it get only the time left, and when it
+ * passes, the post in flight is cut (its socket is shut down, which ends
+ * libcurl's wait at once) and what is still queued is dropped and
+ * counted. sock is the socket of the post in flight, -1 if none; it is
+ * opened and closed through the callbacks below, under mu, so the main
+ * thread never shuts down a descriptor that was closed and reused.
  */
 static struct {
 	pthread_mutex_t mu;
-	pthread_cond_t cv;
+	pthread_cond_t cv; /* wakes the worker */
+	pthread_cond_t done; /* the worker has ended */
 	pthread_t thread;
 	int running;
 	int stop;
+	int finished;
+	int cut; /* the deadline passed: abort what is in flight */
+	long long deadline; /* monotonic ms, once stopping */
+	long dropped; /* posts cut short */
+	int sock;
 	char *url;
 	char *queue[ALERT_QUEUE];
 	int head, n;
-} a = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
+} a = { .mu = PTHREAD_MUTEX_INITIALIZER,
+	.cv = PTHREAD_COND_INITIALIZER,
+	.sock = -1 };
 
 static size_t
 discard(char *data, size_t size, size_t nmemb, void *arg)
@@ -37,37 +55,107 @@ discard(char *data, size_t size, size_t nmemb, void *arg)
 	return size * nmemb;
 }
 
+/* A new socket for the post: refused once the post is to be cut. */
+static int
+sock_opened(void *arg, curl_socket_t fd, curlsocktype purpose)
+{
+	int rc;
+
+	(void)arg;
+	(void)purpose;
+	pthread_mutex_lock(&a.mu);
+	a.sock = fd;
+	rc = a.cut ? CURL_SOCKOPT_ERROR : CURL_SOCKOPT_OK;
+	pthread_mutex_unlock(&a.mu);
+	return rc;
+}
+
+static int
+sock_close(void *arg, curl_socket_t fd)
+{
+	(void)arg;
+	pthread_mutex_lock(&a.mu);
+	if (a.sock == fd)
+		a.sock = -1;
+	close(fd);
+	pthread_mutex_unlock(&a.mu);
+	return 0;
+}
+
+/* While resolving or between sockets: a non-zero answer aborts. */
+static int
+progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+    curl_off_t ulnow)
+{
+	int cut;
+
+	(void)arg;
+	(void)dltotal;
+	(void)dlnow;
+	(void)ultotal;
+	(void)ulnow;
+	pthread_mutex_lock(&a.mu);
+	cut = a.cut;
+	pthread_mutex_unlock(&a.mu);
+	return cut;
+}
+
+/*
+ * Sets one option that the post relies on; an option this libcurl does
+ * not know (too old) fails the post loudly instead of being dropped.
+ */
+#define OPT(h, opt, val, err) \
+	health_curl_opt(curl_easy_setopt(h, opt, val), #opt, err, sizeof(err))
+
 static void
-post(const char *url, const char *body)
+post(const char *url, const char *body, long timeout_ms)
 {
 	struct curl_slist *hdr = NULL;
-	char cerr[CURL_ERROR_SIZE] = "";
+	char cerr[CURL_ERROR_SIZE] = "", err[CURL_ERROR_SIZE + 128] = "";
 	long status = 0;
 	CURLcode cc;
 	CURL *h;
+	int cut;
 
 	if ((h = curl_easy_init()) == NULL)
 		return;
 	hdr = curl_slist_append(hdr, "Content-Type: application/json");
-	curl_easy_setopt(h, CURLOPT_URL, url);
-	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
-	curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)ALERT_TIMEOUT_MS);
-	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
-	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, cerr);
-	curl_easy_setopt(h, CURLOPT_USERAGENT, "limpeza/" LIMPEZA_VERSION);
+	if (hdr == NULL || OPT(h, CURLOPT_URL, url, err) == -1 ||
+	    OPT(h, CURLOPT_PROTOCOLS_STR, "http,https", err) == -1 ||
+	    OPT(h, CURLOPT_HTTPHEADER, hdr, err) == -1 ||
+	    OPT(h, CURLOPT_POSTFIELDS, body, err) == -1 ||
+	    OPT(h, CURLOPT_TIMEOUT_MS, timeout_ms, err) == -1 ||
+	    OPT(h, CURLOPT_NOSIGNAL, 1L, err) == -1 ||
+	    OPT(h, CURLOPT_WRITEFUNCTION, discard, err) == -1 ||
+	    OPT(h, CURLOPT_ERRORBUFFER, cerr, err) == -1 ||
+	    OPT(h, CURLOPT_SOCKOPTFUNCTION, sock_opened, err) == -1 ||
+	    OPT(h, CURLOPT_CLOSESOCKETFUNCTION, sock_close, err) == -1 ||
+	    OPT(h, CURLOPT_XFERINFOFUNCTION, progress, err) == -1 ||
+	    OPT(h, CURLOPT_NOPROGRESS, 0L, err) == -1) {
+		if (*err == '\0')
+			snprintf(err, sizeof(err), "out of memory");
+		log_event(LVL_WARNING, EV_ALERT_FAILED, err);
+		goto done;
+	}
+	/* Only a name for the server's logs: no need to check it. */
+	(void)curl_easy_setopt(
+	    h, CURLOPT_USERAGENT, "limpeza/" LIMPEZA_VERSION);
 	cc = curl_easy_perform(h);
 	if (cc == CURLE_OK)
 		curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-	if (cc != CURLE_OK)
+	pthread_mutex_lock(&a.mu);
+	cut = a.cut;
+	if (cut && cc != CURLE_OK)
+		a.dropped++;
+	pthread_mutex_unlock(&a.mu);
+	if (cc != CURLE_OK && !cut)
 		log_event(LVL_WARNING, EV_ALERT_FAILED,
 		    *cerr != '\0' ? cerr : curl_easy_strerror(cc));
-	else if (status < 200 || status > 299) {
+	else if (cc == CURLE_OK && (status < 200 || status > 299)) {
 		snprintf(cerr, sizeof(cerr), "HTTP status %ld", status);
 		log_event(LVL_WARNING, EV_ALERT_FAILED, cerr);
 	}
+done:
 	curl_slist_free_all(hdr);
 	curl_easy_cleanup(h);
 }
@@ -76,44 +164,80 @@ static void *
 worker(void *arg)
 {
 	char *body, *url;
+	long long left;
+	long timeout;
 
 	(void)arg;
 	pthread_mutex_lock(&a.mu);
 	for (;;) {
 		while (a.n == 0 && !a.stop)
 			pthread_cond_wait(&a.cv, &a.mu);
-		if (a.n == 0 && a.stop)
+		if (a.n == 0 || a.cut)
 			break;
+		timeout = ALERT_TIMEOUT_MS;
+		if (a.stop) {
+			left = a.deadline - now_monotonic_ms();
+			if (left <= 0)
+				break;
+			if (left < timeout)
+				timeout = (long)left;
+		}
 		body = a.queue[a.head];
 		a.head = (a.head + 1) % ALERT_QUEUE;
 		a.n--;
-		url = a.url;
+		/* A reload may change the URL while this post runs. */
+		if ((url = strdup(a.url)) == NULL)
+			fatalx_oom();
 		pthread_mutex_unlock(&a.mu);
-		post(url, body);
+		post(url, body, timeout);
+		free(url);
 		free(body);
 		pthread_mutex_lock(&a.mu);
 	}
+	a.finished = 1;
+	pthread_cond_signal(&a.done);
 	pthread_mutex_unlock(&a.mu);
 	return NULL;
 }
 
-/* Starts the sender for url (empty: alerts off), stopping any old one. */
+/*
+ * Starts the sender for url, or points the running one at url without
+ * waiting for it; an empty url stops it at once (alerts off).
+ */
 int
 alert_start(const char *url)
 {
-	char err[256];
+	pthread_condattr_t ca;
+	char err[256], *copy;
 
-	alert_stop();
-	if (url == NULL || *url == '\0')
-		return 0;
-	if (health_global_init(err, sizeof(err)) == -1) {
-		log_event(LVL_WARNING, EV_ALERT_FAILED, err);
+	if (url == NULL || *url == '\0') {
+		alert_stop(0);
 		return 0;
 	}
-	if ((a.url = strdup(url)) == NULL)
+	if ((copy = strdup(url)) == NULL)
 		fatalx_oom();
-	a.stop = 0;
+	if (a.running) {
+		pthread_mutex_lock(&a.mu);
+		free(a.url);
+		a.url = copy;
+		pthread_mutex_unlock(&a.mu);
+		return 0;
+	}
+	if (health_global_init(err, sizeof(err)) == -1) {
+		log_event(LVL_WARNING, EV_ALERT_FAILED, err);
+		free(copy);
+		return 0;
+	}
+	/* The stop's deadline is on the monotonic clock. */
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&a.done, &ca);
+	pthread_condattr_destroy(&ca);
+	a.url = copy;
+	a.stop = a.finished = a.cut = 0;
+	a.dropped = 0;
 	if (pthread_create(&a.thread, NULL, worker, NULL) != 0) {
+		pthread_cond_destroy(&a.done);
 		free(a.url);
 		a.url = NULL;
 		return -1;
@@ -122,17 +246,49 @@ alert_start(const char *url)
 	return 0;
 }
 
-/* Sends what is queued (each post is bounded), then ends the thread. */
+/*
+ * Sends what is queued within budget_ms, then ends the thread: a post
+ * still running then is cut, and what is left is dropped, with one line
+ * that says how many.
+ */
 void
-alert_stop(void)
+alert_stop(long long budget_ms)
 {
+	struct timespec ts;
+	long long deadline;
+	long dropped;
+
 	if (!a.running)
 		return;
+	if (budget_ms < 0)
+		budget_ms = 0;
+	deadline = now_monotonic_ms() + budget_ms;
+	ts.tv_sec = deadline / MS_PER_S;
+	ts.tv_nsec = (deadline % MS_PER_S) * 1000000;
 	pthread_mutex_lock(&a.mu);
 	a.stop = 1;
+	a.deadline = deadline;
 	pthread_cond_signal(&a.cv);
+	while (!a.finished)
+		if (pthread_cond_timedwait(&a.done, &a.mu, &ts) == ETIMEDOUT)
+			break;
+	if (!a.finished) {
+		a.cut = 1;
+		if (a.sock != -1)
+			shutdown(a.sock, SHUT_RDWR);
+	}
 	pthread_mutex_unlock(&a.mu);
 	pthread_join(a.thread, NULL);
+	dropped = a.dropped;
+	while (a.n > 0) {
+		free(a.queue[a.head]);
+		a.head = (a.head + 1) % ALERT_QUEUE;
+		a.n--;
+		dropped++;
+	}
+	if (dropped > 0)
+		log_event(LVL_WARNING, EV_ALERTS_DROPPED, dropped);
+	pthread_cond_destroy(&a.done);
 	a.running = 0;
 	free(a.url);
 	a.url = NULL;
@@ -153,7 +309,8 @@ alert_send(const char *event, long count, const char *message)
 	gethostname(host, sizeof(host) - 1);
 	gmtime_r(&t, &tm);
 	strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	o = json_pack("{s:s, s:s, s:i, s:s, s:s}", "event", event, "host", host,
+	/* I takes a json_int_t, i an int: the argument's type decides. */
+	o = json_pack("{s:s, s:s, s:I, s:s, s:s}", "event", event, "host", host,
 	    "count", (json_int_t)count, "message", message, "time", ts);
 	if (o == NULL)
 		fatalx_oom();

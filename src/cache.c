@@ -1455,8 +1455,8 @@ remove_leftovers(const char *path)
 }
 
 static void
-log_reaped(
-    const struct scan *s, const struct config *cfg, struct cache_result *res)
+log_reaped(const struct scan *s, const struct config *cfg, int dry_run,
+    struct cache_result *res)
 {
 	size_t i;
 
@@ -1470,18 +1470,24 @@ log_reaped(
 			fatalx_oom();
 		switch (m->fate) {
 		case FATE_RUNNING:
-			log_event(LVL_INFO, EV_CACHE_ORPHAN, id, (long)m->age);
+			log_event(LVL_INFO,
+			    dry_run ? EV_CACHE_WOULD_ORPHAN : EV_CACHE_ORPHAN,
+			    id, (long)m->age);
 			res->reaped_running++;
 			break;
 		case FATE_QUEUED:
-			log_event(LVL_INFO, EV_CACHE_QUEUED, id);
+			log_event(LVL_INFO,
+			    dry_run ? EV_CACHE_WOULD_QUEUED : EV_CACHE_QUEUED,
+			    id);
 			res->reaped_queued++;
 			break;
 		case FATE_FORCED: {
 			const char *st = json_string_value(
 			    json_object_get(m->job, "status"));
 
-			log_event(LVL_INFO, EV_CACHE_FORCED, id);
+			log_event(LVL_INFO,
+			    dry_run ? EV_CACHE_WOULD_FORCE : EV_CACHE_FORCED,
+			    id);
 			res->forced++;
 			if (st != NULL && strcmp(st, cfg->running_status) == 0)
 				res->forced_running++;
@@ -1497,8 +1503,9 @@ log_reaped(
 	}
 	if (res->reaped_running + res->reaped_queued > 0)
 		log_event(LVL_INFO,
-		    cfg->cache_action == CACHE_MARK ? EV_CACHE_MARKED
-						    : EV_CACHE_CLEANED,
+		    dry_run				  ? EV_CACHE_WOULD_CLEAN
+			: cfg->cache_action == CACHE_MARK ? EV_CACHE_MARKED
+							  : EV_CACHE_CLEANED,
 		    res->reaped_running + res->reaped_queued);
 }
 
@@ -1783,7 +1790,7 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 		res->rewritten = 1;
 	}
 	if (changes > 0)
-		log_reaped(&s, cfg, res);
+		log_reaped(&s, cfg, dry_run, res);
 	json_decref(c->seen);
 	c->seen = seen;
 	seen = NULL;

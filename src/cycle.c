@@ -96,16 +96,21 @@ reason_name(enum reap_kind kind)
 				    : "forced";
 }
 
-/* Each reaped row: a debug line with its id, and the metrics. */
+/*
+ * Each reaped row: a debug line with its id, and the metrics. A dry run
+ * names every row it would end at info level, in "would" words.
+ */
 static void
 db_job(void *arg, enum reap_kind kind, const char *status, const char *id)
 {
 	struct cycle *c = arg;
 
+	if (c->dry) {
+		log_event(LVL_INFO, EV_DB_WOULD_END, status, id);
+		return;
+	}
 	log_event(LVL_DEBUG, EV_DB_JOB, status, id);
-	if (!c->dry)
-		metrics_reaped(
-		    store_kind(c->cfg), status, reason_name(kind), 1);
+	metrics_reaped(store_kind(c->cfg), status, reason_name(kind), 1);
 }
 
 /*
@@ -403,16 +408,24 @@ cycle_reap_due(struct cycle *c)
 	return failed ? -1 : 0;
 }
 
+/* Whether the daemon was told to stop; `once` passes no such question. */
+static int
+stop_asked(int (*stop)(void))
+{
+	return stop != NULL && stop();
+}
+
 /*
  * One whole cycle, in the order operators read it in the log: cache,
  * database, API health and forced cleanup, summary, periodic report. A
- * failing step is logged where it fails and the next step still runs.
- * force runs the forced cleanup whatever the API says (`once --force`).
- * stop is checked between steps so SIGTERM finishes the current one.
- * Returns 0, or -1 if any step failed.
+ * failing step is logged where it fails and the next step still runs;
+ * the cycle then ends with a line naming the steps that failed, never
+ * with "Sistema limpo". force runs the forced cleanup whatever the API
+ * says (`once --force`). stop is asked between steps so SIGTERM finishes
+ * the current one. Returns 0, or -1 if any step failed.
  */
 int
-cycle_run(struct cycle *c, int force, const volatile sig_atomic_t *stop)
+cycle_run(struct cycle *c, int force, int (*stop)(void))
 {
 	const struct config *cfg = c->cfg;
 	long reaped = 0, ended = 0;
@@ -420,7 +433,7 @@ cycle_run(struct cycle *c, int force, const volatile sig_atomic_t *stop)
 	char when[16], api[48];
 	time_t t = time(NULL);
 	struct tm tm;
-	int failed = 0;
+	long failed = 0;
 
 	c->count++;
 	c->dry = cfg->dry_run != 0;
@@ -432,22 +445,26 @@ cycle_run(struct cycle *c, int force, const volatile sig_atomic_t *stop)
 		log_event(LVL_INFO, EV_DRY_RUN);
 
 	if (step_cache(c, &reaped) == -1)
-		failed = 1;
-	if (!*stop && step_store(c, &reaped) == -1)
-		failed = 1;
-	if (!*stop && step_health(c, force, &ended) == -1)
-		failed = 1;
-	if (!*stop && force) {
+		failed |= STEP_CACHE;
+	if (!stop_asked(stop) && step_store(c, &reaped) == -1)
+		failed |= STEP_STORE;
+	/* The API answered (jobs_active known) if the forced cleanup failed. */
+	if (!stop_asked(stop) && step_health(c, force, &ended) == -1)
+		failed |= c->jobs_active >= 0 ? STEP_FORCE : STEP_HEALTH;
+	if (!stop_asked(stop) && force) {
 		log_event(LVL_WARNING, EV_FORCE_REQUESTED);
 		if (step_force(c, -1, &ended) == -1)
-			failed = 1;
+			failed |= STEP_FORCE;
 	}
 
 	reaped += ended;
 	c->reaped_total += reaped;
 	if (reaped > 0)
-		log_event(LVL_INFO, EV_SUMMARY, reaped);
-	else
+		log_event(
+		    LVL_INFO, c->dry ? EV_SUMMARY_WOULD : EV_SUMMARY, reaped);
+	if (failed != 0)
+		log_event(LVL_WARNING, EV_CYCLE_INCOMPLETE, failed);
+	else if (reaped == 0)
 		log_event(LVL_INFO, EV_CLEAN);
 	if (c->count % cfg->report_every == 0) {
 		if (c->jobs_active >= 0)

@@ -35,6 +35,27 @@ health_global_init(char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * The result of setting one option limpeza relies on: 0, or -1 with err
+ * naming the option. An older libcurl answers CURLE_UNKNOWN_OPTION for
+ * an option it does not know, CURLOPT_PROTOCOLS_STR before 7.85: going
+ * on without it would drop the protocol restriction silently.
+ */
+int
+health_curl_opt(int cc, const char *name, char *err, size_t errlen)
+{
+	if (cc == CURLE_OK)
+		return 0;
+	snprintf(err, errlen, "libcurl refused %s: %s%s", name,
+	    curl_easy_strerror((CURLcode)cc),
+	    cc == CURLE_UNKNOWN_OPTION ? " (libcurl 7.85 or later is needed)"
+				       : "");
+	return -1;
+}
+
+#define OPT(h, opt, val) \
+	health_curl_opt(curl_easy_setopt(h, opt, val), #opt, err, errlen)
+
 /* Keeps at most 1 MiB; returning short makes curl abort the transfer. */
 static size_t
 body_write(char *data, size_t size, size_t nmemb, void *arg)
@@ -112,22 +133,28 @@ health_probe(
 		snprintf(err, errlen, "cannot start a request");
 		return -1;
 	}
-	curl_easy_setopt(h, CURLOPT_URL, cfg->health_url);
-	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
-	curl_easy_setopt(h, CURLOPT_MAXREDIRS, 3L);
-	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)cfg->health_timeout);
-	curl_easy_setopt(
-	    h, CURLOPT_CONNECTTIMEOUT_MS, (long)cfg->health_timeout);
-	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(
-	    h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)HEALTH_MAX_BODY);
-	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, body_write);
-	curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
-	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, cerr);
-	curl_easy_setopt(h, CURLOPT_USERAGENT, "limpeza/" LIMPEZA_VERSION);
-	curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
+	if (OPT(h, CURLOPT_URL, cfg->health_url) == -1 ||
+	    OPT(h, CURLOPT_PROTOCOLS_STR, "http,https") == -1 ||
+	    OPT(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https") == -1 ||
+	    OPT(h, CURLOPT_FOLLOWLOCATION, 1L) == -1 ||
+	    OPT(h, CURLOPT_MAXREDIRS, 3L) == -1 ||
+	    OPT(h, CURLOPT_TIMEOUT_MS, (long)cfg->health_timeout) == -1 ||
+	    OPT(h, CURLOPT_CONNECTTIMEOUT_MS, (long)cfg->health_timeout) ==
+		-1 ||
+	    OPT(h, CURLOPT_NOSIGNAL, 1L) == -1 ||
+	    OPT(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)HEALTH_MAX_BODY) ==
+		-1 ||
+	    OPT(h, CURLOPT_WRITEFUNCTION, body_write) == -1 ||
+	    OPT(h, CURLOPT_WRITEDATA, &b) == -1 ||
+	    OPT(h, CURLOPT_ERRORBUFFER, cerr) == -1)
+		goto done;
+	/*
+	 * Nice to have, not relied on: a libcurl without zlib refuses the
+	 * encoding, and a server name for its logs needs no check.
+	 */
+	(void)curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
+	(void)curl_easy_setopt(
+	    h, CURLOPT_USERAGENT, "limpeza/" LIMPEZA_VERSION);
 
 	cc = curl_easy_perform(h);
 	if (b.too_big || cc == CURLE_FILESIZE_EXCEEDED) {

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 
 #include "limpeza.h"
+#include "probe.h"
 
 /*
  * A daemon that cleans a cache file and an SQLite store never speaks to
@@ -23,9 +24,12 @@
  * environment says otherwise, and the functions limpeza calls are defined
  * here with the libraries' own prototypes, forwarding to them (systemd
  * treats its optional libraries the same way).
+ *
+ * Which file to load is the build's answer, not a string written here:
+ * scripts/probe.sh asks the linker which library it picks for -lpq and
+ * -lcurl and writes their sonames (libcurl.so.4, libcurl-gnutls.so.4...)
+ * to build/probe.h, so the library loaded is the one compiled against.
  */
-#define PQ_SONAME "libpq.so.5"
-#define CURL_SONAME "libcurl.so.4"
 
 #define PQ_FUNCS(X)             \
 	X(PQconnectdbParams)    \

@@ -74,6 +74,9 @@ struct config_args {
 	int nenv_files;
 };
 
+/* A cycle's steps, as bits: which of them failed (log.c names them). */
+enum step { STEP_CACHE = 1, STEP_STORE = 2, STEP_HEALTH = 4, STEP_FORCE = 8 };
+
 /* Job kinds that a reaper can end; they pick the message and the log line. */
 enum reap_kind { REAP_RUNNING, REAP_QUEUED, REAP_FORCED };
 
@@ -116,6 +119,10 @@ enum log_event {
 	EV_CACHE_ORPHAN,
 	EV_CACHE_QUEUED,
 	EV_CACHE_FORCED,
+	EV_CACHE_WOULD_ORPHAN,
+	EV_CACHE_WOULD_QUEUED,
+	EV_CACHE_WOULD_FORCE,
+	EV_CACHE_WOULD_CLEAN,
 	EV_CACHE_CLEANED,
 	EV_CACHE_MARKED,
 	EV_CACHE_MISSING,
@@ -128,6 +135,7 @@ enum log_event {
 	EV_CACHE_UNCHANGED,
 	EV_DUE,
 	EV_DB_JOB,
+	EV_DB_WOULD_END,
 	EV_DB_LOOK,
 	EV_DB_BATCH,
 	EV_LEADER,
@@ -143,10 +151,13 @@ enum log_event {
 	EV_FORCE_REQUESTED,
 	EV_FORCE_DONE,
 	EV_SUMMARY,
+	EV_SUMMARY_WOULD,
+	EV_CYCLE_INCOMPLETE,
 	EV_CLEAN,
 	EV_REPORT,
 	EV_REPORT_NO_API,
 	EV_ALERT_FAILED,
+	EV_ALERTS_DROPPED,
 	EV_METRICS_ERROR,
 	EV_COUNT
 };
@@ -204,6 +215,7 @@ int libs_curl(char *, size_t);
 
 /* health.c */
 int health_global_init(char *, size_t);
+int health_curl_opt(int, const char *, char *, size_t);
 int health_probe(const struct config *, long long *, char *, size_t);
 int health_parse(const char *, size_t, long long *, char *, size_t);
 
@@ -218,8 +230,9 @@ int metrics_start(const char *, char *, size_t);
 void metrics_stop(void);
 
 /* alert.c */
+#define ALERT_TIMEOUT_MS 5000
 int alert_start(const char *);
-void alert_stop(void);
+void alert_stop(long long);
 void alert_send(const char *, long, const char *);
 
 /* cycle.c */
@@ -227,11 +240,23 @@ struct cycle;
 struct cycle *cycle_new(const struct config *);
 void cycle_free(struct cycle *);
 void cycle_set_config(struct cycle *, const struct config *);
-int cycle_run(struct cycle *, int, const volatile sig_atomic_t *);
+int cycle_run(struct cycle *, int, int (*)(void));
 long long cycle_count(const struct cycle *);
 const char *cycle_status(const struct cycle *);
 long long cycle_next_due(const struct cycle *);
 int cycle_reap_due(struct cycle *);
+
+/* commands.c */
+int cmd_check(struct config *);
+int cmd_stats(struct config *, int);
+
+/* notify.c */
+long long notify_watchdog_ms(void);
+void notify_watchdog(void);
+void notify_cycle(int, const char *);
+void notify_reloading(void);
+void notify_reloaded(void);
+void notify_stopping(void);
 
 /* main.c */
 double now_realtime(void);

@@ -15,8 +15,11 @@
  * The catalogue of log lines. Each event has a stable JSON name, the
  * Portuguese line operators already grep for, its English twin, and the
  * types and JSON keys of its arguments in order: 's' a string, 'l' a
- * long, 'j' a json_t object (shown as a Python dict in text). Formats
- * use only %s; log_event() renders each argument by its type.
+ * long, 'j' a json_t object (shown as a Python dict in text), 'F' a long
+ * holding enum step bits (the steps' names in the line's language, a
+ * list of stable names in JSON). Formats use only %s; log_event()
+ * renders each argument by its type. A dry run's lines say what would
+ * happen ("seria", "would"), never what did.
  */
 struct log_def {
 	const char *name;
@@ -75,6 +78,21 @@ static const struct log_def defs[EV_COUNT] = {
 	[EV_CACHE_FORCED] = { "cache_forced",
 	    "🚨 Job terminado no cache (limpeza forçada): %s",
 	    "🚨 Job ended in cache (forced cleanup): %s", "s", { "job_id" } },
+	[EV_CACHE_WOULD_ORPHAN] = { "cache_orphan_would",
+	    "🧪 Job órfão seria limpo do cache: %s (rodando há %ss)",
+	    "🧪 Orphan job would be cleaned from cache: %s (running for %ss)",
+	    "sl", { "job_id", "age_s" } },
+	[EV_CACHE_WOULD_QUEUED] = { "cache_queued_would",
+	    "🧪 Job queued expirado seria limpo do cache: %s",
+	    "🧪 Expired queued job would be cleaned from cache: %s", "s",
+	    { "job_id" } },
+	[EV_CACHE_WOULD_FORCE] = { "cache_forced_would",
+	    "🧪 Job seria terminado no cache (limpeza forçada): %s",
+	    "🧪 Job would be ended in cache (forced cleanup): %s", "s",
+	    { "job_id" } },
+	[EV_CACHE_WOULD_CLEAN] = { "cache_cleaned_would",
+	    "🧪 Cache: %s jobs órfãos seriam limpos",
+	    "🧪 Cache: %s orphan jobs would be cleaned", "l", { "count" } },
 	[EV_CACHE_CLEANED] = { "cache_cleaned",
 	    "✅ Cache limpo: %s jobs órfãos removidos",
 	    "✅ Cache cleaned: %s orphan jobs removed", "l", { "count" } },
@@ -115,6 +133,10 @@ static const struct log_def defs[EV_COUNT] = {
 	    { "count" } },
 	[EV_DB_JOB] = { "db_job", "🧹 Job %s encerrado no banco: %s",
 	    "🧹 Job %s ended in the database: %s", "ss",
+	    { "status", "job_id" } },
+	[EV_DB_WOULD_END] = { "db_job_would",
+	    "🧪 Job %s seria encerrado no banco: %s",
+	    "🧪 Job %s would be ended in the database: %s", "ss",
 	    { "status", "job_id" } },
 	[EV_DB_LOOK] = { "db_look", "Busca no banco: %s jobs vencidos em %s ms",
 	    "Database look: %s stale jobs in %s ms", "ll", { "count", "ms" } },
@@ -161,6 +183,12 @@ static const struct log_def defs[EV_COUNT] = {
 	    "🚨 Forced cleanup: %s jobs ended", "l", { "count" } },
 	[EV_SUMMARY] = { "summary", "✅ Limpeza executada: %s jobs processados",
 	    "✅ Cleanup done: %s jobs processed", "l", { "count" } },
+	[EV_SUMMARY_WOULD] = { "summary_would",
+	    "🧪 Simulação: %s jobs seriam encerrados",
+	    "🧪 Dry run: %s jobs would be ended", "l", { "count" } },
+	[EV_CYCLE_INCOMPLETE] = { "cycle_incomplete",
+	    "⚠️ Limpeza incompleta - falha em: %s",
+	    "⚠️ Cleanup incomplete - failed: %s", "F", { "failed_steps" } },
 	[EV_CLEAN] = { "clean", "✅ Sistema limpo - nenhum job órfão encontrado",
 	    "✅ System clean - no orphan job found", "", { NULL } },
 	[EV_REPORT] = { "report",
@@ -173,9 +201,24 @@ static const struct log_def defs[EV_COUNT] = {
 	    { "cycle", "reaped_total" } },
 	[EV_ALERT_FAILED] = { "alert_failed", "⚠️ Alerta não entregue: %s",
 	    "⚠️ Alert not delivered: %s", "s", { "detail" } },
+	[EV_ALERTS_DROPPED] = { "alerts_dropped",
+	    "⚠️ Parada: %s alertas não enviados descartados",
+	    "⚠️ Stopping: %s unsent alerts dropped", "l", { "count" } },
 	[EV_METRICS_ERROR] = { "metrics_error", "❌ Métricas indisponíveis: %s",
 	    "❌ Metrics unavailable: %s", "s", { "detail" } },
 };
+
+/* A cycle's steps by bit: the name in pt, in en, and JSON's. */
+static const struct {
+	long bit;
+	const char *pt, *en, *json;
+} step_names[] = {
+	{ STEP_CACHE, "cache", "cache", "cache" },
+	{ STEP_STORE, "banco", "database", "store" },
+	{ STEP_HEALTH, "API health", "API health", "health" },
+	{ STEP_FORCE, "limpeza forçada", "forced cleanup", "force" },
+};
+#define NSTEPS (sizeof(step_names) / sizeof(step_names[0]))
 
 /* The alert thread logs too: one line at a time, and no reopen meanwhile. */
 static pthread_mutex_t log_mu = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
@@ -216,6 +259,40 @@ put_pydict(char *buf, size_t len, size_t *o, json_t *obj)
 	n = snprintf(buf + *o, len - *o, "}");
 	if (n >= 0 && (size_t)n < len - *o)
 		*o += (size_t)n;
+}
+
+/* The names of the steps whose bits are set, comma-separated. */
+static void
+put_steps(char *buf, size_t len, size_t *o, long bits, enum lang lang)
+{
+	size_t i;
+	int n;
+
+	for (i = 0; i < NSTEPS; i++) {
+		if (!(bits & step_names[i].bit))
+			continue;
+		n = snprintf(buf + *o, len - *o, "%s%s",
+		    (bits & (step_names[i].bit - 1)) ? ", " : "",
+		    lang == LANG_PT ? step_names[i].pt : step_names[i].en);
+		if (n >= 0 && (size_t)n < len - *o)
+			*o += (size_t)n;
+	}
+}
+
+static json_t *
+steps_json(long bits)
+{
+	json_t *a = json_array();
+	size_t i;
+
+	if (a == NULL)
+		fatalx_oom();
+	for (i = 0; i < NSTEPS; i++)
+		if ((bits & step_names[i].bit) &&
+		    json_array_append_new(a, json_string(step_names[i].json)) ==
+			-1)
+			fatalx_oom();
+	return a;
 }
 
 /* Copies s, showing control characters as \xNN so a line stays a line. */
@@ -300,6 +377,9 @@ log_format_line(char *buf, size_t len, enum log_level level, enum log_event ev,
 			case 'l':
 				v = json_integer(va_arg(ap, long));
 				break;
+			case 'F':
+				v = steps_json(va_arg(ap, long));
+				break;
 			default:
 				v = json_deep_copy(va_arg(ap, json_t *));
 			}
@@ -336,6 +416,9 @@ log_format_line(char *buf, size_t len, enum log_level level, enum log_event ev,
 				snprintf(
 				    num, sizeof(num), "%ld", va_arg(ap, long));
 				put_clean(buf, len, &o, num);
+				break;
+			case 'F':
+				put_steps(buf, len, &o, va_arg(ap, long), lang);
 				break;
 			default:
 				put_pydict(buf, len, &o, va_arg(ap, json_t *));

@@ -10,6 +10,7 @@
 #include <microhttpd.h>
 
 #include "limpeza.h"
+#include "probe.h"
 
 #define MAX_SERIES 64
 
@@ -51,13 +52,14 @@ static struct {
 	.interval_ms = 30000 };
 
 static struct MHD_Daemon *httpd;
+static char *httpd_addr; /* what httpd listens on */
 
 /*
  * libmicrohttpd is loaded only when metrics are on: linking it would load
  * GnuTLS and p11-kit, whose constructors cost an idle daemon a megabyte
- * or more whether or not it serves anything.
+ * or more whether or not it serves anything. MHD_SONAME is the soname of
+ * the library the linker picks for -lmicrohttpd (build/probe.h).
  */
-#define MHD_SONAME "libmicrohttpd.so.12"
 
 static struct {
 	void *lib;
@@ -364,6 +366,9 @@ metrics_start(const char *addr, char *err, size_t errlen)
 	unsigned int flags =
 	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
 
+	/* A reload that keeps the address keeps the server. */
+	if (httpd != NULL && addr != NULL && strcmp(addr, httpd_addr) == 0)
+		return 0;
 	metrics_stop();
 	if (addr == NULL || *addr == '\0')
 		return 0;
@@ -383,6 +388,8 @@ metrics_start(const char *addr, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot listen on %s", addr);
 		return -1;
 	}
+	if ((httpd_addr = strdup(addr)) == NULL)
+		fatalx_oom();
 	return 0;
 }
 
@@ -392,4 +399,6 @@ metrics_stop(void)
 	if (httpd != NULL)
 		mhd.stop(httpd);
 	httpd = NULL;
+	free(httpd_addr);
+	httpd_addr = NULL;
 }

@@ -51,12 +51,27 @@ sqlite_close(struct store *s)
 	free(q);
 }
 
-/* Opens the database file if not open; it must already exist. */
+/* RETURNING, which reports the ids of the rows ended, came in 3.35.0. */
+#define SQLITE_MIN_VERSION 3035000
+
+/*
+ * Opens the database file if not open; it must already exist. The SQLite
+ * loaded at run time may be older than the one built against: it is
+ * refused with a clear reason (at start, in the first cycle, and by
+ * `check`), never left to fail on the first RETURNING.
+ */
 static int
 sqlite_connect(struct store_sqlite *q)
 {
 	if (q->db != NULL)
 		return 0;
+	if (sqlite3_libversion_number() < SQLITE_MIN_VERSION) {
+		store_err(&q->s,
+		    "SQLite %s is too old: 3.35.0 or later is needed "
+		    "(RETURNING)",
+		    sqlite3_libversion());
+		return -1;
+	}
 	if (sqlite3_open_v2(q->path, &q->db, SQLITE_OPEN_READWRITE, NULL) !=
 	    SQLITE_OK) {
 		store_err(&q->s, "cannot open %s: %s", q->path,

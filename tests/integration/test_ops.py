@@ -12,7 +12,8 @@ from conftest import BIN, ROOT
 
 UNIT = os.path.join(ROOT, "etc", "desfollow-limpeza-3min.service")
 SCRIPTS = ["configurar_limpeza_3_minutos.sh", "testar_limpeza_3_minutos.sh",
-           "limpar_jobs_rapido.sh", "scripts/deps.sh", "scripts/demo.sh", ".ci/run"]
+           "limpar_jobs_rapido.sh", "scripts/deps.sh", "scripts/demo.sh", "scripts/probe.sh",
+           ".ci/run"]
 
 
 def render_unit(tmp_path, text=None):
@@ -130,13 +131,14 @@ def test_installer_staged_idempotent_and_uninstalls(tmp_path):
     assert "check passed" in p.stdout
     unit = os.path.join(root, "etc/systemd/system/desfollow-limpeza-3min.service")
     text = open(unit).read()
-    exec_start = re.search(r"^ExecStart=(\S+) run$", text, re.M).group(1)
+    exec_start, env_file = re.search(r"^ExecStart=(\S+) run --env-file (\S+)$",
+                                     text, re.M).groups()
     # every file where the unit and the other files expect it
     assert os.access(root + exec_start, os.X_OK)
     assert exec_start == "/usr/local/sbin/limpeza"
     assert os.path.isfile(os.path.join(root, "usr/local/share/man/man8/limpeza.8"))
-    env_file = re.search(r"^EnvironmentFile=-(\S+)$", text, re.M).group(1)
     assert os.path.isfile(root + env_file)
+    assert oct(os.stat(root + env_file).st_mode & 0o777) == "0o600"
     logrotate = open(os.path.join(root, "etc/logrotate.d/desfollow-limpeza")).read()
     log_path = logrotate.split("{")[0].split()[-1]
     assert os.path.isdir(root + os.path.dirname(log_path))
@@ -217,3 +219,46 @@ def test_limpar_script_forces_a_cleanup(env, health, tmp_path):
     assert "🚨 Limpeza forçada: 3 jobs terminados" in p.stderr
     assert env.store.statuses() == {"live": "error"}
     assert env.read_cache() == "{}"
+
+
+def test_make_install_installs_the_man_page(tmp_path):
+    dest = str(tmp_path / "dest")
+    p = subprocess.run(["make", "-s", "install", "DESTDIR=" + dest, "PREFIX=/usr/local"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    page = os.path.join(dest, "usr/local/share/man/man8/limpeza.8")
+    with open(page) as f, open(os.path.join(ROOT, "build", "limpeza.8")) as g:
+        assert f.read() == g.read()
+    assert os.access(os.path.join(dest, "usr/local/sbin/limpeza"), os.X_OK)
+    p = subprocess.run(["make", "-s", "uninstall", "DESTDIR=" + dest, "PREFIX=/usr/local"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0 and not os.path.exists(page)
+
+
+def test_readme_and_man_page_are_the_contract_inside_the_repository():
+    """They name no path outside the repository: no ../, no other tree."""
+    for name in ("README.md", "man/limpeza.8.in"):
+        text = open(os.path.join(ROOT, name)).read()
+        assert "../" not in text and "shared/SPEC" not in text, name
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert "the contract" in readme and "limpeza(8)" in readme
+
+
+def test_debian_packages_are_named_once():
+    """scripts/deps.sh holds the package lists; the other scripts call it."""
+    deps = open(os.path.join(ROOT, "scripts", "deps.sh")).read()
+    names = set()
+    for var in ("build_pkgs", "test_pkgs"):
+        names |= set(re.search(r'^%s="([^"]+)"$' % var, deps, re.M).group(1).split())
+    assert len(names) > 10
+    for script in SCRIPTS + ["Makefile"]:
+        if script == "scripts/deps.sh":
+            continue
+        text = open(os.path.join(ROOT, script)).read()
+        assert "apt-get install" not in text, script
+        words = set(re.findall(r"[a-z0-9][a-z0-9.+-]+", text))
+        assert not (words & names - {"python3", "systemd", "openssl", "time", "valgrind",
+                                     "logrotate", "sqlite3", "clang", "shellcheck",
+                                     "cppcheck", "clang-tidy", "clang-format",
+                                     "pkg-config"}), script
+    assert "scripts/deps.sh" in open(os.path.join(ROOT, "configurar_limpeza_3_minutos.sh")).read()

@@ -117,6 +117,57 @@ test_json(void **state)
 	json_decref(o);
 }
 
+/* A cycle's failed steps: named in the line's language, listed in JSON. */
+static void
+test_failed_steps(void **state)
+{
+	json_t *o, *steps;
+
+	(void)state;
+	assert_string_equal(
+	    fmt(LVL_WARNING, LOGF_TEXT, LANG_PT, EV_CYCLE_INCOMPLETE,
+		(long)(STEP_CACHE | STEP_STORE | STEP_FORCE)),
+	    "2024-01-15 14:30:15 - WARNING - ⚠️ Limpeza incompleta - falha "
+	    "em: cache, banco, limpeza forçada");
+	assert_string_equal(fmt(LVL_WARNING, LOGF_TEXT, LANG_EN,
+				EV_CYCLE_INCOMPLETE, (long)STEP_HEALTH),
+	    "2024-01-15 14:30:15 - WARNING - ⚠️ Cleanup incomplete - "
+	    "failed: "
+	    "API health");
+	fmt(LVL_WARNING, LOGF_JSON, LANG_PT, EV_CYCLE_INCOMPLETE,
+	    (long)(STEP_STORE | STEP_HEALTH));
+	o = json_loads(line, 0, NULL);
+	assert_non_null(o);
+	steps = json_object_get(o, "failed_steps");
+	assert_int_equal(json_array_size(steps), 2);
+	assert_string_equal(
+	    json_string_value(json_array_get(steps, 0)), "store");
+	assert_string_equal(
+	    json_string_value(json_array_get(steps, 1)), "health");
+	assert_string_equal(json_string_value(json_object_get(o, "msg")),
+	    "⚠️ Cleanup incomplete - failed: database, API health");
+	json_decref(o);
+}
+
+/* A dry run's lines say "would", in both languages. */
+static void
+test_dry_run_words(void **state)
+{
+	(void)state;
+	assert_string_equal(fmt(LVL_INFO, LOGF_TEXT, LANG_PT, EV_DB_WOULD_END,
+				"running", "3f0c"),
+	    "2024-01-15 14:30:15 - INFO - 🧪 Job running seria encerrado no "
+	    "banco: 3f0c");
+	assert_string_equal(fmt(LVL_INFO, LOGF_TEXT, LANG_EN, EV_DB_WOULD_END,
+				"queued", "9a11"),
+	    "2024-01-15 14:30:15 - INFO - 🧪 Job queued would be ended in "
+	    "the "
+	    "database: 9a11");
+	assert_string_equal(
+	    fmt(LVL_INFO, LOGF_TEXT, LANG_EN, EV_SUMMARY_WOULD, 3L),
+	    "2024-01-15 14:30:15 - INFO - 🧪 Dry run: 3 jobs would be ended");
+}
+
 int
 main(void)
 {
@@ -125,6 +176,8 @@ main(void)
 		cmocka_unit_test(test_text_en),
 		cmocka_unit_test(test_control_chars),
 		cmocka_unit_test(test_json),
+		cmocka_unit_test(test_failed_steps),
+		cmocka_unit_test(test_dry_run_words),
 	};
 
 	setenv("TZ", "UTC", 1);

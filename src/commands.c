@@ -1,0 +1,209 @@
+/* commands.c: what an operator runs by hand: check and stats. */
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "store.h"
+
+static int
+check_cache(const struct config *cfg)
+{
+	struct cache_result cr;
+	struct cache *c;
+	struct stat st;
+	char dir[4096], *slash;
+	int rc;
+
+	if (*cfg->cache_file == '\0') {
+		printf("ok: cache step disabled\n");
+		return 0;
+	}
+	snprintf(dir, sizeof(dir), "%s", cfg->cache_file);
+	slash = strrchr(dir, '/');
+	if (slash == NULL)
+		strcpy(dir, ".");
+	else if (slash == dir)
+		slash[1] = '\0';
+	else
+		*slash = '\0';
+	if (access(dir, W_OK) == -1) {
+		printf("FAIL: cache directory %s: %s (the file cannot be "
+		       "replaced)\n",
+		    dir, strerror(errno));
+		return -1;
+	}
+	if (lstat(cfg->cache_file, &st) == -1) {
+		printf("warning: cache file %s: %s (it appears when the API "
+		       "writes it)\n",
+		    cfg->cache_file, strerror(errno));
+		return 0;
+	}
+	c = cache_new();
+	rc = cache_reap(c, cfg, 0, 1, &cr);
+	cache_free(c);
+	if (rc == -1) {
+		printf("FAIL: cache file %s cannot be cleaned (see the error "
+		       "above)\n",
+		    cfg->cache_file);
+		return -1;
+	}
+	printf("ok: cache file %s: %ld active jobs, %ld stale\n",
+	    cfg->cache_file, cr.active, cr.reaped_running + cr.reaped_queued);
+	return 0;
+}
+
+static int
+check_health(
+    const struct config *cfg, long long *jobs, char *err, size_t errlen)
+{
+	if (*cfg->health_url == '\0')
+		return 1;
+	return health_probe(cfg, jobs, err, errlen);
+}
+
+/* `limpeza check`: is this configuration usable on this host right now? */
+int
+cmd_check(struct config *cfg)
+{
+	struct store *s;
+	long long jobs;
+	char err[512];
+	int failed = 0, i, r;
+
+	printf("ok: configuration is valid\n");
+	config_print(cfg, stdout);
+	for (i = 0; i < cfg->nwarnings; i++)
+		printf("warning: %s\n", cfg->warnings[i]);
+
+	if (*cfg->database_url == '\0')
+		printf("warning: DATABASE_URL is not set: the database step is "
+		       "skipped\n");
+	else {
+		s = store_open(cfg);
+		fflush(stdout);
+		if (s->ops->check(s, stdout) == -1) {
+			printf("FAIL: database: %s\n", s->err);
+			failed = 1;
+		}
+		store_close(s);
+	}
+
+	if (check_cache(cfg) == -1)
+		failed = 1;
+
+	r = check_health(cfg, &jobs, err, sizeof(err));
+	if (r == 1)
+		printf("ok: health check disabled\n");
+	else if (r == 0)
+		printf("ok: health URL %s answers: %lld jobs active\n",
+		    cfg->health_url, jobs);
+	else {
+		printf("FAIL: health URL %s: %s\n", cfg->health_url, err);
+		failed = 1;
+	}
+	printf("%s\n", failed ? "check FAILED" : "check passed");
+	return failed;
+}
+
+/* `limpeza stats`: jobs per status and what is active, for a person or a
+ * script. */
+int
+cmd_stats(struct config *cfg, int as_json)
+{
+	struct store_stats st = { NULL, 0, -1, -1, -1 };
+	struct cache_result cr = { 0 };
+	struct cache *c;
+	struct store *s = NULL;
+	json_t *out, *db, *ca, *api;
+	long long jobs = 0;
+	char err[512];
+	int failed = 0, r;
+
+	out = json_object();
+	if (out == NULL || (st.by_status = json_object()) == NULL)
+		fatalx_oom();
+
+	if (*cfg->database_url == '\0')
+		db = json_null();
+	else if ((s = store_open(cfg)) == NULL || s->ops->stats(s, &st) == -1) {
+		db = json_pack("{s:s}", "error", s != NULL ? s->err : "");
+		failed = 1;
+	} else
+		db = json_pack("{s:s, s:O, s:I, s:f}", "store", s->ops->name,
+		    "by_status_24h", st.by_status, "active",
+		    (json_int_t)st.active, "oldest_active_s", st.oldest_s);
+	store_close(s);
+
+	c = cache_new();
+	if (*cfg->cache_file == '\0')
+		ca = json_null();
+	else if (cache_reap(c, cfg, 0, 1, &cr) == -1) {
+		ca = json_pack("{s:s, s:s}", "path", cfg->cache_file, "error",
+		    "cannot read the cache file");
+		failed = 1;
+	} else
+		ca = json_pack("{s:s, s:I, s:I, s:f}", "path", cfg->cache_file,
+		    "active", (json_int_t)cr.active, "stale",
+		    (json_int_t)cr.reaped_running +
+			(json_int_t)cr.reaped_queued,
+		    "oldest_active_s", cr.oldest_s);
+	cache_free(c);
+
+	r = check_health(cfg, &jobs, err, sizeof(err));
+	if (r == 1)
+		api = json_null();
+	else if (r == 0)
+		api = json_pack("{s:I}", "jobs_active", (json_int_t)jobs);
+	else {
+		api = json_pack("{s:s}", "error", err);
+		failed = 1;
+	}
+	if (db == NULL || ca == NULL || api == NULL)
+		fatalx_oom();
+	json_object_set_new(out, "database", db);
+	json_object_set_new(out, "cache", ca);
+	json_object_set_new(out, "api", api);
+
+	if (as_json) {
+		json_dumpf(out, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+		putchar('\n');
+	} else {
+		char *by = json_dumps(json_object_get(db, "by_status_24h"),
+		    JSON_COMPACT | JSON_PRESERVE_ORDER);
+
+		if (json_is_null(db))
+			printf("database: not configured\n");
+		else if (json_object_get(db, "error") != NULL)
+			printf("database: error: %s\n",
+			    json_string_value(json_object_get(db, "error")));
+		else
+			printf("database (%s): jobs per status (24 h): %s\n"
+			       "database: active jobs: %ld, oldest: %.0fs\n",
+			    store_kind(cfg), by != NULL ? by : "{}", st.active,
+			    st.oldest_s);
+		free(by);
+		if (json_is_null(ca))
+			printf("cache: disabled\n");
+		else if (json_object_get(ca, "error") != NULL)
+			printf(
+			    "cache: error: cannot read %s\n", cfg->cache_file);
+		else
+			printf("cache: active jobs: %ld (+%ld stale), oldest: "
+			       "%.0fs\n",
+			    cr.active, cr.reaped_running + cr.reaped_queued,
+			    cr.oldest_s);
+		if (json_is_null(api))
+			printf("api: health check disabled\n");
+		else if (json_object_get(api, "error") != NULL)
+			printf("api: error: %s\n",
+			    json_string_value(json_object_get(api, "error")));
+		else
+			printf("api: %lld jobs active\n", jobs);
+	}
+	json_decref(st.by_status);
+	json_decref(out);
+	return failed;
+}
