@@ -57,7 +57,7 @@ SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:exitcode=86
 
-.PHONY: all deps test-deps install uninstall clean test unit integration nosd \
+.PHONY: all deps test-deps install uninstall clean test unit integration nosd m32 \
 	asan asan-unit asan-integration demo format \
 	format-check bench fuzz fuzz-smoke lint stress mutants mutants-fast \
 	print-san-env
@@ -94,6 +94,33 @@ build/nosd/limpeza: $(NOSD_OBJS)
 	$(CC) $(CFLAGS) -pthread -o $@ $^ $(NOSD_LIBS) $(LDFLAGS)
 
 nosd: build/nosd/limpeza
+
+# A 32-bit build (gcc -m32 with Debian's i386 jansson, SQLite and libcurl;
+# no libsystemd, libpq or libmicrohttpd there). A json_pack/json_unpack
+# format that does not match its argument's type (i for a json_int_t)
+# reads the wrong bytes there: tests/integration/test_build.py runs its
+# alert and stats paths. 64-bit file offsets, as on every 64-bit target.
+M32_PC = PKG_CONFIG_LIBDIR=/usr/lib/i386-linux-gnu/pkgconfig:/usr/share/pkgconfig
+M32_CFLAGS = -m32 -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -pthread $(WARN) -O1 -g -Ibuild/m32 \
+	     $(shell $(M32_PC) pkg-config --cflags jansson sqlite3 libcurl) \
+	     $(shell pkg-config --cflags libpq libmicrohttpd)
+M32_LIBS = $(shell $(M32_PC) pkg-config --libs jansson sqlite3) -ldl
+M32_OBJS = $(MODULES:%=build/m32/obj/%.o) build/m32/obj/main.o
+
+build/m32/obj:
+	mkdir -p $@
+
+build/m32/probe.h: scripts/probe.sh | test-deps build/m32/obj
+	CC="$(CC) -m32" OPTIONAL="pq microhttpd" $(M32_PC) sh scripts/probe.sh > $@.tmp
+	mv $@.tmp $@
+
+build/m32/obj/%.o: src/%.c src/limpeza.h src/store.h build/m32/probe.h | test-deps build/m32/obj
+	$(CC) $(M32_CFLAGS) -c -o $@ $<
+
+build/m32/limpeza: $(M32_OBJS)
+	$(CC) -m32 -pthread -o $@ $^ $(M32_LIBS)
+
+m32: build/m32/limpeza
 
 # The man page's settings come from the same table as --help.
 build/limpeza.8: man/limpeza.8.in build/limpeza
@@ -186,6 +213,7 @@ test: test-deps
 	$(MAKE) lint
 	$(MAKE) all
 	$(MAKE) nosd
+	$(MAKE) m32
 	$(MAKE) unit
 	$(MAKE) integration
 	$(MAKE) asan

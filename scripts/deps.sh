@@ -6,9 +6,12 @@ set -eu
 build_pkgs="build-essential pkg-config libsqlite3-dev libcurl4-openssl-dev libjansson-dev libpq-dev libsystemd-dev libmicrohttpd-dev"
 test_pkgs="libcmocka-dev libcurl3-gnutls sqlite3 python3 python3-pytest python3-psycopg2 postgresql-15 clang-format man-db systemd shellcheck python3-prometheus-client logrotate openssl clang libclang-rt-14-dev valgrind cppcheck clang-tidy time"
 
+# The 32-bit build that make test runs (Debian's i386 architecture).
+m32_pkgs="gcc-multilib libjansson-dev:i386 libsqlite3-dev:i386 libcurl4-openssl-dev:i386"
+
 case "${1:-all}" in
 build) want="$build_pkgs" ;;
-test | all) want="$build_pkgs $test_pkgs" ;;
+test | all) want="$build_pkgs $test_pkgs $m32_pkgs" ;;
 *)
 	echo "usage: $0 [build|test|all]" >&2
 	exit 2
@@ -30,6 +33,13 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "limpeza: installing:$missing"
 export DEBIAN_FRONTEND=noninteractive
+case "$missing" in
+*:i386*)
+	if ! dpkg --print-foreign-architectures | grep -qx i386; then
+		dpkg --add-architecture i386
+	fi
+	;;
+esac
 apt-get update -q
 # shellcheck disable=SC2086
 apt-get install -y -q --no-install-recommends $missing

@@ -3,10 +3,20 @@
 # standard output, the header build/probe.h: the soname of the library the
 # linker picks for -lpq, -lcurl and -lmicrohttpd, which limpeza dlopen()s.
 # Usage: CC=cc FLAGS="$(CFLAGS) $(LDFLAGS)" sh scripts/probe.sh > build/probe.h
+# OPTIONAL="pq microhttpd" lets a library be missing for the target (the
+# 32-bit build has no libpq): limpeza then says it cannot load it, if asked.
 set -eu
 
 CC=${CC:-cc}
 FLAGS=${FLAGS:-}
+OPTIONAL=${OPTIONAL:-}
+
+optional() {
+	case " $OPTIONAL " in
+	*" $1 "*) return 0 ;;
+	esac
+	return 1
+}
 
 fail() {
 	echo "limpeza: $*" >&2
@@ -15,8 +25,10 @@ fail() {
 
 # need PKG MIN WHY: the build stops with one clear line if PKG is older.
 need() {
-	have=$(pkg-config --modversion "$1" 2>/dev/null) ||
+	if ! have=$(pkg-config --modversion "$1" 2>/dev/null); then
+		optional "${1#lib}" && return 0
 		fail "$1 not found by pkg-config (sh scripts/deps.sh build installs it)"
+	fi
 	pkg-config --atleast-version="$2" "$1" ||
 		fail "$1 $have is too old: $2 or later is needed ($3)"
 }
@@ -33,6 +45,10 @@ echo 'int main(void) { return 0; }' >"$tmp/t.c"
 # compiler, flags and pkg-config directories), asks the linker which file
 # it took (--trace), and prints that file's SONAME.
 soname() {
+	if optional "$2" && ! pkg-config --exists "$1"; then
+		echo "(no lib$2 for this build)"
+		return 0
+	fi
 	# shellcheck disable=SC2046,SC2086 # FLAGS and pkg-config's output are words
 	trace=$($CC $FLAGS -o "$tmp/t" "$tmp/t.c" $(pkg-config --libs-only-L "$1") \
 		-Wl,--no-as-needed -Wl,--trace -l"$2" 2>&1) ||

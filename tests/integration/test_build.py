@@ -2,15 +2,18 @@
 are those the build linked against, every curl option it relies on is checked,
 minimum versions are checked at build time, SQLite's at run time."""
 
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 
 import pytest
 
 from conftest import BIN, ROOT, SANITIZED, SLOW
+from test_observability import Webhook
 
 
 def copy_tree(dest, *parts):
@@ -151,3 +154,46 @@ def test_an_older_sqlite_is_refused_at_run_time(env, tmp_path):
     # the real library is new enough
     p = env.run("check")
     assert p.returncode == 0 and "SQLite 3." in p.stdout
+
+
+M32 = os.path.join(ROOT, "build", "m32", "limpeza")
+
+
+@pytest.mark.skipif(SANITIZED, reason="the 32-bit build is not the sanitized one")
+def test_32_bit_build_sends_alerts_and_stats(env, health):
+    """json_pack's formats match their arguments' types: on a 32-bit target a
+    json_int_t passed for `i` shifts every later argument (the alert's body
+    then has no message and limpeza stops: out of memory). The 32-bit build
+    runs the alert path and `stats --json`."""
+    p = subprocess.run(["make", "-s", "m32"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    with open(M32, "rb") as f:
+        assert f.read(5) == b"\x7fELF\x01"  # ELFCLASS32
+    hook = Webhook()
+    try:
+        env.store.add("db-run", "running", 900)
+        env.write_cache({"c": {"status": "running"}, "d": {"status": "done"}})
+        health.set_json({"status": "healthy", "jobs_active": 9})
+        p = subprocess.run([M32, "once"], env=env.env(LIMPEZA_HEALTH_URL=health.url,
+                                                      LIMPEZA_ALERT_WEBHOOK=hook.url),
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert hook.wait(1) == ["forced_cleanup"], p.stderr
+        a = hook.alerts[0][1]
+        assert a["count"] == 2 and "9 active jobs" in a["message"]
+        assert a["host"] == socket.gethostname() and a["time"].endswith("Z")
+
+        env.store.add("db-new", "running", 0)
+        env.write_cache({"c2": {"status": "queued"}})
+        p = subprocess.run([M32, "stats", "--json"], env=env.env(LIMPEZA_HEALTH_URL=health.url),
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        st = json.loads(p.stdout)
+        assert st["database"]["active"] == 1 and st["database"]["store"] == "sqlite"
+        assert st["database"]["by_status_24h"] == {"error": 1, "running": 1}
+        assert st["cache"]["active"] == 1 and st["cache"]["stale"] == 0
+        assert st["api"]["jobs_active"] == 9
+    finally:
+        hook.server.shutdown()
+        hook.server.server_close()
