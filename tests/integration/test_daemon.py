@@ -157,10 +157,16 @@ def test_log_file_reopened_after_rotation(env, daemons):
     d.wait_for("Ciclo 2 ", source=env.log_text)
     with open(env.log + ".1") as f:
         assert "Ciclo 2" not in f.read()
-    # moved away without a SIGHUP: noticed at the next line
+    # cycle 2 has ended: from here the idle daemon logs nothing until told
+    d.wait_for("Sistema limpo", count=2)
+    # moved away without a SIGHUP, and a new empty file put in its place
+    # (logrotate's `create`): noticed at the next line
     os.rename(env.log, env.log + ".2")
+    open(env.log, "w").close()
     d.signal(signal.SIGUSR1)
     d.wait_for("Ciclo 3 ", source=env.log_text)
+    with open(env.log + ".2") as f:
+        assert "Ciclo 3" not in f.read()
 
 
 def test_log_directory_is_created(env, daemons):

@@ -98,6 +98,25 @@ def test_healthz_503_without_a_good_cycle_and_bound_address_only(env, daemons):
         s.close()
 
 
+def test_healthz_turns_503_three_intervals_after_the_last_good_cycle(env, health, daemons):
+    port = free_port()
+    health.set_json({"status": "healthy", "jobs_active": 0})
+    d = daemons(env, LIMPEZA_INTERVAL="300ms", LIMPEZA_ERROR_BACKOFF="300ms",
+                LIMPEZA_METRICS_ADDR="127.0.0.1:%d" % port, LIMPEZA_HEALTH_URL=health.url)
+    d.wait_for("Ciclo 2 ")
+    assert scrape(port, "/healthz")[0] == 200
+    # from now on every cycle fails (the API answers 500)
+    health.set_json({"jobs_active": 0}, status=500)
+    t0 = time.monotonic()
+    d.wait_for("HTTP status 500")
+    while scrape(port, "/healthz")[0] == 200:
+        assert time.monotonic() - t0 < 10 * SLOW
+        time.sleep(0.05)
+    # not before three intervals (0.9 s) have passed without a good cycle
+    assert time.monotonic() - t0 >= 0.9 - 0.3
+    assert scrape(port, "/healthz")[0] == 503
+
+
 def test_metrics_port_in_use_is_logged_and_the_daemon_goes_on(env, daemons):
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))

@@ -103,6 +103,99 @@ def test_racing_writer_loses_nothing(env, daemons, cooperate):
     assert [f for f in os.listdir(env.tmp) if ".limpeza-" in f] == []
 
 
+class TimedWriter:
+    """The API's unlocked read-modify-write at full speed, timing what the
+    API itself would feel: each open() of the cache file and each whole
+    write (json.load, one job added, open(w) + json.dump)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.opens = []
+        self.writes = []
+
+    def _open(self, mode):
+        t0 = time.monotonic()
+        f = open(self.path, mode)
+        self.opens.append(time.monotonic() - t0)
+        return f
+
+    def write(self, i):
+        t0 = time.monotonic()
+        with self._open("r") as f:
+            data = json.load(f)
+        data["done-%d" % i] = {"status": "done", "all": list(range(20)), "count": 20}
+        if i % 4 == 0:
+            data["stale-%d" % i] = {"status": "running", "start_time": time.time() - 9999}
+        with self._open("w") as f:
+            json.dump(data, f)
+        self.writes.append(time.monotonic() - t0)
+
+
+def ms(xs, q):
+    """The q-quantile of xs, in milliseconds."""
+    xs = sorted(xs)
+    return 1000 * xs[min(len(xs) - 1, int(q * len(xs)))] if xs else 0.0
+
+
+ONCE_ROUNDS = int(os.environ.get("STRESS_ONCE_ROUNDS", "1"))
+ONCE_WRITES = int(os.environ.get("STRESS_ONCE_WRITES", "600"))
+
+
+def test_once_in_a_tight_loop_beside_a_full_speed_writer(env):
+    """The harshest pattern: `limpeza once` started again and again, as fast
+    as it goes, beside the API's unlocked writer at full speed. Every done
+    job the writer added must survive; the writer's open() must not wait
+    on limpeza noticeably. `make stress`: 10 rounds of 3 x 2,000 writes."""
+    e = env.env(DATABASE_URL=None, LIMPEZA_LOG_FILE="")
+    # The API alone, for its own open() and write times.
+    env.write_cache({})
+    alone = TimedWriter(env.cache)
+    for i in range(min(ONCE_WRITES, 500)):
+        alone.write(i)
+    rounds = []
+    for rnd in range(ONCE_ROUNDS):
+        for part in range(3 if ONCE_WRITES >= 2000 else 1):
+            env.write_cache({})
+            w = TimedWriter(env.cache)
+            stop = threading.Event()
+            passes, faults = [0, 0], []
+
+            def loop():
+                while not stop.is_set():
+                    p = subprocess.run([BIN, "once"], env=e, capture_output=True, text=True)
+                    passes[0] += 1
+                    # A file caught half-written (the writer descheduled
+                    # mid-dump) is left alone and retried: exit 1, logged.
+                    if p.returncode == 1 and "❌ Cache inválido" in p.stderr:
+                        passes[1] += 1
+                    elif p.returncode != 0:
+                        faults.append(p.stderr)
+
+            t = threading.Thread(target=loop)
+            t.start()
+            try:
+                for i in range(ONCE_WRITES):
+                    w.write(i)
+            finally:
+                stop.set()
+                t.join()
+            assert faults == [], faults[0]
+            with open(env.cache) as f:
+                data = json.load(f)
+            lost = [i for i in range(ONCE_WRITES) if "done-%d" % i not in data]
+            rounds.append((rnd + 1, part + 1, passes[0], len(lost), w))
+            print("\nround %d.%d: %d writes, %d limpeza passes (%d found the file half-written), "
+                  "%d done jobs lost; API open() median %.2f ms, max %.2f ms; whole write "
+                  "median %.2f ms, max %.2f ms"
+                  % (rnd + 1, part + 1, ONCE_WRITES, passes[0], passes[1], len(lost),
+                     ms(w.opens, 0.5), ms(w.opens, 1), ms(w.writes, 0.5), ms(w.writes, 1)))
+    print("API alone: open() median %.2f ms, max %.2f ms; whole write median %.2f ms, max %.2f ms"
+          % (ms(alone.opens, 0.5), ms(alone.opens, 1), ms(alone.writes, 0.5),
+             ms(alone.writes, 1)))
+    assert [r[3] for r in rounds] == [0] * len(rounds), [r[:4] for r in rounds]
+    assert temp_files(env) == []
+
+
 def temp_files(env):
     return [f for f in os.listdir(env.tmp) if ".limpeza-" in f]
 

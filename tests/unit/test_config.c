@@ -142,8 +142,10 @@ test_precedence(void **state)
 	fclose(f);
 	fd = mkstemp(f2);
 	f = fdopen(fd, "w");
-	fputs("DATABASE_URL=sqlite:///two.db\nLIMPEZA_BATCH=7\n"
-	      "LIMPEZA_QUEUED_TTL=80s\n",
+	/* Within one file the last assignment wins, as in a shell. */
+	fputs(
+	    "DATABASE_URL=sqlite:///two.db\nLIMPEZA_BATCH=3\nLIMPEZA_BATCH=7\n"
+	    "LIMPEZA_QUEUED_TTL=80s\n",
 	    f);
 	fclose(f);
 	snprintf(list, sizeof(list), "%s:/nonexistent/.env:%s", f1, f2);
