@@ -26,10 +26,14 @@ SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined \
 ASAN_CFLAGS = -std=c11 -D_GNU_SOURCE -DHAVE_SYSTEMD -pthread $(WARN) -O1 -g \
 	      $(SAN) $(PKG_CFLAGS)
 
-MODULES = config log cache store store_sqlite store_pg health metrics alert \
-	  cycle libs
+MODULES = config log clock cache store store_sqlite store_pg health metrics \
+	  alert cycle libs
 OBJS = $(MODULES:%=build/obj/%.o)
 ASAN_OBJS = $(MODULES:%=build/asan/obj/%.o)
+# The unit tests and fuzz targets bring their own clock (tests/unit/clock.h,
+# tests/fuzz/fuzz.h).
+TEST_OBJS = $(filter-out build/obj/clock.o,$(OBJS))
+ASAN_TEST_OBJS = $(filter-out build/asan/obj/clock.o,$(ASAN_OBJS))
 HDRS = src/limpeza.h src/store.h
 UNIT = test_config test_dotenv test_cache test_log test_health
 UNIT_BINS = $(UNIT:%=build/tests/%)
@@ -37,7 +41,7 @@ ASAN_UNIT_BINS = $(UNIT:%=build/asan/tests/%)
 
 FUZZ = cache health dotenv settings mask
 FUZZ_BINS = $(FUZZ:%=build/fuzz/fuzz_%)
-FUZZ_SRCS = $(MODULES:%=src/%.c)
+FUZZ_SRCS = $(filter-out src/clock.c,$(MODULES:%=src/%.c))
 FUZZ_SECONDS ?= 60
 FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -DHAVE_SYSTEMD -pthread $(WARN) -g -O1 \
 	      -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
@@ -86,13 +90,13 @@ build/asan/obj/%.o: src/%.c $(HDRS) | test-deps build/asan/obj
 build/asan/limpeza: $(ASAN_OBJS) build/asan/obj/main.o
 	$(ASAN_CC) $(SAN) -pthread -o $@ $^ $(PKG_LIBS)
 
-build/tests/%: tests/unit/%.c tests/unit/clock.h $(OBJS) $(HDRS) | test-deps build/tests
+build/tests/%: tests/unit/%.c tests/unit/clock.h $(TEST_OBJS) $(HDRS) | test-deps build/tests
 	$(CC) $(ALL_CFLAGS) -Isrc $(shell pkg-config --cflags cmocka) -o $@ \
-	    $< $(OBJS) $(PKG_LIBS) $(shell pkg-config --libs cmocka) -lm
+	    $< $(TEST_OBJS) $(PKG_LIBS) $(shell pkg-config --libs cmocka) -lm
 
-build/asan/tests/%: tests/unit/%.c tests/unit/clock.h $(ASAN_OBJS) $(HDRS) | test-deps build/asan/tests
+build/asan/tests/%: tests/unit/%.c tests/unit/clock.h $(ASAN_TEST_OBJS) $(HDRS) | test-deps build/asan/tests
 	$(ASAN_CC) $(ASAN_CFLAGS) -Isrc $(shell pkg-config --cflags cmocka) -o $@ \
-	    $< $(ASAN_OBJS) $(PKG_LIBS) $(shell pkg-config --libs cmocka) -lm
+	    $< $(ASAN_TEST_OBJS) $(PKG_LIBS) $(shell pkg-config --libs cmocka) -lm
 
 build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_SRCS) $(HDRS) | test-deps build/fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_SRCS) $(PKG_LIBS) -lm

@@ -161,6 +161,10 @@ void log_stderr_only(enum log_level, enum log_format, enum lang);
 void fatal(const char *, ...) __attribute__((format(printf, 1, 2), noreturn));
 void fatalx_oom(void) __attribute__((noreturn));
 
+/* clock.c */
+double now_realtime(void);
+long long now_monotonic_ms(void);
+
 /* cache.c */
 struct cache;
 struct cache_result {
@@ -232,9 +236,5 @@ long long cycle_count(const struct cycle *);
 const char *cycle_status(const struct cycle *);
 long long cycle_next_due(const struct cycle *);
 int cycle_reap_due(struct cycle *);
-
-/* main.c */
-double now_realtime(void);
-long long now_monotonic_ms(void);
 
 #endif /* LIMPEZA_H */
