@@ -26,16 +26,17 @@ SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined \
 ASAN_CFLAGS = -std=c11 -D_GNU_SOURCE -DHAVE_SYSTEMD -pthread $(WARN) -O1 -g \
 	      $(SAN) $(PKG_CFLAGS)
 
-MODULES = config log clock cache store store_sqlite store_pg health metrics \
-	  alert cycle libs
+MODULES = config log clock jsonscan jobtime safefile cache store store_sqlite \
+	  store_pg health metrics alert cycle libs
 OBJS = $(MODULES:%=build/obj/%.o)
 ASAN_OBJS = $(MODULES:%=build/asan/obj/%.o)
 # The unit tests and fuzz targets bring their own clock (tests/unit/clock.h,
-# tests/fuzz/fuzz.h).
+# tests/fuzz/fuzz.h); test_jsonscan links the scanner alone, which shows
+# that it needs nothing else of limpeza.
 TEST_OBJS = $(filter-out build/obj/clock.o,$(OBJS))
 ASAN_TEST_OBJS = $(filter-out build/asan/obj/clock.o,$(ASAN_OBJS))
-HDRS = src/limpeza.h src/store.h
-UNIT = test_config test_dotenv test_cache test_log test_health
+HDRS = src/limpeza.h src/store.h src/jsonscan.h
+UNIT = test_config test_dotenv test_jsonscan test_cache test_log test_health
 UNIT_BINS = $(UNIT:%=build/tests/%)
 ASAN_UNIT_BINS = $(UNIT:%=build/asan/tests/%)
 
@@ -98,6 +99,22 @@ build/asan/tests/%: tests/unit/%.c tests/unit/clock.h $(ASAN_TEST_OBJS) $(HDRS) 
 	$(ASAN_CC) $(ASAN_CFLAGS) -Isrc $(shell pkg-config --cflags cmocka) -o $@ \
 	    $< $(ASAN_TEST_OBJS) $(PKG_LIBS) $(shell pkg-config --libs cmocka) -lm
 
+build/tests/test_jsonscan: tests/unit/test_jsonscan.c build/obj/jsonscan.o src/jsonscan.h | test-deps build/tests
+	$(CC) $(ALL_CFLAGS) -Isrc $(shell pkg-config --cflags cmocka) -o $@ \
+	    $< build/obj/jsonscan.o $(shell pkg-config --libs cmocka jansson)
+
+build/asan/tests/test_jsonscan: tests/unit/test_jsonscan.c build/asan/obj/jsonscan.o src/jsonscan.h | test-deps build/asan/tests
+	$(ASAN_CC) $(ASAN_CFLAGS) -Isrc $(shell pkg-config --cflags cmocka) -o $@ \
+	    $< build/asan/obj/jsonscan.o $(shell pkg-config --libs cmocka jansson)
+
+# The product's cache pass over many documents in one process, for
+# tests/integration/test_python_dialect.py (real clock, real settings).
+build/tests/cache_driver: tests/integration/cache_driver.c $(OBJS) $(HDRS) | test-deps build/tests
+	$(CC) $(ALL_CFLAGS) -Isrc -o $@ $< $(OBJS) $(PKG_LIBS) -lm
+
+build/asan/tests/cache_driver: tests/integration/cache_driver.c $(ASAN_OBJS) $(HDRS) | test-deps build/asan/tests
+	$(ASAN_CC) $(ASAN_CFLAGS) -Isrc -o $@ $< $(ASAN_OBJS) $(PKG_LIBS) -lm
+
 build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_SRCS) $(HDRS) | test-deps build/fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_SRCS) $(PKG_LIBS) -lm
 
@@ -136,13 +153,13 @@ stress: all test-deps
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
-integration: build/limpeza test-deps
+integration: build/limpeza build/tests/cache_driver test-deps
 	LIMPEZA_BIN=$(CURDIR)/build/limpeza $(PYTHON) -m pytest -q tests/integration
 
 asan-unit: $(ASAN_UNIT_BINS)
 	@set -e; for t in $(ASAN_UNIT_BINS); do echo "== $$t"; $(SAN_ENV) $$t; done
 
-asan-integration: build/asan/limpeza test-deps
+asan-integration: build/asan/limpeza build/asan/tests/cache_driver test-deps
 	$(SAN_ENV) LIMPEZA_BIN=$(CURDIR)/build/asan/limpeza LIMPEZA_SANITIZED=1 \
 	    $(PYTHON) -m pytest -q tests/integration
 
