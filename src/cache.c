@@ -484,9 +484,11 @@ marks_free(struct marks *mk)
 static int
 written(const struct member *m, const struct config *cfg)
 {
-	return !m->superseded &&
-	    (m->fate == FATE_KEEP ||
-		(cfg->cache_action == CACHE_MARK && m->job.state != JOB_OTHER));
+	if (m->superseded)
+		return 0;
+	if (m->fate == FATE_KEEP)
+		return 1;
+	return cfg->cache_action == CACHE_MARK && m->job.state != JOB_OTHER;
 }
 
 /*
