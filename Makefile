@@ -30,20 +30,25 @@ NOSD_CFLAGS = $(filter-out -DHAVE_SYSTEMD,$(ALL_CFLAGS))
 NOSD_LIBS = $(shell pkg-config --libs \
 	    $(filter-out libmicrohttpd libpq libcurl libsystemd,$(PKGS))) -ldl
 
-MODULES = config log cache store store_sqlite store_pg health metrics alert \
-	  cycle libs commands notify
+MODULES = config log clock jsonscan jobtime safefile cache store store_sqlite \
+	  store_pg health metrics alert cycle libs commands notify
 OBJS = $(MODULES:%=build/obj/%.o)
 ASAN_OBJS = $(MODULES:%=build/asan/obj/%.o)
 NOSD_OBJS = $(MODULES:%=build/nosd/obj/%.o) build/nosd/obj/main.o
+# The unit tests and fuzz targets bring their own clock (tests/unit/clock.h,
+# tests/fuzz/fuzz.h); test_jsonscan links the scanner alone, which shows
+# that it needs nothing else of limpeza.
+TEST_OBJS = $(filter-out build/obj/clock.o,$(OBJS))
+ASAN_TEST_OBJS = $(filter-out build/asan/obj/clock.o,$(ASAN_OBJS))
 # build/probe.h: minimum versions checked, sonames of what is dlopen()ed.
-HDRS = src/limpeza.h src/store.h build/probe.h
-UNIT = test_config test_dotenv test_cache test_log test_health
+HDRS = src/limpeza.h src/store.h src/jsonscan.h build/probe.h
+UNIT = test_config test_dotenv test_jsonscan test_cache test_log test_health
 UNIT_BINS = $(UNIT:%=build/tests/%)
 ASAN_UNIT_BINS = $(UNIT:%=build/asan/tests/%)
 
 FUZZ = cache health dotenv settings mask
 FUZZ_BINS = $(FUZZ:%=build/fuzz/fuzz_%)
-FUZZ_SRCS = $(MODULES:%=src/%.c)
+FUZZ_SRCS = $(filter-out src/clock.c,$(MODULES:%=src/%.c))
 FUZZ_SECONDS ?= 60
 FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -DHAVE_SYSTEMD -pthread $(WARN) -g -O1 \
 	      -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
@@ -135,13 +140,29 @@ build/asan/obj/%.o: src/%.c $(HDRS) | test-deps build/asan/obj
 build/asan/limpeza: $(ASAN_OBJS) build/asan/obj/main.o
 	$(ASAN_CC) $(SAN) -pthread -o $@ $^ $(PKG_LIBS)
 
-build/tests/%: tests/unit/%.c tests/unit/clock.h $(OBJS) $(HDRS) | test-deps build/tests
+build/tests/%: tests/unit/%.c tests/unit/clock.h $(TEST_OBJS) $(HDRS) | test-deps build/tests
 	$(CC) $(ALL_CFLAGS) -Isrc $(shell pkg-config --cflags cmocka) -o $@ \
-	    $< $(OBJS) $(PKG_LIBS) $(shell pkg-config --libs cmocka) -lm
+	    $< $(TEST_OBJS) $(PKG_LIBS) $(shell pkg-config --libs cmocka) -lm
 
-build/asan/tests/%: tests/unit/%.c tests/unit/clock.h $(ASAN_OBJS) $(HDRS) | test-deps build/asan/tests
+build/asan/tests/%: tests/unit/%.c tests/unit/clock.h $(ASAN_TEST_OBJS) $(HDRS) | test-deps build/asan/tests
 	$(ASAN_CC) $(ASAN_CFLAGS) -Isrc $(shell pkg-config --cflags cmocka) -o $@ \
-	    $< $(ASAN_OBJS) $(PKG_LIBS) $(shell pkg-config --libs cmocka) -lm
+	    $< $(ASAN_TEST_OBJS) $(PKG_LIBS) $(shell pkg-config --libs cmocka) -lm
+
+build/tests/test_jsonscan: tests/unit/test_jsonscan.c build/obj/jsonscan.o src/jsonscan.h | test-deps build/tests
+	$(CC) $(ALL_CFLAGS) -Isrc $(shell pkg-config --cflags cmocka) -o $@ \
+	    $< build/obj/jsonscan.o $(shell pkg-config --libs cmocka jansson)
+
+build/asan/tests/test_jsonscan: tests/unit/test_jsonscan.c build/asan/obj/jsonscan.o src/jsonscan.h | test-deps build/asan/tests
+	$(ASAN_CC) $(ASAN_CFLAGS) -Isrc $(shell pkg-config --cflags cmocka) -o $@ \
+	    $< build/asan/obj/jsonscan.o $(shell pkg-config --libs cmocka jansson)
+
+# The product's cache pass over many documents in one process, for
+# tests/integration/test_python_dialect.py (real clock, real settings).
+build/tests/cache_driver: tests/integration/cache_driver.c $(OBJS) $(HDRS) | test-deps build/tests
+	$(CC) $(ALL_CFLAGS) -Isrc -o $@ $< $(OBJS) $(PKG_LIBS) -lm
+
+build/asan/tests/cache_driver: tests/integration/cache_driver.c $(ASAN_OBJS) $(HDRS) | test-deps build/asan/tests
+	$(ASAN_CC) $(ASAN_CFLAGS) -Isrc -o $@ $< $(ASAN_OBJS) $(PKG_LIBS) -lm
 
 build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_SRCS) $(HDRS) | test-deps build/fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_SRCS) $(PKG_LIBS) -lm
@@ -181,13 +202,13 @@ stress: all test-deps
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
-integration: build/limpeza test-deps
+integration: build/limpeza build/tests/cache_driver test-deps
 	LIMPEZA_BIN=$(CURDIR)/build/limpeza $(PYTHON) -m pytest -q tests/integration
 
 asan-unit: $(ASAN_UNIT_BINS)
 	@set -e; for t in $(ASAN_UNIT_BINS); do echo "== $$t"; $(SAN_ENV) $$t; done
 
-asan-integration: build/asan/limpeza test-deps
+asan-integration: build/asan/limpeza build/asan/tests/cache_driver test-deps
 	$(SAN_ENV) LIMPEZA_BIN=$(CURDIR)/build/asan/limpeza LIMPEZA_SANITIZED=1 \
 	    $(PYTHON) -m pytest -q tests/integration
 

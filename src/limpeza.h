@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include <jansson.h>
@@ -172,6 +173,34 @@ void log_stderr_only(enum log_level, enum log_format, enum lang);
 void fatal(const char *, ...) __attribute__((format(printf, 1, 2), noreturn));
 void fatalx_oom(void) __attribute__((noreturn));
 
+/* clock.c */
+double now_realtime(void);
+long long now_monotonic_ms(void);
+
+/* jobtime.c */
+int jobtime_iso8601(const char *, double *);
+int jobtime_parse(const char *, size_t, double *);
+
+/* safefile.c */
+/* A piece of a new file: len bytes of mem, or (mem NULL) of the old file. */
+struct safefile_piece {
+	const char *mem;
+	off_t off;
+	size_t len;
+};
+struct safefile_out {
+	struct safefile_piece *p;
+	size_t n, cap;
+};
+int safefile_open(const char *, int *, struct stat *, char *, size_t);
+int safefile_same_version(const struct stat *, const struct stat *);
+int safefile_settling(int, const struct stat *);
+void safefile_put(struct safefile_out *, const char *, off_t, size_t);
+void safefile_out_free(struct safefile_out *);
+int safefile_replace(const char *, int, const struct stat *,
+    const struct safefile_out *, struct stat *, char *, size_t);
+void safefile_remove_leftovers(const char *);
+
 /* cache.c */
 struct cache;
 struct cache_result {
@@ -190,8 +219,13 @@ struct cache_policy {
 	int force;
 	int force_all;
 	double force_min_age;
-	const char *running;
-	const char *queued;
+};
+enum job_state { JOB_OTHER, JOB_RUNNING, JOB_QUEUED };
+/* What decides a job's fate, decoded from its bytes (SPEC §1.1). */
+struct cache_job {
+	enum job_state state; /* by its status; OTHER for a non-object */
+	double start_time; /* epoch seconds; 0: missing or unusable */
+	double created_at;
 };
 enum cache_fate { FATE_KEEP, FATE_RUNNING, FATE_QUEUED, FATE_FORCED };
 
@@ -201,12 +235,8 @@ void cache_invalidate(struct cache *);
 long long cache_next_due(const struct cache *);
 int cache_reap(
     struct cache *, const struct config *, int, int, struct cache_result *);
-int cache_parse_time(const json_t *, double *);
-int cache_parse_iso8601(const char *, double *);
-enum cache_fate cache_decide(
-    const json_t *, const struct cache_policy *, double, double, double *);
-int cache_members(
-    int, size_t, int (*)(void *, size_t, size_t, size_t, size_t), void *);
+enum cache_fate cache_decide(const struct cache_job *,
+    const struct cache_policy *, double, double, double *);
 void cache_set_window(size_t);
 
 /* libs.c */
@@ -257,9 +287,5 @@ void notify_cycle(int, const char *);
 void notify_reloading(void);
 void notify_reloaded(void);
 void notify_stopping(void);
-
-/* main.c */
-double now_realtime(void);
-long long now_monotonic_ms(void);
 
 #endif /* LIMPEZA_H */

@@ -108,9 +108,11 @@ static const struct log_def defs[EV_COUNT] = {
 	    "❌ Invalid cache left untouched: %s (line %s, column %s): %s",
 	    "slls", { "path", "line", "column", "detail" } },
 	[EV_CACHE_NOT_OBJECT] = { "cache_not_object",
-	    "❌ Cache inválido, mantido intacto: %s não contém um objeto JSON",
-	    "❌ Invalid cache left untouched: %s does not hold a JSON object",
-	    "s", { "path" } },
+	    "❌ Cache inválido, mantido intacto: %s (linha %s, coluna %s) não "
+	    "contém um objeto JSON",
+	    "❌ Invalid cache left untouched: %s (line %s, column %s) does not "
+	    "hold a JSON object",
+	    "sll", { "path", "line", "column" } },
 	[EV_CACHE_ERROR] = { "cache_error", "❌ Erro no cache %s: %s",
 	    "❌ Cache error %s: %s", "ss", { "path", "detail" } },
 	[EV_CACHE_CHANGED] = { "cache_changed",

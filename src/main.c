@@ -21,24 +21,6 @@ static volatile sig_atomic_t sig_stop;
 static volatile sig_atomic_t sig_reload;
 static volatile sig_atomic_t sig_cycle;
 
-double
-now_realtime(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-long long
-now_monotonic_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * MS_PER_S + ts.tv_nsec / 1000000;
-}
-
 static void
 on_signal(int sig)
 {

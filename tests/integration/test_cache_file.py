@@ -6,12 +6,15 @@ import os
 import re
 import stat
 import subprocess
+import signal
+import sys
 import threading
 import time
+from datetime import datetime, timedelta
 
 import pytest
 
-from conftest import BIN, ROOT, SANITIZED
+from conftest import BIN, ROOT, SANITIZED, SLOW
 
 NOW = time.time
 
@@ -79,18 +82,19 @@ def test_job_without_time_survives_new_processes(env):
     assert env.read_cache() == text
 
 
-@pytest.mark.parametrize("bad", [
-    "",
-    '{"a": {"status": "running", "start_time": 1}, "b": {"sta',
-    '{"a": {"status": "running", "start_time": 1}}\n{"x"',
-    '[{"status": "running", "start_time": 1}]',
-    '"just a string"',
-    'null',
-    '{"a": {"status": "running", "start_time": 1},}',
-    '{"a": NaN}',
+@pytest.mark.parametrize("bad,line,col", [
+    ("", 1, 1),
+    ('{"a": {"status": "running", "start_time": 1}, "b": {"sta', 1, 57),
+    ('{"a": {"status": "running", "start_time": 1}}\n{"x"', 2, 1),
+    ('[{"status": "running", "start_time": 1}]', 1, 1),
+    ('"just a string"', 1, 1),
+    ('  null', 1, 3),
+    ('{"a": {"status": "running", "start_time": 1},}', 1, 46),
+    ('{"a": nan}', 1, 7),
 ])
-def test_malformed_file_left_untouched(env, bad):
-    """SPEC §6.3, §8.2: never write over what could not be parsed."""
+def test_malformed_file_left_untouched(env, bad, line, col):
+    """SPEC §6.3, §8.2: never write over what could not be parsed; the log
+    says where (a valid value that is not an object: where it starts)."""
     with open(env.cache, "w") as f:
         f.write(bad)
     before = os.stat(env.cache)
@@ -100,8 +104,7 @@ def test_malformed_file_left_untouched(env, bad):
         assert f.read() == bad
     assert os.stat(env.cache).st_ino == before.st_ino
     assert "❌ Cache inválido, mantido intacto" in p.stderr
-    if bad.startswith("{") and "\n" not in bad:
-        assert "(linha 1, coluna " in p.stderr
+    assert "(linha %d, coluna %d)" % (line, col) in p.stderr, p.stderr
     # the cycle still went on to the end, which names the failed step
     assert p.stderr.rstrip().endswith("⚠️ Limpeza incompleta - falha em: cache")
     assert "Sistema limpo" not in p.stderr
@@ -134,16 +137,25 @@ def test_mode_and_owner_kept(env):
 
 
 def test_mark_mode(env):
-    env.write_cache({"old": {"status": "running", "start_time": NOW() - 999, "count": 2},
-                     "q": {"status": "queued", "created_at": NOW() - 999}})
+    now = NOW()
+    fresh = '{"status": "running", "start_time": %.2f, "count": 1}' % (now - 5)
+    new_q = '{"status": "queued"}'
+    env.write_cache('{"old": {"status": "running", "start_time": %.2f, "count": 2}, '
+                    '"fresh": %s, "q": {"status": "queued", "created_at": %.2f}, '
+                    '"new-q": %s}' % (now - 999, fresh, now - 999, new_q))
     p = once(env, LIMPEZA_CACHE_ACTION="mark")
     assert p.returncode == 0, p.stderr
-    jobs = json.loads(env.read_cache())
+    text = env.read_cache()
+    jobs = json.loads(text)
     assert jobs["old"]["status"] == "error"
     assert jobs["old"]["error"] == "Job órfão - mais de 3 minutos"
     assert jobs["old"]["count"] == 2
     assert jobs["q"] == {"status": "error", "created_at": jobs["q"]["created_at"],
                          "error": "Job queued expirado - mais de 2 minutos"}
+    # fresh active jobs stay as they were, byte for byte
+    assert list(jobs) == ["old", "fresh", "q", "new-q"]
+    assert '"fresh": ' + fresh in text
+    assert '"new-q": ' + new_q in text
     assert "✅ Cache limpo: 2 jobs órfãos marcados como erro" in p.stderr
 
 
@@ -173,11 +185,20 @@ def test_odd_file_types_left_alone(env, kind):
         os.mkdir(env.cache)
     else:
         os.mkfifo(env.cache)
+    before = os.lstat(env.cache) if kind != "symlink" else None
     p = once(env, timeout=10)
     assert p.returncode == 1
     assert "❌ Erro no cache" in p.stderr
+    after = os.lstat(env.cache)
     if kind == "symlink":
-        assert os.path.islink(env.cache)
+        assert os.readlink(env.cache) == target
+    elif kind == "directory":
+        assert stat.S_ISDIR(after.st_mode) and os.listdir(env.cache) == []
+    else:
+        assert stat.S_ISFIFO(after.st_mode)
+    if before is not None:
+        assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+    assert sorted(os.listdir(env.tmp)) == ["desfollow_jobs.json", "jobs.db", "log", "real.json"]
     with open(target) as f:
         assert "old" in f.read()
 
@@ -370,3 +391,178 @@ def test_kept_jobs_copied_with_or_without_copy_file_range(env, tmp_path):
         assert same, "first difference at byte %d of %d" % (
             next((i for i, (x, y) in enumerate(zip(got, expected)) if x != y),
                  min(len(got), len(expected))), len(expected))
+
+
+SWAP_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Plays an API that replaces the cache file (json.dump to a new file and
+   rename, or any writer that makes a new inode) while limpeza reads it:
+   the first read() of the cache file while SWAP_FROM exists renames
+   SWAP_FROM over it first, so limpeza reads on in the old version. */
+ssize_t
+read(int fd, void *buf, size_t n)
+{
+	static ssize_t (*real)(int, void *, size_t);
+	const char *from = getenv("SWAP_FROM"), *to = getenv("SWAP_TO");
+	char link[64], target[4096];
+	ssize_t len;
+
+	if (real == NULL)
+		real = (ssize_t (*)(int, void *, size_t))dlsym(RTLD_NEXT, "read");
+	if (from != NULL && to != NULL && access(from, F_OK) == 0) {
+		snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+		len = readlink(link, target, sizeof(target) - 1);
+		if (len > 0) {
+			target[len] = '\0';
+			if (strcmp(target, to) == 0)
+				rename(from, to);
+		}
+	}
+	return real(fd, buf, n);
+}
+"""
+
+
+def preload(tmp_path, name, source):
+    src = tmp_path / (name + ".c")
+    src.write_text(source)
+    so = str(tmp_path / (name + ".so"))
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", so, str(src), "-ldl"], check=True)
+    extra = {"LD_PRELOAD": so}
+    if SANITIZED:
+        extra["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
+    return extra
+
+
+CYCLE_END = r"✅ (Sistema limpo|Limpeza executada)"
+
+
+def test_file_replaced_during_a_pass_is_read_next_cycle(env, daemons, tmp_path):
+    """The "unchanged, nothing due" shortcut records the version the pass
+    read, not what the path names after it: a version the API wrote during
+    the pass is read by the next cycle, and its orphan reaped (20 of 20)."""
+    new = env.cache + ".api"
+    env.write_cache({"done": {"status": "done"}})
+    d = daemons(env, DATABASE_URL=None, LIMPEZA_INTERVAL="1h", SWAP_FROM=new,
+                SWAP_TO=env.cache, **preload(tmp_path, "swap", SWAP_SHIM))
+    d.wait_for(CYCLE_END)
+    cycles = 1
+    for run in range(20):
+        # a version with nothing due; while the pass reads it, the API
+        # puts one with an orphan in its place
+        env.write_cache({"done": {"status": "done"}, "run": run})
+        with open(new, "w") as f:
+            json.dump({"done": {"status": "done"}, "run": run,
+                       "orphan-%d" % run: {"status": "running", "start_time": NOW() - 600}}, f)
+        d.signal(signal.SIGUSR1)
+        cycles += 1
+        d.wait_for(CYCLE_END, count=cycles)
+        assert not os.path.exists(new), "the pass did not read the file"
+        d.signal(signal.SIGUSR1)
+        cycles += 1
+        log = d.wait_for(CYCLE_END, count=cycles)
+        assert "Job órfão no cache limpo: orphan-%d " % run in log, "run %d" % run
+        assert json.loads(env.read_cache()) == {"done": {"status": "done"}, "run": run}
+
+
+def test_zone_less_iso_time_is_local_time(env):
+    """SPEC §1.1: an ISO time without a zone is the host's local time, as
+    Python's datetime.now().isoformat() writes it."""
+    tz = "America/Sao_Paulo"
+    py = ("from datetime import datetime, timedelta; n = datetime.now(); "
+          "print(n.isoformat()); print((n - timedelta(minutes=4)).isoformat())")
+    now_iso, old_iso = subprocess.run([sys.executable, "-c", py], env={"TZ": tz},
+                                      capture_output=True, text=True,
+                                      check=True).stdout.split()
+    env.write_cache({"now": {"status": "running", "start_time": now_iso},
+                     "4min": {"status": "running", "start_time": old_iso}})
+    p = once(env, TZ=tz)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(env.read_cache()) == {"now": {"status": "running", "start_time": now_iso}}
+    assert re.search(r"Job órfão no cache limpo: 4min \(rodando há 24[0-5]s\)", p.stderr), p.stderr
+
+
+def vm_hwm(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return int(re.search(r"^VmHWM:\s+(\d+) kB", f.read(), re.M).group(1))
+
+
+def test_early_bad_value_costs_no_more_memory_than_a_clean_pass(env, daemons, tmp_path):
+    """A 28 MB cache with a bad value in its first job: refused at that
+    value, with no more memory than a clean pass of the same file takes
+    (the window does not grow to the rest of the file)."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from gen_cache import generate
+    clean = str(tmp_path / "clean.json")
+    generate(clean, 28, 0)
+    with open(clean, "rb") as f:
+        data = f.read()
+    assert len(data) > 25 * 1024 * 1024
+    bad = data.replace(b'"count": ', b'"count": nan, "x": ', 1)
+    assert bad.index(b"nan") < 100000
+    peaks = {}
+    for name, text in (("clean", data), ("bad", bad)):
+        with open(env.cache, "wb") as f:
+            f.write(text)
+        os.utime(env.cache, (time.time() - 60, time.time() - 60))
+        d = daemons(env, DATABASE_URL=None, LIMPEZA_INTERVAL="1h")
+        d.wait_for("Sistema limpo" if name == "clean" else "Ciclo 1 com falhas", timeout=30)
+        peaks[name] = vm_hwm(d.p.pid)
+        assert d.stop() == 0
+        with open(env.cache, "rb") as f:
+            assert f.read() == text
+    assert "(linha 1, coluna" in d.stderr()
+    assert peaks["bad"] <= peaks["clean"], peaks
+
+
+ODD = [
+    # (what, text, the job that must be gone afterwards or None)
+    ("NaN time", '{"o": {"status": "running", "start_time": 1e3}, "n": {"status": "running", "start_time": NaN}}', "o"),
+    ("NaN status", '{"o": {"status": "running", "start_time": 1e3}, "n": {"status": NaN}}', "o"),
+    ("Infinity everywhere", '{"o": {"status": "running", "start_time": 1e3, "x": Infinity}, "n": {"status": "queued", "created_at": -Infinity, "start_time": Infinity}}', "o"),
+    ("huge numbers", '{"o": {"status": "running", "start_time": 1e3, "n": 1e999}, "q": {"status": "queued", "created_at": %s}}' % ("9" * 4000), "o"),
+    ("lone surrogates", '{"\\ud83d": {"status": "running", "start_time": 1e3}, "s": {"status": "\\udc00", "start_time": "\\ud83d"}}', "\ud83d"),
+    ("escaped status and NUL key", '{"\\u0000": {"st\\u0061tus": "run\\u006eing", "start_time": 1e3}, "k": {"status": "done"}}', "\u0000"),
+    ("error member after status", '{"o": {"status": "running", "start_time": 1e3, "error": NaN}, "k": 1}', "o"),
+    ("deep value", '{"o": {"status": "running", "start_time": 1e3, "d": %s1%s}}' % ("[" * 500, "]" * 500), "o"),
+    ("too deep", '{"o": {"status": "running", "start_time": 1e3, "d": %s1%s}}' % ("[" * 3000, "]" * 3000), None),
+    ("integer past Python's limit", '{"o": {"status": "running", "start_time": %s}}' % ("1" * 4301), None),
+    ("raw NUL after a number", '{"o": {"status": "running", "start_time": 1e3\x00}}', None),
+    ("not UTF-8", '{"o": {"status": "running", "start_time": 1e3, "n": "\udcff"}}', None),
+    ("a string", '"running"', None),
+    ("empty", "", None),
+]
+
+
+@pytest.mark.parametrize("action", ["remove", "mark"])
+def test_no_file_stops_the_daemon(env, daemons, action):
+    """SPEC §6.4: whatever the cache file holds, the daemon goes on; what
+    Python can read is cleaned, what it cannot is left byte for byte."""
+    env.write_cache({})
+    d = daemons(env, DATABASE_URL=None, LIMPEZA_INTERVAL="1h", LIMPEZA_CACHE_ACTION=action)
+    d.wait_for(CYCLE_END)
+    for n, (what, text, gone) in enumerate(ODD):
+        data = text.encode("utf-8", "surrogateescape")
+        with open(env.cache, "wb") as f:
+            f.write(data)
+        os.utime(env.cache, (time.time() - 60, time.time() - 60))
+        d.signal(signal.SIGUSR1)
+        d.wait_for(CYCLE_END, count=n + 2)
+        assert d.p.poll() is None, "%s: the daemon exited:\n%s" % (what, d.stderr()[-2000:])
+        with open(env.cache, "rb") as f:
+            out = f.read()
+        if gone is None:
+            assert out == data, what
+            continue
+        jobs = json.loads(out)
+        if action == "remove":
+            assert gone not in jobs and len(jobs) == len(json.loads(data)) - 1, what
+        else:
+            assert jobs[gone]["status"] == "error" and "error" in jobs[gone], what
+    assert d.stop() == 0

@@ -71,9 +71,9 @@ def targets_for(tests):
         elif kind == "asan-unit":
             want.append("build/asan/tests/" + rest)
         elif kind == "pytest":
-            want += ["build/limpeza", "build/limpeza.8"]
+            want += ["build/limpeza", "build/limpeza.8", "build/tests/cache_driver"]
         elif kind == "asan":
-            want.append("build/asan/limpeza")
+            want += ["build/asan/limpeza", "build/asan/tests/cache_driver"]
         elif kind == "fuzz":
             want.append("build/fuzz/fuzz_" + rest.split()[0])
         else:

@@ -1,0 +1,82 @@
+/* jsonscan.h: JSON as Python's json module reads it, scanned from a file. */
+
+#ifndef JSONSCAN_H
+#define JSONSCAN_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/*
+ * The language is exactly what Python's json.loads() accepts from a file
+ * read as UTF-8: RFC 8259 plus NaN, Infinity and -Infinity, integers of
+ * any length up to Python's int conversion limit, and \u escapes of lone
+ * surrogates; NUL is a valid character in keys too. Python's nesting limit
+ * is its recursion limit, which depends on the caller's stack: the scanner
+ * takes the limit itself (1000) and refuses deeper nesting.
+ *
+ * The file is read through a window that holds one member of the top-level
+ * object at a time, so memory follows the largest member, not the file.
+ * Nothing here knows what the members mean: the caller names the keys it
+ * wants located inside each member's object value, and gets each member,
+ * with those keys' spans, through a callback.
+ */
+#define JSONSCAN_MAX_DEPTH 1000
+#define JSONSCAN_MAX_INT_DIGITS 4300 /* sys.get_int_max_str_digits() */
+#define JSONSCAN_MAX_FIELDS 8
+#define JSONSCAN_WINDOW ((size_t)1024 * 1024)
+
+/*
+ * A member of a member's object value, as offsets into the member's bytes:
+ * the last one with its key, as Python keeps the last of duplicate keys.
+ * value_end == 0: the object has no such member.
+ */
+struct jsonscan_field {
+	size_t key_start, key_end; /* the key, quotes included */
+	size_t value_start, value_end;
+};
+
+/*
+ * One member of the top-level object, while its bytes are in the window:
+ * bytes[0] is its key's opening quote, bytes[len - 1] its value's last
+ * byte, and off is where bytes[0] sits in the file. The pointers are good
+ * until the callback returns.
+ */
+struct jsonscan_member {
+	off_t off;
+	const char *bytes;
+	size_t len;
+	size_t key_end; /* one past the key's closing quote */
+	size_t value_start;
+	const char *key; /* decoded, see jsonscan_string() */
+	size_t key_len;
+	int object; /* the value is an object: field[] is filled */
+	struct jsonscan_field field[JSONSCAN_MAX_FIELDS];
+};
+
+enum jsonscan_result {
+	JSONSCAN_OBJECT, /* an object; every member went to the callback */
+	JSONSCAN_OTHER, /* valid JSON that is not an object */
+	JSONSCAN_INVALID, /* not JSON to Python: see err and err_at */
+	JSONSCAN_FAILED /* errno: a read, memory, or the callback said stop */
+};
+
+struct jsonscan {
+	/* Set by the caller. */
+	int fd; /* read from its current offset to its end */
+	size_t window; /* the window's first size; 0: JSONSCAN_WINDOW */
+	const char *const *fields; /* keys to locate in member objects */
+	size_t nfields;
+	int (*member)(void *, const struct jsonscan_member *); /* -1: stop */
+	void *arg;
+	/* Set by jsonscan_file(). */
+	off_t size; /* bytes read: the whole file unless FAILED or INVALID */
+	off_t value_at; /* where the top-level value starts */
+	const char *err;
+	off_t err_at;
+};
+
+enum jsonscan_result jsonscan_file(struct jsonscan *);
+size_t jsonscan_string(const char *, size_t, char *);
+void jsonscan_position(int, off_t, long *, long *);
+
+#endif /* JSONSCAN_H */

@@ -1,0 +1,425 @@
+/* safefile.c: replacing a file others write: lock, same-version checks, write,
+ * swap, leftovers. */
+
+/*
+ * The protocol of SPEC §6.2. A file is opened without following a
+ * symbolic link and locked with flock(); after the lock, the path must
+ * still name the locked file. Its version (inode, size, mtime) is noted
+ * before it is read; the new contents go to a temporary file next to it,
+ * made of pieces of the old file (copied by the kernel) and bytes in
+ * memory, with the old file's mode and owner, fsync'ed, and swapped in
+ * only if the file is still the version that was read. A writer that
+ * follows the same protocol is then fully safe; one that writes without
+ * the lock (the API) can only lose a job if it opens the file twice
+ * within the two system calls of the swap.
+ */
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "limpeza.h"
+
+#define LOCK_WAIT_MS 2000
+#define FLUSH_CHUNK (4L * 1024 * 1024)
+#define COPY_BUF ((size_t)64 * 1024)
+
+int
+safefile_same_version(const struct stat *a, const struct stat *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino &&
+	    a->st_size == b->st_size &&
+	    a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
+	    a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* Takes the exclusive lock, waiting a bounded time for a cooperating writer. */
+static int
+lock_file(int fd)
+{
+	struct timespec pause = { 0, 10L * 1000 * 1000 };
+	long long deadline = now_monotonic_ms() + LOCK_WAIT_MS;
+
+	while (flock(fd, LOCK_EX | LOCK_NB) == -1) {
+		if (errno != EWOULDBLOCK && errno != EINTR)
+			return -1;
+		if (now_monotonic_ms() > deadline) {
+			errno = EWOULDBLOCK;
+			return -1;
+		}
+		nanosleep(&pause, NULL);
+	}
+	return 0;
+}
+
+/*
+ * A file written within the current clock tick can be written again
+ * without its mtime moving (file times are coarse), and then a later
+ * version check would not see the change: let it age one tick. The
+ * kernel's clock, not the daemon's, wrote the mtime.
+ */
+#define FRESH_NS (20L * 1000 * 1000)
+
+static int
+fresh_wait(int fd, struct stat *st)
+{
+	struct timespec now, pause = { 0, FRESH_NS };
+	long long age;
+
+	clock_gettime(CLOCK_REALTIME, &now);
+	age = (long long)(now.tv_sec - st->st_mtim.tv_sec) * 1000000000LL +
+	    (now.tv_nsec - st->st_mtim.tv_nsec);
+	if (age < 0 || age >= FRESH_NS)
+		return 0;
+	nanosleep(&pause, NULL);
+	return fstat(fd, st);
+}
+
+/*
+ * Opens path for reading and locks it. Returns 0 with the file open as
+ * *fd and its version in *st, taken after the lock and at least one clock
+ * tick after its last write, so any later write shows; 1 if path names
+ * another file by the time the lock is held (open it again); -1 with err
+ * set (errno ENOENT: there is no file).
+ */
+int
+safefile_open(
+    const char *path, int *fdp, struct stat *st, char *err, size_t errlen)
+{
+	struct stat pst;
+	int fd;
+
+	*fdp = -1;
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd == -1) {
+		snprintf(err, errlen, "%s",
+		    errno == ELOOP ? "is a symbolic link; it is not followed "
+				     "or replaced"
+				   : strerror(errno));
+		return -1;
+	}
+	if (fstat(fd, st) == -1 || !S_ISREG(st->st_mode)) {
+		snprintf(err, errlen, "not a regular file; left alone");
+		goto fail;
+	}
+	if (lock_file(fd) == -1) {
+		snprintf(err, errlen, "%s",
+		    errno == EWOULDBLOCK
+			? "locked by another process for more than 2 s"
+			: strerror(errno));
+		goto fail;
+	}
+	/* The lock is only worth something if path still names this file. */
+	if (lstat(path, &pst) == -1 || pst.st_ino != st->st_ino ||
+	    pst.st_dev != st->st_dev) {
+		close(fd);
+		return 1;
+	}
+	if (fstat(fd, st) == -1 || fresh_wait(fd, st) == -1) {
+		snprintf(err, errlen, "%s", strerror(errno));
+		goto fail;
+	}
+	*fdp = fd;
+	return 0;
+fail:
+	close(fd);
+	errno = 0;
+	return -1;
+}
+
+/*
+ * True if the file changes within a moment: a parse error then means the
+ * writer was caught mid-write, not a broken file.
+ */
+int
+safefile_settling(int fd, const struct stat *was)
+{
+	struct timespec pause = { 0, 20L * 1000 * 1000 };
+	struct stat now;
+
+	/* Only a file written within the last second can be mid-write. */
+	if (now_realtime() - (double)was->st_mtim.tv_sec > 1.0)
+		return 0;
+	nanosleep(&pause, NULL);
+	return fstat(fd, &now) == 0 && !safefile_same_version(was, &now);
+}
+
+/*
+ * Adds a piece to the new file: len bytes of mem, or with mem NULL the
+ * range [off, off + len) of the old file. A range that goes on where the
+ * last one ended extends it, so a run of kept bytes is one copy.
+ */
+void
+safefile_put(struct safefile_out *o, const char *mem, off_t off, size_t len)
+{
+	struct safefile_piece *last;
+
+	if (len == 0)
+		return;
+	last = o->p != NULL && o->n > 0 ? &o->p[o->n - 1] : NULL;
+	if (mem == NULL && last != NULL && last->mem == NULL &&
+	    last->off + (off_t)last->len == off) {
+		last->len += len;
+		return;
+	}
+	if (o->p == NULL || o->n == o->cap) {
+		o->cap = o->cap ? o->cap * 2 : 64;
+		o->p = realloc(o->p, o->cap * sizeof(*o->p));
+		if (o->p == NULL)
+			fatalx_oom();
+	}
+	o->p[o->n].mem = mem;
+	o->p[o->n].off = off;
+	o->p[o->n].len = len;
+	o->n++;
+}
+
+void
+safefile_out_free(struct safefile_out *o)
+{
+	free(o->p);
+	memset(o, 0, sizeof(*o));
+}
+
+/* Where copy_file_range() cannot: n bytes at *off of in through buf. */
+static ssize_t
+copy_through(int in, off_t *off, int fd, char *buf, size_t n)
+{
+	ssize_t got, w;
+	size_t done = 0;
+
+	if ((got = pread(in, buf, n, *off)) <= 0)
+		return got;
+	while (done < (size_t)got) {
+		w = write(fd, buf + done, (size_t)got - done);
+		if (w == -1 && errno == EINTR)
+			continue;
+		if (w == -1)
+			return -1;
+		done += (size_t)w;
+	}
+	*off += got;
+	return got;
+}
+
+/*
+ * Writes the pieces to fd, the old file's ranges by copy_file_range():
+ * the kernel copies them page to page, nothing passes through limpeza.
+ * Write-back of each few MB is started as soon as they are written, so
+ * the disk works while the rest is copied and the final fsync() has
+ * little left to wait for. Returns 1 if the old file (in) is shorter
+ * than it was: it changed.
+ */
+static int
+write_output(int fd, int in, const struct safefile_out *o)
+{
+	off_t done = 0, flushed = 0, off;
+	size_t i, left, n;
+	char *buf = NULL;
+	ssize_t w;
+	int kernel = 1, rc = -1;
+
+	for (i = 0; i < o->n; i++) {
+		const struct safefile_piece *p = &o->p[i];
+
+		off = p->off;
+		for (left = p->len; left > 0;) {
+			n = left < FLUSH_CHUNK ? left : FLUSH_CHUNK;
+			if (p->mem != NULL)
+				w = write(fd, p->mem + (p->len - left), n);
+			else if (kernel) {
+				w = copy_file_range(in, &off, fd, NULL, n, 0);
+				if (w == -1 &&
+				    (errno == EXDEV || errno == EINVAL ||
+					errno == ENOSYS ||
+					errno == EOPNOTSUPP)) {
+					kernel = 0;
+					if ((buf = malloc(COPY_BUF)) == NULL)
+						fatalx_oom();
+					continue;
+				}
+			} else
+				w = copy_through(in, &off, fd, buf,
+				    n < COPY_BUF ? n : COPY_BUF);
+			if (w == -1 && errno == EINTR)
+				continue;
+			if (w == -1)
+				goto done;
+			if (w == 0 && p->mem == NULL) {
+				rc = 1;
+				goto done;
+			}
+			if (w == 0) {
+				errno = EIO;
+				goto done;
+			}
+			left -= (size_t)w;
+			done += w;
+			if (done - flushed >= FLUSH_CHUNK) {
+				/* Only a hint: fsync() decides durability. */
+				(void)sync_file_range(fd, flushed,
+				    done - flushed, SYNC_FILE_RANGE_WRITE);
+				flushed = done;
+			}
+		}
+	}
+	rc = 0;
+done:
+	free(buf);
+	return rc;
+}
+
+/*
+ * Writes the pieces next to path and swaps them in, keeping mode and
+ * owner, unless the file (open as oldfd) changed since `was` was taken:
+ * then the file in place is the writer's and 1 is returned so the caller
+ * reads the new version. On success *written is the new file's version.
+ */
+int
+safefile_replace(const char *path, int oldfd, const struct stat *was,
+    const struct safefile_out *data, struct stat *written, char *err,
+    size_t errlen)
+{
+	char tmp[4096], dir[4096], *slash;
+	const char *base;
+	struct stat now;
+	int fd = -1, dfd, r;
+
+	snprintf(dir, sizeof(dir), "%s", path);
+	slash = strrchr(dir, '/');
+	if (slash == NULL) {
+		strcpy(dir, ".");
+		base = path;
+	} else {
+		base = path + (slash - dir) + 1;
+		if (slash == dir)
+			slash[1] = '\0';
+		else
+			*slash = '\0';
+	}
+	if (snprintf(tmp, sizeof(tmp), "%s/.%s.limpeza-XXXXXX", dir, base) >=
+	    (int)sizeof(tmp)) {
+		snprintf(err, errlen, "path too long");
+		return -1;
+	}
+	fd = mkstemp(tmp);
+	if (fd == -1) {
+		snprintf(err, errlen,
+		    "cannot create a temporary file in %.200s: %s", dir,
+		    strerror(errno));
+		return -1;
+	}
+	if (fchmod(fd, was->st_mode & 07777) == -1) {
+		snprintf(
+		    err, errlen, "cannot keep the mode: %s", strerror(errno));
+		goto fail;
+	}
+	/* The API must still be able to open the file for writing. */
+	if ((was->st_uid != geteuid() || was->st_gid != getegid()) &&
+	    fchown(fd, was->st_uid, was->st_gid) == -1) {
+		snprintf(err, errlen,
+		    "cannot keep the owner %u:%u (%s); run limpeza as the "
+		    "file's owner",
+		    (unsigned)was->st_uid, (unsigned)was->st_gid,
+		    strerror(errno));
+		goto fail;
+	}
+	if ((r = write_output(fd, oldfd, data)) == 1) {
+		close(fd);
+		unlink(tmp);
+		return 1;
+	}
+	if (r == -1 || fsync(fd) == -1 || fstat(fd, written) == -1) {
+		snprintf(err, errlen, "cannot write the new file: %s",
+		    strerror(errno));
+		goto fail;
+	}
+	if (close(fd) == -1) {
+		fd = -1;
+		snprintf(err, errlen, "cannot write the new file: %s",
+		    strerror(errno));
+		goto fail;
+	}
+	fd = -1;
+	if (lstat(path, &now) == -1 || !safefile_same_version(was, &now)) {
+		unlink(tmp);
+		return 1;
+	}
+	/*
+	 * The API writes without a lock. Swapping the names (not a plain
+	 * rename) keeps the old file at tmp, so a writer that opened it
+	 * after the check above can be noticed: its version goes back in
+	 * place and the pass is retried. What is left is a window of two
+	 * system calls in which a second writer would have to open the file.
+	 */
+	if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_EXCHANGE) == 0) {
+		if (fstat(oldfd, &now) == 0 &&
+		    safefile_same_version(was, &now)) {
+			unlink(tmp);
+		} else {
+			if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path,
+				RENAME_EXCHANGE) == 0)
+				unlink(tmp);
+			return 1;
+		}
+	} else if ((errno != EINVAL && errno != ENOSYS) ||
+	    rename(tmp, path) == -1) {
+		snprintf(err, errlen, "cannot replace the file: %s",
+		    strerror(errno));
+		goto fail;
+	}
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd != -1) {
+		fsync(dfd);
+		close(dfd);
+	}
+	return 0;
+fail:
+	if (fd != -1)
+		close(fd);
+	unlink(tmp);
+	return -1;
+}
+
+/*
+ * Removes temporary files that a limpeza killed mid-rewrite left next to
+ * the file. Called with the lock held: every limpeza writes its
+ * temporary file only while it holds the lock, so any such file now is a
+ * leftover.
+ */
+void
+safefile_remove_leftovers(const char *path)
+{
+	char dir[4096], prefix[512], full[4608];
+	const char *base, *slash = strrchr(path, '/');
+	struct dirent *de;
+	DIR *d;
+
+	if (slash == NULL) {
+		snprintf(dir, sizeof(dir), ".");
+		base = path;
+	} else {
+		snprintf(dir, sizeof(dir), "%.*s",
+		    slash == path ? 1 : (int)(slash - path), path);
+		base = slash + 1;
+	}
+	snprintf(prefix, sizeof(prefix), ".%s.limpeza-", base);
+	if ((d = opendir(dir)) == NULL)
+		return;
+	while ((de = readdir(d)) != NULL) {
+		if (strncmp(de->d_name, prefix, strlen(prefix)) != 0 ||
+		    strlen(de->d_name) != strlen(prefix) + 6)
+			continue;
+		snprintf(full, sizeof(full), "%s/%s", dir, de->d_name);
+		if (unlink(full) == 0)
+			log_event(LVL_INFO, EV_CACHE_LEFTOVER, full);
+	}
+	closedir(d);
+}
