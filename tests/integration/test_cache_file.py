@@ -440,7 +440,7 @@ def preload(tmp_path, name, source):
     return extra
 
 
-CYCLE_END = r"✅ (Sistema limpo|Limpeza executada)"
+CYCLE_END = r"(✅ (Sistema limpo|Limpeza executada)|⚠️ Limpeza incompleta)"
 
 
 def test_file_replaced_during_a_pass_is_read_next_cycle(env, daemons, tmp_path):
