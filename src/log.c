@@ -130,6 +130,17 @@ static const struct log_def defs[EV_COUNT] = {
 	[EV_CACHE_UNCHANGED] = { "cache_unchanged",
 	    "Cache sem mudanças e nenhum job vencido: leitura dispensada (%s)",
 	    "Cache unchanged and nothing due: not read (%s)", "s", { "path" } },
+	[EV_CACHE_NO_LEASE] = { "cache_no_lease",
+	    "⚠️ Cache %s trocado sem lease de escrita (%s): um job que a "
+	    "API "
+	    "grave no mesmo instante pode se perder",
+	    "⚠️ Cache %s swapped without a write lease (%s): a job the API "
+	    "writes at that very moment could be lost",
+	    "ss", { "path", "detail" } },
+	[EV_CACHE_SWAP] = { "cache_swap",
+	    "Troca do cache %s: lease de escrita por %s ms, troca %s",
+	    "Cache swap %s: write lease held %s ms, swap %s", "sls",
+	    { "path", "held_ms", "outcome" } },
 	[EV_DUE] = { "due", "⏰ Prazo atingido: %s jobs limpos fora do ciclo",
 	    "⏰ Deadline reached: %s jobs cleaned between cycles", "l",
 	    { "count" } },

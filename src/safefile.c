@@ -9,14 +9,15 @@
  * made of pieces of the old file (copied by the kernel) and bytes in
  * memory, with the old file's mode and owner, fsync'ed, and swapped in
  * only if the file is still the version that was read. A writer that
- * follows the same protocol is then fully safe; one that writes without
- * the lock (the API) can only lose a job if it opens the file twice
- * within the two system calls of the swap.
+ * follows the same protocol is then fully safe. One that writes without
+ * the lock (the API) is held off by a write lease on the old file around
+ * the last check and the swap: see swap_in().
  */
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,12 @@
 #include "limpeza.h"
 
 #define LOCK_WAIT_MS 2000
+/* The API has the file open for a few ms per request: try that long. */
+#define LEASE_TRIES 20
+#define LEASE_RETRY_NS (1000L * 1000)
+/* An open() that looked the path up just before the swap reaches the
+ * lease within this long, unless it is held off the CPU longer. */
+#define LEASE_SETTLE_NS (3000L * 1000)
 #define FLUSH_CHUNK (4L * 1024 * 1024)
 #define COPY_BUF ((size_t)64 * 1024)
 
@@ -277,6 +284,166 @@ done:
 }
 
 /*
+ * The kernel tells a lease holder of a break with SIGIO, whose default
+ * action ends the process; limpeza asks F_GETLEASE instead.
+ */
+static void
+ignore_sigio(void)
+{
+	struct sigaction sa;
+
+	if (sigaction(SIGIO, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
+		sa.sa_handler = SIG_IGN;
+		sigemptyset(&sa.sa_mask);
+		sa.sa_flags = 0;
+		(void)sigaction(SIGIO, &sa, NULL);
+	}
+}
+
+/*
+ * Takes a write lease on the old file: from then on any open() of it
+ * waits in the kernel until limpeza lets go. A lease is only granted
+ * while nobody else has the file open, so while the API is reading or
+ * writing it, this retries for a few ms. Returns 0 with the lease held,
+ * 1 if the file changed meanwhile, -1 with errno if no lease can be had
+ * (EAGAIN: open all along; EACCES: not the file's owner; EINVAL: a file
+ * system without leases).
+ */
+static int
+lease_take(int fd, const char *path, const struct stat *was)
+{
+	struct timespec pause = { 0, LEASE_RETRY_NS };
+	struct stat now;
+	int i;
+
+	ignore_sigio();
+	for (i = 0; i < LEASE_TRIES; i++) {
+		if (fcntl(fd, F_SETLEASE, F_WRLCK) == 0)
+			return 0;
+		if (errno != EAGAIN)
+			return -1;
+		if (lstat(path, &now) == -1 ||
+		    !safefile_same_version(was, &now))
+			return 1;
+		nanosleep(&pause, NULL);
+	}
+	errno = EAGAIN;
+	return -1;
+}
+
+/* True if someone opened the leased file: its lease is being broken. */
+static int
+lease_broken(int fd)
+{
+	return fcntl(fd, F_GETLEASE) != F_WRLCK;
+}
+
+static void
+lease_release(int fd)
+{
+	(void)fcntl(fd, F_SETLEASE, F_UNLCK);
+}
+
+/*
+ * Swaps the new file (at tmp) in for the old one (open as oldfd) if path
+ * still names the version that was read. The API writes without a lock
+ * (open(path, "w") and json.dump), so a job it adds to the old file just
+ * as the names are swapped would go with the old file. Hence a write
+ * lease on the old file from the last check to the end of the swap: an
+ * open() of the old file in that time waits in the kernel, and limpeza
+ * sees the lease being broken. Then the old file goes back in place
+ * before the lease is released, so the waiting open() lands in the file
+ * that stays, and 1 is returned for the pass to be retried. A short
+ * pause after the swap lets an open() that looked the path up just
+ * before it reach the lease. The lease is held for a few ms, so the API
+ * waits no longer than that; if limpeza dies, the kernel drops it at
+ * once. Where no lease can be had (see lease_take()), the names are
+ * swapped without one, as before leases, and the log says why.
+ * Returns 0 when swapped, 1 when the file is not the version read, -1
+ * with err set; tmp is gone in every case but one: when the writer's
+ * version could not be put back, it stays at tmp rather than be lost.
+ */
+static int
+swap_in(const char *tmp, const char *path, int oldfd, const struct stat *was,
+    char *err, size_t errlen)
+{
+	static int warned_errno;
+	struct timespec settle = { 0, LEASE_SETTLE_NS };
+	struct stat now;
+	long long t0;
+	int leased, broken = 0;
+
+	if ((leased = lease_take(oldfd, path, was)) == 1)
+		goto changed;
+	t0 = now_monotonic_ms();
+	leased = leased == 0;
+	if (!leased) {
+		/* A lasting reason is said once; a busy file every time. */
+		if (errno == EAGAIN || errno != warned_errno)
+			log_event(errno == EAGAIN ? LVL_INFO : LVL_WARNING,
+			    EV_CACHE_NO_LEASE, path,
+			    errno == EAGAIN ? "the file stayed open"
+					    : strerror(errno));
+		if (errno != EAGAIN)
+			warned_errno = errno;
+	}
+	if (lstat(path, &now) == -1 || !safefile_same_version(was, &now) ||
+	    (leased && lease_broken(oldfd))) {
+		if (leased)
+			lease_release(oldfd);
+		goto changed;
+	}
+	if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_EXCHANGE) == -1) {
+		if (leased)
+			lease_release(oldfd);
+		/* A file system without RENAME_EXCHANGE: a plain rename. */
+		if ((errno != EINVAL && errno != ENOSYS) ||
+		    rename(tmp, path) == -1) {
+			snprintf(err, errlen, "cannot replace the file: %s",
+			    strerror(errno));
+			unlink(tmp);
+			return -1;
+		}
+		return 0;
+	}
+	if (leased) {
+		nanosleep(&settle, NULL);
+		broken = lease_broken(oldfd);
+	}
+	/* Without a lease, a writer can only be seen by what it changed. */
+	if (broken || fstat(oldfd, &now) == -1 ||
+	    !safefile_same_version(was, &now)) {
+		if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_EXCHANGE) ==
+		    -1) {
+			/* The old file keeps the path's version only if we
+			 * cannot put it back; keep both rather than lose. */
+			if (leased)
+				lease_release(oldfd);
+			snprintf(err, errlen,
+			    "cannot put the writer's version back (it is at "
+			    "%.200s): %s",
+			    tmp, strerror(errno));
+			return -1;
+		}
+		if (leased)
+			lease_release(oldfd);
+		log_event(LVL_DEBUG, EV_CACHE_SWAP, path,
+		    (long)(now_monotonic_ms() - t0), "undone");
+		goto changed;
+	}
+	if (leased)
+		lease_release(oldfd);
+	unlink(tmp);
+	log_event(LVL_DEBUG, EV_CACHE_SWAP, path,
+	    (long)(now_monotonic_ms() - t0),
+	    leased ? "kept" : "kept, no lease");
+	return 0;
+changed:
+	unlink(tmp);
+	return 1;
+}
+
+/*
  * Writes the pieces next to path and swaps them in, keeping mode and
  * owner, unless the file (open as oldfd) changed since `was` was taken:
  * then the file in place is the writer's and 1 is returned so the caller
@@ -289,7 +456,6 @@ safefile_replace(const char *path, int oldfd, const struct stat *was,
 {
 	char tmp[4096], dir[4096], *slash;
 	const char *base;
-	struct stat now;
 	int fd = -1, dfd, r;
 
 	snprintf(dir, sizeof(dir), "%s", path);
@@ -348,33 +514,8 @@ safefile_replace(const char *path, int oldfd, const struct stat *was,
 		goto fail;
 	}
 	fd = -1;
-	if (lstat(path, &now) == -1 || !safefile_same_version(was, &now)) {
-		unlink(tmp);
-		return 1;
-	}
-	/*
-	 * The API writes without a lock. Swapping the names (not a plain
-	 * rename) keeps the old file at tmp, so a writer that opened it
-	 * after the check above can be noticed: its version goes back in
-	 * place and the pass is retried. What is left is a window of two
-	 * system calls in which a second writer would have to open the file.
-	 */
-	if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_EXCHANGE) == 0) {
-		if (fstat(oldfd, &now) == 0 &&
-		    safefile_same_version(was, &now)) {
-			unlink(tmp);
-		} else {
-			if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path,
-				RENAME_EXCHANGE) == 0)
-				unlink(tmp);
-			return 1;
-		}
-	} else if ((errno != EINVAL && errno != ENOSYS) ||
-	    rename(tmp, path) == -1) {
-		snprintf(err, errlen, "cannot replace the file: %s",
-		    strerror(errno));
-		goto fail;
-	}
+	if ((r = swap_in(tmp, path, oldfd, was, err, errlen)) != 0)
+		return r;
 	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd != -1) {
 		fsync(dfd);
