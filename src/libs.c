@@ -30,6 +30,7 @@
 #define PQ_FUNCS(X)             \
 	X(PQconnectdbParams)    \
 	X(PQstatus)             \
+	X(PQtransactionStatus)  \
 	X(PQerrorMessage)       \
 	X(PQfinish)             \
 	X(PQsendQueryParams)    \
@@ -130,6 +131,12 @@ ConnStatusType
 PQstatus(const PGconn *conn)
 {
 	return p_PQstatus(conn);
+}
+
+PGTransactionStatusType
+PQtransactionStatus(const PGconn *conn)
+{
+	return p_PQtransactionStatus(conn);
 }
 
 char *

@@ -1,4 +1,4 @@
-/* store_pg.c: the PostgreSQL job store (libpq), batched, leader-elected. */
+/* store_pg.c: the PostgreSQL job store (libpq): batched, no session state. */
 
 #include <errno.h>
 #include <poll.h>
@@ -18,37 +18,31 @@
 #define CLIENT_TIMEOUT_MS (35 * MS_PER_S)
 #define BACKOFF_MIN_MS (1 * MS_PER_S)
 #define BACKOFF_MAX_MS (30 * MS_PER_S)
+/* end_batch(): another instance took the leader's lock meanwhile. */
+#define BATCH_LOST (-2)
 
 /*
- * One persistent connection. After a failure it is re-made no sooner
- * than next_try, with a backoff that doubles up to BACKOFF_MAX_MS, so a
- * database that is down is not hammered every cycle. leader is 1 while
- * this connection holds the advisory lock; the lock dies with the
- * connection, so any reconnect starts as a follower.
+ * One persistent connection, which may be a transaction pooler's
+ * (PgBouncer, Supavisor): so nothing limpeza needs lives in the server
+ * session. Each operation is one or more explicit transactions that set
+ * what their statements need with SET LOCAL (pg_begin()) and, when they
+ * reap for a daemon, take the leader's lock for that transaction alone.
+ * After a failure the connection is re-made no sooner than next_try,
+ * with a backoff that doubles up to BACKOFF_MAX_MS, so a database that
+ * is down is not hammered every cycle. The identifiers are quoted once,
+ * here, and every statement and `limpeza check` use these same names.
  */
 struct store_pg {
 	struct store s;
 	PGconn *conn;
 	char *password; /* only to scrub it from libpq's messages */
-	/* Why libpq could not be loaded, if it could not. */
+	/* Why libpq cannot be used, if it cannot. */
 	char libpq_err[256];
-	int leader;
 	long long next_try;
 	long long backoff;
 	char table[160];
 	char id[80], status[80], updated[80], created[80], error[80];
 };
-
-static void
-pg_ident(PGconn *conn, const char *name, char *buf, size_t len)
-{
-	char *q =
-	    conn != NULL ? PQescapeIdentifier(conn, name, strlen(name)) : NULL;
-
-	/* config.c allows plain identifiers only, so this is the same. */
-	snprintf(buf, len, "%s", q != NULL ? q : name);
-	PQfreemem(q);
-}
 
 static struct store *
 pg_open(const struct config *cfg)
@@ -59,11 +53,23 @@ pg_open(const struct config *cfg)
 	if (p == NULL)
 		return NULL;
 	p->backoff = BACKOFF_MIN_MS;
+	/* config.c allows plain identifiers only: quoting is all it takes. */
+	store_quote_table(cfg->table, p->table, sizeof(p->table));
+	snprintf(p->id, sizeof(p->id), "\"%s\"", cfg->id_column);
+	snprintf(p->status, sizeof(p->status), "\"%s\"", cfg->status_column);
+	snprintf(p->updated, sizeof(p->updated), "\"%s\"", cfg->updated_column);
+	snprintf(p->created, sizeof(p->created), "\"%s\"", cfg->created_column);
+	snprintf(p->error, sizeof(p->error), "\"%s\"", cfg->error_column);
 	/* Without libpq every operation fails with this reason. */
 	if (libs_pq(p->libpq_err, sizeof(p->libpq_err)) == -1)
 		return &p->s;
-	opts = PQconninfoParse(cfg->database_url, NULL);
-	for (o = opts; o != NULL && o->keyword != NULL; o++)
+	/* libpq's message would quote the text, password and all. */
+	if ((opts = PQconninfoParse(cfg->database_url, NULL)) == NULL) {
+		snprintf(p->libpq_err, sizeof(p->libpq_err),
+		    "libpq cannot parse DATABASE_URL");
+		return &p->s;
+	}
+	for (o = opts; o->keyword != NULL; o++)
 		if (strcmp(o->keyword, "password") == 0 && o->val != NULL &&
 		    *o->val != '\0')
 			p->password = strdup(o->val);
@@ -76,7 +82,6 @@ pg_disconnect(struct store_pg *p)
 {
 	PQfinish(p->conn);
 	p->conn = NULL;
-	p->leader = 0;
 }
 
 static void
@@ -171,11 +176,7 @@ broken:
 	return NULL;
 }
 
-/*
- * Connects if needed (not before the backoff allows), then sets the
- * session up: application_name, the zone naive timestamps are read in,
- * and statement and lock timeouts, all as parameters.
- */
+/* Connects if needed, not before the backoff allows. */
 static int
 pg_connect(struct store_pg *p)
 {
@@ -184,9 +185,6 @@ pg_connect(struct store_pg *p)
 		NULL };
 	const char *val[] = { CONNECT_TIMEOUT, "limpeza", cfg->database_url,
 		NULL };
-	const char *params[] = { cfg->db_timezone, STATEMENT_TIMEOUT,
-		LOCK_TIMEOUT };
-	PGresult *res;
 	long long now = now_monotonic_ms();
 
 	if (p->conn != NULL)
@@ -207,63 +205,109 @@ pg_connect(struct store_pg *p)
 		pg_failed_connection(p);
 		return -1;
 	}
-	res = pg_exec(p,
-	    "SELECT set_config('TimeZone', $1, false), "
-	    "set_config('statement_timeout', $2, false), "
-	    "set_config('lock_timeout', $3, false)",
-	    3, params);
-	if (res == NULL) {
-		if (p->conn != NULL)
-			pg_failed_connection(p);
-		return -1;
-	}
-	PQclear(res);
-	pg_ident(p->conn, cfg->id_column, p->id, sizeof(p->id));
-	pg_ident(p->conn, cfg->status_column, p->status, sizeof(p->status));
-	pg_ident(p->conn, cfg->updated_column, p->updated, sizeof(p->updated));
-	pg_ident(p->conn, cfg->created_column, p->created, sizeof(p->created));
-	pg_ident(p->conn, cfg->error_column, p->error, sizeof(p->error));
-	{
-		const char *dot = strchr(cfg->table, '.');
-		char a[80], b[80], part[64];
-
-		if (dot != NULL) {
-			snprintf(part, sizeof(part), "%.*s",
-			    (int)(dot - cfg->table), cfg->table);
-			pg_ident(p->conn, part, a, sizeof(a));
-			pg_ident(p->conn, dot + 1, b, sizeof(b));
-			snprintf(p->table, sizeof(p->table), "%s.%s", a, b);
-		} else
-			pg_ident(
-			    p->conn, cfg->table, p->table, sizeof(p->table));
-	}
 	p->backoff = BACKOFF_MIN_MS;
 	*p->s.err = '\0';
 	return 0;
 }
 
-/* The session-level advisory lock elects one reaper among all hosts. */
-static int
-pg_lead(struct store *s)
+/*
+ * Ends a transaction that failed, keeping the reason already recorded.
+ * A connection that cannot even roll back is dropped.
+ */
+static void
+pg_abort(struct store_pg *p)
 {
-	struct store_pg *p = (struct store_pg *)s;
-	char key[32];
-	const char *params[] = { key };
+	char why[sizeof(p->s.err)];
 	PGresult *res;
+
+	if (p->conn == NULL || PQtransactionStatus(p->conn) == PQTRANS_IDLE)
+		return;
+	memcpy(why, p->s.err, sizeof(why));
+	if ((res = pg_exec(p, "ROLLBACK", 0, NULL)) != NULL)
+		PQclear(res);
+	else if (p->conn != NULL)
+		pg_failed_connection(p);
+	memcpy(p->s.err, why, sizeof(why));
+}
+
+static int
+pg_commit(struct store_pg *p)
+{
+	PGresult *res = pg_exec(p, "COMMIT", 0, NULL);
+
+	if (res == NULL) {
+		pg_abort(p);
+		return -1;
+	}
+	PQclear(res);
+	return 0;
+}
+
+/*
+ * Opens a transaction and sets, for it alone (SET LOCAL), the zone naive
+ * timestamps are read in and the statement and lock timeouts, as
+ * parameters. With elect (and a leader key), it also tries the leader's
+ * lock, which the end of the transaction releases: so through a pooler
+ * no setting and no lock is left on a server connection that the API's
+ * queries get next, and a leader that dies is replaced at once. Returns
+ * 1 in the transaction (leading, or not electing), 0 when another
+ * instance holds the lock (the transaction is closed again), -1.
+ */
+static int
+pg_begin(struct store_pg *p, int elect)
+{
+	const struct config *cfg = p->s.cfg;
+	char key[32];
+	const char *params[] = { cfg->db_timezone, STATEMENT_TIMEOUT,
+		LOCK_TIMEOUT, key };
+	PGresult *res;
+	int led;
 
 	if (pg_connect(p) == -1)
 		return -1;
-	if (s->cfg->leader_key == 0)
-		return 1;
-	if (p->leader)
-		return 1;
-	snprintf(key, sizeof(key), "%lld", s->cfg->leader_key);
-	res = pg_exec(p, "SELECT pg_try_advisory_lock($1::bigint)", 1, params);
-	if (res == NULL)
+	if ((res = pg_exec(p, "BEGIN", 0, NULL)) == NULL)
 		return -1;
-	p->leader = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
 	PQclear(res);
-	return p->leader;
+	elect = elect && cfg->leader_key != 0;
+	snprintf(key, sizeof(key), "%lld", cfg->leader_key);
+	res = pg_exec(p,
+	    elect ? "SELECT set_config('TimeZone', $1, true), "
+		    "set_config('statement_timeout', $2, true), "
+		    "set_config('lock_timeout', $3, true), "
+		    "pg_try_advisory_xact_lock($4::bigint)"
+		  : "SELECT set_config('TimeZone', $1, true), "
+		    "set_config('statement_timeout', $2, true), "
+		    "set_config('lock_timeout', $3, true)",
+	    elect ? 4 : 3, params);
+	if (res == NULL) {
+		pg_abort(p);
+		return -1;
+	}
+	led = !elect || strcmp(PQgetvalue(res, 0, 3), "t") == 0;
+	PQclear(res);
+	if (!led) {
+		pg_abort(p);
+		return 0;
+	}
+	return 1;
+}
+
+/* One read-only operation in one transaction, without election. */
+static int
+pg_in_tx(struct store_pg *p, int (*fn)(struct store_pg *, void *), void *arg)
+{
+	int rc;
+
+	if (pg_begin(p, 0) == -1)
+		return -1;
+	rc = fn(p, arg);
+	if (rc == -1) {
+		pg_abort(p);
+		return -1;
+	}
+	if (pg_commit(p) == -1)
+		return -1;
+	return rc;
 }
 
 /* Where the rows a batch ended are counted and told. */
@@ -272,8 +316,7 @@ struct ending {
 	enum reap_kind kind;
 	const char *status;
 	int by_rule; /* the rule is each row's second column: running? */
-	store_job_fn fn;
-	void *arg;
+	const struct store_req *req;
 };
 
 static void
@@ -287,27 +330,16 @@ count_kind(struct store_counts *c, enum reap_kind kind)
 		c->forced++;
 }
 
-/*
- * One batch: ends the rows among the addresses in params[addr] that its
- * statement re-checks, and counts them. Returns how many, or -1.
- */
-static int
-end_batch(struct store_pg *p, const char *sql, const char *const *params,
-    int nparams, const struct ending *e)
+/* Counts and tells the rows a committed batch (or a dry look) ended. */
+static void
+tell_rows(struct store_pg *p, PGresult *res, const struct ending *e)
 {
 	const struct config *cfg = p->s.cfg;
-	PGresult *res;
-	long long t0 = now_monotonic_ms();
 	enum reap_kind kind;
 	const char *status;
-	int i, rows;
+	int i;
 
-	if ((res = pg_exec(p, sql, nparams, params)) == NULL)
-		return -1;
-	rows = PQntuples(res);
-	log_event(LVL_DEBUG, EV_DB_BATCH, (long)rows,
-	    (long)(now_monotonic_ms() - t0));
-	for (i = 0; i < rows; i++) {
+	for (i = 0; i < PQntuples(res); i++) {
 		kind = e->kind;
 		status = e->status;
 		if (e->by_rule && *PQgetvalue(res, i, 1) == 't') {
@@ -318,9 +350,42 @@ end_batch(struct store_pg *p, const char *sql, const char *const *params,
 			status = cfg->queued_status;
 		}
 		count_kind(e->c, kind);
-		if (e->fn != NULL)
-			e->fn(e->arg, kind, status, PQgetvalue(res, i, 0));
+		if (e->req->fn != NULL)
+			e->req->fn(
+			    e->req->arg, kind, status, PQgetvalue(res, i, 0));
 	}
+}
+
+/*
+ * One batch, one transaction: ends the rows among the addresses in
+ * params that its statement re-checks, then counts them once committed.
+ * The time logged is how long its row locks were held: from the
+ * statement to the commit. Returns how many, BATCH_LOST if another
+ * instance leads now, or -1.
+ */
+static int
+end_batch(struct store_pg *p, const char *sql, const char *const *params,
+    int nparams, const struct ending *e)
+{
+	PGresult *res;
+	long long t0;
+	int rows, r;
+
+	if ((r = pg_begin(p, e->req->elect)) != 1)
+		return r == 0 ? BATCH_LOST : -1;
+	t0 = now_monotonic_ms();
+	if ((res = pg_exec(p, sql, nparams, params)) == NULL) {
+		pg_abort(p);
+		return -1;
+	}
+	if (pg_commit(p) == -1) {
+		PQclear(res);
+		return -1;
+	}
+	rows = PQntuples(res);
+	log_event(LVL_DEBUG, EV_DB_BATCH, (long)rows,
+	    (long)(now_monotonic_ms() - t0));
+	tell_rows(p, res, e);
 	PQclear(res);
 	return rows;
 }
@@ -345,12 +410,14 @@ struct by_address {
  * Ends rows in two steps. A look without locks finds their addresses
  * (ctid): one step down an index, or one scan of a table without it,
  * however long the backlog. Then batches of LIMPEZA_BATCH addresses,
- * each one statement and so one short transaction, lock the rows (FOR
+ * each one statement in its own short transaction, lock the rows (FOR
  * UPDATE SKIP LOCKED, a TID scan) and re-check them on their current
  * versions: a batch holds its locks for milliseconds even where no index
  * serves the look, and a row that got a heartbeat or finished in between
  * is not touched. A row updated between the look and its batch is left
- * to the next look.
+ * to the next look. Each transaction, look or batch, takes the leader's
+ * lock when asked to elect; when another instance has it, the reaping
+ * stops there. Returns 1, 0 if another instance led from the start, -1.
  */
 static int
 end_by_address(struct store_pg *p, const struct by_address *q,
@@ -360,7 +427,7 @@ end_by_address(struct store_pg *p, const struct by_address *q,
 	char look[2048], sql[3072], limit[32], *tids = NULL;
 	PGresult *found = NULL;
 	long long t0, max_look;
-	int i, j, n, rows, ended, rc = -1, addr = q->addr - 1;
+	int i, j, n, rows, ended, r, rc = -1, addr = q->addr - 1, looks = 0;
 	size_t len, cap;
 
 	snprintf(look, sizeof(look),
@@ -379,10 +446,19 @@ end_by_address(struct store_pg *p, const struct by_address *q,
 	/* "(4294967295,65535)" quoted, and a comma: at most 21 bytes each. */
 	cap = (size_t)cfg->batch * 21 + 3;
 	do {
+		if ((r = pg_begin(p, e->req->elect)) != 1) {
+			rc = r == -1 ? -1 : looks > 0;
+			goto fail;
+		}
+		looks++;
 		params[addr] = limit;
 		t0 = now_monotonic_ms();
 		/* The look takes the parameters up to its limit. */
-		if ((found = pg_exec(p, look, addr + 1, params)) == NULL)
+		if ((found = pg_exec(p, look, addr + 1, params)) == NULL) {
+			pg_abort(p);
+			goto fail;
+		}
+		if (pg_commit(p) == -1)
 			goto fail;
 		n = PQntuples(found);
 		log_event(LVL_DEBUG, EV_DB_LOOK, (long)n,
@@ -401,6 +477,10 @@ end_by_address(struct store_pg *p, const struct by_address *q,
 			tids[len] = '\0';
 			params[addr] = tids;
 			rows = end_batch(p, sql, params, nparams, e);
+			if (rows == BATCH_LOST) {
+				rc = 1;
+				goto fail;
+			}
 			if (rows == -1)
 				goto fail;
 			ended += rows;
@@ -409,7 +489,7 @@ end_by_address(struct store_pg *p, const struct by_address *q,
 		found = NULL;
 		/* A full look may have left more; one that ended none, stop. */
 	} while (n == max_look && ended > 0);
-	rc = 0;
+	rc = 1;
 fail:
 	PQclear(found);
 	free(tids);
@@ -419,39 +499,42 @@ fail:
 /*
  * Ends the rows of one status that cond selects (the forced cleanup), or
  * in a dry run lists them. $1 status, $2 age (cond), $3 look limit or
- * addresses, $4 error status, $5 message.
+ * addresses, $4 error status, $5 message. Returns 1, 0 if another
+ * instance leads, -1.
  */
 static int
 end_rows(struct store_pg *p, const char *status, const char *cond,
-    long long age_ms, int dry_run, enum reap_kind kind, struct store_counts *c,
-    store_job_fn fn, void *arg)
+    long long age_ms, enum reap_kind kind, struct store_counts *c,
+    const struct store_req *req)
 {
 	const struct config *cfg = p->s.cfg;
 	char sql[1024], where[512], recheck[512], set[512], ret[256];
 	char age[64], msg[256];
 	const char *params[5] = { status, age, NULL, cfg->error_status, msg };
-	struct ending e = { c, kind, status, 0, fn, arg };
+	struct ending e = { c, kind, status, 0, req };
 	struct by_address q = { where, where, recheck, set, ret, 3 };
 	PGresult *res;
-	int i;
+	int r;
 
-	if (pg_connect(p) == -1)
-		return -1;
 	config_reap_message(cfg, kind, msg, sizeof(msg));
 	snprintf(age, sizeof(age), "%lld milliseconds", age_ms);
 	snprintf(where, sizeof(where), "%s = $1 AND %s", p->status, cond);
-	if (dry_run) {
+	if (req->dry_run) {
 		snprintf(sql, sizeof(sql), "SELECT %s FROM %s WHERE %s", p->id,
 		    p->table, where);
-		if ((res = pg_exec(p, sql, 2, params)) == NULL)
+		if ((r = pg_begin(p, req->elect)) != 1)
+			return r;
+		if ((res = pg_exec(p, sql, 2, params)) == NULL) {
+			pg_abort(p);
 			return -1;
-		for (i = 0; i < PQntuples(res); i++) {
-			count_kind(c, kind);
-			if (fn != NULL)
-				fn(arg, kind, status, PQgetvalue(res, i, 0));
 		}
+		if (pg_commit(p) == -1) {
+			PQclear(res);
+			return -1;
+		}
+		tell_rows(p, res, &e);
 		PQclear(res);
-		return 0;
+		return 1;
 	}
 	snprintf(recheck, sizeof(recheck), "t.%s = $1 AND %s", p->status, cond);
 	snprintf(set, sizeof(set), "%s = $4, %s = $5, %s = now()", p->status,
@@ -468,14 +551,14 @@ end_rows(struct store_pg *p, const char *status, const char *cond,
  */
 static int
 end_stale_rows(
-    struct store_pg *p, struct store_counts *c, store_job_fn fn, void *arg)
+    struct store_pg *p, const struct store_req *req, struct store_counts *c)
 {
 	const struct config *cfg = p->s.cfg;
 	char look[1024], stale[512], stale_t[512], set[512], ret[256];
 	char rt[64], qt[64], mr[256], mq[256];
 	const char *params[8] = { cfg->running_status, rt, cfg->queued_status,
 		qt, NULL, cfg->error_status, mr, mq };
-	struct ending e = { c, REAP_RUNNING, NULL, 1, fn, arg };
+	struct ending e = { c, REAP_RUNNING, NULL, 1, req };
 	struct by_address q = { look, stale, stale_t, set, ret, 5 };
 
 	config_reap_message(cfg, REAP_RUNNING, mr, sizeof(mr));
@@ -503,59 +586,55 @@ end_stale_rows(
 }
 
 static int
-pg_reap(struct store *s, int dry_run, struct store_counts *c, store_job_fn fn,
-    void *arg)
+pg_reap(struct store *s, const struct store_req *req, struct store_counts *c)
 {
 	struct store_pg *p = (struct store_pg *)s;
 	char cond[256];
+	int r;
 
-	if (pg_connect(p) == -1)
-		return -1;
-	if (!dry_run)
-		return end_stale_rows(p, c, fn, arg);
+	if (!req->dry_run)
+		return end_stale_rows(p, req, c);
 	snprintf(cond, sizeof(cond), "%s < now() - $2::interval", p->updated);
-	if (end_rows(p, s->cfg->running_status, cond, s->cfg->running_ttl,
-		dry_run, REAP_RUNNING, c, fn, arg) == -1)
-		return -1;
-	return end_rows(p, s->cfg->queued_status, cond, s->cfg->queued_ttl,
-	    dry_run, REAP_QUEUED, c, fn, arg);
+	r = end_rows(p, s->cfg->running_status, cond, s->cfg->running_ttl,
+	    REAP_RUNNING, c, req);
+	if (r != 1)
+		return r;
+	r = end_rows(p, s->cfg->queued_status, cond, s->cfg->queued_ttl,
+	    REAP_QUEUED, c, req);
+	return r == -1 ? -1 : 1;
 }
 
 /* Every active row but those created within LIMPEZA_FORCE_MIN_AGE. */
 static int
-pg_force(struct store *s, int dry_run, struct store_counts *c, store_job_fn fn,
-    void *arg)
+pg_force(struct store *s, const struct store_req *req, struct store_counts *c)
 {
 	struct store_pg *p = (struct store_pg *)s;
 	char cond[256];
+	int r;
 
-	if (pg_connect(p) == -1)
-		return -1;
 	snprintf(cond, sizeof(cond),
 	    "($2::interval = interval '0' OR coalesce(%s, %s) < now() - "
 	    "$2::interval)",
 	    p->created, p->updated);
-	if (end_rows(p, s->cfg->running_status, cond, s->cfg->force_min_age,
-		dry_run, REAP_FORCED, c, fn, arg) == -1)
-		return -1;
-	return end_rows(p, s->cfg->queued_status, cond, s->cfg->force_min_age,
-	    dry_run, REAP_FORCED, c, fn, arg);
+	r = end_rows(p, s->cfg->running_status, cond, s->cfg->force_min_age,
+	    REAP_FORCED, c, req);
+	if (r != 1)
+		return r;
+	r = end_rows(p, s->cfg->queued_status, cond, s->cfg->force_min_age,
+	    REAP_FORCED, c, req);
+	return r == -1 ? -1 : 1;
 }
 
 static int
-pg_stats(struct store *s, struct store_stats *out)
+stats_in_tx(struct store_pg *p, void *arg)
 {
-	struct store_pg *p = (struct store_pg *)s;
-	const char *params[] = { s->cfg->running_status,
-		s->cfg->queued_status };
+	const struct config *cfg = p->s.cfg;
+	struct store_stats *out = arg;
+	const char *params[] = { cfg->running_status, cfg->queued_status };
 	char sql[1024];
 	PGresult *res;
 	int i;
 
-	out->active = 0;
-	out->oldest_s = out->oldest_running_s = out->oldest_queued_s = -1;
-	if (pg_connect(p) == -1)
-		return -1;
 	snprintf(sql, sizeof(sql),
 	    "SELECT %s, count(*) FROM %s WHERE %s >= now() - interval "
 	    "'24 hours' GROUP BY 1 ORDER BY 1",
@@ -576,7 +655,7 @@ pg_stats(struct store *s, struct store_stats *out)
 	if ((res = pg_exec(p, sql, 2, params)) == NULL)
 		return -1;
 	for (i = 0; i < PQntuples(res); i++)
-		stats_add_active(s->cfg, out, PQgetvalue(res, i, 0),
+		stats_add_active(cfg, out, PQgetvalue(res, i, 0),
 		    strtol(PQgetvalue(res, i, 1), NULL, 10),
 		    PQgetisnull(res, i, 2)
 			? -1
@@ -586,19 +665,26 @@ pg_stats(struct store *s, struct store_stats *out)
 }
 
 static int
-pg_next_due(struct store *s, double *secs)
+pg_stats(struct store *s, struct store_stats *out)
 {
-	struct store_pg *p = (struct store_pg *)s;
+	out->active = 0;
+	out->oldest_s = out->oldest_running_s = out->oldest_queued_s = -1;
+	return pg_in_tx((struct store_pg *)s, stats_in_tx, out);
+}
+
+static int
+next_due_in_tx(struct store_pg *p, void *arg)
+{
+	const struct config *cfg = p->s.cfg;
+	double *secs = arg;
 	char sql[1024], rt[64], qt[64];
-	const char *params[] = { s->cfg->running_status, rt,
-		s->cfg->queued_status, qt };
+	const char *params[] = { cfg->running_status, rt, cfg->queued_status,
+		qt };
 	PGresult *res;
 	int found;
 
-	if (pg_connect(p) == -1)
-		return -1;
-	snprintf(rt, sizeof(rt), "%lld milliseconds", s->cfg->running_ttl);
-	snprintf(qt, sizeof(qt), "%lld milliseconds", s->cfg->queued_ttl);
+	snprintf(rt, sizeof(rt), "%lld milliseconds", cfg->running_ttl);
+	snprintf(qt, sizeof(qt), "%lld milliseconds", cfg->queued_ttl);
 	/* Each min() is one step down the index limpeza check recommends. */
 	snprintf(sql, sizeof(sql),
 	    "SELECT extract(epoch FROM least((SELECT min(%s) FROM %s WHERE "
@@ -612,6 +698,12 @@ pg_next_due(struct store *s, double *secs)
 		*secs = strtod(PQgetvalue(res, 0, 0), NULL);
 	PQclear(res);
 	return found;
+}
+
+static int
+pg_next_due(struct store *s, double *secs)
+{
+	return pg_in_tx((struct store_pg *)s, next_due_in_tx, secs);
 }
 
 static int
@@ -634,21 +726,20 @@ is_time_type(const char *t)
  * index on (status, updated) or on updated restricted to active rows).
  */
 static int
-pg_check(struct store *s, FILE *out)
+check_in_tx(struct store_pg *p, void *arg)
 {
-	struct store_pg *p = (struct store_pg *)s;
+	struct store *s = &p->s;
 	const struct config *cfg = s->cfg;
+	FILE *out = arg;
 	const char *want[] = { cfg->id_column, cfg->status_column,
 		cfg->updated_column, cfg->created_column, cfg->error_column };
 	const char *kind[] = { "text", "text", "time", "time", "text" };
-	const char *params[] = { cfg->table, cfg->status_column,
-		cfg->updated_column };
+	/* The name as the reaping statements spell it, quotes and all. */
+	const char *params[] = { p->table };
 	PGresult *res;
 	int i, j, rc = 0, served = 0, stats_served = 0;
 	char tname[64];
 
-	if (pg_connect(p) == -1)
-		return -1;
 	res = pg_exec(p,
 	    "SELECT split_part(current_setting('server_version'), ' ', 1), "
 	    "(SELECT reset_val FROM pg_settings WHERE name = 'TimeZone'), "
@@ -775,10 +866,16 @@ pg_check(struct store *s, FILE *out)
 	return 0;
 }
 
+static int
+pg_check(struct store *s, FILE *out)
+{
+	return pg_in_tx((struct store_pg *)s, check_in_tx, out);
+}
+
 const struct store_ops store_pg_ops = {
 	.name = "postgresql",
+	.elects = 1,
 	.open = pg_open,
-	.lead = pg_lead,
 	.reap = pg_reap,
 	.force = pg_force,
 	.stats = pg_stats,
