@@ -20,6 +20,11 @@
 #define BACKOFF_MAX_MS (30 * MS_PER_S)
 /* end_batch(): another instance took the leader's lock meanwhile. */
 #define BATCH_LOST (-2)
+/* What a transaction's statements need, for that transaction only. */
+#define SET_LOCAL                                     \
+	"SELECT set_config('TimeZone', $1, true), "   \
+	"set_config('statement_timeout', $2, true), " \
+	"set_config('lock_timeout', $3, true)"
 
 /*
  * One persistent connection, which may be a transaction pooler's
@@ -271,13 +276,8 @@ pg_begin(struct store_pg *p, int elect)
 	elect = elect && cfg->leader_key != 0;
 	snprintf(key, sizeof(key), "%lld", cfg->leader_key);
 	res = pg_exec(p,
-	    elect ? "SELECT set_config('TimeZone', $1, true), "
-		    "set_config('statement_timeout', $2, true), "
-		    "set_config('lock_timeout', $3, true), "
-		    "pg_try_advisory_xact_lock($4::bigint)"
-		  : "SELECT set_config('TimeZone', $1, true), "
-		    "set_config('statement_timeout', $2, true), "
-		    "set_config('lock_timeout', $3, true)",
+	    elect ? SET_LOCAL ", pg_try_advisory_xact_lock($4::bigint)"
+		  : SET_LOCAL,
 	    elect ? 4 : 3, params);
 	if (res == NULL) {
 		pg_abort(p);
