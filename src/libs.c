@@ -34,6 +34,9 @@
 	X(PQerrorMessage)       \
 	X(PQfinish)             \
 	X(PQsendQueryParams)    \
+	X(PQenterPipelineMode)  \
+	X(PQexitPipelineMode)   \
+	X(PQpipelineSync)       \
 	X(PQsocket)             \
 	X(PQconsumeInput)       \
 	X(PQisBusy)             \
@@ -158,6 +161,24 @@ PQsendQueryParams(PGconn *conn, const char *command, int n, const Oid *types,
 {
 	return p_PQsendQueryParams(
 	    conn, command, n, types, values, lengths, formats, result_format);
+}
+
+int
+PQenterPipelineMode(PGconn *conn)
+{
+	return p_PQenterPipelineMode(conn);
+}
+
+int
+PQexitPipelineMode(PGconn *conn)
+{
+	return p_PQexitPipelineMode(conn);
+}
+
+int
+PQpipelineSync(PGconn *conn)
+{
+	return p_PQpipelineSync(conn);
 }
 
 int

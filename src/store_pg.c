@@ -30,8 +30,10 @@
  * One persistent connection, which may be a transaction pooler's
  * (PgBouncer, Supavisor): so nothing limpeza needs lives in the server
  * session. Each operation is one or more explicit transactions that set
- * what their statements need with SET LOCAL (pg_begin()) and, when they
- * reap for a daemon, take the leader's lock for that transaction alone.
+ * what their statements need with SET LOCAL (struct setup) and, when they
+ * reap for a daemon, take the leader's lock for that transaction alone;
+ * a transaction's statements go in one round trip where they can
+ * (pg_run(), pg_read()).
  * After a failure the connection is re-made no sooner than next_try,
  * with a backoff that doubles up to BACKOFF_MAX_MS, so a database that
  * is down is not hammered every cycle. The identifiers are quoted once,
@@ -126,59 +128,133 @@ pg_failed_connection(struct store_pg *p)
 		p->backoff = BACKOFF_MAX_MS;
 }
 
-/*
- * Runs one statement with its parameters, waiting at most
- * CLIENT_TIMEOUT_MS for the answer even if the server never sends one
- * (statement_timeout alone cannot help against a server that hangs).
- * Returns the result, or NULL with the error recorded; on a broken or
- * hung connection the connection is dropped.
- */
-static PGresult *
-pg_exec(struct store_pg *p, const char *sql, int n, const char *const *vals)
-{
-	long long deadline = now_monotonic_ms() + CLIENT_TIMEOUT_MS, left;
-	PGresult *res = NULL, *r;
-	struct pollfd pfd;
-	ExecStatusType st;
+/* One statement and its parameters. */
+struct stmt {
+	const char *sql;
+	int n;
+	const char *const *params;
+};
 
-	if (!PQsendQueryParams(p->conn, sql, n, NULL, vals, NULL, NULL, 0))
-		goto broken;
+/*
+ * Waits until libpq has the next result whole (or none is coming), at
+ * most until deadline: 0, or -1 with the error recorded and the
+ * connection dropped. statement_timeout alone cannot help against a
+ * server that never answers.
+ */
+static int
+pg_wait(struct store_pg *p, long long deadline)
+{
+	struct pollfd pfd;
+	long long left;
+
 	pfd.fd = PQsocket(p->conn);
 	pfd.events = POLLIN;
 	for (;;) {
 		if (!PQconsumeInput(p->conn))
 			goto broken;
 		if (!PQisBusy(p->conn))
-			break;
+			return 0;
 		left = deadline - now_monotonic_ms();
 		if (left <= 0) {
 			store_err(&p->s,
 			    "no answer from the database within %llds",
 			    CLIENT_TIMEOUT_MS / MS_PER_S);
 			pg_failed_connection(p);
-			return NULL;
+			return -1;
 		}
 		if (poll(&pfd, 1, (int)(left > 1000 ? 1000 : left)) == -1 &&
 		    errno != EINTR)
 			goto broken;
 	}
-	while ((r = PQgetResult(p->conn)) != NULL) {
-		PQclear(res);
-		res = r;
-	}
-	st = PQresultStatus(res);
-	if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
-		return res;
-	pg_err(p, "query failed", PQresultErrorMessage(res));
-	PQclear(res);
-	if (PQstatus(p->conn) == CONNECTION_BAD)
-		pg_failed_connection(p);
-	return NULL;
 broken:
 	pg_err(p, "connection lost", PQerrorMessage(p->conn));
-	PQclear(res);
 	pg_failed_connection(p);
-	return NULL;
+	return -1;
+}
+
+/*
+ * Sends n statements in one round trip (libpq's pipeline mode, one Sync:
+ * no server-side prepared statement, only the unnamed one of each) and
+ * waits at most CLIENT_TIMEOUT_MS for all their answers. Fills res[i]
+ * with each statement's result, for the caller to PQclear(), and returns
+ * 0; or -1 with the first error recorded and no result kept. A broken or
+ * hung connection is dropped. After an error inside a transaction, the
+ * caller rolls it back (pg_abort()).
+ */
+static int
+pg_run(struct store_pg *p, int n, const struct stmt *q, PGresult **res)
+{
+	long long deadline = now_monotonic_ms() + CLIENT_TIMEOUT_MS;
+	PGresult *r;
+	ExecStatusType st;
+	int i, bad = -1;
+
+	for (i = 0; i < n; i++)
+		res[i] = NULL;
+	if (!PQenterPipelineMode(p->conn))
+		goto broken;
+	for (i = 0; i < n; i++)
+		if (!PQsendQueryParams(p->conn, q[i].sql, q[i].n, NULL,
+			q[i].params, NULL, NULL, 0))
+			goto broken;
+	if (!PQpipelineSync(p->conn))
+		goto broken;
+	/* Each statement's results end with a NULL; then the Sync's. */
+	for (i = 0; i <= n;) {
+		if (pg_wait(p, deadline) == -1)
+			goto dropped;
+		r = PQgetResult(p->conn);
+		if (i == n) {
+			if (r == NULL ||
+			    PQresultStatus(r) != PGRES_PIPELINE_SYNC) {
+				PQclear(r);
+				goto broken;
+			}
+			PQclear(r);
+			break;
+		}
+		if (r == NULL) {
+			i++;
+			continue;
+		}
+		PQclear(res[i]);
+		res[i] = r;
+		st = PQresultStatus(r);
+		if (bad == -1 && st != PGRES_COMMAND_OK &&
+		    st != PGRES_TUPLES_OK)
+			bad = i;
+	}
+	if (!PQexitPipelineMode(p->conn))
+		goto broken;
+	if (bad == -1)
+		return 0;
+	pg_err(p, "query failed", PQresultErrorMessage(res[bad]));
+	for (i = 0; i < n; i++) {
+		PQclear(res[i]);
+		res[i] = NULL;
+	}
+	if (PQstatus(p->conn) == CONNECTION_BAD)
+		pg_failed_connection(p);
+	return -1;
+broken:
+	pg_err(p, "connection lost", PQerrorMessage(p->conn));
+	pg_failed_connection(p);
+dropped:
+	for (i = 0; i < n; i++) {
+		PQclear(res[i]);
+		res[i] = NULL;
+	}
+	return -1;
+}
+
+/* One statement: its result, or NULL with the error recorded. */
+static PGresult *
+pg_exec(struct store_pg *p, const char *sql, int n, const char *const *vals)
+{
+	struct stmt q = { sql, n, vals };
+	PGresult *res;
+
+	return pg_run(p, 1, &q, &res) == 0 ? res : NULL;
 }
 
 /* Connects if needed, not before the backoff allows. */
@@ -249,42 +325,75 @@ pg_commit(struct store_pg *p)
 }
 
 /*
- * Opens a transaction and sets, for it alone (SET LOCAL), the zone naive
- * timestamps are read in and the statement and lock timeouts, as
- * parameters. With elect (and a leader key), it also tries the leader's
- * lock, which the end of the transaction releases: so through a pooler
- * no setting and no lock is left on a server connection that the API's
- * queries get next, and a leader that dies is replaced at once. Returns
- * 1 in the transaction (leading, or not electing), 0 when another
- * instance holds the lock (the transaction is closed again), -1.
+ * The statement that opens each transaction's work: it sets, for that
+ * transaction alone (SET LOCAL), the zone naive timestamps are read in
+ * and the statement and lock timeouts, as parameters; when electing (and
+ * a leader key is set) it also tries the leader's lock, which the end of
+ * the transaction releases. So through a pooler no setting and no lock
+ * is left on a server connection that the API's queries get next, and a
+ * leader that dies is replaced at once.
+ */
+struct setup {
+	char key[32];
+	const char *params[4];
+	int elect;
+	struct stmt q;
+};
+
+static void
+setup_init(struct store_pg *p, int elect, struct setup *u)
+{
+	const struct config *cfg = p->s.cfg;
+
+	u->elect = elect && cfg->leader_key != 0;
+	snprintf(u->key, sizeof(u->key), "%lld", cfg->leader_key);
+	u->params[0] = cfg->db_timezone;
+	u->params[1] = STATEMENT_TIMEOUT;
+	u->params[2] = LOCK_TIMEOUT;
+	u->params[3] = u->key;
+	u->q.sql = SET_LOCAL;
+	u->q.n = 3;
+	if (u->elect) {
+		u->q.sql = SET_LOCAL ", pg_try_advisory_xact_lock($4::bigint)";
+		u->q.n = 4;
+	}
+	u->q.params = u->params;
+}
+
+/* 1 if this transaction may go on: it leads, or it does not elect. */
+static int
+setup_led(const struct setup *u, const PGresult *res)
+{
+	int led = !u->elect || strcmp(PQgetvalue(res, 0, 3), "t") == 0;
+
+	return led;
+}
+
+/*
+ * Opens a transaction (BEGIN and the setup, one round trip). Returns 1
+ * in the transaction, 0 when another instance holds the leader's lock
+ * (the transaction is closed again), -1.
  */
 static int
 pg_begin(struct store_pg *p, int elect)
 {
-	const struct config *cfg = p->s.cfg;
-	char key[32];
-	const char *params[] = { cfg->db_timezone, STATEMENT_TIMEOUT,
-		LOCK_TIMEOUT, key };
-	PGresult *res;
+	struct setup u;
+	struct stmt q[2];
+	PGresult *res[2];
 	int led;
 
 	if (pg_connect(p) == -1)
 		return -1;
-	if ((res = pg_exec(p, "BEGIN", 0, NULL)) == NULL)
-		return -1;
-	PQclear(res);
-	elect = elect && cfg->leader_key != 0;
-	snprintf(key, sizeof(key), "%lld", cfg->leader_key);
-	res = pg_exec(p,
-	    elect ? SET_LOCAL ", pg_try_advisory_xact_lock($4::bigint)"
-		  : SET_LOCAL,
-	    elect ? 4 : 3, params);
-	if (res == NULL) {
+	setup_init(p, elect, &u);
+	q[0] = (struct stmt){ "BEGIN", 0, NULL };
+	q[1] = u.q;
+	if (pg_run(p, 2, q, res) == -1) {
 		pg_abort(p);
 		return -1;
 	}
-	led = !elect || strcmp(PQgetvalue(res, 0, 3), "t") == 0;
-	PQclear(res);
+	led = setup_led(&u, res[1]);
+	PQclear(res[0]);
+	PQclear(res[1]);
 	if (!led) {
 		pg_abort(p);
 		return 0;
@@ -292,7 +401,52 @@ pg_begin(struct store_pg *p, int elect)
 	return 1;
 }
 
-/* One read-only operation in one transaction, without election. */
+#define READ_MAX 2
+
+/*
+ * Reads in one transaction and one round trip: BEGIN, the setup, the n
+ * statements, COMMIT. Fills res with their results (the caller clears
+ * them) and returns 1; 0 when another instance holds the leader's lock
+ * (what was read is dropped; it took no lock); -1.
+ */
+static int
+pg_read(
+    struct store_pg *p, int elect, int n, const struct stmt *q, PGresult **res)
+{
+	struct stmt all[READ_MAX + 3];
+	PGresult *r[READ_MAX + 3];
+	struct setup u;
+	int i, led;
+
+	if (n > READ_MAX) {
+		store_err(&p->s, "internal error: %d statements to read", n);
+		return -1;
+	}
+	if (pg_connect(p) == -1)
+		return -1;
+	setup_init(p, elect, &u);
+	all[0] = (struct stmt){ "BEGIN", 0, NULL };
+	all[1] = u.q;
+	for (i = 0; i < n; i++)
+		all[i + 2] = q[i];
+	all[n + 2] = (struct stmt){ "COMMIT", 0, NULL };
+	if (pg_run(p, n + 3, all, r) == -1) {
+		pg_abort(p);
+		return -1;
+	}
+	led = setup_led(&u, r[1]);
+	PQclear(r[0]);
+	PQclear(r[1]);
+	PQclear(r[n + 2]);
+	for (i = 0; i < n; i++) {
+		res[i] = led ? r[i + 2] : NULL;
+		if (!led)
+			PQclear(r[i + 2]);
+	}
+	return led;
+}
+
+/* Statements that depend on each other's answers, in one transaction. */
 static int
 pg_in_tx(struct store_pg *p, int (*fn)(struct store_pg *, void *), void *arg)
 {
@@ -367,26 +521,25 @@ static int
 end_batch(struct store_pg *p, const char *sql, const char *const *params,
     int nparams, const struct ending *e)
 {
-	PGresult *res;
+	struct stmt q[2] = { { sql, nparams, params }, { "COMMIT", 0, NULL } };
+	PGresult *res[2];
 	long long t0;
 	int rows, r;
 
 	if ((r = pg_begin(p, e->req->elect)) != 1)
 		return r == 0 ? BATCH_LOST : -1;
+	/* The commit goes with the statement: the locks last one trip. */
 	t0 = now_monotonic_ms();
-	if ((res = pg_exec(p, sql, nparams, params)) == NULL) {
+	if (pg_run(p, 2, q, res) == -1) {
 		pg_abort(p);
 		return -1;
 	}
-	if (pg_commit(p) == -1) {
-		PQclear(res);
-		return -1;
-	}
-	rows = PQntuples(res);
+	rows = PQntuples(res[0]);
 	log_event(LVL_DEBUG, EV_DB_BATCH, (long)rows,
 	    (long)(now_monotonic_ms() - t0));
-	tell_rows(p, res, e);
-	PQclear(res);
+	tell_rows(p, res[0], e);
+	PQclear(res[0]);
+	PQclear(res[1]);
 	return rows;
 }
 
@@ -426,6 +579,7 @@ end_by_address(struct store_pg *p, const struct by_address *q,
 	const struct config *cfg = p->s.cfg;
 	char look[2048], sql[3072], limit[32], *tids = NULL;
 	PGresult *found = NULL;
+	struct stmt lq;
 	long long t0, max_look;
 	int i, j, n, rows, ended, r, rc = -1, addr = q->addr - 1, looks = 0;
 	size_t len, cap;
@@ -446,20 +600,15 @@ end_by_address(struct store_pg *p, const struct by_address *q,
 	/* "(4294967295,65535)" quoted, and a comma: at most 21 bytes each. */
 	cap = (size_t)cfg->batch * 21 + 3;
 	do {
-		if ((r = pg_begin(p, e->req->elect)) != 1) {
+		params[addr] = limit;
+		t0 = now_monotonic_ms();
+		/* The look takes the parameters up to its limit. */
+		lq = (struct stmt){ look, addr + 1, params };
+		if ((r = pg_read(p, e->req->elect, 1, &lq, &found)) != 1) {
 			rc = r == -1 ? -1 : looks > 0;
 			goto fail;
 		}
 		looks++;
-		params[addr] = limit;
-		t0 = now_monotonic_ms();
-		/* The look takes the parameters up to its limit. */
-		if ((found = pg_exec(p, look, addr + 1, params)) == NULL) {
-			pg_abort(p);
-			goto fail;
-		}
-		if (pg_commit(p) == -1)
-			goto fail;
 		n = PQntuples(found);
 		log_event(LVL_DEBUG, EV_DB_LOOK, (long)n,
 		    (long)(now_monotonic_ms() - t0));
@@ -512,7 +661,8 @@ end_rows(struct store_pg *p, const char *status, const char *cond,
 	char age[64], msg[256];
 	const char *params[5] = { status, age, NULL, cfg->error_status, msg };
 	struct ending e = { c, kind, status, 0, req };
-	struct by_address q = { where, where, recheck, set, ret, 3 };
+	struct by_address by = { where, where, recheck, set, ret, 3 };
+	struct stmt q;
 	PGresult *res;
 	int r;
 
@@ -522,16 +672,9 @@ end_rows(struct store_pg *p, const char *status, const char *cond,
 	if (req->dry_run) {
 		snprintf(sql, sizeof(sql), "SELECT %s FROM %s WHERE %s", p->id,
 		    p->table, where);
-		if ((r = pg_begin(p, req->elect)) != 1)
+		q = (struct stmt){ sql, 2, params };
+		if ((r = pg_read(p, req->elect, 1, &q, &res)) != 1)
 			return r;
-		if ((res = pg_exec(p, sql, 2, params)) == NULL) {
-			pg_abort(p);
-			return -1;
-		}
-		if (pg_commit(p) == -1) {
-			PQclear(res);
-			return -1;
-		}
 		tell_rows(p, res, &e);
 		PQclear(res);
 		return 1;
@@ -540,7 +683,7 @@ end_rows(struct store_pg *p, const char *status, const char *cond,
 	snprintf(set, sizeof(set), "%s = $4, %s = $5, %s = now()", p->status,
 	    p->error, p->updated);
 	snprintf(ret, sizeof(ret), "t.%s", p->id);
-	return end_by_address(p, &q, params, 5, &e);
+	return end_by_address(p, &by, params, 5, &e);
 }
 
 /*
@@ -626,60 +769,54 @@ pg_force(struct store *s, const struct store_req *req, struct store_counts *c)
 }
 
 static int
-stats_in_tx(struct store_pg *p, void *arg)
+pg_stats(struct store *s, struct store_stats *out)
 {
-	const struct config *cfg = p->s.cfg;
-	struct store_stats *out = arg;
+	struct store_pg *p = (struct store_pg *)s;
+	const struct config *cfg = s->cfg;
 	const char *params[] = { cfg->running_status, cfg->queued_status };
-	char sql[1024];
-	PGresult *res;
+	char by_status[1024], active[1024];
+	struct stmt q[2] = { { by_status, 0, NULL }, { active, 2, params } };
+	PGresult *res[2];
 	int i;
 
-	snprintf(sql, sizeof(sql),
+	out->active = 0;
+	out->oldest_s = out->oldest_running_s = out->oldest_queued_s = -1;
+	snprintf(by_status, sizeof(by_status),
 	    "SELECT %s, count(*) FROM %s WHERE %s >= now() - interval "
 	    "'24 hours' GROUP BY 1 ORDER BY 1",
 	    p->status, p->table, p->created);
-	if ((res = pg_exec(p, sql, 0, NULL)) == NULL)
-		return -1;
-	for (i = 0; i < PQntuples(res); i++)
-		json_object_set_new(out->by_status,
-		    PQgetisnull(res, i, 0) ? "null" : PQgetvalue(res, i, 0),
-		    json_integer(strtoll(PQgetvalue(res, i, 1), NULL, 10)));
-	PQclear(res);
-
 	/* One look at the active rows gives the counts and the deadlines. */
-	snprintf(sql, sizeof(sql),
+	snprintf(active, sizeof(active),
 	    "SELECT %s, count(*), extract(epoch FROM now() - min(%s)) FROM %s "
 	    "WHERE %s IN ($1, $2) GROUP BY 1",
 	    p->status, p->updated, p->table, p->status);
-	if ((res = pg_exec(p, sql, 2, params)) == NULL)
+	if (pg_read(p, 0, 2, q, res) == -1)
 		return -1;
-	for (i = 0; i < PQntuples(res); i++)
-		stats_add_active(cfg, out, PQgetvalue(res, i, 0),
-		    strtol(PQgetvalue(res, i, 1), NULL, 10),
-		    PQgetisnull(res, i, 2)
+	for (i = 0; i < PQntuples(res[0]); i++)
+		json_object_set_new(out->by_status,
+		    PQgetisnull(res[0], i, 0) ? "null"
+					      : PQgetvalue(res[0], i, 0),
+		    json_integer(strtoll(PQgetvalue(res[0], i, 1), NULL, 10)));
+	for (i = 0; i < PQntuples(res[1]); i++)
+		stats_add_active(cfg, out, PQgetvalue(res[1], i, 0),
+		    strtol(PQgetvalue(res[1], i, 1), NULL, 10),
+		    PQgetisnull(res[1], i, 2)
 			? -1
-			: strtod(PQgetvalue(res, i, 2), NULL));
-	PQclear(res);
+			: strtod(PQgetvalue(res[1], i, 2), NULL));
+	PQclear(res[0]);
+	PQclear(res[1]);
 	return 0;
 }
 
 static int
-pg_stats(struct store *s, struct store_stats *out)
+pg_next_due(struct store *s, double *secs)
 {
-	out->active = 0;
-	out->oldest_s = out->oldest_running_s = out->oldest_queued_s = -1;
-	return pg_in_tx((struct store_pg *)s, stats_in_tx, out);
-}
-
-static int
-next_due_in_tx(struct store_pg *p, void *arg)
-{
-	const struct config *cfg = p->s.cfg;
-	double *secs = arg;
+	struct store_pg *p = (struct store_pg *)s;
+	const struct config *cfg = s->cfg;
 	char sql[1024], rt[64], qt[64];
 	const char *params[] = { cfg->running_status, rt, cfg->queued_status,
 		qt };
+	struct stmt q = { sql, 4, params };
 	PGresult *res;
 	int found;
 
@@ -691,19 +828,13 @@ next_due_in_tx(struct store_pg *p, void *arg)
 	    "%s = $1) + $2::interval, (SELECT min(%s) FROM %s WHERE %s = $3) "
 	    "+ $4::interval) - now())",
 	    p->updated, p->table, p->status, p->updated, p->table, p->status);
-	if ((res = pg_exec(p, sql, 4, params)) == NULL)
+	if (pg_read(p, 0, 1, &q, &res) == -1)
 		return -1;
 	found = !PQgetisnull(res, 0, 0);
 	if (found)
 		*secs = strtod(PQgetvalue(res, 0, 0), NULL);
 	PQclear(res);
 	return found;
-}
-
-static int
-pg_next_due(struct store *s, double *secs)
-{
-	return pg_in_tx((struct store_pg *)s, next_due_in_tx, secs);
 }
 
 static int

@@ -386,7 +386,7 @@ def test_outage_is_logged_once_and_survived(tmp_path, daemons):
     try:
         env = pgenv(tmp_path, cluster)
         s = env.store
-        seed_counted_orphans(s, 400, 0.01)  # 100 rows a batch: about 1 s
+        seed_counted_orphans(s, 600, 0.01)  # 100 rows a batch: about 1 s
         d = daemons(env, LIMPEZA_INTERVAL="200ms", LIMPEZA_ERROR_BACKOFF="200ms",
                     LIMPEZA_BATCH="100", LIMPEZA_LOG_LEVEL="debug")
         d.wait_for("Lote no banco: 100 jobs")
@@ -423,7 +423,7 @@ def test_outage_is_logged_once_and_survived(tmp_path, daemons):
         assert cut, "the stop did not land in a batch"
         assert kept <= updated
         # and the database kept each of them once
-        assert updates_counted(s) == (401, 401, 1)
+        assert updates_counted(s) == (601, 601, 1)
         assert d.stderr().count("❌ Erro no banco (postgresql)") == 1
         assert d.stop() == 0
     finally:
@@ -621,7 +621,7 @@ def test_secrets_never_printed(tmp_path, pg, daemons, template, spelled):
     pg.sql("DROP ROLE %s" % user)
 
 
-def test_sqlite_url_and_ssl_parameters(tmp_path, pg):
+def test_url_parameters_reach_libpq(tmp_path, pg):
     """URL parameters reach libpq: this server has no SSL."""
     env = pgenv(tmp_path, pg)
     p = env.run("once", DATABASE_URL=env.store.url + "?sslmode=require")
