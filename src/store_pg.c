@@ -640,6 +640,8 @@ end_by_address(struct store_pg *p, const struct by_address *q,
 	} while (n == max_look && ended > 0);
 	rc = 1;
 fail:
+	/* The caller's array must not keep our buffers' addresses. */
+	params[addr] = NULL;
 	PQclear(found);
 	free(tids);
 	return rc;
