@@ -14,6 +14,8 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <libpq-fe.h>
+
 #include "limpeza.h"
 
 enum setting_type {
@@ -409,85 +411,226 @@ is_libpq_conninfo(const char *s)
 	return n > 0 && s[n] == '=';
 }
 
+/* Appends n bytes to an output buffer; o->failed once it is full. */
+struct out {
+	char *buf;
+	size_t len, o;
+	int failed;
+};
+
+static void
+out_put(struct out *o, const char *s, size_t n)
+{
+	if (o->failed || o->o + n >= o->len) {
+		o->failed = 1;
+		return;
+	}
+	memcpy(o->buf + o->o, s, n);
+	o->o += n;
+	o->buf[o->o] = '\0';
+}
+
+static void
+out_str(struct out *o, const char *s)
+{
+	out_put(o, s, strlen(s));
+}
+
+/* A value in a URL: unreserved bytes as they are, the rest %XX. */
+static void
+out_url_value(struct out *o, const char *v, const char *keep)
+{
+	char hex[4];
+
+	for (; *v != '\0'; v++) {
+		if (isalnum((unsigned char)*v) || strchr("-._~", *v) != NULL ||
+		    strchr(keep, *v) != NULL)
+			out_put(o, v, 1);
+		else {
+			snprintf(hex, sizeof(hex), "%%%02X", (unsigned char)*v);
+			out_put(o, hex, 3);
+		}
+	}
+}
+
+/* A value in key=value form, quoted when libpq would need the quotes. */
+static void
+out_kv_value(struct out *o, const char *v)
+{
+	if (*v != '\0' && strpbrk(v, " \t\n\r\f\v'\\") == NULL) {
+		out_str(o, v);
+		return;
+	}
+	out_put(o, "'", 1);
+	for (; *v != '\0'; v++) {
+		if (*v == '\'' || *v == '\\')
+			out_put(o, "\\", 1);
+		out_put(o, v, 1);
+	}
+	out_put(o, "'", 1);
+}
+
+static int
+is_secret_option(const char *keyword)
+{
+	return strcmp(keyword, "password") == 0 ||
+	    strcmp(keyword, "sslpassword") == 0;
+}
+
+static const char *
+option_value(const PQconninfoOption *opts, const char *keyword)
+{
+	for (; opts->keyword != NULL; opts++)
+		if (strcmp(opts->keyword, keyword) == 0)
+			return opts->val;
+	return NULL;
+}
+
 /*
- * Replaces the password of a URL (user:PASSWORD@) and any password=VALUE
- * parameter by ***, so that a database URL can be shown anywhere.
+ * The connection string again, built from what libpq's own parser made
+ * of it, every password shown as ***: no byte of the output comes from
+ * a password, however the text spells it (quoted, escaped,
+ * percent-encoded, given twice). A URL stays a URL.
+ */
+static void
+mask_rebuild(const char *url, const PQconninfoOption *opts, struct out *o)
+{
+	const char *user = option_value(opts, "user");
+	const char *pw = option_value(opts, "password");
+	const char *host = option_value(opts, "host");
+	const char *port = option_value(opts, "port");
+	const char *db = option_value(opts, "dbname");
+	const PQconninfoOption *k;
+	int is_url = strncmp(url, "postgres://", 11) == 0 ||
+	    strncmp(url, "postgresql://", 13) == 0;
+	/* One host and port fit the authority; a list goes to the query. */
+	int in_auth = host != NULL && *host != '\0' && *host != '/' &&
+	    strchr(host, ',') == NULL &&
+	    (port == NULL || strchr(port, ',') == NULL);
+	char sep = '?';
+
+	if (!is_url) {
+		for (k = opts; k->keyword != NULL; k++) {
+			if (k->val == NULL)
+				continue;
+			if (o->o > 0)
+				out_put(o, " ", 1);
+			out_str(o, k->keyword);
+			out_put(o, "=", 1);
+			if (is_secret_option(k->keyword))
+				out_str(o, "***");
+			else
+				out_kv_value(o, k->val);
+		}
+		return;
+	}
+	out_put(o, url, (size_t)(strchr(url, ':') - url));
+	out_str(o, "://");
+	if (user != NULL || pw != NULL) {
+		if (user != NULL)
+			out_url_value(o, user, "");
+		if (pw != NULL)
+			out_str(o, ":***");
+		out_put(o, "@", 1);
+	}
+	if (in_auth) {
+		if (strchr(host, ':') != NULL) {
+			out_put(o, "[", 1);
+			out_url_value(o, host, ":");
+			out_put(o, "]", 1);
+		} else
+			out_url_value(o, host, "");
+		if (port != NULL) {
+			out_put(o, ":", 1);
+			out_url_value(o, port, "");
+		}
+	}
+	if (db != NULL) {
+		out_put(o, "/", 1);
+		out_url_value(o, db, "");
+	}
+	for (k = opts; k->keyword != NULL; k++) {
+		if (k->val == NULL || strcmp(k->keyword, "user") == 0 ||
+		    strcmp(k->keyword, "password") == 0 ||
+		    strcmp(k->keyword, "dbname") == 0 ||
+		    (in_auth &&
+			(strcmp(k->keyword, "host") == 0 ||
+			    strcmp(k->keyword, "port") == 0)))
+			continue;
+		out_put(o, &sep, 1);
+		sep = '&';
+		out_str(o, k->keyword);
+		out_put(o, "=", 1);
+		if (is_secret_option(k->keyword))
+			out_str(o, "***");
+		else
+			out_url_value(o, k->val, "/,:");
+	}
+}
+
+/*
+ * Without libpq's parser (libpq not loaded, or a text it rejects), print
+ * nothing that might be a password: in a URL everything from the first
+ * ':' of its authority to its last '@', and from the first word
+ * "password" on (a parameter, a keyword, sslpassword), all the rest.
+ */
+static void
+mask_fallback(const char *url, struct out *o)
+{
+	const char *auth = strstr(url, "://"), *at, *colon, *p = url, *pw;
+
+	if (auth != NULL &&
+	    (auth == url ||
+		strspn(url,
+		    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+		    "0123456789+.-") != (size_t)(auth - url)))
+		auth = NULL;
+	if (auth != NULL) {
+		auth += 3;
+		at = strrchr(auth, '@');
+		colon =
+		    at != NULL ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+		if (colon != NULL) {
+			out_put(o, url, (size_t)(colon - url));
+			out_str(o, ":***");
+			p = at;
+		}
+	}
+	pw = strcasestr(p, "password");
+	if (pw == NULL) {
+		out_str(o, p);
+		return;
+	}
+	out_put(o, p, (size_t)(pw - p));
+	out_str(o, "password=***");
+}
+
+/*
+ * A database URL as it may be shown anywhere: libpq's own parser
+ * (PQconninfoParse) decides what the password is, for URLs and key=value
+ * strings alike, and the password is shown as ***. Returns -1 if the
+ * result did not fit (it is then cut).
  */
 int
 config_mask_url(const char *url, char *buf, size_t len)
 {
-	const char *p, *auth, *end, *at, *colon, *q;
-	size_t o = 0;
-
-#define PUT(ptr, n)                         \
-	do {                                \
-		size_t n_ = (n);            \
-		if (o + n_ >= len)          \
-			goto fail;          \
-		memcpy(buf + o, (ptr), n_); \
-		o += n_;                    \
-	} while (0)
+	struct out o = { buf, len, 0, 0 };
+	PQconninfoOption *opts = NULL;
+	char err[256];
 
 	if (len == 0)
 		return -1;
-	p = url;
-	/* user:password@ only counts in a URL: scheme:// at the start. */
-	auth = strstr(url, "://");
-	if (auth != NULL &&
-	    (auth == url || !isalpha((unsigned char)url[0]) ||
-		strspn(url,
-		    "abcdefghijklmnopqrstuvwxyz"
-		    "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-") !=
-		    (size_t)(auth - url)))
-		auth = NULL;
-	if (auth != NULL) {
-		auth += 3;
-		end = auth + strcspn(auth, "/?#");
-		at = NULL;
-		for (q = auth; q < end; q++)
-			if (*q == '@')
-				at = q;
-		if (at != NULL) {
-			colon = memchr(auth, ':', (size_t)(at - auth));
-			if (colon != NULL) {
-				PUT(url, (size_t)(colon - url) + 1);
-				PUT("***", 3);
-				p = at;
-			}
-		}
-	}
-	while (*p != '\0') {
-		if (strncasecmp(p, "password", 8) == 0) {
-			q = p + 8;
-			while (*q == ' ')
-				q++;
-			if (*q == '=') {
-				q++;
-				while (*q == ' ')
-					q++;
-				PUT(p, (size_t)(q - p));
-				PUT("***", 3);
-				if (*q == '\'') {
-					for (q++; *q != '\0' && *q != '\''; q++)
-						if (*q == '\\' && q[1] != '\0')
-							q++;
-					if (*q == '\'')
-						q++;
-				} else
-					q += strcspn(q, " &#");
-				p = q;
-				continue;
-			}
-		}
-		PUT(p, 1);
-		p++;
-	}
-	buf[o] = '\0';
-	return 0;
-fail:
-	buf[len - 1] = '\0';
-	return -1;
-#undef PUT
+	*buf = '\0';
+	if (strncmp(url, "sqlite:", 7) == 0)
+		out_str(&o, url);
+	else if (*url != '\0' && libs_pq(err, sizeof(err)) == 0 &&
+	    (opts = PQconninfoParse(url, NULL)) != NULL)
+		mask_rebuild(url, opts, &o);
+	else
+		mask_fallback(url, &o);
+	if (opts != NULL)
+		PQconninfoFree(opts);
+	return o.failed ? -1 : 0;
 }
 
 static int

@@ -30,6 +30,7 @@ struct cycle {
 	struct store *store;
 	struct outage store_out;
 	struct outage api_out;
+	int elect; /* a daemon: reap a shared store only while leading */
 	int leading; /* last answer of the election, -1 before the first */
 	int dry;
 	long long count;
@@ -39,13 +40,18 @@ struct cycle {
 	char status[256];
 };
 
+/*
+ * elect: a daemon, one of several sharing the store, which reaps it only
+ * while it leads; `limpeza once` does not elect and always reaps.
+ */
 struct cycle *
-cycle_new(const struct config *cfg)
+cycle_new(const struct config *cfg, int elect)
 {
 	struct cycle *c = calloc(1, sizeof(*c));
 
 	if (c == NULL)
 		fatalx_oom();
+	c->elect = elect;
 	c->cache = cache_new();
 	c->jobs_active = -1;
 	c->leading = -1;
@@ -163,23 +169,27 @@ store_result(struct cycle *c, int ok)
 		metrics_step_failed("store");
 }
 
-/*
- * Asks the store whether this daemon leads; says so in the log when that
- * changes, so followers log once, not every cycle.
- */
+/* Whether this cycle's store holds an election among daemons. */
 static int
-store_lead(struct cycle *c)
+store_elects(const struct cycle *c)
 {
-	int lead;
+	return c->store != NULL && c->store->ops->elects && c->elect &&
+	    c->cfg->leader_key != 0;
+}
 
-	if (c->store->ops->lead == NULL)
-		return 1;
-	lead = c->store->ops->lead(c->store);
-	if (lead != -1 && lead != c->leading)
+/*
+ * Notes the outcome of an election (1 leading, 0 another instance
+ * leads), which every reaping transaction holds anew; the log says so
+ * when it changes, so a follower says it once, not every cycle.
+ */
+static void
+store_role(struct cycle *c, int lead)
+{
+	if (!store_elects(c))
+		return;
+	if (lead != c->leading)
 		log_event(LVL_INFO, lead ? EV_LEADER : EV_FOLLOWER);
-	if (lead != -1)
-		c->leading = lead;
-	return lead;
+	c->leading = lead;
 }
 
 /* The cache step: stale jobs out of the API's cache file. */
@@ -246,18 +256,18 @@ step_store(struct cycle *c, long *reaped)
 {
 	const struct config *cfg = c->cfg;
 	struct store_counts n = { 0, 0, 0 };
+	struct store_req req = { c->dry, c->elect, db_job, c };
 	struct store_stats st;
 	char rt[32], qt[32];
 	int lead;
 
 	if (c->store == NULL)
 		return 0;
-	lead = store_lead(c);
+	lead = c->store->ops->reap(c->store, &req, &n);
 	if (lead == -1)
 		goto fail;
+	store_role(c, lead);
 	if (lead == 1) {
-		if (c->store->ops->reap(c->store, c->dry, &n, db_job, c) == -1)
-			goto fail;
 		config_format_duration(cfg->running_ttl, rt, sizeof(rt));
 		config_format_duration(cfg->queued_ttl, qt, sizeof(qt));
 		log_event(LVL_INFO, EV_DB_CLEANED, rt, n.running, qt, n.queued);
@@ -273,7 +283,8 @@ step_store(struct cycle *c, long *reaped)
 	}
 	log_event(LVL_INFO, EV_DB_STATS, st.by_status);
 	json_decref(st.by_status);
-	if (lead == 1)
+	/* A dry run ends nothing: deadline wake-ups would only spin. */
+	if (lead == 1 && !c->dry)
 		store_due_from_stats(c, &st);
 	store_result(c, 1);
 	return 0;
@@ -290,20 +301,20 @@ static int
 step_force(struct cycle *c, long long jobs, long *ended)
 {
 	struct store_counts n = { 0, 0, 0 };
+	struct store_req req = { c->dry, c->elect, db_job, c };
 	struct cache_result cr;
 	char msg[256];
 	int rc = 0, lead;
 
 	if (c->store != NULL) {
-		lead = store_lead(c);
-		if (lead == -1 ||
-		    (lead == 1 &&
-			c->store->ops->force(c->store, c->dry, &n, db_job, c) ==
-			    -1)) {
+		lead = c->store->ops->force(c->store, &req, &n);
+		if (lead == -1) {
 			store_result(c, 0);
 			rc = -1;
-		} else
+		} else {
+			store_role(c, lead);
 			store_result(c, 1);
+		}
 	}
 	if (cache_reap(c->cache, c->cfg, 1, c->dry, &cr) == -1) {
 		metrics_step_failed("cache");
@@ -384,22 +395,34 @@ int
 cycle_reap_due(struct cycle *c)
 {
 	struct store_counts n = { 0, 0, 0 };
+	struct store_req req = { 0, c->elect, db_job, c };
 	long reaped = 0;
-	int failed = 0;
+	int failed = 0, lead;
 
 	c->dry = c->cfg->dry_run != 0;
+	req.dry_run = c->dry;
 	if (step_cache(c, &reaped) == -1)
 		failed = 1;
 	if (c->store != NULL && c->store_due != LLONG_MAX &&
 	    !c->store_out.down) {
-		if (c->store->ops->reap(c->store, c->dry, &n, db_job, c) ==
-		    -1) {
+		lead = c->store->ops->reap(c->store, &req, &n);
+		if (lead == -1) {
 			store_result(c, 0);
 			c->store_due = LLONG_MAX;
 			failed = 1;
-		} else {
+		} else if (n.running + n.queued > 0) {
+			store_role(c, lead);
 			reaped += n.running + n.queued;
 			store_refresh_due(c);
+		} else {
+			/*
+			 * Nothing ended: the row is held by a writer's
+			 * transaction (SKIP LOCKED), or another instance
+			 * leads. Waking again soon would only spin; the next
+			 * regular cycle looks again.
+			 */
+			store_role(c, lead);
+			c->store_due = LLONG_MAX;
 		}
 	}
 	c->reaped_total += reaped;
@@ -478,11 +501,7 @@ cycle_run(struct cycle *c, int force, int (*stop)(void))
 	metrics_cycle((double)(now_monotonic_ms() - t0) / MS_PER_S, !failed);
 	metrics_gauges(c->jobs_active,
 	    c->store == NULL ? -1 : !c->store_out.down,
-	    c->store == NULL || c->store->ops->lead == NULL ||
-		    cfg->leader_key == 0
-		? -1
-		: c->leading,
-	    cfg->interval);
+	    store_elects(c) ? c->leading : -1, cfg->interval);
 	*api = '\0';
 	if (c->jobs_active >= 0)
 		snprintf(

@@ -34,9 +34,13 @@
 #define PQ_FUNCS(X)             \
 	X(PQconnectdbParams)    \
 	X(PQstatus)             \
+	X(PQtransactionStatus)  \
 	X(PQerrorMessage)       \
 	X(PQfinish)             \
 	X(PQsendQueryParams)    \
+	X(PQenterPipelineMode)  \
+	X(PQexitPipelineMode)   \
+	X(PQpipelineSync)       \
 	X(PQsocket)             \
 	X(PQconsumeInput)       \
 	X(PQisBusy)             \
@@ -136,6 +140,12 @@ PQstatus(const PGconn *conn)
 	return p_PQstatus(conn);
 }
 
+PGTransactionStatusType
+PQtransactionStatus(const PGconn *conn)
+{
+	return p_PQtransactionStatus(conn);
+}
+
 char *
 PQerrorMessage(const PGconn *conn)
 {
@@ -155,6 +165,24 @@ PQsendQueryParams(PGconn *conn, const char *command, int n, const Oid *types,
 {
 	return p_PQsendQueryParams(
 	    conn, command, n, types, values, lengths, formats, result_format);
+}
+
+int
+PQenterPipelineMode(PGconn *conn)
+{
+	return p_PQenterPipelineMode(conn);
+}
+
+int
+PQexitPipelineMode(PGconn *conn)
+{
+	return p_PQexitPipelineMode(conn);
+}
+
+int
+PQpipelineSync(PGconn *conn)
+{
+	return p_PQpipelineSync(conn);
 }
 
 int

@@ -269,7 +269,7 @@ void alert_send(const char *, long, const char *);
 
 /* cycle.c */
 struct cycle;
-struct cycle *cycle_new(const struct config *);
+struct cycle *cycle_new(const struct config *, int);
 void cycle_free(struct cycle *);
 void cycle_set_config(struct cycle *, const struct config *);
 int cycle_run(struct cycle *, int, int (*)(void));

@@ -189,7 +189,7 @@ cmd_run(struct config *cfg, const struct config_args *args)
 	wd_ms = notify_watchdog_ms();
 	log_startup(cfg);
 	start_services(cfg);
-	cy = cycle_new(cfg);
+	cy = cycle_new(cfg, 1);
 	next = now_monotonic_ms();
 	for (;;) {
 		if (wd_ms > 0)
@@ -252,7 +252,7 @@ cmd_run(struct config *cfg, const struct config_args *args)
 static int
 cmd_once(struct config *cfg, int force)
 {
-	struct cycle *cy = cycle_new(cfg);
+	struct cycle *cy = cycle_new(cfg, 0);
 	int rc;
 
 	alert_start(cfg->alert_webhook);

@@ -23,6 +23,19 @@ struct store {
 typedef void (*store_job_fn)(
     void *, enum reap_kind, const char *, const char *);
 
+/*
+ * What a reaping operation (reap, force) is asked to do. With elect, a
+ * store shared by several hosts reaps only while no other instance does
+ * (a daemon); without it, it reaps regardless (`limpeza once`), which the
+ * re-checked, row-locking statements make safe.
+ */
+struct store_req {
+	int dry_run;
+	int elect;
+	store_job_fn fn;
+	void *arg;
+};
+
 struct store_counts {
 	long running;
 	long queued;
@@ -42,14 +55,17 @@ struct store_stats {
 
 struct store_ops {
 	const char *name;
+	/* 1 if the store is shared and reap/force hold an election. */
+	int elects;
 	struct store *(*open)(const struct config *);
-	/* 1 when this daemon may reap the database, 0 when another one leads.
+	/*
+	 * Reaping and forced cleanup: 1 when done, 0 when another instance
+	 * leads (asked to elect: nothing was done), -1 on failure.
 	 */
-	int (*lead)(struct store *);
 	int (*reap)(
-	    struct store *, int, struct store_counts *, store_job_fn, void *);
+	    struct store *, const struct store_req *, struct store_counts *);
 	int (*force)(
-	    struct store *, int, struct store_counts *, store_job_fn, void *);
+	    struct store *, const struct store_req *, struct store_counts *);
 	int (*stats)(struct store *, struct store_stats *);
 	/*
 	 * Seconds until the first active row goes stale by the store's

@@ -1,4 +1,4 @@
-/* store_pg.c: the PostgreSQL job store (libpq), batched, leader-elected. */
+/* store_pg.c: the PostgreSQL job store (libpq): batched, no session state. */
 
 #include <errno.h>
 #include <poll.h>
@@ -18,37 +18,38 @@
 #define CLIENT_TIMEOUT_MS (35 * MS_PER_S)
 #define BACKOFF_MIN_MS (1 * MS_PER_S)
 #define BACKOFF_MAX_MS (30 * MS_PER_S)
+/* end_batch(): another instance took the leader's lock meanwhile. */
+#define BATCH_LOST (-2)
+/* What a transaction's statements need, for that transaction only. */
+#define SET_LOCAL                                     \
+	"SELECT set_config('TimeZone', $1, true), "   \
+	"set_config('statement_timeout', $2, true), " \
+	"set_config('lock_timeout', $3, true)"
 
 /*
- * One persistent connection. After a failure it is re-made no sooner
- * than next_try, with a backoff that doubles up to BACKOFF_MAX_MS, so a
- * database that is down is not hammered every cycle. leader is 1 while
- * this connection holds the advisory lock; the lock dies with the
- * connection, so any reconnect starts as a follower.
+ * One persistent connection, which may be a transaction pooler's
+ * (PgBouncer, Supavisor): so nothing limpeza needs lives in the server
+ * session. Each operation is one or more explicit transactions that set
+ * what their statements need with SET LOCAL (struct setup) and, when they
+ * reap for a daemon, take the leader's lock for that transaction alone;
+ * a transaction's statements go in one round trip where they can
+ * (pg_run(), pg_read()).
+ * After a failure the connection is re-made no sooner than next_try,
+ * with a backoff that doubles up to BACKOFF_MAX_MS, so a database that
+ * is down is not hammered every cycle. The identifiers are quoted once,
+ * here, and every statement and `limpeza check` use these same names.
  */
 struct store_pg {
 	struct store s;
 	PGconn *conn;
 	char *password; /* only to scrub it from libpq's messages */
-	/* Why libpq could not be loaded, if it could not. */
+	/* Why libpq cannot be used, if it cannot. */
 	char libpq_err[256];
-	int leader;
 	long long next_try;
 	long long backoff;
 	char table[160];
 	char id[80], status[80], updated[80], created[80], error[80];
 };
-
-static void
-pg_ident(PGconn *conn, const char *name, char *buf, size_t len)
-{
-	char *q =
-	    conn != NULL ? PQescapeIdentifier(conn, name, strlen(name)) : NULL;
-
-	/* config.c allows plain identifiers only, so this is the same. */
-	snprintf(buf, len, "%s", q != NULL ? q : name);
-	PQfreemem(q);
-}
 
 static struct store *
 pg_open(const struct config *cfg)
@@ -59,11 +60,23 @@ pg_open(const struct config *cfg)
 	if (p == NULL)
 		return NULL;
 	p->backoff = BACKOFF_MIN_MS;
+	/* config.c allows plain identifiers only: quoting is all it takes. */
+	store_quote_table(cfg->table, p->table, sizeof(p->table));
+	snprintf(p->id, sizeof(p->id), "\"%s\"", cfg->id_column);
+	snprintf(p->status, sizeof(p->status), "\"%s\"", cfg->status_column);
+	snprintf(p->updated, sizeof(p->updated), "\"%s\"", cfg->updated_column);
+	snprintf(p->created, sizeof(p->created), "\"%s\"", cfg->created_column);
+	snprintf(p->error, sizeof(p->error), "\"%s\"", cfg->error_column);
 	/* Without libpq every operation fails with this reason. */
 	if (libs_pq(p->libpq_err, sizeof(p->libpq_err)) == -1)
 		return &p->s;
-	opts = PQconninfoParse(cfg->database_url, NULL);
-	for (o = opts; o != NULL && o->keyword != NULL; o++)
+	/* libpq's message would quote the text, password and all. */
+	if ((opts = PQconninfoParse(cfg->database_url, NULL)) == NULL) {
+		snprintf(p->libpq_err, sizeof(p->libpq_err),
+		    "libpq cannot parse DATABASE_URL");
+		return &p->s;
+	}
+	for (o = opts; o->keyword != NULL; o++)
 		if (strcmp(o->keyword, "password") == 0 && o->val != NULL &&
 		    *o->val != '\0')
 			p->password = strdup(o->val);
@@ -76,7 +89,6 @@ pg_disconnect(struct store_pg *p)
 {
 	PQfinish(p->conn);
 	p->conn = NULL;
-	p->leader = 0;
 }
 
 static void
@@ -116,66 +128,136 @@ pg_failed_connection(struct store_pg *p)
 		p->backoff = BACKOFF_MAX_MS;
 }
 
-/*
- * Runs one statement with its parameters, waiting at most
- * CLIENT_TIMEOUT_MS for the answer even if the server never sends one
- * (statement_timeout alone cannot help against a server that hangs).
- * Returns the result, or NULL with the error recorded; on a broken or
- * hung connection the connection is dropped.
- */
-static PGresult *
-pg_exec(struct store_pg *p, const char *sql, int n, const char *const *vals)
-{
-	long long deadline = now_monotonic_ms() + CLIENT_TIMEOUT_MS, left;
-	PGresult *res = NULL, *r;
-	struct pollfd pfd;
-	ExecStatusType st;
+/* One statement and its parameters. */
+struct stmt {
+	const char *sql;
+	int n;
+	const char *const *params;
+};
 
-	if (!PQsendQueryParams(p->conn, sql, n, NULL, vals, NULL, NULL, 0))
-		goto broken;
+/*
+ * Waits until libpq has the next result whole (or none is coming), at
+ * most until deadline: 0, or -1 with the error recorded and the
+ * connection dropped. statement_timeout alone cannot help against a
+ * server that never answers.
+ */
+static int
+pg_wait(struct store_pg *p, long long deadline)
+{
+	struct pollfd pfd;
+	long long left;
+
 	pfd.fd = PQsocket(p->conn);
 	pfd.events = POLLIN;
 	for (;;) {
 		if (!PQconsumeInput(p->conn))
 			goto broken;
 		if (!PQisBusy(p->conn))
-			break;
+			return 0;
 		left = deadline - now_monotonic_ms();
 		if (left <= 0) {
 			store_err(&p->s,
 			    "no answer from the database within %llds",
 			    CLIENT_TIMEOUT_MS / MS_PER_S);
 			pg_failed_connection(p);
-			return NULL;
+			return -1;
 		}
 		if (poll(&pfd, 1, (int)(left > 1000 ? 1000 : left)) == -1 &&
 		    errno != EINTR)
 			goto broken;
 	}
-	while ((r = PQgetResult(p->conn)) != NULL) {
-		PQclear(res);
-		res = r;
-	}
-	st = PQresultStatus(res);
-	if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
-		return res;
-	pg_err(p, "query failed", PQresultErrorMessage(res));
-	PQclear(res);
-	if (PQstatus(p->conn) == CONNECTION_BAD)
-		pg_failed_connection(p);
-	return NULL;
 broken:
 	pg_err(p, "connection lost", PQerrorMessage(p->conn));
-	PQclear(res);
 	pg_failed_connection(p);
-	return NULL;
+	return -1;
 }
 
 /*
- * Connects if needed (not before the backoff allows), then sets the
- * session up: application_name, the zone naive timestamps are read in,
- * and statement and lock timeouts, all as parameters.
+ * Sends n statements in one round trip (libpq's pipeline mode, one Sync:
+ * no server-side prepared statement, only the unnamed one of each) and
+ * waits at most CLIENT_TIMEOUT_MS for all their answers. Fills res[i]
+ * with each statement's result, for the caller to PQclear(), and returns
+ * 0; or -1 with the first error recorded and no result kept. A broken or
+ * hung connection is dropped. After an error inside a transaction, the
+ * caller rolls it back (pg_abort()).
  */
+static int
+pg_run(struct store_pg *p, int n, const struct stmt *q, PGresult **res)
+{
+	long long deadline = now_monotonic_ms() + CLIENT_TIMEOUT_MS;
+	PGresult *r;
+	ExecStatusType st;
+	int i, bad = -1;
+
+	for (i = 0; i < n; i++)
+		res[i] = NULL;
+	if (!PQenterPipelineMode(p->conn))
+		goto broken;
+	for (i = 0; i < n; i++)
+		if (!PQsendQueryParams(p->conn, q[i].sql, q[i].n, NULL,
+			q[i].params, NULL, NULL, 0))
+			goto broken;
+	if (!PQpipelineSync(p->conn))
+		goto broken;
+	/* Each statement's results end with a NULL; then the Sync's. */
+	for (i = 0; i <= n;) {
+		if (pg_wait(p, deadline) == -1)
+			goto dropped;
+		r = PQgetResult(p->conn);
+		if (i == n) {
+			if (r == NULL ||
+			    PQresultStatus(r) != PGRES_PIPELINE_SYNC) {
+				PQclear(r);
+				goto broken;
+			}
+			PQclear(r);
+			break;
+		}
+		if (r == NULL) {
+			i++;
+			continue;
+		}
+		PQclear(res[i]);
+		res[i] = r;
+		st = PQresultStatus(r);
+		if (bad == -1 && st != PGRES_COMMAND_OK &&
+		    st != PGRES_TUPLES_OK)
+			bad = i;
+	}
+	if (!PQexitPipelineMode(p->conn))
+		goto broken;
+	if (bad == -1)
+		return 0;
+	pg_err(p, "query failed", PQresultErrorMessage(res[bad]));
+	for (i = 0; i < n; i++) {
+		PQclear(res[i]);
+		res[i] = NULL;
+	}
+	if (PQstatus(p->conn) == CONNECTION_BAD)
+		pg_failed_connection(p);
+	return -1;
+broken:
+	pg_err(p, "connection lost", PQerrorMessage(p->conn));
+	pg_failed_connection(p);
+dropped:
+	for (i = 0; i < n; i++) {
+		PQclear(res[i]);
+		res[i] = NULL;
+	}
+	return -1;
+}
+
+/* One statement: its result, or NULL with the error recorded. */
+static PGresult *
+pg_exec(struct store_pg *p, const char *sql, int n, const char *const *vals)
+{
+	struct stmt q = { sql, n, vals };
+	PGresult *res;
+
+	return pg_run(p, 1, &q, &res) == 0 ? res : NULL;
+}
+
+/* Connects if needed, not before the backoff allows. */
 static int
 pg_connect(struct store_pg *p)
 {
@@ -184,9 +266,6 @@ pg_connect(struct store_pg *p)
 		NULL };
 	const char *val[] = { CONNECT_TIMEOUT, "limpeza", cfg->database_url,
 		NULL };
-	const char *params[] = { cfg->db_timezone, STATEMENT_TIMEOUT,
-		LOCK_TIMEOUT };
-	PGresult *res;
 	long long now = now_monotonic_ms();
 
 	if (p->conn != NULL)
@@ -207,63 +286,182 @@ pg_connect(struct store_pg *p)
 		pg_failed_connection(p);
 		return -1;
 	}
-	res = pg_exec(p,
-	    "SELECT set_config('TimeZone', $1, false), "
-	    "set_config('statement_timeout', $2, false), "
-	    "set_config('lock_timeout', $3, false)",
-	    3, params);
-	if (res == NULL) {
-		if (p->conn != NULL)
-			pg_failed_connection(p);
-		return -1;
-	}
-	PQclear(res);
-	pg_ident(p->conn, cfg->id_column, p->id, sizeof(p->id));
-	pg_ident(p->conn, cfg->status_column, p->status, sizeof(p->status));
-	pg_ident(p->conn, cfg->updated_column, p->updated, sizeof(p->updated));
-	pg_ident(p->conn, cfg->created_column, p->created, sizeof(p->created));
-	pg_ident(p->conn, cfg->error_column, p->error, sizeof(p->error));
-	{
-		const char *dot = strchr(cfg->table, '.');
-		char a[80], b[80], part[64];
-
-		if (dot != NULL) {
-			snprintf(part, sizeof(part), "%.*s",
-			    (int)(dot - cfg->table), cfg->table);
-			pg_ident(p->conn, part, a, sizeof(a));
-			pg_ident(p->conn, dot + 1, b, sizeof(b));
-			snprintf(p->table, sizeof(p->table), "%s.%s", a, b);
-		} else
-			pg_ident(
-			    p->conn, cfg->table, p->table, sizeof(p->table));
-	}
 	p->backoff = BACKOFF_MIN_MS;
 	*p->s.err = '\0';
 	return 0;
 }
 
-/* The session-level advisory lock elects one reaper among all hosts. */
-static int
-pg_lead(struct store *s)
+/*
+ * Ends a transaction that failed, keeping the reason already recorded.
+ * A connection that cannot even roll back is dropped.
+ */
+static void
+pg_abort(struct store_pg *p)
 {
-	struct store_pg *p = (struct store_pg *)s;
-	char key[32];
-	const char *params[] = { key };
+	char why[sizeof(p->s.err)];
 	PGresult *res;
+
+	if (p->conn == NULL || PQtransactionStatus(p->conn) == PQTRANS_IDLE)
+		return;
+	memcpy(why, p->s.err, sizeof(why));
+	if ((res = pg_exec(p, "ROLLBACK", 0, NULL)) != NULL)
+		PQclear(res);
+	else if (p->conn != NULL)
+		pg_failed_connection(p);
+	memcpy(p->s.err, why, sizeof(why));
+}
+
+static int
+pg_commit(struct store_pg *p)
+{
+	PGresult *res = pg_exec(p, "COMMIT", 0, NULL);
+
+	if (res == NULL) {
+		pg_abort(p);
+		return -1;
+	}
+	PQclear(res);
+	return 0;
+}
+
+/*
+ * The statement that opens each transaction's work: it sets, for that
+ * transaction alone (SET LOCAL), the zone naive timestamps are read in
+ * and the statement and lock timeouts, as parameters; when electing (and
+ * a leader key is set) it also tries the leader's lock, which the end of
+ * the transaction releases. So through a pooler no setting and no lock
+ * is left on a server connection that the API's queries get next, and a
+ * leader that dies is replaced at once.
+ */
+struct setup {
+	char key[32];
+	const char *params[4];
+	int elect;
+	struct stmt q;
+};
+
+static void
+setup_init(struct store_pg *p, int elect, struct setup *u)
+{
+	const struct config *cfg = p->s.cfg;
+
+	u->elect = elect && cfg->leader_key != 0;
+	snprintf(u->key, sizeof(u->key), "%lld", cfg->leader_key);
+	u->params[0] = cfg->db_timezone;
+	u->params[1] = STATEMENT_TIMEOUT;
+	u->params[2] = LOCK_TIMEOUT;
+	u->params[3] = u->key;
+	u->q.sql = SET_LOCAL;
+	u->q.n = 3;
+	if (u->elect) {
+		u->q.sql = SET_LOCAL ", pg_try_advisory_xact_lock($4::bigint)";
+		u->q.n = 4;
+	}
+	u->q.params = u->params;
+}
+
+/* 1 if this transaction may go on: it leads, or it does not elect. */
+static int
+setup_led(const struct setup *u, const PGresult *res)
+{
+	int led = !u->elect || strcmp(PQgetvalue(res, 0, 3), "t") == 0;
+
+	return led;
+}
+
+/*
+ * Opens a transaction (BEGIN and the setup, one round trip). Returns 1
+ * in the transaction, 0 when another instance holds the leader's lock
+ * (the transaction is closed again), -1.
+ */
+static int
+pg_begin(struct store_pg *p, int elect)
+{
+	struct setup u;
+	struct stmt q[2];
+	PGresult *res[2];
+	int led;
 
 	if (pg_connect(p) == -1)
 		return -1;
-	if (s->cfg->leader_key == 0)
-		return 1;
-	if (p->leader)
-		return 1;
-	snprintf(key, sizeof(key), "%lld", s->cfg->leader_key);
-	res = pg_exec(p, "SELECT pg_try_advisory_lock($1::bigint)", 1, params);
-	if (res == NULL)
+	setup_init(p, elect, &u);
+	q[0] = (struct stmt){ "BEGIN", 0, NULL };
+	q[1] = u.q;
+	if (pg_run(p, 2, q, res) == -1) {
+		pg_abort(p);
 		return -1;
-	p->leader = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-	PQclear(res);
-	return p->leader;
+	}
+	led = setup_led(&u, res[1]);
+	PQclear(res[0]);
+	PQclear(res[1]);
+	if (!led) {
+		pg_abort(p);
+		return 0;
+	}
+	return 1;
+}
+
+#define READ_MAX 2
+
+/*
+ * Reads in one transaction and one round trip: BEGIN, the setup, the n
+ * statements, COMMIT. Fills res with their results (the caller clears
+ * them) and returns 1; 0 when another instance holds the leader's lock
+ * (what was read is dropped; it took no lock); -1.
+ */
+static int
+pg_read(
+    struct store_pg *p, int elect, int n, const struct stmt *q, PGresult **res)
+{
+	struct stmt all[READ_MAX + 3];
+	PGresult *r[READ_MAX + 3];
+	struct setup u;
+	int i, led;
+
+	if (n > READ_MAX) {
+		store_err(&p->s, "internal error: %d statements to read", n);
+		return -1;
+	}
+	if (pg_connect(p) == -1)
+		return -1;
+	setup_init(p, elect, &u);
+	all[0] = (struct stmt){ "BEGIN", 0, NULL };
+	all[1] = u.q;
+	for (i = 0; i < n; i++)
+		all[i + 2] = q[i];
+	all[n + 2] = (struct stmt){ "COMMIT", 0, NULL };
+	if (pg_run(p, n + 3, all, r) == -1) {
+		pg_abort(p);
+		return -1;
+	}
+	led = setup_led(&u, r[1]);
+	PQclear(r[0]);
+	PQclear(r[1]);
+	PQclear(r[n + 2]);
+	for (i = 0; i < n; i++) {
+		res[i] = led ? r[i + 2] : NULL;
+		if (!led)
+			PQclear(r[i + 2]);
+	}
+	return led;
+}
+
+/* Statements that depend on each other's answers, in one transaction. */
+static int
+pg_in_tx(struct store_pg *p, int (*fn)(struct store_pg *, void *), void *arg)
+{
+	int rc;
+
+	if (pg_begin(p, 0) == -1)
+		return -1;
+	rc = fn(p, arg);
+	if (rc == -1) {
+		pg_abort(p);
+		return -1;
+	}
+	if (pg_commit(p) == -1)
+		return -1;
+	return rc;
 }
 
 /* Where the rows a batch ended are counted and told. */
@@ -272,8 +470,7 @@ struct ending {
 	enum reap_kind kind;
 	const char *status;
 	int by_rule; /* the rule is each row's second column: running? */
-	store_job_fn fn;
-	void *arg;
+	const struct store_req *req;
 };
 
 static void
@@ -287,27 +484,16 @@ count_kind(struct store_counts *c, enum reap_kind kind)
 		c->forced++;
 }
 
-/*
- * One batch: ends the rows among the addresses in params[addr] that its
- * statement re-checks, and counts them. Returns how many, or -1.
- */
-static int
-end_batch(struct store_pg *p, const char *sql, const char *const *params,
-    int nparams, const struct ending *e)
+/* Counts and tells the rows a committed batch (or a dry look) ended. */
+static void
+tell_rows(struct store_pg *p, PGresult *res, const struct ending *e)
 {
 	const struct config *cfg = p->s.cfg;
-	PGresult *res;
-	long long t0 = now_monotonic_ms();
 	enum reap_kind kind;
 	const char *status;
-	int i, rows;
+	int i;
 
-	if ((res = pg_exec(p, sql, nparams, params)) == NULL)
-		return -1;
-	rows = PQntuples(res);
-	log_event(LVL_DEBUG, EV_DB_BATCH, (long)rows,
-	    (long)(now_monotonic_ms() - t0));
-	for (i = 0; i < rows; i++) {
+	for (i = 0; i < PQntuples(res); i++) {
 		kind = e->kind;
 		status = e->status;
 		if (e->by_rule && *PQgetvalue(res, i, 1) == 't') {
@@ -318,10 +504,42 @@ end_batch(struct store_pg *p, const char *sql, const char *const *params,
 			status = cfg->queued_status;
 		}
 		count_kind(e->c, kind);
-		if (e->fn != NULL)
-			e->fn(e->arg, kind, status, PQgetvalue(res, i, 0));
+		if (e->req->fn != NULL)
+			e->req->fn(
+			    e->req->arg, kind, status, PQgetvalue(res, i, 0));
 	}
-	PQclear(res);
+}
+
+/*
+ * One batch, one transaction: ends the rows among the addresses in
+ * params that its statement re-checks, then counts them once committed.
+ * The time logged is how long its row locks were held: from the
+ * statement to the commit. Returns how many, BATCH_LOST if another
+ * instance leads now, or -1.
+ */
+static int
+end_batch(struct store_pg *p, const char *sql, const char *const *params,
+    int nparams, const struct ending *e)
+{
+	struct stmt q[2] = { { sql, nparams, params }, { "COMMIT", 0, NULL } };
+	PGresult *res[2];
+	long long t0;
+	int rows, r;
+
+	if ((r = pg_begin(p, e->req->elect)) != 1)
+		return r == 0 ? BATCH_LOST : -1;
+	/* The commit goes with the statement: the locks last one trip. */
+	t0 = now_monotonic_ms();
+	if (pg_run(p, 2, q, res) == -1) {
+		pg_abort(p);
+		return -1;
+	}
+	rows = PQntuples(res[0]);
+	log_event(LVL_DEBUG, EV_DB_BATCH, (long)rows,
+	    (long)(now_monotonic_ms() - t0));
+	tell_rows(p, res[0], e);
+	PQclear(res[0]);
+	PQclear(res[1]);
 	return rows;
 }
 
@@ -345,12 +563,14 @@ struct by_address {
  * Ends rows in two steps. A look without locks finds their addresses
  * (ctid): one step down an index, or one scan of a table without it,
  * however long the backlog. Then batches of LIMPEZA_BATCH addresses,
- * each one statement and so one short transaction, lock the rows (FOR
+ * each one statement in its own short transaction, lock the rows (FOR
  * UPDATE SKIP LOCKED, a TID scan) and re-check them on their current
  * versions: a batch holds its locks for milliseconds even where no index
  * serves the look, and a row that got a heartbeat or finished in between
  * is not touched. A row updated between the look and its batch is left
- * to the next look.
+ * to the next look. Each transaction, look or batch, takes the leader's
+ * lock when asked to elect; when another instance has it, the reaping
+ * stops there. Returns 1, 0 if another instance led from the start, -1.
  */
 static int
 end_by_address(struct store_pg *p, const struct by_address *q,
@@ -359,8 +579,9 @@ end_by_address(struct store_pg *p, const struct by_address *q,
 	const struct config *cfg = p->s.cfg;
 	char look[2048], sql[3072], limit[32], *tids = NULL;
 	PGresult *found = NULL;
+	struct stmt lq;
 	long long t0, max_look;
-	int i, j, n, rows, ended, rc = -1, addr = q->addr - 1;
+	int i, j, n, rows, ended, r, rc = -1, addr = q->addr - 1, looks = 0;
 	size_t len, cap;
 
 	snprintf(look, sizeof(look),
@@ -382,8 +603,12 @@ end_by_address(struct store_pg *p, const struct by_address *q,
 		params[addr] = limit;
 		t0 = now_monotonic_ms();
 		/* The look takes the parameters up to its limit. */
-		if ((found = pg_exec(p, look, addr + 1, params)) == NULL)
+		lq = (struct stmt){ look, addr + 1, params };
+		if ((r = pg_read(p, e->req->elect, 1, &lq, &found)) != 1) {
+			rc = r == -1 ? -1 : looks > 0;
 			goto fail;
+		}
+		looks++;
 		n = PQntuples(found);
 		log_event(LVL_DEBUG, EV_DB_LOOK, (long)n,
 		    (long)(now_monotonic_ms() - t0));
@@ -401,6 +626,10 @@ end_by_address(struct store_pg *p, const struct by_address *q,
 			tids[len] = '\0';
 			params[addr] = tids;
 			rows = end_batch(p, sql, params, nparams, e);
+			if (rows == BATCH_LOST) {
+				rc = 1;
+				goto fail;
+			}
 			if (rows == -1)
 				goto fail;
 			ended += rows;
@@ -409,8 +638,10 @@ end_by_address(struct store_pg *p, const struct by_address *q,
 		found = NULL;
 		/* A full look may have left more; one that ended none, stop. */
 	} while (n == max_look && ended > 0);
-	rc = 0;
+	rc = 1;
 fail:
+	/* The caller's array must not keep our buffers' addresses. */
+	params[addr] = NULL;
 	PQclear(found);
 	free(tids);
 	return rc;
@@ -419,45 +650,42 @@ fail:
 /*
  * Ends the rows of one status that cond selects (the forced cleanup), or
  * in a dry run lists them. $1 status, $2 age (cond), $3 look limit or
- * addresses, $4 error status, $5 message.
+ * addresses, $4 error status, $5 message. Returns 1, 0 if another
+ * instance leads, -1.
  */
 static int
 end_rows(struct store_pg *p, const char *status, const char *cond,
-    long long age_ms, int dry_run, enum reap_kind kind, struct store_counts *c,
-    store_job_fn fn, void *arg)
+    long long age_ms, enum reap_kind kind, struct store_counts *c,
+    const struct store_req *req)
 {
 	const struct config *cfg = p->s.cfg;
 	char sql[1024], where[512], recheck[512], set[512], ret[256];
 	char age[64], msg[256];
 	const char *params[5] = { status, age, NULL, cfg->error_status, msg };
-	struct ending e = { c, kind, status, 0, fn, arg };
-	struct by_address q = { where, where, recheck, set, ret, 3 };
+	struct ending e = { c, kind, status, 0, req };
+	struct by_address by = { where, where, recheck, set, ret, 3 };
+	struct stmt q;
 	PGresult *res;
-	int i;
+	int r;
 
-	if (pg_connect(p) == -1)
-		return -1;
 	config_reap_message(cfg, kind, msg, sizeof(msg));
 	snprintf(age, sizeof(age), "%lld milliseconds", age_ms);
 	snprintf(where, sizeof(where), "%s = $1 AND %s", p->status, cond);
-	if (dry_run) {
+	if (req->dry_run) {
 		snprintf(sql, sizeof(sql), "SELECT %s FROM %s WHERE %s", p->id,
 		    p->table, where);
-		if ((res = pg_exec(p, sql, 2, params)) == NULL)
-			return -1;
-		for (i = 0; i < PQntuples(res); i++) {
-			count_kind(c, kind);
-			if (fn != NULL)
-				fn(arg, kind, status, PQgetvalue(res, i, 0));
-		}
+		q = (struct stmt){ sql, 2, params };
+		if ((r = pg_read(p, req->elect, 1, &q, &res)) != 1)
+			return r;
+		tell_rows(p, res, &e);
 		PQclear(res);
-		return 0;
+		return 1;
 	}
 	snprintf(recheck, sizeof(recheck), "t.%s = $1 AND %s", p->status, cond);
 	snprintf(set, sizeof(set), "%s = $4, %s = $5, %s = now()", p->status,
 	    p->error, p->updated);
 	snprintf(ret, sizeof(ret), "t.%s", p->id);
-	return end_by_address(p, &q, params, 5, &e);
+	return end_by_address(p, &by, params, 5, &e);
 }
 
 /*
@@ -468,14 +696,14 @@ end_rows(struct store_pg *p, const char *status, const char *cond,
  */
 static int
 end_stale_rows(
-    struct store_pg *p, struct store_counts *c, store_job_fn fn, void *arg)
+    struct store_pg *p, const struct store_req *req, struct store_counts *c)
 {
 	const struct config *cfg = p->s.cfg;
 	char look[1024], stale[512], stale_t[512], set[512], ret[256];
 	char rt[64], qt[64], mr[256], mq[256];
 	const char *params[8] = { cfg->running_status, rt, cfg->queued_status,
 		qt, NULL, cfg->error_status, mr, mq };
-	struct ending e = { c, REAP_RUNNING, NULL, 1, fn, arg };
+	struct ending e = { c, REAP_RUNNING, NULL, 1, req };
 	struct by_address q = { look, stale, stale_t, set, ret, 5 };
 
 	config_reap_message(cfg, REAP_RUNNING, mr, sizeof(mr));
@@ -503,85 +731,82 @@ end_stale_rows(
 }
 
 static int
-pg_reap(struct store *s, int dry_run, struct store_counts *c, store_job_fn fn,
-    void *arg)
+pg_reap(struct store *s, const struct store_req *req, struct store_counts *c)
 {
 	struct store_pg *p = (struct store_pg *)s;
 	char cond[256];
+	int r;
 
-	if (pg_connect(p) == -1)
-		return -1;
-	if (!dry_run)
-		return end_stale_rows(p, c, fn, arg);
+	if (!req->dry_run)
+		return end_stale_rows(p, req, c);
 	snprintf(cond, sizeof(cond), "%s < now() - $2::interval", p->updated);
-	if (end_rows(p, s->cfg->running_status, cond, s->cfg->running_ttl,
-		dry_run, REAP_RUNNING, c, fn, arg) == -1)
-		return -1;
-	return end_rows(p, s->cfg->queued_status, cond, s->cfg->queued_ttl,
-	    dry_run, REAP_QUEUED, c, fn, arg);
+	r = end_rows(p, s->cfg->running_status, cond, s->cfg->running_ttl,
+	    REAP_RUNNING, c, req);
+	if (r != 1)
+		return r;
+	r = end_rows(p, s->cfg->queued_status, cond, s->cfg->queued_ttl,
+	    REAP_QUEUED, c, req);
+	return r == -1 ? -1 : 1;
 }
 
 /* Every active row but those created within LIMPEZA_FORCE_MIN_AGE. */
 static int
-pg_force(struct store *s, int dry_run, struct store_counts *c, store_job_fn fn,
-    void *arg)
+pg_force(struct store *s, const struct store_req *req, struct store_counts *c)
 {
 	struct store_pg *p = (struct store_pg *)s;
 	char cond[256];
+	int r;
 
-	if (pg_connect(p) == -1)
-		return -1;
 	snprintf(cond, sizeof(cond),
 	    "($2::interval = interval '0' OR coalesce(%s, %s) < now() - "
 	    "$2::interval)",
 	    p->created, p->updated);
-	if (end_rows(p, s->cfg->running_status, cond, s->cfg->force_min_age,
-		dry_run, REAP_FORCED, c, fn, arg) == -1)
-		return -1;
-	return end_rows(p, s->cfg->queued_status, cond, s->cfg->force_min_age,
-	    dry_run, REAP_FORCED, c, fn, arg);
+	r = end_rows(p, s->cfg->running_status, cond, s->cfg->force_min_age,
+	    REAP_FORCED, c, req);
+	if (r != 1)
+		return r;
+	r = end_rows(p, s->cfg->queued_status, cond, s->cfg->force_min_age,
+	    REAP_FORCED, c, req);
+	return r == -1 ? -1 : 1;
 }
 
 static int
 pg_stats(struct store *s, struct store_stats *out)
 {
 	struct store_pg *p = (struct store_pg *)s;
-	const char *params[] = { s->cfg->running_status,
-		s->cfg->queued_status };
-	char sql[1024];
-	PGresult *res;
+	const struct config *cfg = s->cfg;
+	const char *params[] = { cfg->running_status, cfg->queued_status };
+	char by_status[1024], active[1024];
+	struct stmt q[2] = { { by_status, 0, NULL }, { active, 2, params } };
+	PGresult *res[2];
 	int i;
 
 	out->active = 0;
 	out->oldest_s = out->oldest_running_s = out->oldest_queued_s = -1;
-	if (pg_connect(p) == -1)
-		return -1;
-	snprintf(sql, sizeof(sql),
+	snprintf(by_status, sizeof(by_status),
 	    "SELECT %s, count(*) FROM %s WHERE %s >= now() - interval "
 	    "'24 hours' GROUP BY 1 ORDER BY 1",
 	    p->status, p->table, p->created);
-	if ((res = pg_exec(p, sql, 0, NULL)) == NULL)
-		return -1;
-	for (i = 0; i < PQntuples(res); i++)
-		json_object_set_new(out->by_status,
-		    PQgetisnull(res, i, 0) ? "null" : PQgetvalue(res, i, 0),
-		    json_integer(strtoll(PQgetvalue(res, i, 1), NULL, 10)));
-	PQclear(res);
-
 	/* One look at the active rows gives the counts and the deadlines. */
-	snprintf(sql, sizeof(sql),
+	snprintf(active, sizeof(active),
 	    "SELECT %s, count(*), extract(epoch FROM now() - min(%s)) FROM %s "
 	    "WHERE %s IN ($1, $2) GROUP BY 1",
 	    p->status, p->updated, p->table, p->status);
-	if ((res = pg_exec(p, sql, 2, params)) == NULL)
+	if (pg_read(p, 0, 2, q, res) == -1)
 		return -1;
-	for (i = 0; i < PQntuples(res); i++)
-		stats_add_active(s->cfg, out, PQgetvalue(res, i, 0),
-		    strtol(PQgetvalue(res, i, 1), NULL, 10),
-		    PQgetisnull(res, i, 2)
+	for (i = 0; i < PQntuples(res[0]); i++)
+		json_object_set_new(out->by_status,
+		    PQgetisnull(res[0], i, 0) ? "null"
+					      : PQgetvalue(res[0], i, 0),
+		    json_integer(strtoll(PQgetvalue(res[0], i, 1), NULL, 10)));
+	for (i = 0; i < PQntuples(res[1]); i++)
+		stats_add_active(cfg, out, PQgetvalue(res[1], i, 0),
+		    strtol(PQgetvalue(res[1], i, 1), NULL, 10),
+		    PQgetisnull(res[1], i, 2)
 			? -1
-			: strtod(PQgetvalue(res, i, 2), NULL));
-	PQclear(res);
+			: strtod(PQgetvalue(res[1], i, 2), NULL));
+	PQclear(res[0]);
+	PQclear(res[1]);
 	return 0;
 }
 
@@ -589,23 +814,23 @@ static int
 pg_next_due(struct store *s, double *secs)
 {
 	struct store_pg *p = (struct store_pg *)s;
+	const struct config *cfg = s->cfg;
 	char sql[1024], rt[64], qt[64];
-	const char *params[] = { s->cfg->running_status, rt,
-		s->cfg->queued_status, qt };
+	const char *params[] = { cfg->running_status, rt, cfg->queued_status,
+		qt };
+	struct stmt q = { sql, 4, params };
 	PGresult *res;
 	int found;
 
-	if (pg_connect(p) == -1)
-		return -1;
-	snprintf(rt, sizeof(rt), "%lld milliseconds", s->cfg->running_ttl);
-	snprintf(qt, sizeof(qt), "%lld milliseconds", s->cfg->queued_ttl);
+	snprintf(rt, sizeof(rt), "%lld milliseconds", cfg->running_ttl);
+	snprintf(qt, sizeof(qt), "%lld milliseconds", cfg->queued_ttl);
 	/* Each min() is one step down the index limpeza check recommends. */
 	snprintf(sql, sizeof(sql),
 	    "SELECT extract(epoch FROM least((SELECT min(%s) FROM %s WHERE "
 	    "%s = $1) + $2::interval, (SELECT min(%s) FROM %s WHERE %s = $3) "
 	    "+ $4::interval) - now())",
 	    p->updated, p->table, p->status, p->updated, p->table, p->status);
-	if ((res = pg_exec(p, sql, 4, params)) == NULL)
+	if (pg_read(p, 0, 1, &q, &res) == -1)
 		return -1;
 	found = !PQgetisnull(res, 0, 0);
 	if (found)
@@ -634,21 +859,20 @@ is_time_type(const char *t)
  * index on (status, updated) or on updated restricted to active rows).
  */
 static int
-pg_check(struct store *s, FILE *out)
+check_in_tx(struct store_pg *p, void *arg)
 {
-	struct store_pg *p = (struct store_pg *)s;
+	struct store *s = &p->s;
 	const struct config *cfg = s->cfg;
+	FILE *out = arg;
 	const char *want[] = { cfg->id_column, cfg->status_column,
 		cfg->updated_column, cfg->created_column, cfg->error_column };
 	const char *kind[] = { "text", "text", "time", "time", "text" };
-	const char *params[] = { cfg->table, cfg->status_column,
-		cfg->updated_column };
+	/* The name as the reaping statements spell it, quotes and all. */
+	const char *params[] = { p->table };
 	PGresult *res;
 	int i, j, rc = 0, served = 0, stats_served = 0;
 	char tname[64];
 
-	if (pg_connect(p) == -1)
-		return -1;
 	res = pg_exec(p,
 	    "SELECT split_part(current_setting('server_version'), ' ', 1), "
 	    "(SELECT reset_val FROM pg_settings WHERE name = 'TimeZone'), "
@@ -775,10 +999,16 @@ pg_check(struct store *s, FILE *out)
 	return 0;
 }
 
+static int
+pg_check(struct store *s, FILE *out)
+{
+	return pg_in_tx((struct store_pg *)s, check_in_tx, out);
+}
+
 const struct store_ops store_pg_ops = {
 	.name = "postgresql",
+	.elects = 1,
 	.open = pg_open,
-	.lead = pg_lead,
 	.reap = pg_reap,
 	.force = pg_force,
 	.stats = pg_stats,

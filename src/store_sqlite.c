@@ -169,9 +169,9 @@ end_rows(struct store_sqlite *q, const char *status, const char *cond,
 	return 0;
 }
 
+/* A local file has one reaper: no election. */
 static int
-sqlite_reap(struct store *s, int dry_run, struct store_counts *c,
-    store_job_fn fn, void *arg)
+sqlite_reap(struct store *s, const struct store_req *r, struct store_counts *c)
 {
 	struct store_sqlite *q = (struct store_sqlite *)s;
 	char cond[256], mod[64];
@@ -179,19 +179,20 @@ sqlite_reap(struct store *s, int dry_run, struct store_counts *c,
 	snprintf(cond, sizeof(cond), "julianday(%s) < julianday('now', ?4)",
 	    q->updated);
 	age_modifier(s->cfg->running_ttl, mod, sizeof(mod));
-	if (end_rows(q, s->cfg->running_status, cond, mod, dry_run,
-		REAP_RUNNING, &c->running, fn, arg) == -1)
+	if (end_rows(q, s->cfg->running_status, cond, mod, r->dry_run,
+		REAP_RUNNING, &c->running, r->fn, r->arg) == -1)
 		return -1;
 	age_modifier(s->cfg->queued_ttl, mod, sizeof(mod));
-	return end_rows(q, s->cfg->queued_status, cond, mod, dry_run,
-	    REAP_QUEUED, &c->queued, fn, arg);
+	if (end_rows(q, s->cfg->queued_status, cond, mod, r->dry_run,
+		REAP_QUEUED, &c->queued, r->fn, r->arg) == -1)
+		return -1;
+	return 1;
 }
 
 /* Forced cleanup ends every active row but those created within FORCE_MIN_AGE.
  */
 static int
-sqlite_force(struct store *s, int dry_run, struct store_counts *c,
-    store_job_fn fn, void *arg)
+sqlite_force(struct store *s, const struct store_req *r, struct store_counts *c)
 {
 	struct store_sqlite *q = (struct store_sqlite *)s;
 	char cond[256], mod[64], *m = NULL;
@@ -204,11 +205,13 @@ sqlite_force(struct store *s, int dry_run, struct store_counts *c,
 		m = mod;
 	} else
 		snprintf(cond, sizeof(cond), "1");
-	if (end_rows(q, s->cfg->running_status, cond, m, dry_run, REAP_FORCED,
-		&c->forced, fn, arg) == -1)
+	if (end_rows(q, s->cfg->running_status, cond, m, r->dry_run,
+		REAP_FORCED, &c->forced, r->fn, r->arg) == -1)
 		return -1;
-	return end_rows(q, s->cfg->queued_status, cond, m, dry_run, REAP_FORCED,
-	    &c->forced, fn, arg);
+	if (end_rows(q, s->cfg->queued_status, cond, m, r->dry_run, REAP_FORCED,
+		&c->forced, r->fn, r->arg) == -1)
+		return -1;
+	return 1;
 }
 
 static int
@@ -357,8 +360,8 @@ sqlite_check(struct store *s, FILE *out)
 
 const struct store_ops store_sqlite_ops = {
 	.name = "sqlite",
+	.elects = 0,
 	.open = sqlite_open,
-	.lead = NULL,
 	.reap = sqlite_reap,
 	.force = sqlite_force,
 	.stats = sqlite_stats,

@@ -12,7 +12,10 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 
+import psycopg2
 import pytest
+
+from pgcluster import APP_PASSWORD
 
 BIN = os.environ.get("LIMPEZA_BIN") or os.path.join(
     os.path.dirname(__file__), "..", "..", "build", "limpeza")
@@ -83,13 +86,16 @@ class SqliteStore:
 
 
 class PgStore:
-    """The API's scans table (SPEC §9's real shape) in a database of its own."""
+    """The API's scans table (SPEC §9's real shape) in a database of its own.
+    limpeza reaches it directly, or with via="pgbouncer" through the run's
+    PgBouncer in transaction mode; the test's own queries go direct."""
 
     counter = 0
 
-    def __init__(self, cluster, column_type="timestamp"):
+    def __init__(self, cluster, column_type="timestamp", via="direct"):
         PgStore.counter += 1
         self.cluster = cluster
+        self.via = via
         self.dbname = "t%d_%d" % (os.getpid(), PgStore.counter)
         with open(os.path.join(ROOT, "tests/fixtures/scans_pg.sql")) as f:
             schema = f.read()
@@ -98,7 +104,8 @@ class PgStore:
                        " ALTER updated_at TYPE %s USING updated_at AT TIME ZONE 'UTC';"
                        % (column_type, column_type))
         cluster.create_db(self.dbname, schema)
-        self.url = cluster.url(self.dbname)
+        self.bouncer = pg_bouncer(cluster) if via == "pgbouncer" else None
+        self.url = (self.bouncer or cluster).url(self.dbname)
 
     def connect(self):
         return self.cluster.app(self.dbname)
@@ -132,8 +139,44 @@ class PgStore:
     def statuses(self):
         return dict(self.sql("SELECT job_id, status FROM scans"))
 
+    def assert_no_session_state(self):
+        """What limpeza may leave on the server once it has exited (SPEC §2):
+        no advisory lock, and on every server connection of PgBouncer's pool
+        an API-style client sees the server's own settings."""
+        locks = self.cluster.sql(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+            " WHERE l.locktype = 'advisory' AND d.datname = %s", (self.dbname,))[0][0]
+        assert locks == 0, "%d advisory locks left in %s" % (locks, self.dbname)
+        if self.bouncer is None:
+            return  # a direct session ends with limpeza
+        show = "SELECT current_setting('statement_timeout'), current_setting('lock_timeout')," \
+               " current_setting('TimeZone')"
+        c = psycopg2.connect(host="127.0.0.1", port=self.cluster.port, user="app",
+                             password=APP_PASSWORD, dbname=self.dbname)
+        try:
+            cur = c.cursor()
+            cur.execute(show)
+            own = cur.fetchone()
+        finally:
+            c.close()
+        # one open transaction per server connection the pool may hold,
+        # so every one of them answers
+        clients = [self.bouncer.connect(self.dbname) for _ in range(self.bouncer.pool_size)]
+        try:
+            seen = []
+            for c in clients:
+                c.autocommit = False
+                cur = c.cursor()
+                cur.execute(show)
+                seen.append(cur.fetchone())
+            assert seen == [own] * len(clients), (seen, own)
+        finally:
+            for c in clients:
+                c.close()
+
 
 _cluster = None
+_bouncers = {}
 
 
 def pg_cluster():
@@ -145,7 +188,25 @@ def pg_cluster():
     return _cluster
 
 
+def pg_bouncer(cluster):
+    """One PgBouncer per cluster for the whole run, started on first use."""
+    if id(cluster) not in _bouncers:
+        from pgbouncer import PgBouncer
+        _bouncers[id(cluster)] = PgBouncer(cluster)
+    return _bouncers[id(cluster)]
+
+
+def drop_bouncer(cluster):
+    """Stops the PgBouncer of a cluster that a test destroys itself."""
+    b = _bouncers.pop(id(cluster), None)
+    if b is not None:
+        b.destroy()
+
+
 def pytest_sessionfinish(session, exitstatus):
+    for b in list(_bouncers.values()):
+        b.destroy()
+    _bouncers.clear()
     if _cluster is not None:
         _cluster.destroy()
 
@@ -208,12 +269,25 @@ def env(tmp_path):
     return Env(tmp_path)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "pgbouncer"])
 def senv(request, tmp_path):
-    """The same test against each store driver."""
+    """The same test against each store driver, and PostgreSQL both directly
+    and through PgBouncer in transaction mode; after the test, PostgreSQL
+    holds nothing of limpeza's (no lock, no setting on a pooled connection)."""
     if request.param == "sqlite":
-        return Env(tmp_path)
-    return Env(tmp_path, PgStore(pg_cluster()))
+        yield Env(tmp_path)
+        return
+    store = PgStore(pg_cluster(), via="direct" if request.param == "postgresql"
+                    else "pgbouncer")
+    yield Env(tmp_path, store)
+    store.assert_no_session_state()
+
+
+@pytest.fixture(params=["direct", "pgbouncer"])
+def via(request):
+    """How limpeza reaches PostgreSQL: directly, or through PgBouncer in
+    transaction mode (Supavisor's port 6543)."""
+    return request.param
 
 
 @pytest.fixture
@@ -303,7 +377,7 @@ def health():
 class Daemon:
     """limpeza run in the background; its standard error goes to a file."""
 
-    def __init__(self, env, *args, **over):
+    def __init__(self, env, *args, cwd=None, **over):
         self.env = env
         self.errpath = os.path.join(env.tmp, "stderr-%d.txt" % time.monotonic_ns())
         self.err = open(self.errpath, "wb")
@@ -311,7 +385,7 @@ class Daemon:
         if over.get("JOURNAL_STREAM") == "auto":
             st = os.fstat(self.err.fileno())
             environ["JOURNAL_STREAM"] = "%d:%d" % (st.st_dev, st.st_ino)
-        self.p = subprocess.Popen([BIN, "run", *args], env=environ,
+        self.p = subprocess.Popen([BIN, "run", *args], env=environ, cwd=cwd,
                                   stdout=subprocess.DEVNULL, stderr=self.err)
 
     def stderr(self):

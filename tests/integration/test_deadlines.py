@@ -89,3 +89,62 @@ def test_job_reaped_within_a_second_of_its_deadline(senv, daemons):
     log = d.stderr()
     assert "⏰ Prazo atingido" in log
     assert "Ciclo 2 " not in log  # the regular cycles kept their rhythm
+
+
+def test_dry_run_has_no_deadline_wakeups(senv, daemons):
+    """A dry run ends nothing, so a stale row stays due: waking for it would
+    only repeat the same look every 250 ms. It waits for the next cycle."""
+    env = senv
+    env.store.add("stale", "running", 900)
+    d = daemons(env, LIMPEZA_INTERVAL="30s", LIMPEZA_DRY_RUN="1", LIMPEZA_CACHE_FILE="")
+    d.wait_for("📊 Stats banco")
+    time.sleep(3)
+    log = d.stderr()
+    assert "⏰" not in log, log[-2000:]
+    assert "Ciclo 2 " not in log
+    assert env.store.statuses() == {"stale": "running"}
+
+
+def limpeza_xacts(pg, dbname, since=0):
+    """Transactions committed or rolled back in dbname so far, once no
+    limpeza session is left (a backend's counters reach the statistics as it
+    exits)."""
+    deadline = time.monotonic() + 10 * SLOW
+    while int(pg.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                     " AND application_name = 'limpeza'", (dbname,))[0][0]):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return int(pg.sql("SELECT xact_commit + xact_rollback FROM pg_stat_database"
+                      " WHERE datname = %s", (dbname,))[0][0]) - since
+
+
+def test_unmet_deadline_backs_off(tmp_path, pg, daemons):
+    """A stale row that another session holds FOR UPDATE for 10 s cannot be
+    ended (SKIP LOCKED passes it by). A deadline wake-up that ends nothing
+    waits for the next regular cycle: a bounded number of transactions per
+    cycle, not a look every 250 ms."""
+    from conftest import Env, PgStore
+    env = Env(tmp_path, PgStore(pg))
+    s = env.store
+    s.add("held", "running", 900)
+    holder = s.connect()
+    holder.autocommit = False
+    holder.cursor().execute("SELECT 1 FROM scans WHERE job_id = 'held' FOR UPDATE")
+    try:
+        before = limpeza_xacts(pg, s.dbname)
+        d = daemons(env, LIMPEZA_INTERVAL="2s", LIMPEZA_CACHE_FILE="", LIMPEZA_LOG_LEVEL="debug")
+        d.wait_for("Ciclo 1 ")
+        time.sleep(10)
+        assert d.stop() == 0
+        log = d.stderr()
+        xacts = limpeza_xacts(pg, s.dbname, before)
+        assert s.statuses() == {"held": "running"}
+    finally:
+        holder.rollback()
+        holder.close()
+    cycles = log.count("🔄 Ciclo")
+    looks = log.count("Busca no banco:")
+    # per cycle: its look, its batch and its statistics, and at most one
+    # wake-up (a look and a batch); a few for the test's own queries
+    assert xacts <= 5 * cycles + 6, (xacts, cycles, looks)
+    assert looks <= 2 * cycles, (looks, cycles)

@@ -11,19 +11,34 @@ import time
 import psycopg2
 import pytest
 
-from conftest import BIN, SLOW, Env, PgStore
+from conftest import BIN, ROOT, SLOW, Env, PgStore, drop_bouncer
 from pgcluster import APP_PASSWORD, PgCluster
 
 
-def pgenv(tmp_path, cluster, column_type="timestamp"):
-    return Env(tmp_path, PgStore(cluster, column_type))
+LEADER_KEY = 7105573
+
+
+def pgenv(tmp_path, cluster, column_type="timestamp", via="direct"):
+    return Env(tmp_path, PgStore(cluster, column_type, via))
+
+
+def take_leader_lock(store):
+    """Another instance's session holding the leader's lock (taken as soon
+    as limpeza's transaction holding it, if any, ends; never waiting for
+    ever). Closing the connection releases it."""
+    holder = store.connect()
+    cur = holder.cursor()
+    cur.execute("SET lock_timeout = '20s'")
+    cur.execute("SELECT pg_advisory_lock(%s)", (LEADER_KEY,))
+    return holder
 
 
 @pytest.mark.parametrize("column_type", ["timestamp", "timestamptz"])
 @pytest.mark.parametrize("zone", ["America/Sao_Paulo", "Asia/Tokyo"])
-def test_server_zone_does_not_move_the_deadline(tmp_path, pg, zone, column_type):
-    """SPEC §8.4: naive UTC columns against now() under any server zone."""
-    env = pgenv(tmp_path, pg, column_type)
+def test_server_zone_does_not_move_the_deadline(tmp_path, pg, zone, column_type, via):
+    """SPEC §8.4: naive UTC columns against now() under any server zone,
+    directly and through PgBouncer (the zone is set per transaction)."""
+    env = pgenv(tmp_path, pg, column_type, via)
     s = env.store
     pg.sql("ALTER DATABASE %s SET timezone = '%s'" % (s.dbname, zone))
     s.add("run-stale", "running", 200)
@@ -41,6 +56,7 @@ def test_server_zone_does_not_move_the_deadline(tmp_path, pg, zone, column_type)
     assert -1 < s.age("q-stale") < 10
     assert 140 < s.age("run-fresh") < 170
     assert "running > 3min: 1, queued > 2min: 1" in p.stderr
+    s.assert_no_session_state()
 
 
 def test_check_advises_the_index_and_checks_types(tmp_path, pg):
@@ -77,43 +93,103 @@ def test_composite_index_is_recognised(tmp_path, pg):
     assert "ok: index ix_scans_status_updated_at serves the reaping query" in p.stdout
 
 
-def test_follower_leaves_the_database_alone(tmp_path, pg):
-    env = pgenv(tmp_path, pg)
+def test_follower_leaves_the_database_alone(tmp_path, pg, daemons, via):
+    """While another instance holds the leader's lock, a daemon cleans only
+    its cache file and says so once; once the lock is free it leads at its
+    next cycle. With election off it reaps regardless."""
+    env = pgenv(tmp_path, pg, via=via)
     env.store.add("run-stale", "running", 900)
     env.write_cache({"c-old": {"status": "queued", "created_at": time.time() - 999}})
-    holder = env.store.connect()
-    holder.cursor().execute("SELECT pg_advisory_lock(7105573)")
+    holder = take_leader_lock(env.store)
     try:
-        p = env.run("once")
-        assert p.returncode == 0, p.stderr
-        assert "👥 Outra instância é a líder: aqui só o cache é limpo" in p.stderr
-        assert "Limpeza banco executada" not in p.stderr
+        d = daemons(env, LIMPEZA_INTERVAL="200ms")
+        log = d.wait_for("Ciclo 4 ")
+        assert log.count("👥 Outra instância é a líder: aqui só o cache é limpo") == 1
+        assert "Limpeza banco executada" not in log and "👑" not in log
         assert env.store.statuses() == {"run-stale": "running"}
         assert env.read_cache() == "{}"
-        # with election off, it reaps regardless
-        p = env.run("once", LIMPEZA_LEADER_KEY="0")
+        # with election off, a daemon reaps regardless
+        env2 = Env(tmp_path / "noelect", env.store)
+        os.makedirs(env2.tmp, exist_ok=True)
+        d2 = daemons(env2, LIMPEZA_INTERVAL="200ms", LIMPEZA_LEADER_KEY="0")
+        d2.wait_for("running > 3min: 1")
+        assert "Outra instância" not in d2.stderr() and "👑" not in d2.stderr()
         assert env.store.statuses() == {"run-stale": "error"}
-        assert "Outra instância" not in p.stderr
+        assert d2.stop() == 0
     finally:
         holder.close()
+    env.store.add("run-stale-2", "running", 900)
+    log = d.wait_for("👑 Líder: esta instância limpa o banco")
+    d.wait_for("running > 3min: 1")
+    assert env.store.statuses()["run-stale-2"] == "error"
+    assert d.stop() == 0
+    env.store.assert_no_session_state()
+
+
+def test_once_reaps_while_a_daemon_leads(tmp_path, pg, daemons, health, via):
+    """Election is for daemons: the operator's quick cleanup
+    (limpar_jobs_rapido.sh, `limpeza once --force`) and `limpeza once` reap
+    the database even while the leader's lock is held (as it is whenever the
+    leading daemon reaps)."""
+    env = pgenv(tmp_path, pg, via=via)
+    s = env.store
+    s.add("stale", "running", 900)
+    d = daemons(env, LIMPEZA_INTERVAL="30s", LIMPEZA_CACHE_FILE="")
+    d.wait_for("👑 Líder")
+    assert s.statuses() == {"stale": "error"}
+    s.add("live-run", "running", 5)
+    s.add("live-queued", "queued", 5)
+    s.add("stale-2", "running", 900)
+    health.set_json({"status": "healthy", "jobs_active": 2})
+    holder = take_leader_lock(s)
+    try:
+        p = env.run("once", LIMPEZA_CACHE_FILE="")
+        assert p.returncode == 0, p.stderr
+        assert "running > 3min: 1, queued > 2min: 0" in p.stderr
+        assert "Outra instância" not in p.stderr
+        assert s.statuses()["stale-2"] == "error"
+        p = subprocess.run([os.path.join(ROOT, "limpar_jobs_rapido.sh"), "--bin", BIN,
+                            "--health-url", health.url, "--env-file", str(tmp_path / "none")],
+                           capture_output=True, text=True, env=env.env(LIMPEZA_CACHE_FILE=""),
+                           timeout=60 * SLOW)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "🚨 Limpeza forçada: 2 jobs terminados" in p.stderr
+        assert "Outra instância" not in p.stderr
+        assert s.statuses() == {"stale": "error", "stale-2": "error", "live-run": "error",
+                                "live-queued": "error"}
+    finally:
+        holder.close()
+    assert d.p.poll() is None
+    assert d.stop() == 0
+    s.assert_no_session_state()
 
 
 def seed_counted_orphans(store, n, sleep_s):
-    """n stale running rows, and a trigger that records (slowly) each one ended."""
+    """n stale running rows, and a trigger that records (slowly) EVERY update
+    of a row, whatever it changes: a row updated twice is counted twice. It
+    also writes each update to the server log, which no rollback undoes."""
     store.sql("""
         CREATE TABLE reaped (job_id text, at timestamptz DEFAULT clock_timestamp());
         CREATE FUNCTION count_reap() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             INSERT INTO reaped (job_id) VALUES (NEW.job_id);
+            RAISE LOG 'limpeza-test update of %%', NEW.job_id;
             PERFORM pg_sleep(%s);
             RETURN NEW;
         END $$;
-        CREATE TRIGGER count_reap AFTER UPDATE OF status ON scans FOR EACH ROW
-            WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION count_reap();
+        CREATE TRIGGER count_reap AFTER UPDATE ON scans FOR EACH ROW
+            EXECUTE FUNCTION count_reap();
         INSERT INTO scans (username, job_id, status, created_at, updated_at)
             SELECT 'u', 'orphan-' || i, 'running', now() - interval '1 hour',
                    now() - interval '1 hour' FROM generate_series(1, %d) i;
     """ % (sleep_s, n))
+
+
+def updates_counted(store):
+    """(updates, distinct rows, most updates of one row) the trigger recorded."""
+    return tuple(int(v) for v in store.sql(
+        "SELECT coalesce(sum(c), 0), count(*), coalesce(max(c), 0) FROM"
+        " (SELECT job_id, count(*) c FROM reaped GROUP BY job_id) x")[0])
 
 
 def table_scans(store):
@@ -185,9 +261,19 @@ def test_forced_cleanup_costs_a_table_without_index_one_look_per_status(tmp_path
     assert left == [("done", 20000), ("error", 45)]
 
 
-def test_three_daemons_reap_each_orphan_once_and_survive_the_leader(tmp_path, pg, daemons):
-    """Thousands of orphans, three hosts, the leader SIGKILLed mid-work."""
-    env = pgenv(tmp_path, pg)
+def roles(log):
+    """The daemon's role lines, in order: L leader, F follower."""
+    return "".join("L" if "👑" in line else "F" for line in log.splitlines()
+                   if "👑 Líder" in line or "👥 Outra instância" in line)
+
+
+def test_three_daemons_reap_each_orphan_once_and_survive_the_leader(tmp_path, pg, daemons, via):
+    """Thousands of orphans, three hosts, a reaping daemon SIGKILLed mid-work;
+    directly and through PgBouncer. Every reaping transaction elects anew,
+    so the others go on at once; every orphan is updated exactly once (the
+    trigger counts every update); afterwards no lock and no setting of
+    limpeza's is left on the server."""
+    env = pgenv(tmp_path, pg, via=via)
     s = env.store
     n = 3000
     seed_counted_orphans(s, n, 0.001)  # the sleep makes the backlog take a while
@@ -198,26 +284,22 @@ def test_three_daemons_reap_each_orphan_once_and_survive_the_leader(tmp_path, pg
     for i in range(3):
         cache = os.path.join(env.tmp, "cache%d.json" % i)
         log = os.path.join(env.tmp, "log%d" % i, "limpeza.log")
+        # the queued TTL is short so that a reaped row that a rule still
+        # matched would be updated again within the test
         ds.append(daemons(env, LIMPEZA_INTERVAL="200ms", LIMPEZA_BATCH="100",
+                          LIMPEZA_QUEUED_TTL="1s", LIMPEZA_LOG_LEVEL="debug",
                           LIMPEZA_CACHE_FILE=cache, LIMPEZA_LOG_FILE=log))
-    # find the leader once it has reaped part of the backlog
-    leader = None
-    deadline = time.monotonic() + 20 * SLOW
-    while leader is None and time.monotonic() < deadline:
-        for d in ds:
-            if "👑 Líder" in d.stderr():
-                leader = d
-        time.sleep(0.05)
-    assert leader is not None
     deadline = time.monotonic() + 30 * SLOW
     while int(s.sql("SELECT count(*) FROM reaped")[0][0]) < 300:
-        assert time.monotonic() < deadline, "the leader reaped nothing"
+        assert time.monotonic() < deadline, "nothing was reaped"
         time.sleep(0.02)
-    leader.p.kill()
-    leader.p.wait()
+    # the one that has ended the most rows so far
+    victim = max(ds, key=lambda d: len(re.findall(r"Lote no banco: [1-9]", d.stderr())))
+    victim.p.kill()
+    victim.p.wait()
     done_at_kill = int(s.sql("SELECT count(*) FROM reaped")[0][0])
-    assert done_at_kill < n, "the leader finished before it could be killed"
-    # another one takes over and finishes
+    assert done_at_kill < n, "the backlog was done before a daemon could be killed"
+    # the others finish
     deadline = time.monotonic() + 60 * SLOW
     while time.monotonic() < deadline:
         left = int(s.sql("SELECT count(*) FROM scans WHERE status = 'running'"
@@ -226,35 +308,102 @@ def test_three_daemons_reap_each_orphan_once_and_survive_the_leader(tmp_path, pg
             break
         time.sleep(0.1)
     assert left == 0
-    counts = s.sql("SELECT count(*), count(DISTINCT job_id), max(c) FROM"
-                   " (SELECT job_id, count(*) c FROM reaped GROUP BY job_id) x")[0]
-    assert counts == (n, n, 1), counts
+    # more cycles of the survivors over rows reaped more than a queued TTL ago
+    time.sleep(1.5)
+    assert updates_counted(s) == (n, n, 1)
+    survivors = [d for d in ds if d is not victim]
     assert int(s.sql("SELECT count(*) FROM scans WHERE job_id LIKE 'live-%%'"
                      " AND status = 'running'")[0][0]) == 50
-    survivors = [d for d in ds if d is not leader]
-    assert sum("👑 Líder" in d.stderr() for d in survivors) == 1
     for d in survivors:
-        # a follower says so once, however many cycles it ran
-        assert d.stderr().count("👥 Outra instância é a líder") <= 1
+        # the role is logged when it changes: never twice the same in a row
+        r = roles(d.stderr())
+        assert "LL" not in r and "FF" not in r, r
         assert d.stop() == 0
+    s.assert_no_session_state()
+
+
+def test_leadership_is_taken_in_every_reaping_transaction(tmp_path, pg, daemons):
+    """Another instance that takes the leader's lock between two batches of a
+    backlog stops this daemon's reaping at its next transaction; when the
+    lock is free again, the daemon leads again at once."""
+    env = pgenv(tmp_path, pg)
+    s = env.store
+    seed_counted_orphans(s, 600, 0.002)  # 100 rows a batch: 0.2 s
+    d = daemons(env, LIMPEZA_INTERVAL="200ms", LIMPEZA_BATCH="100", LIMPEZA_LOG_LEVEL="debug",
+                LIMPEZA_CACHE_FILE="")
+    d.wait_for("Lote no banco: 100 jobs")
+    # waits for the batch in progress to commit
+    holder = take_leader_lock(s)
+    try:
+        held_at = updates_counted(s)[0]
+        assert held_at < 600, "the backlog was done before the lock was taken"
+        d.wait_for("👥 Outra instância é a líder")
+        d.wait_for("Ciclo", count=d.stderr().count("Ciclo") + 5)
+        assert updates_counted(s)[0] == held_at
+    finally:
+        holder.close()
+    d.wait_for("👑 Líder", count=2)
+    deadline = time.monotonic() + 30 * SLOW
+    while updates_counted(s)[0] < 600:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert updates_counted(s) == (600, 600, 1)
+    assert roles(d.stderr()) == "LFL"
+    assert d.stop() == 0
+
+
+def test_follower_again_after_a_reconnect(tmp_path, pg, daemons):
+    """A daemon that led, lost its connection and reconnected while another
+    instance holds the lock follows (and says so) until the lock is free."""
+    env = pgenv(tmp_path, pg)
+    s = env.store
+    s.add("first", "running", 900)
+    d = daemons(env, LIMPEZA_INTERVAL="200ms", LIMPEZA_ERROR_BACKOFF="200ms",
+                LIMPEZA_CACHE_FILE="")
+    d.wait_for("running > 3min: 1")
+    holder = take_leader_lock(s)
+    try:
+        killed = pg.sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                        " WHERE datname = %s AND application_name = 'limpeza'", (s.dbname,))
+        assert killed[0][0] == 1
+        d.wait_for("✅ Banco disponível novamente", timeout=20)
+        s.add("second", "running", 900)
+        d.wait_for("👥 Outra instância é a líder")
+        d.wait_for("Ciclo", count=d.stderr().count("Ciclo") + 5)
+        assert s.statuses() == {"first": "error", "second": "running"}
+    finally:
+        holder.close()
+    d.wait_for("running > 3min: 1", count=2)
+    assert s.statuses() == {"first": "error", "second": "error"}
+    assert roles(d.stderr()) == "LFL"
+    assert d.stop() == 0
 
 
 def test_outage_is_logged_once_and_survived(tmp_path, daemons):
-    """The database stops mid-cycle (during a reaping batch) and comes back."""
+    """The database stops in the middle of a reaping batch and comes back:
+    the cut batch is rolled back whole and done again, nothing twice."""
     cluster = PgCluster()
     try:
         env = pgenv(tmp_path, cluster)
         s = env.store
-        seed_counted_orphans(s, 600, 0.005)
+        seed_counted_orphans(s, 600, 0.01)  # 100 rows a batch: about 1 s
         d = daemons(env, LIMPEZA_INTERVAL="200ms", LIMPEZA_ERROR_BACKOFF="200ms",
                     LIMPEZA_BATCH="100", LIMPEZA_LOG_LEVEL="debug")
         d.wait_for("Lote no banco: 100 jobs")
+        # stop while the next batch is at work: its UPDATE started moments ago
+        deadline = time.monotonic() + 10 * SLOW
+        while not s.sql("SELECT 1 FROM pg_stat_activity WHERE datname = %s AND state = 'active'"
+                        " AND query LIKE 'UPDATE%%' AND now() - query_start < interval '0.3 s'",
+                        (s.dbname,)):
+            assert time.monotonic() < deadline, "no batch seen at work"
+            time.sleep(0.01)
         cluster.stop("immediate")
         d.wait_for("❌ Erro no banco \\(postgresql\\)")
         # several failing cycles, one error line
         log = d.wait_for("Ciclo", count=d.stderr().count("Ciclo") + 8)
         assert log.count("❌ Erro no banco (postgresql)") == 1
         assert d.p.poll() is None
+        stopped_at = os.path.getsize(cluster.logfile)
         cluster.start()
         s.add("after-restart", "running", 900)
         d.wait_for("✅ Banco disponível novamente \\(postgresql\\)", timeout=40)
@@ -264,8 +413,17 @@ def test_outage_is_logged_once_and_survived(tmp_path, daemons):
             time.sleep(0.1)
         assert s.statuses()["after-restart"] == "error"
         assert int(s.sql("SELECT count(*) FROM scans WHERE status = 'running'")[0][0]) == 0
-        # a batch cut by the crash was rolled back whole: nothing twice
-        assert s.sql("SELECT count(*), count(DISTINCT job_id) FROM reaped")[0] == (601, 601)
+        # the server log, which no rollback undoes, saw rows updated before
+        # the stop that the database did not keep: the batch the stop cut
+        with open(cluster.logfile, encoding="utf-8", errors="replace") as f:
+            updated = set(re.findall(r"limpeza-test update of (orphan-\d+)", f.read(stopped_at)))
+        kept = {r[0] for r in s.sql("SELECT job_id FROM reaped"
+                                    " WHERE at < pg_postmaster_start_time()")}
+        cut = updated - kept
+        assert cut, "the stop did not land in a batch"
+        assert kept <= updated
+        # and the database kept each of them once
+        assert updates_counted(s) == (601, 601, 1)
         assert d.stderr().count("❌ Erro no banco (postgresql)") == 1
         assert d.stop() == 0
     finally:
@@ -323,21 +481,150 @@ def test_rows_locked_by_a_writer_are_skipped_not_waited_for(tmp_path, pg):
     assert env.store.statuses() == {"busy": "running", "free": "error"}
 
 
-def test_secrets_never_printed(tmp_path, pg):
+def test_names_are_told_apart_as_postgresql_does(tmp_path, pg):
+    """`check` and the reaping statements name the table the same way
+    (quoted: a name is taken as written), so `Scans` and `scans` are two
+    tables to both, as they are to PostgreSQL."""
     env = pgenv(tmp_path, pg)
-    good = env.store.url
-    wrong = good.replace(APP_PASSWORD, "Wr0ng-" + APP_PASSWORD)
-    for url, secret in ((good, APP_PASSWORD), (wrong, "Wr0ng-" + APP_PASSWORD)):
-        for args in (["once"], ["check"], ["stats"], ["stats", "--json"]):
-            p = env.run(*args, DATABASE_URL=url, LIMPEZA_LOG_LEVEL="debug")
-            assert secret not in p.stdout + p.stderr, (args, p.stdout + p.stderr)
-            assert secret not in env.log_text()
-    p = env.run("once", DATABASE_URL=wrong)
-    assert "password authentication failed" in p.stderr
-    p = env.run("check", DATABASE_URL=good)
-    assert "app:***@127.0.0.1" in p.stdout
-    # URL parameters reach libpq: this server has no SSL
-    p = env.run("once", DATABASE_URL=good + "?sslmode=require")
+    s = env.store
+    s.add("lower", "running", 900)
+    # only scans exists: Scans is not found, by check or by the reaper
+    p = env.run("check", LIMPEZA_CACHE_FILE="", LIMPEZA_TABLE="Scans")
+    assert p.returncode == 1, p.stdout
+    assert "FAIL: database: table Scans not found" in p.stdout
+    p = env.run("once", LIMPEZA_CACHE_FILE="", LIMPEZA_TABLE="Scans")
+    assert p.returncode == 1 and 'relation "Scans" does not exist' in p.stderr
+    assert s.statuses() == {"lower": "running"}
+    # both exist: each name reaches its own table, in check and in reaping
+    s.sql('CREATE TABLE "Scans" (LIKE scans INCLUDING ALL);'
+          ' INSERT INTO "Scans" (username, job_id, status, created_at, updated_at)'
+          " VALUES ('u', 'upper', 'running', now() - interval '1 hour',"
+          " now() - interval '1 hour')")
+    s.sql('ALTER TABLE "Scans" ALTER error_message TYPE varchar(300)')
+    p = env.run("check", LIMPEZA_CACHE_FILE="", LIMPEZA_TABLE="Scans")
+    assert p.returncode == 0, p.stdout
+    assert "ok: column Scans.error_message (character varying(300))" in p.stdout
+    assert 'ON "Scans" ("updated_at")' in p.stdout
+    p = env.run("check", LIMPEZA_CACHE_FILE="", LIMPEZA_TABLE="scans")
+    assert "ok: column scans.error_message (text)" in p.stdout
+    p = env.run("once", LIMPEZA_CACHE_FILE="", LIMPEZA_TABLE="Scans")
+    assert p.returncode == 0, p.stderr
+    assert s.statuses() == {"lower": "running"}
+    assert s.sql('SELECT status FROM "Scans"') == [("error",)]
+    p = env.run("once", LIMPEZA_CACHE_FILE="", LIMPEZA_TABLE="scans")
+    assert s.statuses() == {"lower": "error"}
+    # a column is named the same way
+    p = env.run("check", LIMPEZA_CACHE_FILE="", LIMPEZA_STATUS_COLUMN="Status")
+    assert p.returncode == 1 and "FAIL: column scans.Status not found" in p.stdout
+    p = env.run("once", LIMPEZA_CACHE_FILE="", LIMPEZA_STATUS_COLUMN="Status")
+    assert p.returncode == 1 and 'column "Status" does not exist' in p.stderr
+
+
+# Passwords as the original project's env files hold them (and worse), each
+# as a DATABASE_URL line of backend/.env and the password as the line spells
+# it. libpq decides what the password is (psycopg2's parse_dsn is libpq's
+# PQconninfoParse).
+SECRET_URLS = [
+    ("postgresql://{user}:Desfollow-DB2026###@127.0.0.1:{port}/{db}", "Desfollow-DB2026###"),
+    ("postgresql://{user}:[Desfollow-DB2026!!!]@127.0.0.1:{port}/{db}",
+     "[Desfollow-DB2026!!!]"),
+    ("postgresql://{user}:pa?ss&w=rd@127.0.0.1:{port}/{db}", "pa?ss&w=rd"),
+    ("postgresql://{user}:sem;i:co#l@127.0.0.1:{port}/{db}", "sem;i:co#l"),
+    ("postgresql://{user}:p%23ss-Desfollow@127.0.0.1:{port}/{db}", "p%23ss-Desfollow"),
+    ("postgres://{user}@127.0.0.1:{port}/{db}?password=Kq%26Jurx-Wzpt%3D1&sslmode=disable",
+     "Kq%26Jurx-Wzpt%3D1"),
+    ('"host=127.0.0.1 port={port} dbname={db} user={user} password=\'Desfollow DB 2026 ###\'"',
+     "'Desfollow DB 2026 ###'"),
+    ("host=127.0.0.1 port={port} dbname={db} user={user} password='two  words-2026'",
+     "'two  words-2026'"),
+]
+
+
+def masked(value):
+    """The connection string as limpeza shows it: libpq's parse of it, the
+    password as ***; a URL stays a URL."""
+    from psycopg2.extensions import parse_dsn
+    opts = parse_dsn(value)
+    if not value.startswith("postgres"):
+        return " ".join("%s=%s" % (k, "***" if k == "password" else v) for k, v in opts.items())
+    rest = "&".join("%s=%s" % (k, v) for k, v in opts.items()
+                    if k not in ("user", "password", "dbname", "host", "port"))
+    return "%s://%s:***@%s:%s/%s%s" % (value.split(":", 1)[0], opts["user"], opts["host"],
+                                       opts["port"], opts["dbname"], "?" + rest if rest else "")
+
+
+@pytest.mark.parametrize("template,spelled", SECRET_URLS, ids=range(len(SECRET_URLS)))
+def test_secrets_never_printed(tmp_path, pg, daemons, template, spelled):
+    """Every command, the log file and the errors of a failing connection
+    show the database URL with its password masked, and no part of the
+    password: not as libpq reads it, not as the env file spells it, not
+    percent-encoded. The password is read from backend/.env as the API's
+    own file holds it, and connects for real (scram-sha-256)."""
+    from urllib.parse import quote
+    from psycopg2.extensions import parse_dsn
+    env = pgenv(tmp_path, pg)
+    s = env.store
+    user = "sec_%s" % s.dbname
+    line = template.format(user=user, port=pg.port, db=s.dbname)
+    value = line[1:-1] if line.startswith('"') else line
+    password = parse_dsn(value)["password"]
+    pg.sql("CREATE ROLE %s LOGIN PASSWORD %%s" % user, (password,))
+    pg.sql("GRANT ALL ON scans TO %s" % user, dbname=s.dbname)
+    os.makedirs(os.path.join(env.tmp, "backend"))
+    with open(os.path.join(env.tmp, "backend", ".env"), "w") as f:
+        f.write("# Configurações do Banco de Dados (Supabase)\nDATABASE_URL=%s\n\n"
+                "SECRET_KEY=not-the-password\n" % line)
+    run = dict(DATABASE_URL=None, LIMPEZA_ENV_FILES="backend/.env", LIMPEZA_LOG_LEVEL="debug")
+    forbidden = {password, spelled, quote(password, safe=""), quote(password)}
+    # and any word of it
+    forbidden |= {w for w in re.split(r"[^A-Za-z0-9]+", password)
+                  if len(w) >= 4 and not w.isdigit()}
+
+    def clean(text, what):
+        for f in forbidden:
+            assert f not in text, (what, f, text[-3000:])
+
+    def limpeza(*args):
+        p = subprocess.run([BIN, *args], cwd=env.tmp, env=env.env(**run), capture_output=True,
+                           text=True, timeout=30 * SLOW)
+        clean(p.stdout + p.stderr, args)
+        return p
+
+    s.add("stale", "running", 900)
+    p = limpeza("once")
+    assert p.returncode == 0, p.stderr
+    assert s.statuses() == {"stale": "error"}  # libpq got the password from the file
+    p = limpeza("check")
+    assert p.returncode == 0, p.stdout
+    assert "DATABASE_URL=%s\n" % masked(value) in p.stdout
+    for args in (["stats"], ["stats", "--json"]):
+        p = limpeza(*args)
+        assert p.returncode == 0, p.stderr
+    d = daemons(env, **run, LIMPEZA_INTERVAL="200ms", cwd=env.tmp)
+    text = d.wait_for("Ciclo 2 ")
+    assert "| Banco: %s |" % masked(value) in text
+    assert d.stop() == 0
+    clean(d.stderr(), "run")
+    # a failing connection: the server refuses the password
+    pg.sql("ALTER ROLE %s PASSWORD 'something-else'" % user)
+    for args in (["once"], ["check"], ["stats"], ["stats", "--json"]):
+        p = limpeza(*args)
+        assert p.returncode == 1
+        assert "password authentication failed" in p.stdout + p.stderr, args
+    d = daemons(env, **run, LIMPEZA_INTERVAL="200ms", cwd=env.tmp)
+    text = d.wait_for("❌ Erro no banco \\(postgresql\\): cannot connect")
+    assert d.stop() == 0
+    clean(d.stderr(), "run")
+    clean(env.log_text(), "log file")
+    assert masked(value) in env.log_text()
+    pg.sql("DROP OWNED BY %s" % user, dbname=s.dbname)
+    pg.sql("DROP ROLE %s" % user)
+
+
+def test_url_parameters_reach_libpq(tmp_path, pg):
+    """URL parameters reach libpq: this server has no SSL."""
+    env = pgenv(tmp_path, pg)
+    p = env.run("once", DATABASE_URL=env.store.url + "?sslmode=require")
     assert "SSL" in p.stderr
     assert APP_PASSWORD not in p.stderr
 

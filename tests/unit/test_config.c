@@ -271,22 +271,53 @@ test_mask_url(void **state)
 	char b[256];
 
 	(void)state;
+	/* libpq's parser decides what the password is; it is never shown. */
 	config_mask_url(
 	    "postgresql://u:p%40ss@h:5432/db?sslmode=require", b, sizeof(b));
 	assert_string_equal(b, "postgresql://u:***@h:5432/db?sslmode=require");
 	config_mask_url("postgres://u@h/db", b, sizeof(b));
 	assert_string_equal(b, "postgres://u@h/db");
+	/* passwords of the original project's env files */
+	config_mask_url(
+	    "postgresql://postgres:Desfollow-DB2026###@db.x.supabase.co:5432/"
+	    "postgres",
+	    b, sizeof(b));
+	assert_string_equal(
+	    b, "postgresql://postgres:***@db.x.supabase.co:5432/postgres");
+	config_mask_url("postgresql://postgres:[Desfollow-DB2026!!!]@h:6543/db",
+	    b, sizeof(b));
+	assert_string_equal(b, "postgresql://postgres:***@h:6543/db");
+	config_mask_url("postgresql://u:pa?ss&w=rd@h/db", b, sizeof(b));
+	assert_string_equal(b, "postgresql://u:***@h/db");
+	config_mask_url("postgresql://u:sem;i:co#l@h/db", b, sizeof(b));
+	assert_string_equal(b, "postgresql://u:***@h/db");
+	config_mask_url("postgresql://u:p%23ss@h/db", b, sizeof(b));
+	assert_string_equal(b, "postgresql://u:***@h/db");
+	/* a password parameter, and one given twice */
+	config_mask_url("postgres://h/db?user=u&password=z%26z&x=1&password=y",
+	    b, sizeof(b));
+	assert_null(strstr(b, "z"));
+	assert_null(strstr(b, "y"));
+	assert_non_null(strstr(b, "password=***"));
+	/* key=value: quoted, escaped, with spaces */
 	config_mask_url("host=h dbname=d password=xyz user=u", b, sizeof(b));
-	assert_string_equal(b, "host=h dbname=d password=*** user=u");
+	assert_string_equal(b, "user=u password=*** dbname=d host=h");
 	config_mask_url("host=h password='a b\\' c' user=u", b, sizeof(b));
-	assert_string_equal(b, "host=h password=*** user=u");
-	config_mask_url("postgres://h/db?user=u&password=zz&x=1", b, sizeof(b));
-	assert_string_equal(b, "postgres://h/db?user=u&password=***&x=1");
+	assert_string_equal(b, "user=u password=*** host=h");
+	config_mask_url("host=h password=a\\ bcd user=u", b, sizeof(b));
+	assert_string_equal(b, "user=u password=*** host=h");
 	/* found by fuzz_mask: a URL-like text after a password= parameter */
 	config_mask_url("host=h password=sehBnn x://e:y@h", b, sizeof(b));
-	assert_string_equal(b, "host=h password=*** x://e:y@h");
+	assert_null(strstr(b, "sehBnn"));
 	config_mask_url("sqlite:///demo/jobs.db", b, sizeof(b));
 	assert_string_equal(b, "sqlite:///demo/jobs.db");
+	/* what libpq rejects is masked from its first possible password on */
+	config_mask_url("postgresql://u:p%zzsecret@h/db", b, sizeof(b));
+	assert_string_equal(b, "postgresql://u:***@h/db");
+	config_mask_url("host=h password=abc defgh", b, sizeof(b));
+	assert_string_equal(b, "host=h password=***");
+	config_mask_url("mysql://admin:s3cr3t@db.example/app", b, sizeof(b));
+	assert_string_equal(b, "mysql://admin:***@db.example/app");
 }
 
 static void
