@@ -13,13 +13,14 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 
 import pytest
 
-from conftest import BIN, SLOW, cannot_set_up
+from conftest import BIN, SANITIZED, SLOW, cannot_set_up
 
 WRITES = int(os.environ.get("STRESS_WRITES", "300"))
 ROUNDS = int(os.environ.get("STRESS_ROUNDS", "1"))
@@ -209,6 +210,155 @@ def test_once_in_a_tight_loop_beside_a_full_speed_writer(env, tmp_path):
     if parts == 3:
         assert min(r[1] for r in summary) >= 300, summary
     assert temp_files(env) == []
+
+
+SWAP_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+/*
+ * limpeza's first swap of the names, and then a pause in which another
+ * process opens the old file (SWAP_MARK tells it when): the open() that
+ * a job could be lost to, landing between the swap and what follows it.
+ */
+int
+renameat2(int od, const char *op, int nd, const char *np, unsigned flags)
+{
+	static int done;
+	int (*real)(int, const char *, int, const char *, unsigned) =
+	    (int (*)(int, const char *, int, const char *, unsigned))dlsym(
+		RTLD_NEXT, "renameat2");
+	struct timespec pause = { 0, 100L * 1000 * 1000 };
+	int r = real(od, op, nd, np, flags);
+
+	if (r == 0 && !done++) {
+		close(open(getenv("SWAP_MARK"), O_CREAT | O_WRONLY, 0600));
+		nanosleep(&pause, NULL);
+	}
+	return r;
+}
+"""
+
+OPENER = r"""
+import json, os, sys, time
+path, mark, result = sys.argv[1:4]
+where = os.path.dirname(path)
+with open(path) as f:
+    data = json.load(f)
+data["written-at-the-swap"] = {"status": "done", "count": 1}
+old = os.open(path, os.O_PATH)  # the file as it is now, before limpeza swaps
+while not os.path.exists(mark):
+    pass
+t0 = time.monotonic()
+fd = os.open("/proc/self/fd/%d" % old, os.O_WRONLY)
+waited = time.monotonic() - t0
+# Like an open() held off the CPU right after it reached the file: its
+# write comes once limpeza has decided (its temporary file is gone).
+while any(".limpeza-" in n for n in os.listdir(where)):
+    pass
+os.ftruncate(fd, 0)
+os.write(fd, json.dumps(data).encode())
+os.close(fd)
+with open(result, "w") as f:
+    f.write("%.6f" % waited)
+"""
+
+
+def test_a_writer_opening_the_old_file_at_the_swap_keeps_its_job(env, tmp_path):
+    """The window that a write lease closes: the API opens the old file just
+    as limpeza swaps the names in, and writes its job a moment later. With
+    the lease its open() waits, limpeza sees it, puts the old file back, and
+    the job stays; without it the job went with the old file."""
+    src = tmp_path / "swap.c"
+    src.write_text(SWAP_SHIM)
+    so = str(tmp_path / "swap.so")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", so, str(src), "-ldl"], check=True)
+    mark, result = str(tmp_path / "mark"), str(tmp_path / "waited")
+    env.write_cache({"stale": {"status": "running", "start_time": time.time() - 999},
+                     "keep": {"status": "done"}})
+    opener = subprocess.Popen([sys.executable, "-c", OPENER, env.cache, mark, result])
+    extra = {}
+    if SANITIZED:
+        extra["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
+    time.sleep(0.2)  # the opener has read the file and holds its O_PATH
+    p = env.run("once", DATABASE_URL=None, LD_PRELOAD=so, SWAP_MARK=mark,
+                LIMPEZA_LOG_LEVEL="debug", **extra)
+    assert opener.wait(30) == 0
+    assert p.returncode == 0, p.stderr
+    assert "troca undone" in p.stderr, p.stderr  # limpeza saw the open and gave way
+    # Whatever limpeza left, the writer's job is in the file: the next pass
+    # then removes the stale job and keeps it.
+    assert "written-at-the-swap" in json.loads(env.read_cache())
+    p = env.run("once", DATABASE_URL=None)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(env.read_cache()) == {"keep": {"status": "done"},
+                                            "written-at-the-swap": {"status": "done",
+                                                                    "count": 1}}
+    with open(result) as f:
+        waited = float(f.read())
+    print("\nthe writer's open() of the old file waited %.1f ms" % (waited * 1000))
+    assert waited < 1.0
+    assert temp_files(env) == []
+
+
+def lease_on(ino):
+    """True while some process holds a lease on inode ino (/proc/locks)."""
+    with open("/proc/locks") as f:
+        for line in f:
+            w = line.split()
+            if len(w) > 5 and w[1] == "LEASE" and w[5].rsplit(":", 1)[-1] == str(ino):
+                return True
+    return False
+
+
+def test_sigkill_while_holding_the_lease(env):
+    """limpeza SIGKILLed while it holds the write lease: the kernel drops the
+    lease with the process, so an open() of the old file never waits on a
+    dead holder (the bound otherwise is the kernel's lease-break time,
+    /proc/sys/fs/lease-break-time, 45 s by default); the file is always the
+    old or the new version, and nothing is lost."""
+    big = {"done-%d" % i: {"status": "done", "all": list(range(100)), "n": i}
+           for i in range(2000)}
+    old = dict(big, stale={"status": "queued", "created_at": 1e9})
+    old_text = json.dumps(old)
+    e = env.env(DATABASE_URL=None, LIMPEZA_LOG_FILE="")
+    hits, longest = 0, 0.0
+    for _ in range(KILLS):
+        env.write_cache(old_text)
+        ino = os.stat(env.cache).st_ino
+        handle = os.open(env.cache, os.O_PATH)
+        try:
+            p = subprocess.Popen([BIN, "once"], env=e, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+            while p.poll() is None and not lease_on(ino):
+                pass
+            held = p.poll() is None
+            p.kill()
+            p.wait()
+            # The API opens the old file: at once, whoever held the lease.
+            t0 = time.monotonic()
+            os.close(os.open("/proc/self/fd/%d" % handle, os.O_RDONLY))
+            longest = max(longest, time.monotonic() - t0)
+        finally:
+            os.close(handle)
+        if held:
+            hits += 1
+            assert not lease_on(ino)  # released with the process
+        with open(env.cache) as f:
+            data = json.load(f)
+        assert data in (old, big)
+        p = subprocess.run([BIN, "once"], env=e, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        assert json.loads(env.read_cache()) == big and temp_files(env) == []
+    print("\n%d SIGKILLs, %d while limpeza held the lease; the old file's longest open() "
+          "afterwards %.1f ms" % (KILLS, hits, longest * 1000))
+    assert hits >= max(1, KILLS // 2), hits
+    assert longest < 1.0
 
 
 def temp_files(env):
