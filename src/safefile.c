@@ -513,7 +513,7 @@ safefile_replace(const char *path, int oldfd, const struct stat *was,
 		    strerror(errno));
 		goto fail;
 	}
-	fd = -1;
+	/* From here the temporary file is swap_in()'s to remove. */
 	if ((r = swap_in(tmp, path, oldfd, was, err, errlen)) != 0)
 		return r;
 	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
