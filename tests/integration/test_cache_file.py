@@ -268,20 +268,29 @@ RACE_SHIM = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-/* Plays an API that rewrites the cache in place right after limpeza has
-   written its temporary file and before it renames it. */
+/* Plays a writer that rewrites the cache right after limpeza has written
+   its temporary file and before it renames it: in place, as the API does,
+   or (RACE_MODE=replace) by renaming a new file over it. */
 int fsync(int fd) {
 	static int done;
 	int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
 	const char *path = getenv("RACE_FILE");
+	const char *mode = getenv("RACE_MODE");
 	if (!done && path) {
-		char buf[65536];
+		char buf[65536], other[4200];
 		FILE *f = fopen(path, "r+");
 		size_t n = fread(buf, 1, sizeof(buf) - 1, f);
 		buf[n] = 0;
-		rewind(f);
+		if (mode != NULL && strcmp(mode, "replace") == 0) {
+			fclose(f);
+			snprintf(other, sizeof(other), "%s.new", path);
+			f = fopen(other, "w");
+		} else
+			rewind(f);
 		fprintf(f, "{\"late\": {\"status\": \"done\"}, %s", buf + 1);
 		fclose(f);
+		if (mode != NULL && strcmp(mode, "replace") == 0)
+			rename(other, path);
 		usleep(20000);
 		done = 1;
 	}
@@ -290,8 +299,10 @@ int fsync(int fd) {
 """
 
 
-def test_change_between_read_and_rename_is_retried(env, tmp_path):
-    """SPEC §6.2: a version written while limpeza worked is not overwritten."""
+@pytest.mark.parametrize("mode", ["in-place", "replace"])
+def test_change_between_read_and_rename_is_retried(env, tmp_path, mode):
+    """SPEC §6.2: a version written while limpeza worked is not overwritten,
+    whether the writer rewrote the file or put a new one in its place."""
     src = tmp_path / "race.c"
     src.write_text(RACE_SHIM)
     so = str(tmp_path / "race.so")
@@ -301,7 +312,8 @@ def test_change_between_read_and_rename_is_retried(env, tmp_path):
     extra = {}
     if SANITIZED:
         extra["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
-    p = once(env, LD_PRELOAD=so, RACE_FILE=env.cache, LIMPEZA_LOG_LEVEL="debug", **extra)
+    p = once(env, LD_PRELOAD=so, RACE_FILE=env.cache, RACE_MODE=mode,
+             LIMPEZA_LOG_LEVEL="debug", **extra)
     assert p.returncode == 0, p.stderr
     assert json.loads(env.read_cache()) == {"late": {"status": "done"},
                                             "keep": {"status": "done"}}

@@ -76,6 +76,8 @@ def targets_for(tests):
             want += ["build/asan/limpeza", "build/asan/tests/cache_driver"]
         elif kind == "fuzz":
             want.append("build/fuzz/fuzz_" + rest.split()[0])
+        elif kind == "make":
+            pass
         else:
             raise SystemExit("mutants.toml: unknown test kind %r" % t)
     return list(dict.fromkeys(want))
@@ -100,6 +102,9 @@ def run_test(tree, spec, timeout):
             env["LIMPEZA_SANITIZED"] = "1"
         cmd = [PYTHON, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                *rest.split()]
+    elif kind == "make":
+        # make:TARGET: a gate of make test itself (lint, format-check).
+        cmd = ["make", "-s", rest]
     elif kind == "fuzz":
         # fuzz:TARGET INPUT-FILE...: replays fixed inputs, no search.
         name, *inputs = rest.split()
