@@ -387,25 +387,36 @@ def test_sigkill_mid_rewrite_leaves_old_or_new(env):
     # How long the rewrite lasts (temporary file seen, then gone), to aim
     # the kills inside it.
     spans = []
-    for _ in range(3):
+    for _ in range(30):
         env.write_cache(old_text)
         p = subprocess.Popen([BIN, "once"], env=e, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-        assert wait_for_rewrite(env, p, 10 * SLOW)
+        seen = wait_for_rewrite(env, p, 10 * SLOW)
         t0 = time.monotonic()
         while temp_files(env):
             pass
-        spans.append(time.monotonic() - t0)
+        if seen:
+            spans.append(time.monotonic() - t0)
         assert p.wait() == 0
+        if len(spans) == 3:
+            break
+    assert len(spans) == 3, "the rewrite was never caught in flight"
     span = max(spans)
     outcomes = {"old": 0, "new": 0}
     mid = leftovers = 0
     rng = random.Random(7105573)
-    for _ in range(KILLS):
+    missed = 0
+    while outcomes["old"] + outcomes["new"] < KILLS:
         env.write_cache(old_text)
         p = subprocess.Popen([BIN, "once"], env=e, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-        assert wait_for_rewrite(env, p, 10 * SLOW), "limpeza never began the rewrite"
+        if not wait_for_rewrite(env, p, 10 * SLOW):
+            # This process was off the CPU for the whole rewrite (a busy
+            # machine): the run finished untouched; aim again.
+            assert p.wait() == 0 and json.loads(env.read_cache()) == big
+            missed += 1
+            assert missed <= KILLS, "the rewrite was never caught in flight"
+            continue
         time.sleep(rng.uniform(0, span))
         p.send_signal(signal.SIGKILL)
         p.wait()
