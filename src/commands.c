@@ -70,7 +70,7 @@ cmd_check(struct config *cfg)
 {
 	struct store *s;
 	long long jobs;
-	char err[512];
+	char err[512], api[512];
 	int failed = 0, i, r;
 
 	printf("ok: configuration is valid\n");
@@ -95,13 +95,14 @@ cmd_check(struct config *cfg)
 		failed = 1;
 
 	r = check_health(cfg, &jobs, err, sizeof(err));
+	config_mask_http(cfg->health_url, 1, api, sizeof(api));
 	if (r == 1)
 		printf("ok: health check disabled\n");
 	else if (r == 0)
-		printf("ok: health URL %s answers: %lld jobs active\n",
-		    cfg->health_url, jobs);
+		printf(
+		    "ok: health URL %s answers: %lld jobs active\n", api, jobs);
 	else {
-		printf("FAIL: health URL %s: %s\n", cfg->health_url, err);
+		printf("FAIL: health URL %s: %s\n", api, err);
 		failed = 1;
 	}
 	printf("%s\n", failed ? "check FAILED" : "check passed");

@@ -261,7 +261,29 @@ test_secret_not_in_error(void **state)
 	setenv("DATABASE_URL", "mysql://admin:s3cr3t@db.example/app", 1);
 	assert_int_equal(load(&cfg, NULL, err, sizeof(err)), -1);
 	assert_null(strstr(err, "s3cr3t"));
-	assert_non_null(strstr(err, "admin:***@db.example"));
+	assert_non_null(strstr(err, "invalid DATABASE_URL (not shown"));
+	/* Refused values nobody can parse: nothing of them is shown. */
+	{
+		const char *const bad_urls[] = {
+			" postgresql://app:s3cr3t@h/db",
+			"postgresql:/app:s3cr3t@h/db", "app:s3cr3t@h/db",
+			"sqlite://app:s3cr3t@h/db",
+			"host=h passwd=s3cr3t", /* libpq: no such keyword */
+			"postgresql://app:pa/s3cr3t@h:1/db", /* '/' in it */
+			"postgresql://app:p@s3cr3t@h/db", /* '@' in it */
+			NULL
+		};
+		int i;
+
+		for (i = 0; bad_urls[i] != NULL; i++) {
+			setenv("DATABASE_URL", bad_urls[i], 1);
+			assert_int_equal(
+			    load(&cfg, NULL, err, sizeof(err)), -1);
+			assert_null(strstr(err, "s3cr3t"));
+			assert_null(strstr(err, "cr3"));
+			assert_non_null(strstr(err, "DATABASE_URL"));
+		}
+	}
 	clear_env();
 }
 
@@ -315,9 +337,29 @@ test_mask_url(void **state)
 	config_mask_url("postgresql://u:p%zzsecret@h/db", b, sizeof(b));
 	assert_string_equal(b, "postgresql://u:***@h/db");
 	config_mask_url("host=h password=abc defgh", b, sizeof(b));
-	assert_string_equal(b, "host=h password=***");
+	assert_string_equal(b, "host=h password=*** ***");
 	config_mask_url("mysql://admin:s3cr3t@db.example/app", b, sizeof(b));
 	assert_string_equal(b, "mysql://admin:***@db.example/app");
+	/* a keyword libpq does not know: only harmless keywords' values show */
+	config_mask_url("host=h passwd=SecretXY dbname=d", b, sizeof(b));
+	assert_string_equal(b, "host=h passwd=*** dbname=d");
+	/* libpq reads these passwords otherwise than a person: masked all */
+	config_mask_url(
+	    "postgresql://app:pa/ss99xy@127.0.0.1:1/rb", b, sizeof(b));
+	assert_string_equal(b, "postgresql://app:***@127.0.0.1:1/rb");
+	config_mask_url("postgresql://app:p@ss99xy@h/db", b, sizeof(b));
+	assert_string_equal(b, "postgresql://app:***@h/db");
+	config_mask_url("sqlite://app:SecretXY@h/db", b, sizeof(b));
+	assert_string_equal(b, "sqlite://app:***@h/db");
+	/* http URLs: the user's password, and a webhook's secret path */
+	config_mask_http(
+	    "http://admin:HealthPw9@h:8/api/health", 1, b, sizeof(b));
+	assert_string_equal(b, "http://admin:***@h:8/api/health");
+	config_mask_http(
+	    "https://hooks.slack.com/services/T0/B0/XXXX", 0, b, sizeof(b));
+	assert_string_equal(b, "https://hooks.slack.com/...");
+	config_mask_http("https://h/api/health", 1, b, sizeof(b));
+	assert_string_equal(b, "https://h/api/health");
 }
 
 static void
