@@ -1097,6 +1097,47 @@ env_files_read(struct config *cfg, const char *list, json_t *vars)
 }
 
 /*
+ * Settings that are each valid but wrong together: one status word for
+ * two kinds of job (LIMPEZA_QUEUED_STATUS=running would reap a live
+ * running job as an expired queued one after 2 minutes; an error status
+ * equal to an active one would reap reaped rows again), or one column
+ * for two roles.
+ */
+static int
+config_distinct(const struct config *cfg, char *err, size_t errlen)
+{
+	const struct {
+		const char *env;
+		const char *value;
+	} word[] = {
+		{ "LIMPEZA_RUNNING_STATUS", cfg->running_status },
+		{ "LIMPEZA_QUEUED_STATUS", cfg->queued_status },
+		{ "LIMPEZA_ERROR_STATUS", cfg->error_status },
+		{ "LIMPEZA_ID_COLUMN", cfg->id_column },
+		{ "LIMPEZA_STATUS_COLUMN", cfg->status_column },
+		{ "LIMPEZA_UPDATED_COLUMN", cfg->updated_column },
+		{ "LIMPEZA_CREATED_COLUMN", cfg->created_column },
+		{ "LIMPEZA_ERROR_COLUMN", cfg->error_column },
+	};
+	size_t i, j, last;
+
+	for (i = 0; i < sizeof(word) / sizeof(word[0]); i++) {
+		/* Statuses are compared with statuses, columns with columns. */
+		last = i < 3 ? 3 : sizeof(word) / sizeof(word[0]);
+		for (j = i + 1; j < last; j++)
+			if (strcmp(word[i].value, word[j].value) == 0) {
+				snprintf(err, errlen,
+				    "invalid %s '%s': %s is '%s' too; expected "
+				    "a different %s",
+				    word[j].env, word[j].value, word[i].env,
+				    word[i].value, i < 3 ? "status" : "column");
+				return -1;
+			}
+	}
+	return 0;
+}
+
+/*
  * Builds a whole configuration: for each setting the command-line value,
  * else the environment, else the env files, else the default. Returns -1
  * with one line in err at the first bad value; cfg is then freed.
@@ -1144,6 +1185,8 @@ config_load(
 		if (setting_apply(cfg, s, value, from, err, errlen) == -1)
 			goto fail;
 	}
+	if (config_distinct(cfg, err, errlen) == -1)
+		goto fail;
 	json_decref(vars);
 	return 0;
 fail:

@@ -217,6 +217,11 @@ test_bad_values(void **state)
 		{ "LIMPEZA_METRICS_ADDR", "localhost:9464", "numeric" },
 		{ "LIMPEZA_METRICS_ADDR", "127.0.0.1:99999", "numeric" },
 		{ "LIMPEZA_ALERT_WEBHOOK", "file:///etc/passwd", "http" },
+		/* valid alone, wrong together with the defaults */
+		{ "LIMPEZA_QUEUED_STATUS", "running", "different status" },
+		{ "LIMPEZA_ERROR_STATUS", "queued", "different status" },
+		{ "LIMPEZA_ERROR_COLUMN", "status", "different column" },
+		{ "LIMPEZA_CREATED_COLUMN", "updated_at", "different column" },
 	};
 	struct config cfg;
 	char err[512];
