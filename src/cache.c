@@ -720,6 +720,7 @@ cache_reap(struct cache *c, const struct config *cfg, int force, int dry_run,
 			return r;
 		log_event(LVL_DEBUG, EV_CACHE_CHANGED, cfg->cache_file);
 	}
+	/* A failed step: the stale jobs are still there. */
 	log_event(LVL_WARNING, EV_CACHE_GAVE_UP, cfg->cache_file);
-	return 0;
+	return -1;
 }

@@ -270,7 +270,9 @@ step_store(struct cycle *c, long *reaped)
 	if (lead == 1) {
 		config_format_duration(cfg->running_ttl, rt, sizeof(rt));
 		config_format_duration(cfg->queued_ttl, qt, sizeof(qt));
-		log_event(LVL_INFO, EV_DB_CLEANED, rt, n.running, qt, n.queued);
+		log_event(LVL_INFO,
+		    c->dry ? EV_DB_CLEANED_WOULD : EV_DB_CLEANED, rt, n.running,
+		    qt, n.queued);
 		*reaped += n.running + n.queued;
 	}
 	c->store_due = LLONG_MAX;
@@ -329,7 +331,11 @@ step_force(struct cycle *c, long long jobs, long *ended)
 		metrics_reaped("cache", "other", "forced",
 		    cr.forced - cr.forced_running - cr.forced_queued);
 	}
-	log_event(LVL_WARNING, EV_FORCE_DONE, *ended);
+	/* A dry run's words are "would", at info: no alert greps fire. */
+	if (c->dry)
+		log_event(LVL_INFO, EV_FORCE_DONE_WOULD, *ended);
+	else
+		log_event(LVL_WARNING, EV_FORCE_DONE, *ended);
 	if (jobs >= 0)
 		snprintf(msg, sizeof(msg),
 		    "forced cleanup: the API reported %lld active jobs "
@@ -367,7 +373,10 @@ step_health(struct cycle *c, int force, long *ended)
 	log_event(LVL_INFO, EV_HEALTH, (long)jobs);
 	if (force || cfg->force_threshold == 0 || jobs <= cfg->force_threshold)
 		return 0;
-	log_event(LVL_WARNING, EV_FORCE_WARN, (long)jobs);
+	if (c->dry)
+		log_event(LVL_INFO, EV_FORCE_WARN_WOULD, (long)jobs);
+	else
+		log_event(LVL_WARNING, EV_FORCE_WARN, (long)jobs);
 	return step_force(c, jobs, ended);
 }
 
@@ -475,11 +484,21 @@ cycle_run(struct cycle *c, int force, int (*stop)(void))
 	if (!stop_asked(stop) && step_health(c, force, &ended) == -1)
 		failed |= c->jobs_active >= 0 ? STEP_FORCE : STEP_HEALTH;
 	if (!stop_asked(stop) && force) {
-		log_event(LVL_WARNING, EV_FORCE_REQUESTED);
+		if (c->dry)
+			log_event(LVL_INFO, EV_FORCE_REQUESTED_WOULD);
+		else
+			log_event(LVL_WARNING, EV_FORCE_REQUESTED);
 		if (step_force(c, -1, &ended) == -1)
 			failed |= STEP_FORCE;
 	}
 
+	/*
+	 * A real forced cleanup comes after the reaping, so it ends what was
+	 * left. A dry run's would end every active job, the stale ones the
+	 * reaping already counted included: count them once.
+	 */
+	if (c->dry && ended > 0)
+		reaped = 0;
 	reaped += ended;
 	c->reaped_total += reaped;
 	if (reaped > 0)

@@ -78,6 +78,19 @@ test_iso8601_local(void **state)
 	assert_true(t == 1705329015.0);
 	assert_int_equal(jobtime_iso8601("2024-07-15T16:30:15", &t), 0);
 	assert_true(t == 1721053815.0);
+	/*
+	 * When summer time ends the clock shows 01:30:30 twice: the later
+	 * instant (EST, 06:30:30Z) is taken, whatever was parsed before, so a
+	 * job written in the repeated hour never looks an hour older.
+	 */
+	setenv("TZ", "America/New_York", 1);
+	tzset();
+	assert_int_equal(jobtime_iso8601("2024-07-01T12:00:00", &t), 0);
+	assert_int_equal(jobtime_iso8601("2024-11-03T01:30:30", &t), 0);
+	assert_true(t == 1730615430.0);
+	assert_int_equal(jobtime_iso8601("2024-12-01T12:00:00", &t), 0);
+	assert_int_equal(jobtime_iso8601("2024-11-03T01:30:30", &t), 0);
+	assert_true(t == 1730615430.0);
 	setenv("TZ", "UTC", 1);
 	tzset();
 }
@@ -101,7 +114,12 @@ test_parse_time(void **state)
 	assert_true(t == 1732846215.27);
 	assert_int_equal(parse("1.73284621527e9", &t), 0);
 	assert_true(t == 1732846215.27);
-	assert_int_equal(parse("5", &t), 0);
+	/* an uptime or a monotonic reading is no date: aged from first
+	 * sight, not reaped at once as a job of 1970 */
+	assert_int_equal(parse("5", &t), -1);
+	assert_int_equal(parse("12345.6", &t), -1);
+	assert_int_equal(parse("999999999", &t), -1);
+	assert_int_equal(parse("1000000000", &t), 0);
 	assert_int_equal(parse("\"2024-01-15T14:30:15Z\"", &t), 0);
 	assert_true(t == 1705329015.0);
 	assert_int_equal(parse("\"2024-01-15T14:30:15\\u005a\"", &t), 0);
@@ -317,13 +335,14 @@ test_duplicate_keys(void **state)
 	new_cache_file();
 	/* the stale job is the one that counts: reaped, both members go */
 	write_file("{\"a\": {\"status\": \"done\"}, \"\\u0061\": {\"status\": "
-		   "\"queued\", \"created_at\": 1}, \"b\": 2}");
+		   "\"queued\", \"created_at\": 1000000000}, \"b\": 2}");
 	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
 	assert_int_equal(r.reaped_queued, 1);
 	assert_string_equal(read_file(), "{\"b\": 2}");
 	/* the stale job came first and was replaced: nothing to do */
-	write_file("{\"a\": {\"status\": \"queued\", \"created_at\": 1}, "
-		   "\"a\": {\"status\": \"done\"}}");
+	write_file(
+	    "{\"a\": {\"status\": \"queued\", \"created_at\": 1000000000}, "
+	    "\"a\": {\"status\": \"done\"}}");
 	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
 	assert_int_equal(r.reaped_queued, 0);
 	assert_int_equal(r.rewritten, 0);
@@ -335,7 +354,7 @@ test_duplicate_keys(void **state)
 	for (i = 0; i < 3000; i++)
 		p += sprintf(p, "%s\"job%d\": {\"status\": \"%s\"%s}",
 		    i ? ", " : "", i % 1500, i < 1500 ? "queued" : "done",
-		    i < 1500 ? ", \"created_at\": 1" : "");
+		    i < 1500 ? ", \"created_at\": 1000000000" : "");
 	sprintf(p, "}");
 	write_file(big);
 	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
@@ -398,7 +417,7 @@ test_window_cuts(void **state)
 	/*
 	 * 60 jobs, ids j\u00e90..j\u00e949 and again j\u00e90..j\u00e99:
 	 * the first ten are replaced by their repeats, so they go. Every
-	 * third job runs, every other one since 1970: stale.
+	 * third job runs, every other one since 2001: stale.
 	 */
 	for (i = 0; i < 60; i++) {
 		sep = i % 7 ? ", " : " ,\n ";
@@ -408,7 +427,7 @@ test_window_cuts(void **state)
 		    "\"start_time\": %d.5e0, \"all\": [\"}{\\\"\", %d, "
 		    "{\"x\": null}], \"n\": -0.25E+2}",
 		    i % 50, i % 3 ? "done" : "running",
-		    i % 2 ? 1 : (int)test_now - 10, i);
+		    i % 2 ? 1000000000 : (int)test_now - 10, i);
 		p += sprintf(p, "%s%s", i ? sep : "", member);
 		if (i < 10)
 			continue;
@@ -524,7 +543,8 @@ test_mark(void **state)
 	    "{\"old\": {\"status\": \"running\", \"start_time\": %.2f, "
 	    "\"count\": NaN}, \"fresh\": {\"status\": \"running\", "
 	    "\"start_time\": %.2f}, \"new-q\": {\"status\": \"queued\"}, "
-	    "\"q\":{\"error\":null,\"status\":\"queued\",\"created_at\":1,"
+	    "\"q\":{\"error\":null,\"status\":\"queued\",\"created_at\":"
+	    "1000000000,"
 	    "\"error\":0,\"status\":\"queued\",\"error\":[1]}, "
 	    "\"done\": {\"status\": \"done\"}}",
 	    test_now - 500.25, test_now - 5);
@@ -532,7 +552,8 @@ test_mark(void **state)
 	    "{\"old\": {%s, \"start_time\": %.2f, \"count\": NaN}, "
 	    "\"fresh\": {\"status\": \"running\", \"start_time\": %.2f}, "
 	    "\"new-q\": {\"status\": \"queued\"}, "
-	    "\"q\":{\"error\":null,\"status\":\"queued\",\"created_at\":1,"
+	    "\"q\":{\"error\":null,\"status\":\"queued\",\"created_at\":"
+	    "1000000000,"
 	    "\"error\":0,\"status\":\"error\",\"error\":\"Job queued expirado "
 	    "- mais de 2 minutos\"}, \"done\": {\"status\": \"done\"}}",
 	    MARK_RUNNING, test_now - 500.25, test_now - 5);
