@@ -1027,10 +1027,17 @@ config_warn(struct config *cfg, const char *fmt, ...)
 	va_end(ap);
 }
 
-/* Reads one dotenv file into vars, keeping values already there. */
-static void
-env_file_read(struct config *cfg, const char *path, json_t *vars)
+/*
+ * Reads one dotenv file into vars, keeping values already there. A file
+ * that cannot be read is worth a warning, or with strict (a file named
+ * with --env-file: the unit's settings file) an error, since the daemon
+ * would otherwise run without its settings (a missing file is fine).
+ */
+static int
+env_file_read(struct config *cfg, const char *path, json_t *vars, int strict,
+    char *err, size_t errlen)
 {
+	char why[256] = "";
 	struct env_file_ctx ctx;
 	struct stat st;
 	char *buf = NULL, perr[160];
@@ -1040,13 +1047,13 @@ env_file_read(struct config *cfg, const char *path, json_t *vars)
 
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	if (fd == -1) {
-		if (errno != ENOENT)
-			config_warn(
-			    cfg, "env file %s: %s", path, strerror(errno));
-		return;
+		if (errno == ENOENT)
+			return 0;
+		snprintf(why, sizeof(why), "%s", strerror(errno));
+		goto unreadable;
 	}
 	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)) {
-		config_warn(cfg, "env file %s: not a regular file", path);
+		snprintf(why, sizeof(why), "not a regular file");
 		goto done;
 	}
 	if (st.st_mode & (S_IRGRP | S_IROTH))
@@ -1055,8 +1062,7 @@ env_file_read(struct config *cfg, const char *path, json_t *vars)
 		    "and may hold secrets: chmod 600 it",
 		    path, (unsigned)(st.st_mode & 07777));
 	if (st.st_size > MAX_ENV_FILE) {
-		config_warn(
-		    cfg, "env file %s: larger than 1 MiB, skipped", path);
+		snprintf(why, sizeof(why), "larger than 1 MiB, skipped");
 		goto done;
 	}
 	buf = malloc((size_t)st.st_size + 1);
@@ -1065,7 +1071,7 @@ env_file_read(struct config *cfg, const char *path, json_t *vars)
 	while ((n = read(fd, buf + len, (size_t)st.st_size - len)) > 0)
 		len += (size_t)n;
 	if (n == -1) {
-		config_warn(cfg, "env file %s: %s", path, strerror(errno));
+		snprintf(why, sizeof(why), "%s", strerror(errno));
 		goto done;
 	}
 	ctx.file = json_object();
@@ -1080,6 +1086,18 @@ env_file_read(struct config *cfg, const char *path, json_t *vars)
 done:
 	free(buf);
 	close(fd);
+unreadable:
+	if (*why == '\0')
+		return 0;
+	if (strict) {
+		snprintf(err, errlen,
+		    "cannot read the settings file %s given with --env-file: "
+		    "%s (it must be readable by the user limpeza runs as)",
+		    path, why);
+		return -1;
+	}
+	config_warn(cfg, "env file %s: %s", path, why);
+	return 0;
 }
 
 static void
@@ -1092,7 +1110,7 @@ env_files_read(struct config *cfg, const char *list, json_t *vars)
 		fatalx_oom();
 	for (p = copy; (tok = strsep(&p, ":")) != NULL;)
 		if (*tok != '\0')
-			env_file_read(cfg, tok, vars);
+			(void)env_file_read(cfg, tok, vars, 0, NULL, 0);
 	free(copy);
 }
 
@@ -1164,7 +1182,9 @@ config_load(
 	if (value == NULL)
 		value = settings[envk].def;
 	for (k = 0; k < a->nenv_files; k++)
-		env_file_read(cfg, a->env_files[k], vars);
+		if (env_file_read(cfg, a->env_files[k], vars, 1, err, errlen) ==
+		    -1)
+			goto fail;
 	env_files_read(cfg, value, vars);
 
 	for (k = 0; k < NSETTINGS; k++) {

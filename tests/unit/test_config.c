@@ -170,6 +170,22 @@ test_precedence(void **state)
 	assert_non_null(strstr(cfg.warnings[0], f2));
 	config_free(&cfg);
 
+	/*
+	 * The unit's settings file (--env-file) must be readable: else the
+	 * daemon would run without its settings. A missing one is fine.
+	 */
+	{
+		const char *unreadable[] = { "--env-file=/tmp", NULL };
+		const char *missing[] = { "--env-file=/nonexistent/limpeza.env",
+			NULL };
+
+		assert_int_equal(load(&cfg, unreadable, err, sizeof(err)), -1);
+		assert_non_null(strstr(err, "/tmp given with --env-file"));
+		assert_non_null(strstr(err, "not a regular file"));
+		assert_int_equal(load(&cfg, missing, err, sizeof(err)), 0);
+		config_free(&cfg);
+	}
+
 	/* A bad value in an env file is still a configuration error. */
 	f = fopen(f2, "w");
 	fputs("LIMPEZA_BATCH=lots\n", f);
