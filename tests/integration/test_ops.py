@@ -168,8 +168,9 @@ def test_installer_staged_idempotent_and_uninstalls(tmp_path):
     assert left == []
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
 def test_installer_refuses_non_root(tmp_path):
+    if os.geteuid() != 0:
+        cannot_set_up("needs root to become another user")
     p = subprocess.run(["runuser", "-u", "nobody", "--",
                         os.path.join(ROOT, "configurar_limpeza_3_minutos.sh")],
                        capture_output=True, text=True)
