@@ -146,7 +146,8 @@ static const struct log_def defs[EV_COUNT] = {
 	    "🗑️ Cache: %s finished jobs removed (already in the database)",
 	    "l", { "count" } },
 	[EV_CACHE_RETIRED_SEEN] = { "cache_retired",
-	    "🗑️ Cache: %s jobs finalizados removidos (finalizados há mais "
+	    "🗑️ Cache: %s jobs finalizados removidos (finalizados há "
+	    "mais "
 	    "de "
 	    "%s)",
 	    "🗑️ Cache: %s finished jobs removed (finished more than %s "
