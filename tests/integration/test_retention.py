@@ -212,10 +212,10 @@ def test_young_row_leaves_when_its_retention_ends_without_a_file_change(senv, da
     row's age, learnt from the look-up, makes the file due then; the metric
     counts it with reason="retention"."""
     env = senv
-    env.store.add("young", "done", 0.5, HOUR)
+    env.store.add("young", "done", 0.2, HOUR)
     env.write_cache(cache_text({"young": DONE}))
     port = free_port()
-    d = daemons(env, LIMPEZA_CACHE_RETENTION="2s", LIMPEZA_INTERVAL="30s",
+    d = daemons(env, LIMPEZA_CACHE_RETENTION="3s", LIMPEZA_INTERVAL="30s",
                 LIMPEZA_METRICS_ADDR="127.0.0.1:%d" % port)
     d.wait_for("Sistema limpo")
     assert list(json.loads(env.read_cache())) == ["young"]
