@@ -30,6 +30,7 @@ are timed on it a few times. The output says so.
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -314,7 +315,6 @@ def limpeza_side(bin_path, tmp, url, scans, days, per_day, day_s):
         daemon.wait(30)
     with open(log, encoding="utf-8") as f:
         text = f.read()
-    import re
     cycles = len(re.findall(r"🔄 Ciclo \d+ ", text))
     pruned = sum(int(n) for n in re.findall(r"🗑️ Cache: (\d+) jobs finalizados removidos", text))
     prunes = len(re.findall(r"🗑️ Cache: \d+ jobs finalizados removidos", text))
