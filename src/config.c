@@ -104,6 +104,12 @@ static const struct setting settings[] = {
 	    OFF(cache_action), "remove|mark", 0, 0,
 	    "orphans in the cache are removed, or kept and marked "
 	    "status=error with an error message" },
+	{ "LIMPEZA_CACHE_RETENTION", "cache-retention", T_DURATION, "1h",
+	    OFF(cache_retention), NULL, 0, 365 * DAY_MS,
+	    "finished cache jobs (done, error) leave the file this long after "
+	    "their row finished in the database; without a database only when "
+	    "set, this long after limpeza first saw them finished; 0: kept "
+	    "forever" },
 	{ "LIMPEZA_HEALTH_TIMEOUT", "health-timeout", T_DURATION, "10s",
 	    OFF(health_timeout), NULL, 100, 300 * MS_PER_S,
 	    "total time allowed for one health request" },
@@ -1204,6 +1210,10 @@ config_load(
 			value = s->def;
 		if (setting_apply(cfg, s, value, from, err, errlen) == -1)
 			goto fail;
+		/* Without a database, retention ages from first sight: only
+		 * on request, never by default (SPEC §1.1). */
+		if (s->off == OFF(cache_retention))
+			cfg->cache_retention_set = *from != '\0';
 	}
 	if (config_distinct(cfg, err, errlen) == -1)
 		goto fail;

@@ -192,14 +192,20 @@ store_role(struct cycle *c, int lead)
 	c->leading = lead;
 }
 
-/* The cache step: stale jobs out of the API's cache file. */
+/*
+ * The cache step: stale jobs out of the API's cache file, and finished
+ * jobs past their retention, for which the cache asks the store about
+ * their rows (every host, leader or not: each prunes its own file).
+ * Retention is no reaping: it counts in its own log line and metric, not
+ * in the cycle's summary of ended jobs.
+ */
 static int
 step_cache(struct cycle *c, long *reaped)
 {
 	struct cache_result cr;
 	int rc;
 
-	rc = cache_reap(c->cache, c->cfg, 0, c->dry, &cr);
+	rc = cache_reap(c->cache, c->cfg, c->store, 0, c->dry, &cr);
 	if (rc == -1)
 		metrics_step_failed("cache");
 	*reaped += cr.reaped_running + cr.reaped_queued;
@@ -208,6 +214,10 @@ step_cache(struct cycle *c, long *reaped)
 		    cr.reaped_running);
 		metrics_reaped("cache", c->cfg->queued_status, "expired",
 		    cr.reaped_queued);
+		metrics_reaped("cache", DONE_STATUS, "retention",
+		    cr.retired - cr.retired_error);
+		metrics_reaped("cache", c->cfg->error_status, "retention",
+		    cr.retired_error);
 	}
 	return rc;
 }
@@ -318,7 +328,7 @@ step_force(struct cycle *c, long long jobs, long *ended)
 			store_result(c, 1);
 		}
 	}
-	if (cache_reap(c->cache, c->cfg, 1, c->dry, &cr) == -1) {
+	if (cache_reap(c->cache, c->cfg, c->store, 1, c->dry, &cr) == -1) {
 		metrics_step_failed("cache");
 		rc = -1;
 	}

@@ -141,6 +141,41 @@ static const struct log_def defs[EV_COUNT] = {
 	    "Troca do cache %s: lease mantido por %s ms, troca %s",
 	    "Cache swap %s: lease held %s ms, swap %s", "sls",
 	    { "path", "held_ms", "outcome" } },
+	[EV_CACHE_RETIRED] = { "cache_retired",
+	    "🗑️ Cache: %s jobs finalizados removidos (já no banco)",
+	    "🗑️ Cache: %s finished jobs removed (already in the database)",
+	    "l", { "count" } },
+	[EV_CACHE_RETIRED_SEEN] = { "cache_retired",
+	    "🗑️ Cache: %s jobs finalizados removidos (finalizados há "
+	    "mais "
+	    "de "
+	    "%s)",
+	    "🗑️ Cache: %s finished jobs removed (finished more than %s "
+	    "ago)",
+	    "ls", { "count", "retention" } },
+	[EV_CACHE_WOULD_RETIRE] = { "cache_retired_would",
+	    "🧪 Cache: %s jobs finalizados seriam removidos (retenção de "
+	    "%s)",
+	    "🧪 Cache: %s finished jobs would be removed (retention %s)",
+	    "ls", { "count", "retention" } },
+	[EV_CACHE_RETIRED_JOB] = { "cache_retired_job",
+	    "🗑️ Job finalizado removido do cache: %s (finalizado há %ss)",
+	    "🗑️ Finished job removed from cache: %s (finished %ss ago)",
+	    "sl", { "job_id", "age_s" } },
+	[EV_CACHE_WOULD_RETIRE_JOB] = { "cache_retired_job_would",
+	    "🧪 Job finalizado seria removido do cache: %s (finalizado há "
+	    "%ss)",
+	    "🧪 Finished job would be removed from cache: %s (finished %ss "
+	    "ago)",
+	    "sl", { "job_id", "age_s" } },
+	[EV_CACHE_RETENTION_DOWN] = { "cache_retention_down",
+	    "⚠️ Cache: retenção adiada, o banco não respondeu (%s): %s "
+	    "- "
+	    "nenhum job finalizado removido até ele responder",
+	    "⚠️ Cache: retention postponed, the database did not answer "
+	    "(%s): "
+	    "%s - no finished job removed until it does",
+	    "ss", { "store", "detail" } },
 	[EV_DUE] = { "due", "⏰ Prazo atingido: %s jobs limpos fora do ciclo",
 	    "⏰ Deadline reached: %s jobs cleaned between cycles", "l",
 	    { "count" } },

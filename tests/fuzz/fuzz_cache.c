@@ -430,7 +430,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* small windows cut the input anywhere; the default one does not */
 	cache_set_window(size % 3 ? 1 + size % 29 : 0);
 	c = cache_new();
-	rc = cache_reap(c, &cfg, 0, 0, &res);
+	rc = cache_reap(c, &cfg, NULL, 0, 0, &res);
 	cache_free(c);
 
 	out = malloc(size * 2 + 65536);

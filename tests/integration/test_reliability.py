@@ -105,6 +105,77 @@ def test_racing_writer_loses_nothing(env, daemons, cooperate):
     assert [f for f in os.listdir(env.tmp) if ".limpeza-" in f] == []
 
 
+def retention_write(path, i, cooperate, old):
+    """backend_write, and when old, a done job whose row finished long ago,
+    which limpeza's retention prunes: a rewrite of its own beside the
+    writer."""
+    backend_write(path, i, cooperate)
+    while old and cooperate:
+        f = open(path, "r+")
+        fcntl.flock(f, fcntl.LOCK_EX)
+        if os.fstat(f.fileno()).st_ino != os.stat(path).st_ino:
+            f.close()
+            continue
+        data = json.load(f)
+        data["old-%d" % i] = {"status": "done", "all": list(range(20)), "count": 20}
+        f.seek(0)
+        f.truncate()
+        json.dump(data, f)
+        f.close()
+        return
+    if old:
+        with open(path) as f:
+            data = json.load(f)
+        data["old-%d" % i] = {"status": "done", "all": list(range(20)), "count": 20}
+        with open(path, "w") as f:
+            json.dump(data, f)
+
+
+@pytest.mark.parametrize("cooperate", [False, True], ids=["backend-writer", "flock-writer"])
+def test_racing_writer_loses_nothing_with_retention_on(env, daemons, cooperate):
+    """The racing writer with retention on (SPEC §1.1): every third write also
+    adds a done job whose row finished two hours ago, so limpeza rewrites
+    the file for retention as well as for orphans while the writer writes.
+    Every done job without such a row must survive; every old one goes.
+    The rows are in the test's SQLite store."""
+    with env.store.connect() as db:
+        db.executemany("INSERT INTO scans (username, job_id, status, created_at, updated_at)"
+                       " VALUES ('u', ?, 'done', datetime('now', '-3 hours'),"
+                       " datetime('now', '-2 hours'))",
+                       [("old-%d" % i,) for i in range(0, WRITES, 3)])
+    env.write_cache({})
+    d = daemons(env, LIMPEZA_INTERVAL="100ms", LIMPEZA_ERROR_BACKOFF="100ms",
+                LIMPEZA_LOG_LEVEL="debug")
+    d.wait_for("Ciclo 1 ")
+    rng = random.Random(7)
+    raced, last_ino = 0, os.stat(env.cache).st_ino
+    for i in range(WRITES):
+        retention_write(env.cache, i, cooperate, i % 3 == 0)
+        if rng.random() < 0.1:
+            time.sleep(rng.uniform(0, 0.02))
+        ino = os.stat(env.cache).st_ino
+        if ino != last_ino:
+            raced += 1
+            last_ino = ino
+    time.sleep(0.5)
+    text = d.stderr()
+    assert d.stop() == 0
+    with open(env.cache) as f:
+        data = json.load(f)
+    lost = [i for i in range(WRITES) if "done-%d" % i not in data]
+    pruned = sum(int(n) for n in re.findall(r"(\d+) jobs finalizados removidos", text))
+    print("\n%s with retention: %d writes, %d limpeza rewrites between two writes, "
+          "%d finished jobs pruned, %d done jobs lost"
+          % ("flock" if cooperate else "backend", WRITES, raced, pruned, len(lost)))
+    assert lost == []
+    assert [k for k in data if k.startswith(("old-", "stale-"))] == []
+    # a writer that read a version before a swap writes its jobs back:
+    # limpeza then prunes them again
+    assert pruned >= len(range(0, WRITES, 3))
+    assert raced >= 2, raced
+    assert [f for f in os.listdir(env.tmp) if ".limpeza-" in f] == []
+
+
 class TimedWriter:
     """The API's unlocked read-modify-write at full speed, timing what the
     API itself would feel: each open() of the cache file and each whole

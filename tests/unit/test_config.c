@@ -198,6 +198,47 @@ test_precedence(void **state)
 	clear_env();
 }
 
+/*
+ * LIMPEZA_CACHE_RETENTION given by option, environment or env file is
+ * "set"; its default is not (without a database only a set retention
+ * prunes). Even "1h", the default's own value, counts when given.
+ */
+static void
+test_retention_set(void **state)
+{
+	char f1[] = "/tmp/limpeza-env3-XXXXXX", list[64], err[512];
+	const char *opts[] = { "--cache-retention=0", NULL };
+	struct config cfg;
+	FILE *f;
+
+	(void)state;
+	clear_env();
+	assert_int_equal(load(&cfg, NULL, err, sizeof(err)), 0);
+	assert_int_equal(cfg.cache_retention, 3600000);
+	assert_int_equal(cfg.cache_retention_set, 0);
+	config_free(&cfg);
+	assert_int_equal(load(&cfg, opts, err, sizeof(err)), 0);
+	assert_int_equal(cfg.cache_retention, 0);
+	assert_int_equal(cfg.cache_retention_set, 1);
+	config_free(&cfg);
+	setenv("LIMPEZA_CACHE_RETENTION", "1h", 1);
+	assert_int_equal(load(&cfg, NULL, err, sizeof(err)), 0);
+	assert_int_equal(cfg.cache_retention_set, 1);
+	config_free(&cfg);
+	unsetenv("LIMPEZA_CACHE_RETENTION");
+	f = fdopen(mkstemp(f1), "w");
+	fputs("LIMPEZA_CACHE_RETENTION=90s\n", f);
+	fclose(f);
+	snprintf(list, sizeof(list), "%s", f1);
+	setenv("LIMPEZA_ENV_FILES", list, 1);
+	assert_int_equal(load(&cfg, NULL, err, sizeof(err)), 0);
+	assert_int_equal(cfg.cache_retention, 90000);
+	assert_int_equal(cfg.cache_retention_set, 1);
+	config_free(&cfg);
+	unlink(f1);
+	clear_env();
+}
+
 struct bad_case {
 	const char *env;
 	const char *value;
@@ -470,6 +511,7 @@ main(void)
 		cmocka_unit_test(test_format_duration),
 		cmocka_unit_test(test_defaults),
 		cmocka_unit_test(test_precedence),
+		cmocka_unit_test(test_retention_set),
 		cmocka_unit_test(test_bad_values),
 		cmocka_unit_test(test_secret_not_in_error),
 		cmocka_unit_test(test_mask_url),
