@@ -368,8 +368,10 @@ lease_release(int fd)
  * pause after the swap lets an open() that looked the path up just
  * before it reach the lease. The lease is held for a few ms, so the API
  * waits no longer than that; if limpeza dies, the kernel drops it at
- * once. Where no lease can be had (see lease_take()), the names are
- * swapped without one, as before leases, and the log says why.
+ * once. While someone has the file open for writing the pass is retried;
+ * where no lease can be had at all (not the owner, a file system without
+ * leases), the names are swapped without one, as before leases, and the
+ * log says why, once.
  * Returns 0 when swapped, 1 when the file is not the version read, -1
  * with err set; tmp is gone in every case but one: when the writer's
  * version could not be put back, it stays at tmp rather than be lost.
@@ -386,17 +388,22 @@ swap_in(const char *tmp, const char *path, int oldfd, const struct stat *was,
 
 	if ((leased = lease_take(oldfd, path, was)) == 1)
 		goto changed;
+	/*
+	 * Open for writing all along: a writer is at it right now, perhaps
+	 * one whose open() has reached the file but not yet truncated it.
+	 * This is the very moment a swap would lose its job: the pass is
+	 * tried again instead.
+	 */
+	if (leased == -1 && errno == EAGAIN) {
+		log_event(LVL_DEBUG, EV_CACHE_CHANGED, path);
+		goto changed;
+	}
 	t0 = now_monotonic_ms();
 	leased = leased == 0;
-	if (!leased) {
-		/* A lasting reason is said once; a busy file every time. */
-		if (errno == EAGAIN || errno != warned_errno)
-			log_event(errno == EAGAIN ? LVL_INFO : LVL_WARNING,
-			    EV_CACHE_NO_LEASE, path,
-			    errno == EAGAIN ? "the file stayed open"
-					    : strerror(errno));
-		if (errno != EAGAIN)
-			warned_errno = errno;
+	/* No lease to be had here at all: said once, then as before leases. */
+	if (!leased && errno != warned_errno) {
+		log_event(LVL_WARNING, EV_CACHE_NO_LEASE, path, strerror(errno));
+		warned_errno = errno;
 	}
 	if (lstat(path, &now) == -1 || !safefile_same_version(was, &now) ||
 	    (leased && lease_broken(oldfd))) {
