@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -356,6 +357,29 @@ lease_release(int fd)
 }
 
 /*
+ * True if some process waits for an flock on the file (a "->" line of
+ * /proc/locks on its device and inode): a writer that follows limpeza's
+ * own protocol, blocked on the lock limpeza holds.
+ */
+static int
+flock_waiter(const struct stat *st)
+{
+	char line[256], want[64];
+	FILE *f;
+	int found = 0;
+
+	snprintf(want, sizeof(want), " %02x:%02x:%llu ", major(st->st_dev),
+	    minor(st->st_dev), (unsigned long long)st->st_ino);
+	if ((f = fopen("/proc/locks", "re")) == NULL)
+		return 0;
+	while (!found && fgets(line, sizeof(line), f) != NULL)
+		found = strstr(line, " -> FLOCK ") != NULL &&
+		    strstr(line, want) != NULL;
+	fclose(f);
+	return found;
+}
+
+/*
  * Swaps the new file (at tmp) in for the old one (open as oldfd) if path
  * still names the version that was read. The API writes without a lock
  * (open(path, "w") and json.dump), so a job it adds to the old file just
@@ -392,9 +416,12 @@ swap_in(const char *tmp, const char *path, int oldfd, const struct stat *was,
 	 * Open for writing all along: a writer is at it right now, perhaps
 	 * one whose open() has reached the file but not yet truncated it.
 	 * This is the very moment a swap would lose its job: the pass is
-	 * tried again instead.
+	 * tried again instead. Unless the one holding it open is waiting for
+	 * limpeza's own lock: a cooperating writer, which checks after the
+	 * lock that the path still names the file, so the swap is safe and
+	 * waiting would only starve it.
 	 */
-	if (leased == -1 && errno == EAGAIN) {
+	if (leased == -1 && errno == EAGAIN && !flock_waiter(was)) {
 		log_event(LVL_DEBUG, EV_CACHE_CHANGED, path);
 		goto changed;
 	}
@@ -402,7 +429,8 @@ swap_in(const char *tmp, const char *path, int oldfd, const struct stat *was,
 	leased = leased == 0;
 	/* No lease to be had here at all: said once, then as before leases. */
 	if (!leased && errno != warned_errno) {
-		log_event(LVL_WARNING, EV_CACHE_NO_LEASE, path, strerror(errno));
+		log_event(
+		    LVL_WARNING, EV_CACHE_NO_LEASE, path, strerror(errno));
 		warned_errno = errno;
 	}
 	if (lstat(path, &now) == -1 || !safefile_same_version(was, &now) ||

@@ -271,7 +271,8 @@ def test_bad_configuration_exits_2_with_one_line(env):
                 LIMPEZA_TABLE="scans;drop")
     assert p.returncode == 2 and "LIMPEZA_TABLE" in p.stderr
     p = env.run("once", DATABASE_URL="mongodb://app:hunter2@db/x")
-    assert p.returncode == 2 and "hunter2" not in p.stderr and "app:***@db" in p.stderr
+    assert p.returncode == 2 and "hunter2" not in p.stderr
+    assert "invalid DATABASE_URL (not shown: it may hold a password)" in p.stderr
     for args in (["frobnicate"], ["--frob"], ["run", "--force"], ["once", "--json"],
                  ["once", "extra"]):
         p = env.run(*args)
