@@ -872,19 +872,23 @@ check_in_tx(struct store_pg *p, void *arg)
 	PGresult *res;
 	int i, j, rc = 0, served = 0, stats_served = 0;
 	char tname[64];
+	long off;
 
 	res = pg_exec(p,
 	    "SELECT split_part(current_setting('server_version'), ' ', 1), "
 	    "(SELECT reset_val FROM pg_settings WHERE name = 'TimeZone'), "
-	    "current_setting('TimeZone'), to_regclass($1) IS NOT NULL",
+	    "current_setting('TimeZone'), to_regclass($1) IS NOT NULL, "
+	    "extract(timezone FROM now())::int",
 	    1, params);
 	if (res == NULL)
 		return -1;
+	/* The offset PostgreSQL applies now, as an operator can check it. */
+	off = strtol(PQgetvalue(res, 0, 4), NULL, 10);
 	fprintf(out,
-	    "ok: postgresql %s, server zone %s, session zone %s (naive "
-	    "timestamps are read in it)\n",
-	    PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1),
-	    PQgetvalue(res, 0, 2));
+	    "ok: postgresql %s, server zone %s, session zone %s "
+	    "(UTC%c%02ld:%02ld), in which naive timestamps are read\n",
+	    PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2),
+	    off < 0 ? '-' : '+', labs(off) / 3600, labs(off) % 3600 / 60);
 	if (strcmp(PQgetvalue(res, 0, 3), "t") != 0) {
 		PQclear(res);
 		store_err(s, "table %s not found", cfg->table);
@@ -999,10 +1003,44 @@ check_in_tx(struct store_pg *p, void *arg)
 	return 0;
 }
 
+/*
+ * Whether PostgreSQL knows the zone of LIMPEZA_DB_TIMEZONE (config.c let
+ * through names only): every transaction would fail on one it does not.
+ */
+static int
+check_zone(struct store_pg *p)
+{
+	const char *params[] = { p->s.cfg->db_timezone };
+	PGresult *res;
+	int known;
+
+	res = pg_exec(p,
+	    "SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE lower(name) "
+	    "= lower($1))",
+	    1, params);
+	if (res == NULL)
+		return -1;
+	known = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	PQclear(res);
+	if (!known) {
+		store_err(&p->s,
+		    "PostgreSQL does not know the zone '%s' "
+		    "(LIMPEZA_DB_TIMEZONE): use a name of its "
+		    "pg_timezone_names, such as UTC or America/Sao_Paulo",
+		    p->s.cfg->db_timezone);
+		return -1;
+	}
+	return 0;
+}
+
 static int
 pg_check(struct store *s, FILE *out)
 {
-	return pg_in_tx((struct store_pg *)s, check_in_tx, out);
+	struct store_pg *p = (struct store_pg *)s;
+
+	if (pg_connect(p) == -1 || check_zone(p) == -1)
+		return -1;
+	return pg_in_tx(p, check_in_tx, out);
 }
 
 const struct store_ops store_pg_ops = {

@@ -93,6 +93,50 @@ def test_composite_index_is_recognised(tmp_path, pg):
     assert "ok: index ix_scans_status_updated_at serves the reaping query" in p.stdout
 
 
+def utc_offset(store, zone):
+    """The zone's offset from UTC now, as PostgreSQL itself computes it."""
+    return store.sql("SELECT CASE WHEN utc_offset < interval '0' THEN '-' ELSE '+' END"
+                     " || to_char(abs(extract(epoch FROM utc_offset)) * interval '1 second',"
+                     " 'HH24:MI') FROM pg_timezone_names WHERE name = %s", (zone,))[0][0]
+
+
+@pytest.mark.parametrize("zone", ["-03:00", "+03:00", "UTC-3", "Etc/GMT+3", "-3"])
+def test_zone_offsets_are_refused(tmp_path, pg, zone):
+    """PostgreSQL reads -03:00 (and UTC-3, Etc/GMT+3...) with the POSIX sign:
+    with LIMPEZA_DB_TIMEZONE=-03:00 a job 0 s old was reaped. Such a zone is
+    refused before anything is touched: exit 2 and one line that names the
+    setting and the value, says why and what is accepted."""
+    env = pgenv(tmp_path, pg)
+    s = env.store
+    s.add("fresh-run", "running", 0)
+    s.add("fresh-queued", "queued", 0)
+    for cmd in (["once"], ["check"], ["run"]):
+        p = env.run(*cmd, LIMPEZA_DB_TIMEZONE=zone, LIMPEZA_CACHE_FILE="", timeout=10)
+        assert p.returncode == 2, (cmd, p.stdout + p.stderr)
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1, p.stderr
+        assert "LIMPEZA_DB_TIMEZONE '%s'" % zone in lines[0]
+        assert "sign reversed" in lines[0] and "America/Sao_Paulo" in lines[0]
+    assert s.statuses() == {"fresh-run": "running", "fresh-queued": "queued"}
+
+
+def test_check_shows_the_session_zone_offset_and_fails_on_an_unknown_zone(tmp_path, pg):
+    """`limpeza check` shows the offset from UTC of the zone naive
+    timestamps are read in (PostgreSQL's own figure), and fails on a name
+    PostgreSQL does not know."""
+    env = pgenv(tmp_path, pg)
+    for zone in ("America/Sao_Paulo", "Asia/Kolkata", "UTC"):
+        p = env.run("check", LIMPEZA_DB_TIMEZONE=zone, LIMPEZA_CACHE_FILE="")
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "session zone %s (UTC%s)" % (zone, utc_offset(env.store, zone)) in p.stdout
+    assert utc_offset(env.store, "Asia/Kolkata") == "+05:30"
+    p = env.run("check", LIMPEZA_DB_TIMEZONE="America/Atlantis", LIMPEZA_CACHE_FILE="")
+    assert p.returncode == 1, p.stdout
+    assert ("FAIL: database: PostgreSQL does not know the zone 'America/Atlantis'"
+            " (LIMPEZA_DB_TIMEZONE)") in p.stdout
+    assert "check FAILED" in p.stdout
+
+
 def test_follower_leaves_the_database_alone(tmp_path, pg, daemons, via):
     """While another instance holds the leader's lock, a daemon cleans only
     its cache file and says so once; once the lock is free it leads at its
