@@ -9,7 +9,12 @@
 
 #include "store.h"
 
-#define CONNECT_TIMEOUT "10"
+/*
+ * limpeza's own deadline for a connection: libpq's connect_timeout bounds
+ * only its blocking connect, and a URL's connect_timeout=0 makes that
+ * wait for ever.
+ */
+#define CONNECT_TIMEOUT_MS (10 * MS_PER_S)
 #define STATEMENT_TIMEOUT "30s"
 #define LOCK_TIMEOUT "2s"
 /* Rows one look at the stale rows returns at most. */
@@ -136,35 +141,71 @@ struct stmt {
 };
 
 /*
- * Waits until libpq has the next result whole (or none is coming), at
- * most until deadline: 0, or -1 with the error recorded and the
- * connection dropped. statement_timeout alone cannot help against a
- * server that never answers.
+ * Waits until the connection's socket is ready for events or deadline
+ * passes: 1, 0 at the deadline, -1 if poll() fails.
+ */
+static int
+pg_poll(PGconn *conn, short events, long long deadline)
+{
+	struct pollfd pfd;
+	long long left;
+	int r;
+
+	pfd.fd = PQsocket(conn);
+	pfd.events = events;
+	if (pfd.fd < 0) {
+		errno = EBADF;
+		return -1;
+	}
+	for (;;) {
+		left = deadline - now_monotonic_ms();
+		if (left <= 0)
+			return 0;
+		r = poll(&pfd, 1, (int)(left > 1000 ? 1000 : left));
+		if (r > 0)
+			return 1;
+		if (r == -1 && errno != EINTR)
+			return -1;
+	}
+}
+
+/*
+ * Sends what libpq still holds and waits until it has the next result
+ * whole (or none is coming), at most until deadline: 0, or -1 with the
+ * error recorded and the connection dropped. The connection is
+ * non-blocking (pg_connect()): a peer that stops reading a large batch
+ * cannot hold limpeza any more than one that never answers, which
+ * statement_timeout alone cannot help against.
  */
 static int
 pg_wait(struct store_pg *p, long long deadline)
 {
-	struct pollfd pfd;
-	long long left;
+	int unsent, r;
 
-	pfd.fd = PQsocket(p->conn);
-	pfd.events = POLLIN;
 	for (;;) {
+		if ((unsent = PQflush(p->conn)) == -1)
+			goto broken;
 		if (!PQconsumeInput(p->conn))
 			goto broken;
 		if (!PQisBusy(p->conn))
 			return 0;
-		left = deadline - now_monotonic_ms();
-		if (left <= 0) {
+		r = pg_poll(
+		    p->conn, unsent ? POLLIN | POLLOUT : POLLIN, deadline);
+		if (r == 0) {
 			store_err(&p->s,
-			    "no answer from the database within %llds",
+			    unsent ? "the database took nothing more of what "
+				     "was sent within %llds"
+				   : "no answer from the database within %llds",
 			    CLIENT_TIMEOUT_MS / MS_PER_S);
 			pg_failed_connection(p);
 			return -1;
 		}
-		if (poll(&pfd, 1, (int)(left > 1000 ? 1000 : left)) == -1 &&
-		    errno != EINTR)
-			goto broken;
+		if (r == -1) {
+			store_err(&p->s, "connection lost: poll: %s",
+			    strerror(errno));
+			pg_failed_connection(p);
+			return -1;
+		}
 	}
 broken:
 	pg_err(p, "connection lost", PQerrorMessage(p->conn));
@@ -257,16 +298,20 @@ pg_exec(struct store_pg *p, const char *sql, int n, const char *const *vals)
 	return pg_run(p, 1, &q, &res) == 0 ? res : NULL;
 }
 
-/* Connects if needed, not before the backoff allows. */
+/*
+ * Connects if needed, not before the backoff allows, within
+ * CONNECT_TIMEOUT_MS whatever the URL says (libpq's steps driven by
+ * PQconnectPoll()), and leaves the connection non-blocking.
+ */
 static int
 pg_connect(struct store_pg *p)
 {
 	const struct config *cfg = p->s.cfg;
-	const char *kw[] = { "connect_timeout", "application_name", "dbname",
-		NULL };
-	const char *val[] = { CONNECT_TIMEOUT, "limpeza", cfg->database_url,
-		NULL };
-	long long now = now_monotonic_ms();
+	const char *kw[] = { "application_name", "dbname", NULL };
+	const char *val[] = { "limpeza", cfg->database_url, NULL };
+	long long now = now_monotonic_ms(), deadline;
+	PostgresPollingStatusType st;
+	int r;
 
 	if (p->conn != NULL)
 		return 0;
@@ -277,18 +322,43 @@ pg_connect(struct store_pg *p)
 	/* Within the backoff, the last reason stands in s.err. */
 	if (now < p->next_try)
 		return -1;
+	deadline = now + CONNECT_TIMEOUT_MS;
 	/* Parameters before dbname are defaults the URL may override. */
-	p->conn = PQconnectdbParams(kw, val, 1);
-	if (p->conn == NULL || PQstatus(p->conn) != CONNECTION_OK) {
-		pg_err(p, "cannot connect",
-		    p->conn != NULL ? PQerrorMessage(p->conn)
-				    : "out of memory");
-		pg_failed_connection(p);
-		return -1;
+	if ((p->conn = PQconnectStartParams(kw, val, 1)) == NULL)
+		fatalx_oom();
+	/* Before the first PQconnectPoll(), libpq waits to write. */
+	st = PQstatus(p->conn) == CONNECTION_BAD ? PGRES_POLLING_FAILED
+						 : PGRES_POLLING_WRITING;
+	while (st != PGRES_POLLING_OK) {
+		if (st == PGRES_POLLING_FAILED)
+			goto fail;
+		r = pg_poll(p->conn,
+		    st == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
+		if (r == 0) {
+			store_err(&p->s,
+			    "cannot connect: no answer from the database "
+			    "within %llds",
+			    CONNECT_TIMEOUT_MS / MS_PER_S);
+			pg_failed_connection(p);
+			return -1;
+		}
+		if (r == -1) {
+			store_err(
+			    &p->s, "cannot connect: poll: %s", strerror(errno));
+			pg_failed_connection(p);
+			return -1;
+		}
+		st = PQconnectPoll(p->conn);
 	}
+	if (PQsetnonblocking(p->conn, 1) == -1)
+		goto fail;
 	p->backoff = BACKOFF_MIN_MS;
 	*p->s.err = '\0';
 	return 0;
+fail:
+	pg_err(p, "cannot connect", PQerrorMessage(p->conn));
+	pg_failed_connection(p);
+	return -1;
 }
 
 /*

@@ -4,6 +4,8 @@ import contextlib
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -683,3 +685,137 @@ def test_libpq_keyword_form(tmp_path, pg):
     assert env.store.statuses()["run-stale"] == "error"
     p = env.run("check", DATABASE_URL=url)
     assert APP_PASSWORD not in p.stdout and "password=***" in p.stdout
+
+
+class PgProxy:
+    """A TCP proxy on 127.0.0.1 in front of PostgreSQL, to cut a connection
+    of limpeza's at a chosen moment. Each connection is pumped by one thread
+    per direction. freeze(data) -> True: from that chunk of limpeza's on,
+    nothing more is read from limpeza nor forwarded (a peer that stops
+    reading; rcvbuf makes the proxy's receive buffer small, so limpeza's
+    sends back up soon). cut(state, msg) -> True: the server's message msg
+    is forwarded, then both ends are closed (once). The server's direction
+    goes message by message: the URL disables SSL and GSS encryption, so
+    every server message is typed."""
+
+    def __init__(self, port, freeze=None, cut=None, rcvbuf=None):
+        self.target = port
+        self.freeze, self.cut = freeze, cut
+        self.frozen, self.was_cut, self.done = (threading.Event(), threading.Event(),
+                                                threading.Event())
+        self.socks = []
+        self.lsock = socket.socket()
+        if rcvbuf:
+            self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, dbname):
+        return ("postgresql://app:%s@127.0.0.1:%d/%s?sslmode=disable&gssencmode=disable"
+                % (APP_PASSWORD, self.port, dbname))
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            s = socket.create_connection(("127.0.0.1", self.target))
+            self.socks += [c, s]
+            threading.Thread(target=self._from_client, args=(c, s), daemon=True).start()
+            threading.Thread(target=self._from_server, args=(s, c), daemon=True).start()
+
+    def _from_client(self, c, s):
+        try:
+            while True:
+                data = c.recv(65536)
+                if not data:
+                    s.shutdown(socket.SHUT_WR)
+                    return
+                if self.freeze and not self.frozen.is_set() and self.freeze(data):
+                    self.frozen.set()
+                    self.done.wait()
+                    return
+                s.sendall(data)
+        except OSError:
+            pass
+
+    def _from_server(self, s, c):
+        buf, state = b"", {}
+        try:
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    c.shutdown(socket.SHUT_WR)
+                    return
+                buf += data
+                while len(buf) >= 5:
+                    end = 1 + struct.unpack("!I", buf[1:5])[0]
+                    if len(buf) < end:
+                        break
+                    msg, buf = buf[:end], buf[end:]
+                    c.sendall(msg)
+                    if self.cut and not self.was_cut.is_set() and self.cut(state, msg):
+                        self.was_cut.set()
+                        for x in (c, s):
+                            x.shutdown(socket.SHUT_RDWR)
+                        return
+        except OSError:
+            pass
+
+    def close(self):
+        self.done.set()
+        self.lsock.close()
+        for x in self.socks:
+            x.close()
+
+
+def test_a_database_that_stops_reading_cannot_hold_limpeza(tmp_path, pg):
+    """A batch of 300,000 addresses (about 3.6 MB) sent to a peer that stops
+    reading as the UPDATE starts: the send backs up. limpeza gives up within
+    its client deadline (35 s, so this test takes about 40 s) with a
+    database error; it used to block in poll() for ever."""
+    env = pgenv(tmp_path, pg)
+    s = env.store
+    s.sql("INSERT INTO scans (username, job_id, status, created_at, updated_at)"
+          " SELECT 'u', 'o-' || i, 'running', now() - interval '1 hour',"
+          " now() - interval '1 hour' FROM generate_series(1, 300000) i")
+    proxy = PgProxy(pg.port, freeze=lambda data: b"UPDATE" in data, rcvbuf=4096)
+    try:
+        t0 = time.monotonic()
+        p = env.run("once", DATABASE_URL=proxy.url(s.dbname), LIMPEZA_CACHE_FILE="",
+                    LIMPEZA_BATCH="1000000", timeout=80)
+        took = time.monotonic() - t0
+        assert proxy.frozen.is_set()
+    finally:
+        proxy.close()
+    assert p.returncode == 1, p.stderr
+    assert ("❌ Erro no banco (postgresql): the database took nothing more of what was sent"
+            " within 35s") in p.stderr, p.stderr
+    assert took < 50 * SLOW, took
+    assert int(s.sql("SELECT count(*) FROM scans WHERE status = 'running'")[0][0]) == 300000
+
+
+def test_a_server_that_never_answers_the_startup_costs_ten_seconds(tmp_path, pg):
+    """A server that accepts the connection and never answers, with
+    connect_timeout=0 (libpq's "wait for ever") in the URL: `limpeza once`
+    gives up at its own connect deadline (10 s)."""
+    env = pgenv(tmp_path, pg)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes the handshake; nobody answers
+    try:
+        url = "postgresql://app:%s@127.0.0.1:%d/%s?connect_timeout=0" % (
+            APP_PASSWORD, silent.getsockname()[1], env.store.dbname)
+        t0 = time.monotonic()
+        p = env.run("once", DATABASE_URL=url, LIMPEZA_CACHE_FILE="", timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        silent.close()
+    assert p.returncode == 1, p.stderr
+    assert "❌ Erro no banco (postgresql): cannot connect" in p.stderr, p.stderr
+    assert "10s" in p.stderr and APP_PASSWORD not in p.stderr
+    assert 9.5 < took < 10 + 3 * SLOW, took
+
