@@ -25,11 +25,16 @@
 #define BACKOFF_MAX_MS (30 * MS_PER_S)
 /* end_batch(): another instance took the leader's lock meanwhile. */
 #define BATCH_LOST (-2)
-/* What a transaction's statements need, for that transaction only. */
+/*
+ * What a transaction's statements need, for that transaction only; and
+ * its name in pg_stat_activity, which a pooler would carry from a
+ * session's start to the API's clients.
+ */
 #define SET_LOCAL                                     \
 	"SELECT set_config('TimeZone', $1, true), "   \
 	"set_config('statement_timeout', $2, true), " \
-	"set_config('lock_timeout', $3, true)"
+	"set_config('lock_timeout', $3, true), "      \
+	"set_config('application_name', 'limpeza', true)"
 
 /*
  * One persistent connection, which may be a transaction pooler's
@@ -307,8 +312,8 @@ static int
 pg_connect(struct store_pg *p)
 {
 	const struct config *cfg = p->s.cfg;
-	const char *kw[] = { "application_name", "dbname", NULL };
-	const char *val[] = { "limpeza", cfg->database_url, NULL };
+	const char *kw[] = { "dbname", NULL };
+	const char *val[] = { cfg->database_url, NULL };
 	long long now = now_monotonic_ms(), deadline;
 	PostgresPollingStatusType st;
 	int r;
@@ -323,7 +328,6 @@ pg_connect(struct store_pg *p)
 	if (now < p->next_try)
 		return -1;
 	deadline = now + CONNECT_TIMEOUT_MS;
-	/* Parameters before dbname are defaults the URL may override. */
 	if ((p->conn = PQconnectStartParams(kw, val, 1)) == NULL)
 		fatalx_oom();
 	/* Before the first PQconnectPoll(), libpq waits to write. */
@@ -434,7 +438,7 @@ setup_init(struct store_pg *p, int elect, struct setup *u)
 static int
 setup_led(const struct setup *u, const PGresult *res)
 {
-	int led = !u->elect || strcmp(PQgetvalue(res, 0, 3), "t") == 0;
+	int led = !u->elect || strcmp(PQgetvalue(res, 0, 4), "t") == 0;
 
 	return led;
 }

@@ -172,6 +172,33 @@ def test_follower_leaves_the_database_alone(tmp_path, pg, daemons, via):
     env.store.assert_no_session_state()
 
 
+def test_nothing_of_limpeza_reaches_the_api_through_the_pool(tmp_path, pg, daemons):
+    """The API's client on PgBouncer's pool (of 2), sampled in one short
+    transaction after another while a daemon reaps through the same pool
+    and after it exits, always sees the server's own application_name,
+    TimeZone, statement_timeout and lock_timeout: limpeza sets each of them
+    for its own transactions only. Its transactions still show
+    application_name 'limpeza' in pg_stat_activity while they run."""
+    env = pgenv(tmp_path, pg, via="pgbouncer")
+    s = env.store
+    seed_counted_orphans(s, 10, 0.01)
+    d = daemons(env, LIMPEZA_INTERVAL="100ms", LIMPEZA_BATCH="5", LIMPEZA_CACHE_FILE="")
+    d.wait_for("running > 3min: 10")
+    shown = 0
+    with s.api_sessions_watched():
+        # a stale row every 20 ms keeps limpeza's batches (50 ms each) going
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            s.add("more-%f" % time.monotonic(), "running", 900)
+            shown += int(pg.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                                " AND application_name = 'limpeza'", (s.dbname,))[0][0])
+            time.sleep(0.02)
+    assert shown > 0, "limpeza's transactions never showed application_name 'limpeza'"
+    assert d.stop() == 0
+    assert updates_counted(s)[2] == 1
+    s.assert_no_session_state()
+
+
 def test_once_reaps_while_a_daemon_leads(tmp_path, pg, daemons, health, via):
     """Election is for daemons: the operator's quick cleanup
     (limpar_jobs_rapido.sh, `limpeza once --force`) and `limpeza once` reap
@@ -241,11 +268,7 @@ def updates_counted(store):
 def table_scans(store):
     """Sequential scans of the scans table so far, once limpeza's session has
     ended (a backend's counters reach the statistics as it exits)."""
-    deadline = time.monotonic() + 10 * SLOW
-    while int(store.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
-                        " AND application_name = 'limpeza'", (store.dbname,))[0][0]):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    store.sessions_gone()
     return int(store.sql("SELECT seq_scan FROM pg_stat_user_tables"
                          " WHERE relname = 'scans'")[0][0])
 
@@ -409,8 +432,10 @@ def test_follower_again_after_a_reconnect(tmp_path, pg, daemons):
     d.wait_for("running > 3min: 1")
     holder = take_leader_lock(s)
     try:
+        # limpeza's is the one client session there but the holder's
         killed = pg.sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                        " WHERE datname = %s AND application_name = 'limpeza'", (s.dbname,))
+                        " WHERE datname = %s AND backend_type = 'client backend'"
+                        " AND pid <> %s", (s.dbname, holder.get_backend_pid()))
         assert killed[0][0] == 1
         d.wait_for("✅ Banco disponível novamente", timeout=20)
         s.add("second", "running", 900)
