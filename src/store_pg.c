@@ -188,6 +188,9 @@ pg_wait(struct store_pg *p, long long deadline)
 	int unsent, r;
 
 	for (;;) {
+		/* What was read already first: the connection may end after. */
+		if (!PQisBusy(p->conn))
+			return 0;
 		if ((unsent = PQflush(p->conn)) == -1)
 			goto broken;
 		if (!PQconsumeInput(p->conn))
@@ -225,18 +228,24 @@ broken:
  * with each statement's result, for the caller to PQclear(), and returns
  * 0; or -1 with the first error recorded and no result kept. A broken or
  * hung connection is dropped. After an error inside a transaction, the
- * caller rolls it back (pg_abort()).
+ * caller rolls it back (pg_abort()). With whole, when the connection is
+ * lost after the first statements' answers came back whole and fine,
+ * their results are kept all the same and *whole says how many: a COMMIT
+ * among them did happen, whatever was lost after it.
  */
 static int
-pg_run(struct store_pg *p, int n, const struct stmt *q, PGresult **res)
+pg_run(
+    struct store_pg *p, int n, const struct stmt *q, PGresult **res, int *whole)
 {
 	long long deadline = now_monotonic_ms() + CLIENT_TIMEOUT_MS;
 	PGresult *r;
 	ExecStatusType st;
-	int i, bad = -1;
+	int i, done = 0, bad = -1;
 
 	for (i = 0; i < n; i++)
 		res[i] = NULL;
+	if (whole != NULL)
+		*whole = 0;
 	if (!PQenterPipelineMode(p->conn))
 		goto broken;
 	for (i = 0; i < n; i++)
@@ -246,11 +255,11 @@ pg_run(struct store_pg *p, int n, const struct stmt *q, PGresult **res)
 	if (!PQpipelineSync(p->conn))
 		goto broken;
 	/* Each statement's results end with a NULL; then the Sync's. */
-	for (i = 0; i <= n;) {
+	for (;;) {
 		if (pg_wait(p, deadline) == -1)
 			goto dropped;
 		r = PQgetResult(p->conn);
-		if (i == n) {
+		if (done == n) {
 			if (r == NULL ||
 			    PQresultStatus(r) != PGRES_PIPELINE_SYNC) {
 				PQclear(r);
@@ -260,15 +269,15 @@ pg_run(struct store_pg *p, int n, const struct stmt *q, PGresult **res)
 			break;
 		}
 		if (r == NULL) {
-			i++;
+			done++;
 			continue;
 		}
-		PQclear(res[i]);
-		res[i] = r;
+		PQclear(res[done]);
+		res[done] = r;
 		st = PQresultStatus(r);
 		if (bad == -1 && st != PGRES_COMMAND_OK &&
 		    st != PGRES_TUPLES_OK)
-			bad = i;
+			bad = done;
 	}
 	if (!PQexitPipelineMode(p->conn))
 		goto broken;
@@ -286,7 +295,9 @@ broken:
 	pg_err(p, "connection lost", PQerrorMessage(p->conn));
 	pg_failed_connection(p);
 dropped:
-	for (i = 0; i < n; i++) {
+	if (whole != NULL && bad == -1)
+		*whole = done;
+	for (i = whole != NULL ? *whole : 0; i < n; i++) {
 		PQclear(res[i]);
 		res[i] = NULL;
 	}
@@ -300,7 +311,7 @@ pg_exec(struct store_pg *p, const char *sql, int n, const char *const *vals)
 	struct stmt q = { sql, n, vals };
 	PGresult *res;
 
-	return pg_run(p, 1, &q, &res) == 0 ? res : NULL;
+	return pg_run(p, 1, &q, &res, NULL) == 0 ? res : NULL;
 }
 
 /*
@@ -461,7 +472,7 @@ pg_begin(struct store_pg *p, int elect)
 	setup_init(p, elect, &u);
 	q[0] = (struct stmt){ "BEGIN", 0, NULL };
 	q[1] = u.q;
-	if (pg_run(p, 2, q, res) == -1) {
+	if (pg_run(p, 2, q, res, NULL) == -1) {
 		pg_abort(p);
 		return -1;
 	}
@@ -504,7 +515,7 @@ pg_read(
 	for (i = 0; i < n; i++)
 		all[i + 2] = q[i];
 	all[n + 2] = (struct stmt){ "COMMIT", 0, NULL };
-	if (pg_run(p, n + 3, all, r) == -1) {
+	if (pg_run(p, n + 3, all, r, NULL) == -1) {
 		pg_abort(p);
 		return -1;
 	}
@@ -598,13 +609,19 @@ end_batch(struct store_pg *p, const char *sql, const char *const *params,
 	struct stmt q[2] = { { sql, nparams, params }, { "COMMIT", 0, NULL } };
 	PGresult *res[2];
 	long long t0;
-	int rows, r;
+	int rows, r, whole;
 
 	if ((r = pg_begin(p, e->req->elect)) != 1)
 		return r == 0 ? BATCH_LOST : -1;
 	/* The commit goes with the statement: the locks last one trip. */
 	t0 = now_monotonic_ms();
-	if (pg_run(p, 2, q, res) == -1) {
+	/*
+	 * Once the server has confirmed the COMMIT, the rows ended: they are
+	 * counted and told even if the connection went before the last
+	 * answer (the lost connection stays recorded, and the next
+	 * statement reports it).
+	 */
+	if (pg_run(p, 2, q, res, &whole) == -1 && whole < 2) {
 		pg_abort(p);
 		return -1;
 	}

@@ -844,3 +844,35 @@ def test_a_server_that_never_answers_the_startup_costs_ten_seconds(tmp_path, pg)
     assert "10s" in p.stderr and APP_PASSWORD not in p.stderr
     assert 9.5 < took < 10 + 3 * SLOW, took
 
+
+
+def after_a_batch_commit(state, msg):
+    """The server's CommandComplete of a batch's COMMIT (after its UPDATE's)."""
+    if msg[:1] == b"C" and msg[5:].startswith(b"UPDATE"):
+        state["update"] = True
+    return msg[:1] == b"C" and msg[5:].startswith(b"COMMIT") and state.get("update", False)
+
+
+def test_a_batch_committed_as_the_connection_drops_is_counted(tmp_path, pg):
+    """The connection drops right after the server confirmed a batch's
+    COMMIT, before the pipeline's last answer (a proxy cuts it there): the
+    rows the database kept are logged and counted all the same, and the
+    step still reports the lost connection."""
+    env = pgenv(tmp_path, pg)
+    s = env.store
+    for i in range(3):
+        s.add("stale-%d" % i, "running", 900)
+    proxy = PgProxy(pg.port, cut=after_a_batch_commit)
+    try:
+        p = env.run("once", DATABASE_URL=proxy.url(s.dbname), LIMPEZA_CACHE_FILE="",
+                    LIMPEZA_LOG_LEVEL="debug")
+        assert proxy.was_cut.is_set()
+    finally:
+        proxy.close()
+    assert s.statuses() == {"stale-0": "error", "stale-1": "error", "stale-2": "error"}
+    assert p.returncode == 1, p.stderr
+    assert re.search(r"Lote no banco: 3 jobs em \d+ ms", p.stderr), p.stderr
+    for i in range(3):
+        assert "🧹 Job running encerrado no banco: stale-%d" % i in p.stderr
+    assert "🧹 Limpeza banco executada: running > 3min: 3, queued > 2min: 0" in p.stderr
+    assert "❌ Erro no banco (postgresql): connection lost" in p.stderr
