@@ -446,6 +446,8 @@ def test_follower_again_after_a_reconnect(tmp_path, pg, daemons):
         holder.close()
     d.wait_for("running > 3min: 1", count=2)
     assert s.statuses() == {"first": "error", "second": "error"}
+    # it reaps at once; the line says so once the role has held 5 s
+    d.wait_for("👑 Líder", count=2)
     assert roles(d.stderr()) == "LFL"
     assert d.stop() == 0
 
@@ -876,3 +878,35 @@ def test_a_batch_committed_as_the_connection_drops_is_counted(tmp_path, pg):
         assert "🧹 Job running encerrado no banco: stale-%d" % i in p.stderr
     assert "🧹 Limpeza banco executada: running > 3min: 3, queued > 2min: 0" in p.stderr
     assert "❌ Erro no banco (postgresql): connection lost" in p.stderr
+
+
+def test_two_daemons_do_not_flap_between_roles(tmp_path, pg, daemons):
+    """Two daemons at 100 ms over one table for 6 s while stale rows arrive
+    all the time. Every reaping transaction elects anew, so which daemon
+    reaps may change from one cycle to the next; the 👑/👥 lines tell a
+    change of role only once it has held for 3 elections and 5 s, so each
+    daemon says one or two, not one per turn. No row is updated twice."""
+    env = pgenv(tmp_path, pg)
+    s = env.store
+    seed_counted_orphans(s, 0, 0.005)  # a batch of 3 rows holds the lock 15 ms
+    ds = []
+    for i in range(2):
+        ds.append(daemons(env, LIMPEZA_INTERVAL="100ms", LIMPEZA_BATCH="3",
+                          LIMPEZA_CACHE_FILE="",
+                          LIMPEZA_LOG_FILE=os.path.join(env.tmp, "log%d" % i, "limpeza.log")))
+    added = 0
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        s.add("stale-%d" % added, "running", 900)
+        added += 1
+        time.sleep(0.01)
+    deadline = time.monotonic() + 20 * SLOW
+    while updates_counted(s)[1] < added:
+        assert time.monotonic() < deadline, (updates_counted(s), added)
+        time.sleep(0.05)
+    for d in ds:
+        assert d.stop() == 0
+    assert updates_counted(s) == (added, added, 1)
+    lines = [roles(d.stderr()) for d in ds]
+    # the first answer, and at most one change that held for 5 s
+    assert all(1 <= len(r) <= 2 for r in lines), lines
