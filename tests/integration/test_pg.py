@@ -122,11 +122,11 @@ def test_zone_offsets_are_refused(tmp_path, pg, zone):
     assert s.statuses() == {"fresh-run": "running", "fresh-queued": "queued"}
 
 
-def test_check_shows_the_session_zone_offset_and_fails_on_an_unknown_zone(tmp_path, pg):
+def test_check_shows_the_session_zone_offset_and_fails_on_an_unknown_zone(tmp_path, pg, via):
     """`limpeza check` shows the offset from UTC of the zone naive
     timestamps are read in (PostgreSQL's own figure), and fails on a name
     PostgreSQL does not know."""
-    env = pgenv(tmp_path, pg)
+    env = pgenv(tmp_path, pg, via=via)
     for zone in ("America/Sao_Paulo", "Asia/Kolkata", "UTC"):
         p = env.run("check", LIMPEZA_DB_TIMEZONE=zone, LIMPEZA_CACHE_FILE="")
         assert p.returncode == 0, p.stdout + p.stderr
@@ -855,16 +855,17 @@ def after_a_batch_commit(state, msg):
     return msg[:1] == b"C" and msg[5:].startswith(b"COMMIT") and state.get("update", False)
 
 
-def test_a_batch_committed_as_the_connection_drops_is_counted(tmp_path, pg):
+def test_a_batch_committed_as_the_connection_drops_is_counted(tmp_path, pg, via):
     """The connection drops right after the server confirmed a batch's
-    COMMIT, before the pipeline's last answer (a proxy cuts it there): the
-    rows the database kept are logged and counted all the same, and the
-    step still reports the lost connection."""
-    env = pgenv(tmp_path, pg)
+    COMMIT, before the pipeline's last answer (a proxy in front of
+    PostgreSQL, or of PgBouncer, cuts it there): the rows the database kept
+    are logged and counted all the same, and the step still reports the
+    lost connection."""
+    env = pgenv(tmp_path, pg, via=via)
     s = env.store
     for i in range(3):
         s.add("stale-%d" % i, "running", 900)
-    proxy = PgProxy(pg.port, cut=after_a_batch_commit)
+    proxy = PgProxy(s.bouncer.port if s.bouncer else pg.port, cut=after_a_batch_commit)
     try:
         p = env.run("once", DATABASE_URL=proxy.url(s.dbname), LIMPEZA_CACHE_FILE="",
                     LIMPEZA_LOG_LEVEL="debug")
@@ -880,13 +881,13 @@ def test_a_batch_committed_as_the_connection_drops_is_counted(tmp_path, pg):
     assert "❌ Erro no banco (postgresql): connection lost" in p.stderr
 
 
-def test_two_daemons_do_not_flap_between_roles(tmp_path, pg, daemons):
+def test_two_daemons_do_not_flap_between_roles(tmp_path, pg, daemons, via):
     """Two daemons at 100 ms over one table for 6 s while stale rows arrive
     all the time. Every reaping transaction elects anew, so which daemon
     reaps may change from one cycle to the next; the 👑/👥 lines tell a
     change of role only once it has held for 3 elections and 5 s, so each
     daemon says one or two, not one per turn. No row is updated twice."""
-    env = pgenv(tmp_path, pg)
+    env = pgenv(tmp_path, pg, via=via)
     s = env.store
     seed_counted_orphans(s, 0, 0.005)  # a batch of 3 rows holds the lock 15 ms
     ds = []
