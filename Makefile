@@ -64,7 +64,7 @@ SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
 
 .PHONY: all deps test-deps install uninstall clean test unit integration nosd m32 \
 	asan asan-unit asan-integration demo format \
-	format-check bench fuzz fuzz-smoke lint stress mutants mutants-fast \
+	format-check bench bench-month fuzz fuzz-smoke lint stress mutants mutants-fast \
 	print-san-env
 
 all: build/limpeza build/limpeza.8
@@ -249,6 +249,10 @@ test: test-deps
 # Benchmarks print figures; they are not tests and make test does not run them.
 bench: all test-deps
 	$(PYTHON) bench/run.py
+
+# The month of scans alone: the API's own costs, limpeza against the old cleaner.
+bench-month: all test-deps
+	$(PYTHON) bench/run.py --month
 
 demo: all
 	@sh scripts/deps.sh test

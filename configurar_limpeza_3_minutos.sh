@@ -142,6 +142,10 @@ if [ -f "$defaults" ]; then
 	say "  unchanged  $defaults (yours: never overwritten)"
 else
 	put "$src/etc/desfollow-limpeza.default" "$defaults" 600
+	# The service reads it itself (--env-file), as the service user.
+	if [ "$(id -u)" -eq 0 ]; then
+		chown "$user:$group" "$defaults"
+	fi
 fi
 if [ -d "$logdir" ]; then
 	say "  unchanged  $logdir"
@@ -154,8 +158,13 @@ if [ -z "$root" ]; then
 fi
 
 say "==> limpeza check"
-# The settings file as the service reads it (--env-file, see the unit).
-if "$bin" check --env-file "$defaults"; then
+# The settings file as the service reads it (--env-file, see the unit),
+# and as the user the service runs as: what root can read, it may not.
+as_user=""
+if [ "$(id -u)" -eq 0 ] && [ "$user" != root ]; then
+	as_user="runuser -u $user --"
+fi
+if $as_user "$bin" check --env-file "$defaults"; then
 	say "  configuration usable"
 else
 	say "  WARNING: limpeza check found problems (above); the service"

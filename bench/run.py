@@ -4,8 +4,14 @@
 Wall time, CPU time and peak RSS come from the kernel's accounting of each
 finished process (wait4). Prints one Markdown table.
 
+Then the month of scans (bench/month.py): the API's own cost per status poll
+and per job write over 30 simulated days, with limpeza and with the old
+cleaner, in a table of its own.
+
 Usage: bench/run.py [--cycles N] [--rows N] [--stale N] [--skip-cache] [--skip-db]
-                    [--skip-daemon]
+                    [--skip-daemon] [--skip-month]
+       bench/run.py --month [--days N] [--scans-per-day N] [--day-seconds S]
+                    [--month-reps N]   (the month of scans only: make bench-month)
 """
 
 import argparse
@@ -347,8 +353,16 @@ def main():
     ap.add_argument("--skip-cache", action="store_true")
     ap.add_argument("--skip-db", action="store_true")
     ap.add_argument("--skip-daemon", action="store_true")
+    ap.add_argument("--skip-month", action="store_true")
+    ap.add_argument("--month", action="store_true", help="the month of scans only")
+    ap.add_argument("--days", type=int, default=30)
+    ap.add_argument("--scans-per-day", type=int, default=100)
+    ap.add_argument("--day-seconds", type=float, default=7.0)
+    ap.add_argument("--month-reps", type=int, default=3)
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="limpeza-bench-", dir="/tmp")
+    if a.month:
+        a.skip_cache = a.skip_db = a.skip_daemon = True
     try:
         if not a.skip_cache:
             bench_cache(tmp)
@@ -356,13 +370,18 @@ def main():
             bench_db(tmp, a.rows, a.stale)
         if not a.skip_daemon:
             bench_daemon(tmp, a.cycles)
+        if rows:
+            print("| measurement | limpeza | old cleaner (baseline) | speed-up | note |")
+            print("|---|---|---|---|---|")
+            for what, mine, base, note in rows:
+                speed = "%.1f×" % (base[0] / mine[0]) if not isinstance(mine, str) else ""
+                print("| %s | %s | %s | %s | %s |" % (what, fmt(mine), fmt(base), speed, note))
+            sys.stdout.flush()
+        if not a.skip_month:
+            import month
+            month.run(BIN, tmp, a.days, a.scans_per_day, a.day_seconds, a.month_reps)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print("| measurement | limpeza | old cleaner (baseline) | speed-up | note |")
-    print("|---|---|---|---|---|")
-    for what, mine, base, note in rows:
-        speed = "%.1f×" % (base[0] / mine[0]) if not isinstance(mine, str) else ""
-        print("| %s | %s | %s | %s | %s |" % (what, fmt(mine), fmt(base), speed, note))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
 #include <sys/stat.h>
 
 #include "jsonscan.h"
-#include "limpeza.h"
+#include "store.h"
 
 #define CACHE_TRIES 5
 #define MAX_STATUS 64 /* config.c's limit on a status word */
@@ -23,23 +23,29 @@ static const char *const field_names[NFIELDS] = { "status", "start_time",
 
 /*
  * What the reaper remembers between passes: when it first saw each active
- * job that carries no usable timestamp, keyed "status\nid", in monotonic
- * milliseconds. Only jobs present in the last pass are kept, so the map
- * never grows beyond the file. A restart forgets it, which only gives
- * such jobs more time.
+ * job that carries no usable timestamp, keyed "status\nid", and without
+ * a database each finished job, keyed "\nid", in monotonic milliseconds.
+ * Only jobs present in the last pass are kept, so the map never grows
+ * beyond the file. A restart forgets it, which only gives such jobs more
+ * time.
  */
 struct cache {
 	json_t *seen;
 	/*
 	 * The version of the file that the last full pass read (or wrote),
-	 * and when its first active job falls due: until then, a file still
-	 * at that version is not even read.
+	 * and when it must be read again: its first active job falls due, a
+	 * finished job's retention ends, or a finished job the store could
+	 * not yet vouch for is to be looked up again. Until then, a file
+	 * still at that version is not even read.
 	 */
 	int known;
 	struct stat last;
-	long long next_due; /* monotonic ms; LLONG_MAX: no active job */
+	long long next_due; /* monotonic ms; LLONG_MAX: nothing due */
 	long active;
+	long finished;
+	off_t size;
 	double oldest_since; /* wall clock start of the oldest active job */
+	int retention_down; /* the store did not answer: said once */
 };
 
 /*
@@ -52,6 +58,8 @@ struct member {
 	off_t error_vs, error_ve; /* its last "error", if after that; or 0 */
 	struct cache_job job;
 	int superseded; /* a later member has the same key */
+	enum row_state row; /* a finished job's row, as the store answered */
+	double row_age;
 	enum cache_fate fate;
 	double age;
 	size_t id, idlen; /* the decoded key, in scan.ids */
@@ -87,8 +95,9 @@ cache_invalidate(struct cache *c)
 }
 
 /*
- * When the first active job in the file falls due, in monotonic ms
- * (LLONG_MAX if none, or if the file is not known yet).
+ * When the file must be read again, in monotonic ms: its first active job
+ * falls due, or a finished job's retention (LLONG_MAX if nothing is due,
+ * or if the file is not known yet).
  */
 long long
 cache_next_due(const struct cache *c)
@@ -113,11 +122,41 @@ cache_set_window(size_t n)
 	window_bytes = n;
 }
 
+static int
+job_active(enum job_state st)
+{
+	return st == JOB_RUNNING || st == JOB_QUEUED;
+}
+
+static int
+job_finished(enum job_state st)
+{
+	return st == JOB_DONE || st == JOB_ERROR;
+}
+
+/*
+ * How finished jobs leave the file. With a database, by their rows: the
+ * API answers a finished job from its table first, so once the row is
+ * finished too the cache copy is dead weight. Without one, only when the
+ * operator asked for it: nothing else says the job's result was kept.
+ */
+enum cache_retention
+cache_retention_mode(const struct config *cfg)
+{
+	if (cfg->cache_retention == 0)
+		return RETENTION_OFF;
+	if (cfg->database_url != NULL && *cfg->database_url != '\0')
+		return RETENTION_ROWS;
+	return cfg->cache_retention_set ? RETENTION_FIRST_SIGHT : RETENTION_OFF;
+}
+
 /*
  * Decides one job's fate. now is the host clock (the clock that wrote
  * the times); first_age is how long this job has been seen in its status,
- * used when it has no usable time. A job is reaped only when it is
- * strictly older than its TTL.
+ * used when it has no usable time, and for a finished job how long it
+ * has been finished (by its row, or by first sight; < 0: not known). A
+ * job is reaped only when it is strictly older than its TTL, and a
+ * finished one leaves only when strictly older than its retention.
  */
 enum cache_fate
 cache_decide(const struct cache_job *job, const struct cache_policy *p,
@@ -128,6 +167,14 @@ cache_decide(const struct cache_job *job, const struct cache_policy *p,
 	*age = 0;
 	if (job->state == JOB_OTHER)
 		return p->force && p->force_all ? FATE_FORCED : FATE_KEEP;
+	if (job_finished(job->state)) {
+		if (p->force)
+			return p->force_all ? FATE_FORCED : FATE_KEEP;
+		*age = first_age;
+		return p->retention > 0 && first_age > p->retention
+		    ? FATE_RETIRED
+		    : FATE_KEEP;
+	}
 	t = job->start_time;
 	if (t <= 0 && job->state == JOB_QUEUED)
 		t = job->created_at;
@@ -165,6 +212,11 @@ status_of(const struct config *cfg, const char *v, size_t n)
 	if (len == strlen(cfg->queued_status) &&
 	    memcmp(s, cfg->queued_status, len) == 0)
 		return JOB_QUEUED;
+	if (len == strlen(DONE_STATUS) && memcmp(s, DONE_STATUS, len) == 0)
+		return JOB_DONE;
+	if (len == strlen(cfg->error_status) &&
+	    memcmp(s, cfg->error_status, len) == 0)
+		return JOB_ERROR;
 	return JOB_OTHER;
 }
 
@@ -181,7 +233,7 @@ read_job(const struct config *cfg, struct member *m,
 
 	m->job.state = status_of(cfg, b + f[F_STATUS].value_start,
 	    f[F_STATUS].value_end - f[F_STATUS].value_start);
-	if (m->job.state == JOB_OTHER)
+	if (!job_active(m->job.state))
 		return;
 	if (f[F_START].value_end != 0)
 		(void)jobtime_parse(b + f[F_START].value_start,
@@ -326,15 +378,17 @@ find_superseded(struct scan *s)
 
 /*
  * How long an active job without a usable time has been seen in its
- * status, in seconds: 0 at first sight. Noted in seen, the next pass's
- * memory, keyed "status\nid".
+ * status, or a finished job seen finished, in seconds: 0 at first sight.
+ * Noted in seen, the next pass's memory, keyed "status\nid" ("\nid" for
+ * a finished job, done or error alike: no status word is empty).
  */
 static double
 first_sight(const struct cache *c, const struct config *cfg,
     const struct scan *s, const struct member *m, long long mono, json_t *seen)
 {
 	const char *status = m->job.state == JOB_RUNNING ? cfg->running_status
-							 : cfg->queued_status;
+	    : m->job.state == JOB_QUEUED		 ? cfg->queued_status
+							 : "";
 	size_t sl = strlen(status), skl = sl + 1 + m->idlen;
 	double age = 0;
 	json_t *first;
@@ -356,63 +410,162 @@ first_sight(const struct cache *c, const struct config *cfg,
 }
 
 /*
- * Decides every member, one at a time: its own bytes and, for an active
- * job without a usable time, how long limpeza has seen it.
+ * The look-up step of retention, between scan and decide: one question to
+ * the store about every finished job in the file (the store asks in
+ * bounded chunks), whose answers decide takes as they are: a row finished
+ * for how long by the database's clock, or no row, or a row still active.
+ * A store that cannot answer leaves every answer "not known", so nothing
+ * leaves the file for retention, and that is said once until it answers.
  */
 static void
-decide_all(struct cache *c, const struct config *cfg, int force, struct scan *s,
+lookup_rows(struct cache *c, struct store *st, struct scan *s)
+{
+	struct store_row *rows;
+	size_t i, n = 0, k;
+
+	for (i = 0; i < s->n; i++)
+		if (!s->m[i].superseded && job_finished(s->m[i].job.state))
+			n++;
+	if (n == 0)
+		return;
+	if ((rows = calloc(n, sizeof(*rows))) == NULL)
+		fatalx_oom();
+	for (i = 0, k = 0; i < s->n; i++)
+		if (!s->m[i].superseded && job_finished(s->m[i].job.state)) {
+			rows[k].id = s->ids + s->m[i].id;
+			rows[k++].idlen = s->m[i].idlen;
+		}
+	if (st->ops->finished(st, rows, n) == -1) {
+		if (!c->retention_down)
+			log_event(LVL_WARNING, EV_CACHE_RETENTION_DOWN,
+			    st->ops->name, st->err);
+		c->retention_down = 1;
+		free(rows);
+		return;
+	}
+	c->retention_down = 0;
+	for (i = 0, k = 0; i < s->n; i++)
+		if (!s->m[i].superseded && job_finished(s->m[i].job.state)) {
+			s->m[i].row = rows[k].state;
+			s->m[i].row_age = rows[k++].age_s;
+		}
+	free(rows);
+}
+
+/*
+ * How long a finished job has been finished, for retention, or -1 if that
+ * is not known: by its row's updated time on the store's clock with a
+ * database (no row, a row still active, no answer: not known), else by
+ * how long limpeza has seen it finished.
+ */
+static double
+finished_age(const struct cache *c, const struct config *cfg,
+    const struct scan *s, const struct member *m, enum cache_retention mode,
+    long long mono, json_t *seen)
+{
+	switch (mode) {
+	case RETENTION_ROWS:
+		return m->row == ROW_FINISHED ? m->row_age : -1;
+	case RETENTION_FIRST_SIGHT:
+		return first_sight(c, cfg, s, m, mono, seen);
+	case RETENTION_OFF:
+		break;
+	}
+	return -1;
+}
+
+/* The policy of one pass; retention has no part in a forced cleanup. */
+static void
+policy_init(struct cache_policy *pol, const struct config *cfg, int force,
+    enum cache_retention mode)
+{
+	memset(pol, 0, sizeof(*pol));
+	pol->running_ttl = (double)cfg->running_ttl / MS_PER_S;
+	pol->queued_ttl = (double)cfg->queued_ttl / MS_PER_S;
+	pol->force = force;
+	pol->force_all = cfg->force_cache == FORCE_ALL;
+	pol->force_min_age = (double)cfg->force_min_age / MS_PER_S;
+	if (mode != RETENTION_OFF && !force)
+		pol->retention = (double)cfg->cache_retention / MS_PER_S;
+}
+
+/*
+ * Decides every member, one at a time: its own bytes and, for an active
+ * job without a usable time, how long limpeza has seen it; for a finished
+ * one, how long it has been finished.
+ */
+static void
+decide_all(struct cache *c, const struct config *cfg,
+    const struct cache_policy *pol, enum cache_retention mode, struct scan *s,
     json_t *seen)
 {
-	struct cache_policy pol = {
-		.running_ttl = (double)cfg->running_ttl / MS_PER_S,
-		.queued_ttl = (double)cfg->queued_ttl / MS_PER_S,
-		.force = force,
-		.force_all = cfg->force_cache == FORCE_ALL,
-		.force_min_age = (double)cfg->force_min_age / MS_PER_S,
-	};
 	double now = now_realtime(), first_age;
 	long long mono = now_monotonic_ms();
 	size_t i;
 
-	find_superseded(s);
 	for (i = 0; i < s->n; i++) {
 		struct member *m = &s->m[i];
 
 		if (m->superseded)
 			continue;
-		first_age = m->job.state != JOB_OTHER
-		    ? first_sight(c, cfg, s, m, mono, seen)
-		    : 0;
-		m->fate = cache_decide(&m->job, &pol, now, first_age, &m->age);
+		if (job_active(m->job.state))
+			first_age = first_sight(c, cfg, s, m, mono, seen);
+		else if (job_finished(m->job.state) && pol->retention > 0)
+			first_age =
+			    finished_age(c, cfg, s, m, mode, mono, seen);
+		else
+			first_age = -1;
+		m->fate = cache_decide(&m->job, pol, now, first_age, &m->age);
 	}
 }
 
 /*
- * The pass's figures: active jobs left and the oldest of them, and when
- * the first of them falls due. Returns how many members change.
+ * The pass's figures: active jobs left and the oldest of them, finished
+ * jobs, and when the file must be read again: the first active job falls
+ * due, or a kept finished job's retention ends. One the store could not
+ * vouch for (no row, or not finished yet) is looked up again a retention
+ * later: its row cannot have been finished for longer by then, so it
+ * still leaves on time, and an unchanged file is not read every cycle for
+ * it. Returns how many members change.
  */
 static long
-tally(const struct scan *s, const struct config *cfg, struct cache_result *res,
+tally(const struct scan *s, const struct config *cfg,
+    const struct cache_policy *pol, struct cache_result *res,
     long long *next_due)
 {
 	long long due, mono = now_monotonic_ms();
 	long changes = 0;
-	double ttl;
+	double ttl, left;
 	size_t i;
 
 	res->active = 0;
 	res->oldest_s = -1;
+	res->finished = 0;
 	*next_due = LLONG_MAX;
 	for (i = 0; i < s->n; i++) {
 		const struct member *m = &s->m[i];
 
 		if (m->superseded)
 			continue;
+		if (job_finished(m->job.state))
+			res->finished++;
 		if (m->fate != FATE_KEEP) {
 			changes++;
 			continue;
 		}
-		if (m->job.state == JOB_OTHER)
+		if (job_finished(m->job.state) && pol->retention > 0) {
+			left = (m->age >= 0 ? pol->retention - m->age
+					    : pol->retention) *
+			    MS_PER_S;
+			/* rounded up: at its due time it is past retention */
+			due = mono + (long long)left;
+			if ((double)(long long)left < left)
+				due++;
+			if (due < *next_due)
+				*next_due = due;
+			continue;
+		}
+		if (!job_active(m->job.state))
 			continue;
 		res->active++;
 		if (m->age > res->oldest_s)
@@ -478,8 +631,9 @@ marks_free(struct marks *mk)
 
 /*
  * Is the member in the new file? Kept jobs are, and in mark mode reaped
- * active jobs too (marked); the rest go, and so does every member whose
- * key a later one repeats.
+ * active jobs too (marked); the rest go (finished jobs past their
+ * retention among them), and so does every member whose key a later one
+ * repeats.
  */
 static int
 written(const struct member *m, const struct config *cfg)
@@ -488,7 +642,8 @@ written(const struct member *m, const struct config *cfg)
 		return 0;
 	if (m->fate == FATE_KEEP)
 		return 1;
-	return cfg->cache_action == CACHE_MARK && m->job.state != JOB_OTHER;
+	/* Only active jobs are marked: retention removes in mark mode too. */
+	return cfg->cache_action == CACHE_MARK && job_active(m->job.state);
 }
 
 /*
@@ -550,10 +705,16 @@ build_output(const struct scan *s, const struct config *cfg,
 	safefile_put(o, NULL, last->ve, (size_t)(s->size - last->ve));
 }
 
+/*
+ * The pass's log: a line per job it ends, then a count; finished jobs
+ * that leave for retention are counted in a line of their own (their ids
+ * at debug level; a dry run names each at info level).
+ */
 static void
-log_reaped(const struct scan *s, const struct config *cfg, int dry_run,
-    struct cache_result *res)
+log_reaped(const struct scan *s, const struct config *cfg,
+    enum cache_retention mode, int dry_run, struct cache_result *res)
 {
+	char ret[32];
 	size_t i;
 
 	for (i = 0; i < s->n; i++) {
@@ -587,6 +748,15 @@ log_reaped(const struct scan *s, const struct config *cfg, int dry_run,
 			else if (m->job.state == JOB_QUEUED)
 				res->forced_queued++;
 			break;
+		case FATE_RETIRED:
+			log_event(dry_run ? LVL_INFO : LVL_DEBUG,
+			    dry_run ? EV_CACHE_WOULD_RETIRE_JOB
+				    : EV_CACHE_RETIRED_JOB,
+			    id, (long)m->age);
+			res->retired++;
+			if (m->job.state == JOB_ERROR)
+				res->retired_error++;
+			break;
 		case FATE_KEEP:
 			break;
 		}
@@ -598,22 +768,34 @@ log_reaped(const struct scan *s, const struct config *cfg, int dry_run,
 			: cfg->cache_action == CACHE_MARK ? EV_CACHE_MARKED
 							  : EV_CACHE_CLEANED,
 		    res->reaped_running + res->reaped_queued);
+	if (res->retired == 0)
+		return;
+	config_format_duration(cfg->cache_retention, ret, sizeof(ret));
+	if (dry_run)
+		log_event(LVL_INFO, EV_CACHE_WOULD_RETIRE, res->retired, ret);
+	else if (mode == RETENTION_ROWS)
+		log_event(LVL_INFO, EV_CACHE_RETIRED, res->retired);
+	else
+		log_event(LVL_INFO, EV_CACHE_RETIRED_SEEN, res->retired, ret);
 }
 
 /*
- * One pass over the file, in four steps: open and lock, scan, decide,
- * commit. Returns 0 when done (whether or not anything changed), 1 when
- * the file changed underneath and the pass must be retried, -1 on an
- * error that was logged.
+ * One pass over the file, in five steps: open and lock, scan, look up
+ * (retention's question to the store), decide, commit. Returns 0 when
+ * done (whether or not anything changed), 1 when the file changed
+ * underneath and the pass must be retried, -1 on an error that was
+ * logged.
  */
 static int
-cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
-    struct cache_result *res)
+cache_pass(struct cache *c, const struct config *cfg, struct store *store,
+    int force, int dry_run, struct cache_result *res)
 {
 	const char *path = cfg->cache_file;
+	enum cache_retention mode = cache_retention_mode(cfg);
 	struct scan s = { cfg, NULL, 0, 0, NULL, 0, 0, 0 };
 	struct safefile_out out = { NULL, 0, 0 };
 	struct marks mk = { NULL, { NULL, NULL, NULL } };
+	struct cache_policy pol;
 	struct stat st, written_st;
 	const struct stat *version = &st;
 	json_t *seen = NULL;
@@ -641,11 +823,22 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 		goto done;
 	}
 
+	find_superseded(&s);
+
+	/*
+	 * Look up: whether the database holds each finished job as finished,
+	 * and since when. It runs under the file's lock, as the scan and
+	 * the commit do: one short read-only statement per chunk of ids.
+	 */
+	policy_init(&pol, cfg, force, mode);
+	if (pol.retention > 0 && mode == RETENTION_ROWS && store != NULL)
+		lookup_rows(c, store, &s);
+
 	/* Decide. */
 	if ((seen = json_object()) == NULL)
 		fatalx_oom();
-	decide_all(c, cfg, force, &s, seen);
-	changes = tally(&s, cfg, res, &next_due);
+	decide_all(c, cfg, &pol, mode, &s, seen);
+	changes = tally(&s, cfg, &pol, res, &next_due);
 
 	/* Commit: a new file only if something changes. */
 	if (changes > 0 && !dry_run) {
@@ -665,7 +858,7 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 		version = &written_st;
 	}
 	if (changes > 0)
-		log_reaped(&s, cfg, dry_run, res);
+		log_reaped(&s, cfg, mode, dry_run, res);
 	json_decref(c->seen);
 	c->seen = seen;
 	seen = NULL;
@@ -674,6 +867,8 @@ cache_pass(struct cache *c, const struct config *cfg, int force, int dry_run,
 	c->last = *version;
 	c->next_due = next_due;
 	c->active = res->active;
+	c->finished = res->finished - (res->rewritten ? res->retired : 0);
+	c->size = res->size = version->st_size;
 	c->oldest_since = now_realtime() - res->oldest_s;
 	rc = 0;
 done:
@@ -687,12 +882,13 @@ done:
 
 /*
  * Reaps the cache file: stale jobs (or, with force, active ones, and all
- * jobs when LIMPEZA_FORCE_CACHE=all). A file that changes while it is
- * being cleaned is read again, a few times at most.
+ * jobs when LIMPEZA_FORCE_CACHE=all), and finished jobs past their
+ * retention, asking store (NULL: none) about their rows. A file that
+ * changes while it is being cleaned is read again, a few times at most.
  */
 int
-cache_reap(struct cache *c, const struct config *cfg, int force, int dry_run,
-    struct cache_result *res)
+cache_reap(struct cache *c, const struct config *cfg, struct store *store,
+    int force, int dry_run, struct cache_result *res)
 {
 	struct stat now;
 	int try, r;
@@ -706,6 +902,8 @@ cache_reap(struct cache *c, const struct config *cfg, int force, int dry_run,
 	    safefile_same_version(&c->last, &now) &&
 	    now_monotonic_ms() < c->next_due) {
 		res->active = c->active;
+		res->finished = c->finished;
+		res->size = c->size;
 		res->oldest_s =
 		    c->active > 0 ? now_realtime() - c->oldest_since : -1;
 		log_event(LVL_DEBUG, EV_CACHE_UNCHANGED, cfg->cache_file);
@@ -715,11 +913,12 @@ cache_reap(struct cache *c, const struct config *cfg, int force, int dry_run,
 	for (try = 0; try < CACHE_TRIES; try++) {
 		memset(res, 0, sizeof(*res));
 		res->oldest_s = -1;
-		r = cache_pass(c, cfg, force, dry_run, res);
+		r = cache_pass(c, cfg, store, force, dry_run, res);
 		if (r != 1)
 			return r;
 		log_event(LVL_DEBUG, EV_CACHE_CHANGED, cfg->cache_file);
 	}
+	/* A failed step: the stale jobs are still there. */
 	log_event(LVL_WARNING, EV_CACHE_GAVE_UP, cfg->cache_file);
-	return 0;
+	return -1;
 }

@@ -8,8 +8,45 @@
 
 #include "store.h"
 
+/* Whether finished jobs leave the cache file, and why (SPEC §1.1). */
+static void
+check_retention(const struct config *cfg)
+{
+	char ret[32];
+
+	config_format_duration(cfg->cache_retention, ret, sizeof(ret));
+	switch (cache_retention_mode(cfg)) {
+	case RETENTION_ROWS:
+		printf(
+		    "ok: cache retention %s: a finished job leaves the cache "
+		    "file once its row in the database has been finished "
+		    "for %s\n",
+		    ret, ret);
+		break;
+	case RETENTION_FIRST_SIGHT:
+		printf("ok: cache retention %s without a database "
+		       "(LIMPEZA_CACHE_RETENTION set): a finished job leaves "
+		       "the cache file %s after limpeza first saw it "
+		       "finished\n",
+		    ret, ret);
+		break;
+	case RETENTION_OFF:
+		if (cfg->cache_retention == 0)
+			printf(
+			    "ok: cache retention off "
+			    "(LIMPEZA_CACHE_RETENTION=0): finished jobs stay "
+			    "in the cache file\n");
+		else
+			printf(
+			    "ok: cache retention off: no database to "
+			    "confirm finished jobs and LIMPEZA_CACHE_RETENTION "
+			    "not set; finished jobs stay in the cache file\n");
+		break;
+	}
+}
+
 static int
-check_cache(const struct config *cfg)
+check_cache(const struct config *cfg, struct store *store)
 {
 	struct cache_result cr;
 	struct cache *c;
@@ -42,7 +79,7 @@ check_cache(const struct config *cfg)
 		return 0;
 	}
 	c = cache_new();
-	rc = cache_reap(c, cfg, 0, 1, &cr);
+	rc = cache_reap(c, cfg, store, 0, 1, &cr);
 	cache_free(c);
 	if (rc == -1) {
 		printf("FAIL: cache file %s cannot be cleaned (see the error "
@@ -50,8 +87,10 @@ check_cache(const struct config *cfg)
 		    cfg->cache_file);
 		return -1;
 	}
-	printf("ok: cache file %s: %ld active jobs, %ld stale\n",
-	    cfg->cache_file, cr.active, cr.reaped_running + cr.reaped_queued);
+	printf("ok: cache file %s: %ld active jobs, %ld stale, %ld finished "
+	       "(%ld past retention)\n",
+	    cfg->cache_file, cr.active, cr.reaped_running + cr.reaped_queued,
+	    cr.finished, cr.retired);
 	return 0;
 }
 
@@ -70,7 +109,7 @@ cmd_check(struct config *cfg)
 {
 	struct store *s;
 	long long jobs;
-	char err[512];
+	char err[512], api[512];
 	int failed = 0, i, r;
 
 	printf("ok: configuration is valid\n");
@@ -78,35 +117,41 @@ cmd_check(struct config *cfg)
 	for (i = 0; i < cfg->nwarnings; i++)
 		printf("warning: %s\n", cfg->warnings[i]);
 
-	if (*cfg->database_url == '\0')
+	s = store_open(cfg);
+	if (s == NULL)
 		printf("warning: DATABASE_URL is not set: the database step is "
 		       "skipped\n");
 	else {
-		s = store_open(cfg);
 		fflush(stdout);
 		if (s->ops->check(s, stdout) == -1) {
 			printf("FAIL: database: %s\n", s->err);
 			failed = 1;
 		}
-		store_close(s);
 	}
 
-	if (check_cache(cfg) == -1)
+	if (*cfg->cache_file != '\0')
+		check_retention(cfg);
+	if (check_cache(cfg, s) == -1)
 		failed = 1;
+	store_close(s);
 
 	r = check_health(cfg, &jobs, err, sizeof(err));
+	config_mask_http(cfg->health_url, 1, api, sizeof(api));
 	if (r == 1)
 		printf("ok: health check disabled\n");
 	else if (r == 0)
-		printf("ok: health URL %s answers: %lld jobs active\n",
-		    cfg->health_url, jobs);
+		printf(
+		    "ok: health URL %s answers: %lld jobs active\n", api, jobs);
 	else {
-		printf("FAIL: health URL %s: %s\n", cfg->health_url, err);
+		printf("FAIL: health URL %s: %s\n", api, err);
 		failed = 1;
 	}
 	printf("%s\n", failed ? "check FAILED" : "check passed");
 	return failed;
 }
+
+/* How retention works here, by enum cache_retention: stable words. */
+static const char *const retention_names[] = { "off", "rows", "first_sight" };
 
 /* `limpeza stats`: jobs per status and what is active, for a person or a
  * script. */
@@ -135,22 +180,27 @@ cmd_stats(struct config *cfg, int as_json)
 		db = json_pack("{s:s, s:O, s:I, s:f}", "store", s->ops->name,
 		    "by_status_24h", st.by_status, "active",
 		    (json_int_t)st.active, "oldest_active_s", st.oldest_s);
-	store_close(s);
 
+	/* A dry pass: what retention would remove asks the store too. */
 	c = cache_new();
 	if (*cfg->cache_file == '\0')
 		ca = json_null();
-	else if (cache_reap(c, cfg, 0, 1, &cr) == -1) {
+	else if (cache_reap(c, cfg, s, 0, 1, &cr) == -1) {
 		ca = json_pack("{s:s, s:s}", "path", cfg->cache_file, "error",
 		    "cannot read the cache file");
 		failed = 1;
 	} else
-		ca = json_pack("{s:s, s:I, s:I, s:f}", "path", cfg->cache_file,
+		ca = json_pack("{s:s, s:I, s:I, s:I, s:f, s:I, s:I, s:s}",
+		    "path", cfg->cache_file, "size_bytes", (json_int_t)cr.size,
 		    "active", (json_int_t)cr.active, "stale",
 		    (json_int_t)cr.reaped_running +
 			(json_int_t)cr.reaped_queued,
-		    "oldest_active_s", cr.oldest_s);
+		    "oldest_active_s", cr.oldest_s, "finished",
+		    (json_int_t)cr.finished, "retention_would_remove",
+		    (json_int_t)cr.retired, "retention",
+		    retention_names[cache_retention_mode(cfg)]);
 	cache_free(c);
+	store_close(s);
 
 	r = check_health(cfg, &jobs, err, sizeof(err));
 	if (r == 1)
@@ -192,9 +242,13 @@ cmd_stats(struct config *cfg, int as_json)
 			    "cache: error: cannot read %s\n", cfg->cache_file);
 		else
 			printf("cache: active jobs: %ld (+%ld stale), oldest: "
-			       "%.0fs\n",
+			       "%.0fs\n"
+			       "cache: %lld bytes, finished jobs: %ld, "
+			       "retention (%s) would remove: %ld\n",
 			    cr.active, cr.reaped_running + cr.reaped_queued,
-			    cr.oldest_s);
+			    cr.oldest_s, (long long)cr.size, cr.finished,
+			    retention_names[cache_retention_mode(cfg)],
+			    cr.retired);
 		if (json_is_null(api))
 			printf("api: health check disabled\n");
 		else if (json_object_get(api, "error") != NULL)

@@ -23,6 +23,7 @@ enum setting_type {
 	T_PATHLIST,
 	T_PATH,
 	T_HTTPURL,
+	T_HOOKURL,
 	T_DURATION,
 	T_INT,
 	T_ENUM,
@@ -103,6 +104,12 @@ static const struct setting settings[] = {
 	    OFF(cache_action), "remove|mark", 0, 0,
 	    "orphans in the cache are removed, or kept and marked "
 	    "status=error with an error message" },
+	{ "LIMPEZA_CACHE_RETENTION", "cache-retention", T_DURATION, "1h",
+	    OFF(cache_retention), NULL, 0, 365 * DAY_MS,
+	    "finished cache jobs (done, error) leave the file this long after "
+	    "their row finished in the database; without a database only when "
+	    "set, this long after limpeza first saw them finished; 0: kept "
+	    "forever" },
 	{ "LIMPEZA_HEALTH_TIMEOUT", "health-timeout", T_DURATION, "10s",
 	    OFF(health_timeout), NULL, 100, 300 * MS_PER_S,
 	    "total time allowed for one health request" },
@@ -151,7 +158,7 @@ static const struct setting settings[] = {
 	    NULL, 0, 0,
 	    "serve Prometheus metrics at /metrics and /healthz on this "
 	    "address only, e.g. 127.0.0.1:9464; empty: off" },
-	{ "LIMPEZA_ALERT_WEBHOOK", "alert-webhook", T_HTTPURL, "",
+	{ "LIMPEZA_ALERT_WEBHOOK", "alert-webhook", T_HOOKURL, "",
 	    OFF(alert_webhook), NULL, 0, 0,
 	    "POST a JSON alert here on forced cleanup, on a store or API "
 	    "unreachable for 3 cycles, and on recovery; empty: off" },
@@ -184,6 +191,7 @@ type_hint(const struct setting *s)
 	case T_PATH:
 		return "PATH";
 	case T_HTTPURL:
+	case T_HOOKURL:
 		return "URL";
 	case T_DURATION:
 		return "DURATION";
@@ -570,25 +578,122 @@ mask_rebuild(const char *url, const PQconninfoOption *opts, struct out *o)
 	}
 }
 
+/* Where a URL's authority starts (after scheme://), or NULL. */
+static const char *
+url_authority(const char *url)
+{
+	const char *auth = strstr(url, "://");
+
+	if (auth == NULL || auth == url ||
+	    strspn(url,
+		"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+		"0123456789+.-") != (size_t)(auth - url))
+		return NULL;
+	return auth + 3;
+}
+
 /*
- * Without libpq's parser (libpq not loaded, or a text it rejects), print
- * nothing that might be a password: in a URL everything from the first
- * ':' of its authority to its last '@', and from the first word
- * "password" on (a parameter, a keyword, sslpassword), all the rest.
+ * What a person would take for the password of a URL: everything from
+ * the first ':' after scheme:// to the LAST '@', percent-decoded. libpq
+ * reads a password with an unescaped '/', '?' or '@' otherwise (as part
+ * of the host, the port or the database), but it is still the
+ * operator's password and must not be shown. Returns 0 with the guess in
+ * buf, -1 if the text has no user:...@ part.
+ */
+int
+config_url_password_guess(const char *url, char *buf, size_t len)
+{
+	const char *auth = url_authority(url), *at, *colon, *p;
+	size_t o = 0;
+
+	if (auth == NULL || (at = strrchr(auth, '@')) == NULL ||
+	    (colon = memchr(auth, ':', (size_t)(at - auth))) == NULL ||
+	    len == 0)
+		return -1;
+	for (p = colon + 1; p < at && o + 1 < len; p++) {
+		if (*p == '%' && p + 2 < at && isxdigit((unsigned char)p[1]) &&
+		    isxdigit((unsigned char)p[2])) {
+			char hex[3] = { p[1], p[2], '\0' };
+
+			buf[o++] = (char)strtol(hex, NULL, 16);
+			p += 2;
+		} else
+			buf[o++] = *p;
+	}
+	buf[o] = '\0';
+	return 0;
+}
+
+/* key=value keywords whose values are never secret. */
+static int
+is_plain_keyword(const char *k, size_t n)
+{
+	static const char *const plain[] = { "host", "hostaddr", "port",
+		"dbname", "user", "sslmode", "connect_timeout",
+		"application_name", "target_session_attrs", NULL };
+	int i;
+
+	for (i = 0; plain[i] != NULL; i++)
+		if (strlen(plain[i]) == n && strncmp(plain[i], k, n) == 0)
+			return 1;
+	return 0;
+}
+
+/*
+ * Without libpq's parser (libpq not loaded, or a text it rejects or reads
+ * otherwise than a person would), print nothing that might be a
+ * password. In a URL: everything from the first ':' of its authority to
+ * its last '@', and from the first word "password" on, all the rest. In
+ * key=value text: every value but those of plainly harmless keywords
+ * (a misspelt "passwd=" included).
  */
 static void
 mask_fallback(const char *url, struct out *o)
 {
-	const char *auth = strstr(url, "://"), *at, *colon, *p = url, *pw;
+	const char *auth = url_authority(url), *at, *colon, *p = url, *pw;
+	const char *k, *v;
 
-	if (auth != NULL &&
-	    (auth == url ||
-		strspn(url,
-		    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-		    "0123456789+.-") != (size_t)(auth - url)))
-		auth = NULL;
+	if (auth == NULL && is_libpq_conninfo(url)) {
+		for (p = url; *p != '\0';) {
+			if (isspace((unsigned char)*p)) {
+				out_put(o, p++, 1);
+				continue;
+			}
+			k = p;
+			while (*p != '\0' && *p != '=' &&
+			    !isspace((unsigned char)*p))
+				p++;
+			v = p;
+			while (*v == ' ')
+				v++;
+			if (*v != '=') {
+				out_str(o, "***");
+				break;
+			}
+			out_put(o, k, (size_t)(p - k));
+			out_put(o, "=", 1);
+			for (v++; *v == ' '; v++)
+				;
+			/* A value ends at a space, or at its closing quote. */
+			p = v;
+			if (*p == '\'') {
+				for (p++; *p != '\0' && *p != '\''; p++)
+					if (*p == '\\' && p[1] != '\0')
+						p++;
+				if (*p == '\'')
+					p++;
+			} else
+				while (
+				    *p != '\0' && !isspace((unsigned char)*p))
+					p++;
+			if (is_plain_keyword(k, strcspn(k, " =")))
+				out_put(o, v, (size_t)(p - v));
+			else
+				out_str(o, "***");
+		}
+		return;
+	}
 	if (auth != NULL) {
-		auth += 3;
 		at = strrchr(auth, '@');
 		colon =
 		    at != NULL ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
@@ -618,20 +723,64 @@ config_mask_url(const char *url, char *buf, size_t len)
 {
 	struct out o = { buf, len, 0, 0 };
 	PQconninfoOption *opts = NULL;
-	char err[256];
+	const char *pw;
+	char err[256], guess[MAX_VALUE + 1];
 
 	if (len == 0)
 		return -1;
 	*buf = '\0';
-	if (strncmp(url, "sqlite:", 7) == 0)
+	if (strncmp(url, "sqlite:///", 10) == 0)
 		out_str(&o, url);
-	else if (*url != '\0' && libs_pq(err, sizeof(err)) == 0 &&
-	    (opts = PQconninfoParse(url, NULL)) != NULL)
+	else if (*url != '\0' && strncmp(url, "sqlite:", 7) != 0 &&
+	    libs_pq(err, sizeof(err)) == 0 &&
+	    (opts = PQconninfoParse(url, NULL)) != NULL &&
+	    (config_url_password_guess(url, guess, sizeof(guess)) == -1 ||
+		((pw = option_value(opts, "password")) != NULL &&
+		    strcmp(pw, guess) == 0)))
 		mask_rebuild(url, opts, &o);
 	else
 		mask_fallback(url, &o);
 	if (opts != NULL)
 		PQconninfoFree(opts);
+	return o.failed ? -1 : 0;
+}
+
+/*
+ * An http(s) URL as it may be shown: a user:password@ part as user:***@,
+ * and with keep_path 0 nothing after the host (a webhook's path is often
+ * its secret token). Returns -1 if it did not fit (it is then cut).
+ */
+int
+config_mask_http(const char *url, int keep_path, char *buf, size_t len)
+{
+	struct out o = { buf, len, 0, 0 };
+	const char *auth = url_authority(url), *end, *at, *colon;
+
+	if (len == 0)
+		return -1;
+	*buf = '\0';
+	if (auth == NULL) {
+		out_str(&o, *url == '\0' ? "" : "***");
+		return o.failed ? -1 : 0;
+	}
+	end = auth + strcspn(auth, "/?#");
+	out_put(&o, url, (size_t)(auth - url));
+	at = NULL;
+	for (const char *q = auth; q < end; q++)
+		if (*q == '@')
+			at = q;
+	if (at != NULL) {
+		colon = memchr(auth, ':', (size_t)(at - auth));
+		out_put(
+		    &o, auth, (size_t)((colon != NULL ? colon : at) - auth));
+		out_str(&o, colon != NULL ? ":***@" : "@");
+		auth = at + 1;
+	}
+	out_put(&o, auth, (size_t)(end - auth));
+	if (keep_path)
+		out_str(&o, end);
+	else if (*end != '\0')
+		out_str(&o, "/...");
 	return o.failed ? -1 : 0;
 }
 
@@ -641,8 +790,18 @@ bad(char *err, size_t errlen, const struct setting *s, const char *from,
 {
 	char shown[128];
 
-	if (s->type == T_DBURL)
-		config_mask_url(value, shown, sizeof(shown));
+	/* A value the check refused may be a URL nobody can parse: of a
+	 * database URL nothing is shown, as it may hold a password. */
+	if (s->type == T_DBURL) {
+		snprintf(err, errlen,
+		    "invalid %s (not shown: it may hold a password)%s: "
+		    "expected %s",
+		    s->env, from, accepted);
+		return -1;
+	}
+	if (s->type == T_HTTPURL || s->type == T_HOOKURL)
+		config_mask_http(
+		    value, s->type == T_HTTPURL, shown, sizeof(shown));
 	else
 		snprintf(shown, sizeof(shown), "%s", value);
 	/* Control characters would break the one-line promise. */
@@ -654,6 +813,40 @@ bad(char *err, size_t errlen, const struct setting *s, const char *from,
 	snprintf(err, errlen, "invalid %s '%s'%s: expected %s", s->env, shown,
 	    from, accepted);
 	return -1;
+}
+
+/*
+ * What libpq makes of a connection string, when libpq is at hand: 0 all
+ * is well; 1 it refuses the text; 2 it reads a URL's password otherwise
+ * than a person would (an unescaped '/' or '@' in it: libpq would take
+ * part of the password for the host, the port or the database, and show
+ * it in its errors). Either way no connection could be made, which is
+ * better said at start-up (exit 2) than every cycle. libpq's own message
+ * is not repeated: it may quote the password.
+ */
+static int
+libpq_check(const char *value)
+{
+	PQconninfoOption *opts;
+	const PQconninfoOption *k;
+	const char *pw = NULL;
+	char lerr[256], *msg = NULL, guess[MAX_VALUE + 1];
+	int rc = 0;
+
+	if (libs_pq(lerr, sizeof(lerr)) == -1)
+		return 0;
+	if ((opts = PQconninfoParse(value, &msg)) == NULL) {
+		PQfreemem(msg);
+		return 1;
+	}
+	for (k = opts; k->keyword != NULL; k++)
+		if (strcmp(k->keyword, "password") == 0)
+			pw = k->val;
+	if (config_url_password_guess(value, guess, sizeof(guess)) == 0 &&
+	    strcmp(pw != NULL ? pw : "", guess) != 0)
+		rc = 2;
+	PQconninfoFree(opts);
+	return rc;
 }
 
 /* Checks one value and stores it in cfg; err names the setting and value. */
@@ -783,6 +976,7 @@ setting_apply(struct config *cfg, const struct setting *s, const char *value,
 			    "a port from 1 to 65535, or empty to disable");
 		break;
 	case T_HTTPURL:
+	case T_HOOKURL:
 		if (len != 0 && strncasecmp(value, "http://", 7) != 0 &&
 		    strncasecmp(value, "https://", 8) != 0)
 			return bad(err, errlen, s, from, value,
@@ -796,6 +990,18 @@ setting_apply(struct config *cfg, const struct setting *s, const char *value,
 			return bad(err, errlen, s, from, value,
 			    "postgres://..., postgresql://..., libpq "
 			    "key=value or sqlite:///path");
+		if (len == 0 || strncmp(value, "sqlite:", 7) == 0)
+			break;
+		switch (libpq_check(value)) {
+		case 1:
+			return bad(err, errlen, s, from, value,
+			    "a connection string libpq can parse");
+		case 2:
+			return bad(err, errlen, s, from, value,
+			    "a URL whose password has any '/' or '@' "
+			    "percent-encoded (%2F, %40), as libpq would read "
+			    "them as the end of the password");
+		}
 		break;
 	case T_PATH:
 	case T_PATHLIST:
@@ -842,10 +1048,17 @@ config_warn(struct config *cfg, const char *fmt, ...)
 	va_end(ap);
 }
 
-/* Reads one dotenv file into vars, keeping values already there. */
-static void
-env_file_read(struct config *cfg, const char *path, json_t *vars)
+/*
+ * Reads one dotenv file into vars, keeping values already there. A file
+ * that cannot be read is worth a warning, or with strict (a file named
+ * with --env-file: the unit's settings file) an error, since the daemon
+ * would otherwise run without its settings (a missing file is fine).
+ */
+static int
+env_file_read(struct config *cfg, const char *path, json_t *vars, int strict,
+    char *err, size_t errlen)
 {
+	char why[256] = "";
 	struct env_file_ctx ctx;
 	struct stat st;
 	char *buf = NULL, perr[160];
@@ -855,13 +1068,13 @@ env_file_read(struct config *cfg, const char *path, json_t *vars)
 
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	if (fd == -1) {
-		if (errno != ENOENT)
-			config_warn(
-			    cfg, "env file %s: %s", path, strerror(errno));
-		return;
+		if (errno == ENOENT)
+			return 0;
+		snprintf(why, sizeof(why), "%s", strerror(errno));
+		goto unreadable;
 	}
 	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)) {
-		config_warn(cfg, "env file %s: not a regular file", path);
+		snprintf(why, sizeof(why), "not a regular file");
 		goto done;
 	}
 	if (st.st_mode & (S_IRGRP | S_IROTH))
@@ -870,8 +1083,7 @@ env_file_read(struct config *cfg, const char *path, json_t *vars)
 		    "and may hold secrets: chmod 600 it",
 		    path, (unsigned)(st.st_mode & 07777));
 	if (st.st_size > MAX_ENV_FILE) {
-		config_warn(
-		    cfg, "env file %s: larger than 1 MiB, skipped", path);
+		snprintf(why, sizeof(why), "larger than 1 MiB, skipped");
 		goto done;
 	}
 	buf = malloc((size_t)st.st_size + 1);
@@ -880,7 +1092,7 @@ env_file_read(struct config *cfg, const char *path, json_t *vars)
 	while ((n = read(fd, buf + len, (size_t)st.st_size - len)) > 0)
 		len += (size_t)n;
 	if (n == -1) {
-		config_warn(cfg, "env file %s: %s", path, strerror(errno));
+		snprintf(why, sizeof(why), "%s", strerror(errno));
 		goto done;
 	}
 	ctx.file = json_object();
@@ -895,6 +1107,18 @@ env_file_read(struct config *cfg, const char *path, json_t *vars)
 done:
 	free(buf);
 	close(fd);
+unreadable:
+	if (*why == '\0')
+		return 0;
+	if (strict) {
+		snprintf(err, errlen,
+		    "cannot read the settings file %s given with --env-file: "
+		    "%s (it must be readable by the user limpeza runs as)",
+		    path, why);
+		return -1;
+	}
+	config_warn(cfg, "env file %s: %s", path, why);
+	return 0;
 }
 
 static void
@@ -907,8 +1131,49 @@ env_files_read(struct config *cfg, const char *list, json_t *vars)
 		fatalx_oom();
 	for (p = copy; (tok = strsep(&p, ":")) != NULL;)
 		if (*tok != '\0')
-			env_file_read(cfg, tok, vars);
+			(void)env_file_read(cfg, tok, vars, 0, NULL, 0);
 	free(copy);
+}
+
+/*
+ * Settings that are each valid but wrong together: one status word for
+ * two kinds of job (LIMPEZA_QUEUED_STATUS=running would reap a live
+ * running job as an expired queued one after 2 minutes; an error status
+ * equal to an active one would reap reaped rows again), or one column
+ * for two roles.
+ */
+static int
+config_distinct(const struct config *cfg, char *err, size_t errlen)
+{
+	const struct {
+		const char *env;
+		const char *value;
+	} word[] = {
+		{ "LIMPEZA_RUNNING_STATUS", cfg->running_status },
+		{ "LIMPEZA_QUEUED_STATUS", cfg->queued_status },
+		{ "LIMPEZA_ERROR_STATUS", cfg->error_status },
+		{ "LIMPEZA_ID_COLUMN", cfg->id_column },
+		{ "LIMPEZA_STATUS_COLUMN", cfg->status_column },
+		{ "LIMPEZA_UPDATED_COLUMN", cfg->updated_column },
+		{ "LIMPEZA_CREATED_COLUMN", cfg->created_column },
+		{ "LIMPEZA_ERROR_COLUMN", cfg->error_column },
+	};
+	size_t i, j, last;
+
+	for (i = 0; i < sizeof(word) / sizeof(word[0]); i++) {
+		/* Statuses are compared with statuses, columns with columns. */
+		last = i < 3 ? 3 : sizeof(word) / sizeof(word[0]);
+		for (j = i + 1; j < last; j++)
+			if (strcmp(word[i].value, word[j].value) == 0) {
+				snprintf(err, errlen,
+				    "invalid %s '%s': %s is '%s' too; expected "
+				    "a different %s",
+				    word[j].env, word[j].value, word[i].env,
+				    word[i].value, i < 3 ? "status" : "column");
+				return -1;
+			}
+	}
+	return 0;
 }
 
 /*
@@ -938,7 +1203,9 @@ config_load(
 	if (value == NULL)
 		value = settings[envk].def;
 	for (k = 0; k < a->nenv_files; k++)
-		env_file_read(cfg, a->env_files[k], vars);
+		if (env_file_read(cfg, a->env_files[k], vars, 1, err, errlen) ==
+		    -1)
+			goto fail;
 	env_files_read(cfg, value, vars);
 
 	for (k = 0; k < NSETTINGS; k++) {
@@ -958,7 +1225,13 @@ config_load(
 			value = s->def;
 		if (setting_apply(cfg, s, value, from, err, errlen) == -1)
 			goto fail;
+		/* Without a database, retention ages from first sight: only
+		 * on request, never by default (SPEC §1.1). */
+		if (s->off == OFF(cache_retention))
+			cfg->cache_retention_set = *from != '\0';
 	}
+	if (config_distinct(cfg, err, errlen) == -1)
+		goto fail;
 	json_decref(vars);
 	return 0;
 fail:
@@ -1042,6 +1315,8 @@ setting_value(
 		str = *(char *const *)(const void *)base;
 		if (s->type == T_DBURL)
 			config_mask_url(str, buf, len);
+		else if (s->type == T_HTTPURL || s->type == T_HOOKURL)
+			config_mask_http(str, s->type == T_HTTPURL, buf, len);
 		else
 			snprintf(buf, len, "%s", str);
 	}

@@ -219,14 +219,20 @@ store_role(struct cycle *c, int lead)
 	c->against = 0;
 }
 
-/* The cache step: stale jobs out of the API's cache file. */
+/*
+ * The cache step: stale jobs out of the API's cache file, and finished
+ * jobs past their retention, for which the cache asks the store about
+ * their rows (every host, leader or not: each prunes its own file).
+ * Retention is no reaping: it counts in its own log line and metric, not
+ * in the cycle's summary of ended jobs.
+ */
 static int
 step_cache(struct cycle *c, long *reaped)
 {
 	struct cache_result cr;
 	int rc;
 
-	rc = cache_reap(c->cache, c->cfg, 0, c->dry, &cr);
+	rc = cache_reap(c->cache, c->cfg, c->store, 0, c->dry, &cr);
 	if (rc == -1)
 		metrics_step_failed("cache");
 	*reaped += cr.reaped_running + cr.reaped_queued;
@@ -235,6 +241,10 @@ step_cache(struct cycle *c, long *reaped)
 		    cr.reaped_running);
 		metrics_reaped("cache", c->cfg->queued_status, "expired",
 		    cr.reaped_queued);
+		metrics_reaped("cache", DONE_STATUS, "retention",
+		    cr.retired - cr.retired_error);
+		metrics_reaped("cache", c->cfg->error_status, "retention",
+		    cr.retired_error);
 	}
 	return rc;
 }
@@ -297,7 +307,9 @@ step_store(struct cycle *c, long *reaped)
 	if (lead == 1) {
 		config_format_duration(cfg->running_ttl, rt, sizeof(rt));
 		config_format_duration(cfg->queued_ttl, qt, sizeof(qt));
-		log_event(LVL_INFO, EV_DB_CLEANED, rt, n.running, qt, n.queued);
+		log_event(LVL_INFO,
+		    c->dry ? EV_DB_CLEANED_WOULD : EV_DB_CLEANED, rt, n.running,
+		    qt, n.queued);
 		*reaped += n.running + n.queued;
 	}
 	c->store_due = LLONG_MAX;
@@ -343,7 +355,7 @@ step_force(struct cycle *c, long long jobs, long *ended)
 			store_result(c, 1);
 		}
 	}
-	if (cache_reap(c->cache, c->cfg, 1, c->dry, &cr) == -1) {
+	if (cache_reap(c->cache, c->cfg, c->store, 1, c->dry, &cr) == -1) {
 		metrics_step_failed("cache");
 		rc = -1;
 	}
@@ -356,7 +368,11 @@ step_force(struct cycle *c, long long jobs, long *ended)
 		metrics_reaped("cache", "other", "forced",
 		    cr.forced - cr.forced_running - cr.forced_queued);
 	}
-	log_event(LVL_WARNING, EV_FORCE_DONE, *ended);
+	/* A dry run's words are "would", at info: no alert greps fire. */
+	if (c->dry)
+		log_event(LVL_INFO, EV_FORCE_DONE_WOULD, *ended);
+	else
+		log_event(LVL_WARNING, EV_FORCE_DONE, *ended);
 	if (jobs >= 0)
 		snprintf(msg, sizeof(msg),
 		    "forced cleanup: the API reported %lld active jobs "
@@ -394,7 +410,10 @@ step_health(struct cycle *c, int force, long *ended)
 	log_event(LVL_INFO, EV_HEALTH, (long)jobs);
 	if (force || cfg->force_threshold == 0 || jobs <= cfg->force_threshold)
 		return 0;
-	log_event(LVL_WARNING, EV_FORCE_WARN, (long)jobs);
+	if (c->dry)
+		log_event(LVL_INFO, EV_FORCE_WARN_WOULD, (long)jobs);
+	else
+		log_event(LVL_WARNING, EV_FORCE_WARN, (long)jobs);
 	return step_force(c, jobs, ended);
 }
 
@@ -502,11 +521,21 @@ cycle_run(struct cycle *c, int force, int (*stop)(void))
 	if (!stop_asked(stop) && step_health(c, force, &ended) == -1)
 		failed |= c->jobs_active >= 0 ? STEP_FORCE : STEP_HEALTH;
 	if (!stop_asked(stop) && force) {
-		log_event(LVL_WARNING, EV_FORCE_REQUESTED);
+		if (c->dry)
+			log_event(LVL_INFO, EV_FORCE_REQUESTED_WOULD);
+		else
+			log_event(LVL_WARNING, EV_FORCE_REQUESTED);
 		if (step_force(c, -1, &ended) == -1)
 			failed |= STEP_FORCE;
 	}
 
+	/*
+	 * A real forced cleanup comes after the reaping, so it ends what was
+	 * left. A dry run's would end every active job, the stale ones the
+	 * reaping already counted included: count them once.
+	 */
+	if (c->dry && ended > 0)
+		reaped = 0;
 	reaped += ended;
 	c->reaped_total += reaped;
 	if (reaped > 0)

@@ -8,6 +8,9 @@
 #include "jsonscan.h"
 #include "limpeza.h"
 
+/* Earlier than this is not a time a job was started at. */
+#define MIN_TIME 1e9
+
 #define MAX_TIME_TEXT 64 /* longer strings or numbers are no job time */
 
 static long long
@@ -36,6 +39,37 @@ digits(const char **p, int n, int *out)
 	}
 	*out = v;
 	return 0;
+}
+
+/*
+ * The instant a local wall-clock time names. In the hour a summer time
+ * ends, the clock shows the same time twice: the later of the two is
+ * taken, so such a job looks younger, never older, than it is (Python's
+ * isoformat() does not say which it meant). mktime() with tm_isdst -1
+ * picks one by its own history, so both readings are asked for.
+ */
+static time_t
+local_time(const struct tm *want)
+{
+	struct tm a = *want, b = *want;
+	time_t ta, tb;
+	int va, vb;
+
+	a.tm_isdst = 0;
+	b.tm_isdst = 1;
+	ta = mktime(&a);
+	tb = mktime(&b);
+	/* A reading holds if mktime() kept the summer flag it was given. */
+	va = ta != (time_t)-1 && a.tm_isdst == 0;
+	vb = tb != (time_t)-1 && b.tm_isdst == 1;
+	if (va && vb)
+		return ta > tb ? ta : tb;
+	if (va)
+		return ta;
+	if (vb)
+		return tb;
+	/* A time the clock skipped: the later reading again. */
+	return ta > tb ? ta : tb;
 }
 
 /*
@@ -117,8 +151,7 @@ jobtime_iso8601(const char *s, double *out)
 	tm.tm_hour = h;
 	tm.tm_min = mi;
 	tm.tm_sec = sec;
-	tm.tm_isdst = -1; /* the zone's rules say whether it was summer */
-	if ((local = mktime(&tm)) == (time_t)-1)
+	if ((local = local_time(&tm)) == (time_t)-1)
 		return -1;
 	*out = (double)local + frac;
 	return 0;
@@ -144,8 +177,9 @@ decimal(const char *s)
 /*
  * A job's time field, given as the bytes of its JSON value: a number of
  * epoch seconds, or a string holding an ISO-8601 time or a plain decimal
- * number. Zero, negative, non-finite (NaN, Infinity) and absurd values
- * count as missing: the old cleaner read a missing time as 1970 and
+ * number. Values before 2001-09-09 (10^9 s: an uptime or a monotonic
+ * clock's reading, not a date), non-finite (NaN, Infinity) and absurd
+ * ones count as missing: the old cleaner read a missing time as 1970 and
  * killed every new job (SPEC §8.1).
  */
 int
@@ -179,7 +213,7 @@ jobtime_parse(const char *json, size_t len, double *out)
 		free(copy);
 	} else
 		return -1; /* NaN, Infinity, true, null, objects, arrays */
-	if (!isfinite(t) || t <= 0 || t > 1e11)
+	if (!isfinite(t) || t < MIN_TIME || t > 1e11)
 		return -1;
 	*out = t;
 	return 0;

@@ -15,7 +15,8 @@
  * takes the limit itself (1000) and refuses deeper nesting.
  *
  * The file is read through a window that holds one member of the top-level
- * object at a time, so memory follows the largest member, not the file.
+ * object at a time, so the scanner's memory follows the largest member,
+ * not the file (what a caller keeps per member is the caller's).
  * Nothing here knows what the members mean: the caller names the keys it
  * wants located inside each member's object value, and gets each member,
  * with those keys' spans, through a callback.

@@ -43,6 +43,10 @@ struct config {
 	long long force_min_age;
 	long long report_every;
 	long long cache_action;
+	long long cache_retention;
+	/* LIMPEZA_CACHE_RETENTION was given (option, environment, env
+	 * file), not defaulted. */
+	int cache_retention_set;
 	long long health_timeout;
 	char *table;
 	char *id_column;
@@ -98,6 +102,8 @@ void config_print_help(FILE *);
 void config_print_man(FILE *);
 void config_print(const struct config *, FILE *);
 int config_mask_url(const char *, char *, size_t);
+int config_mask_http(const char *, int, char *, size_t);
+int config_url_password_guess(const char *, char *, size_t);
 int dotenv_parse(const char *, size_t,
     int (*)(void *, const char *, const char *), void *, char *, size_t);
 void config_reap_message(const struct config *, enum reap_kind, char *, size_t);
@@ -136,6 +142,12 @@ enum log_event {
 	EV_CACHE_UNCHANGED,
 	EV_CACHE_NO_LEASE,
 	EV_CACHE_SWAP,
+	EV_CACHE_RETIRED,
+	EV_CACHE_RETIRED_SEEN,
+	EV_CACHE_WOULD_RETIRE,
+	EV_CACHE_RETIRED_JOB,
+	EV_CACHE_WOULD_RETIRE_JOB,
+	EV_CACHE_RETENTION_DOWN,
 	EV_DUE,
 	EV_DB_JOB,
 	EV_DB_WOULD_END,
@@ -144,6 +156,7 @@ enum log_event {
 	EV_LEADER,
 	EV_FOLLOWER,
 	EV_DB_CLEANED,
+	EV_DB_CLEANED_WOULD,
 	EV_DB_STATS,
 	EV_DB_DOWN,
 	EV_DB_STILL_DOWN,
@@ -151,8 +164,11 @@ enum log_event {
 	EV_HEALTH,
 	EV_HEALTH_ERROR,
 	EV_FORCE_WARN,
+	EV_FORCE_WARN_WOULD,
 	EV_FORCE_REQUESTED,
+	EV_FORCE_REQUESTED_WOULD,
 	EV_FORCE_DONE,
+	EV_FORCE_DONE_WOULD,
 	EV_SUMMARY,
 	EV_SUMMARY_WOULD,
 	EV_CYCLE_INCOMPLETE,
@@ -204,7 +220,10 @@ int safefile_replace(const char *, int, const struct stat *,
 void safefile_remove_leftovers(const char *);
 
 /* cache.c */
+/* The status of a finished job besides LIMPEZA_ERROR_STATUS (SPEC §1.1). */
+#define DONE_STATUS "done"
 struct cache;
+struct store;
 struct cache_result {
 	long reaped_running;
 	long reaped_queued;
@@ -213,6 +232,10 @@ struct cache_result {
 	long forced_queued;
 	long active; /* running/queued jobs left in the file */
 	double oldest_s; /* age of the oldest active job left, -1 if none */
+	long finished; /* finished jobs (done, error) in the file read */
+	long retired; /* of those, past their retention: removed */
+	long retired_error; /* of those, in the error status */
+	off_t size; /* the file's size after the pass */
 	int rewritten;
 };
 struct cache_policy {
@@ -221,22 +244,36 @@ struct cache_policy {
 	int force;
 	int force_all;
 	double force_min_age;
+	double retention; /* seconds a finished job stays; 0: forever */
 };
-enum job_state { JOB_OTHER, JOB_RUNNING, JOB_QUEUED };
+enum job_state { JOB_OTHER, JOB_RUNNING, JOB_QUEUED, JOB_DONE, JOB_ERROR };
 /* What decides a job's fate, decoded from its bytes (SPEC §1.1). */
 struct cache_job {
 	enum job_state state; /* by its status; OTHER for a non-object */
 	double start_time; /* epoch seconds; 0: missing or unusable */
 	double created_at;
 };
-enum cache_fate { FATE_KEEP, FATE_RUNNING, FATE_QUEUED, FATE_FORCED };
+enum cache_fate {
+	FATE_KEEP,
+	FATE_RUNNING,
+	FATE_QUEUED,
+	FATE_FORCED,
+	FATE_RETIRED /* finished, and past its retention */
+};
+/* How finished jobs leave the file (SPEC §1.1, LIMPEZA_CACHE_RETENTION). */
+enum cache_retention {
+	RETENTION_OFF, /* 0, or no database and not set explicitly */
+	RETENTION_ROWS, /* once their row is finished for that long */
+	RETENTION_FIRST_SIGHT /* no database: seen finished for that long */
+};
 
 struct cache *cache_new(void);
 void cache_free(struct cache *);
 void cache_invalidate(struct cache *);
 long long cache_next_due(const struct cache *);
-int cache_reap(
-    struct cache *, const struct config *, int, int, struct cache_result *);
+enum cache_retention cache_retention_mode(const struct config *);
+int cache_reap(struct cache *, const struct config *, struct store *, int, int,
+    struct cache_result *);
 enum cache_fate cache_decide(const struct cache_job *,
     const struct cache_policy *, double, double, double *);
 void cache_set_window(size_t);

@@ -138,9 +138,44 @@ static const struct log_def defs[EV_COUNT] = {
 	    "writes at that very moment could be lost",
 	    "ss", { "path", "detail" } },
 	[EV_CACHE_SWAP] = { "cache_swap",
-	    "Troca do cache %s: lease de escrita por %s ms, troca %s",
-	    "Cache swap %s: write lease held %s ms, swap %s", "sls",
+	    "Troca do cache %s: lease mantido por %s ms, troca %s",
+	    "Cache swap %s: lease held %s ms, swap %s", "sls",
 	    { "path", "held_ms", "outcome" } },
+	[EV_CACHE_RETIRED] = { "cache_retired",
+	    "🗑️ Cache: %s jobs finalizados removidos (já no banco)",
+	    "🗑️ Cache: %s finished jobs removed (already in the database)",
+	    "l", { "count" } },
+	[EV_CACHE_RETIRED_SEEN] = { "cache_retired",
+	    "🗑️ Cache: %s jobs finalizados removidos (finalizados há "
+	    "mais "
+	    "de "
+	    "%s)",
+	    "🗑️ Cache: %s finished jobs removed (finished more than %s "
+	    "ago)",
+	    "ls", { "count", "retention" } },
+	[EV_CACHE_WOULD_RETIRE] = { "cache_retired_would",
+	    "🧪 Cache: %s jobs finalizados seriam removidos (retenção de "
+	    "%s)",
+	    "🧪 Cache: %s finished jobs would be removed (retention %s)",
+	    "ls", { "count", "retention" } },
+	[EV_CACHE_RETIRED_JOB] = { "cache_retired_job",
+	    "🗑️ Job finalizado removido do cache: %s (finalizado há %ss)",
+	    "🗑️ Finished job removed from cache: %s (finished %ss ago)",
+	    "sl", { "job_id", "age_s" } },
+	[EV_CACHE_WOULD_RETIRE_JOB] = { "cache_retired_job_would",
+	    "🧪 Job finalizado seria removido do cache: %s (finalizado há "
+	    "%ss)",
+	    "🧪 Finished job would be removed from cache: %s (finished %ss "
+	    "ago)",
+	    "sl", { "job_id", "age_s" } },
+	[EV_CACHE_RETENTION_DOWN] = { "cache_retention_down",
+	    "⚠️ Cache: retenção adiada, o banco não respondeu (%s): %s "
+	    "- "
+	    "nenhum job finalizado removido até ele responder",
+	    "⚠️ Cache: retention postponed, the database did not answer "
+	    "(%s): "
+	    "%s - no finished job removed until it does",
+	    "ss", { "store", "detail" } },
 	[EV_DUE] = { "due", "⏰ Prazo atingido: %s jobs limpos fora do ciclo",
 	    "⏰ Deadline reached: %s jobs cleaned between cycles", "l",
 	    { "count" } },
@@ -168,6 +203,13 @@ static const struct log_def defs[EV_COUNT] = {
 	    "🧹 Limpeza banco executada: running > %s: %s, queued > %s: %s",
 	    "🧹 Database cleanup done: running > %s: %s, queued > %s: %s",
 	    "slsl", { "running_ttl", "running", "queued_ttl", "queued" } },
+	[EV_DB_CLEANED_WOULD] = { "db_cleaned_would",
+	    "🧪 Simulação no banco: running > %s: %s, queued > %s: %s "
+	    "seriam "
+	    "encerrados",
+	    "🧪 Dry run in the database: running > %s: %s, queued > %s: %s "
+	    "would be ended",
+	    "slsl", { "running_ttl", "running", "queued_ttl", "queued" } },
 	[EV_DB_STATS] = { "db_stats", "📊 Stats banco (24h): %s",
 	    "📊 Database stats (24h): %s", "j", { "stats" } },
 	[EV_DB_DOWN] = { "db_down", "❌ Erro no banco (%s): %s",
@@ -187,13 +229,23 @@ static const struct log_def defs[EV_COUNT] = {
 	    "⚠️ MUITOS JOBS ATIVOS: %s - Executando limpeza forçada!",
 	    "⚠️ TOO MANY ACTIVE JOBS: %s - Running forced cleanup!", "l",
 	    { "jobs_active" } },
+	[EV_FORCE_WARN_WOULD] = { "force_warn_would",
+	    "🧪 MUITOS JOBS ATIVOS: %s - a limpeza forçada seria executada",
+	    "🧪 TOO MANY ACTIVE JOBS: %s - a forced cleanup would run", "l",
+	    { "jobs_active" } },
 	[EV_FORCE_REQUESTED] = { "force_requested",
 	    "⚠️ Limpeza forçada solicitada - Executando limpeza forçada!",
 	    "⚠️ Forced cleanup requested - Running forced cleanup!", "",
 	    { NULL } },
+	[EV_FORCE_REQUESTED_WOULD] = { "force_requested_would",
+	    "🧪 Limpeza forçada solicitada: seria executada",
+	    "🧪 Forced cleanup requested: it would run", "", { NULL } },
 	[EV_FORCE_DONE] = { "force_done",
 	    "🚨 Limpeza forçada: %s jobs terminados",
 	    "🚨 Forced cleanup: %s jobs ended", "l", { "count" } },
+	[EV_FORCE_DONE_WOULD] = { "force_done_would",
+	    "🧪 Limpeza forçada: %s jobs seriam terminados",
+	    "🧪 Forced cleanup: %s jobs would be ended", "l", { "count" } },
 	[EV_SUMMARY] = { "summary", "✅ Limpeza executada: %s jobs processados",
 	    "✅ Cleanup done: %s jobs processed", "l", { "count" } },
 	[EV_SUMMARY_WOULD] = { "summary_would",

@@ -94,21 +94,38 @@ usage_error(const char *fmt, const char *arg)
 	exit(2);
 }
 
+/*
+ * A mistyped option or a stray argument may be a database URL: it is
+ * named, never shown (--databse-url=postgresql://u:pw@... says only
+ * --databse-url).
+ */
+static const char *
+shown_arg(const char *a, char *buf, size_t len)
+{
+	if (a[0] == '-') {
+		snprintf(buf, len, "%.*s", (int)strcspn(a, "="), a);
+		if (strchr(a, '=') != NULL)
+			snprintf(buf + strlen(buf), len - strlen(buf), "=...");
+	} else
+		config_mask_url(a, buf, len);
+	return buf;
+}
+
 static void
 log_startup(const struct config *cfg)
 {
-	char rt[32], iv[32], db[512];
+	char rt[32], iv[32], db[512], api[512];
 	int i;
 
 	config_format_duration(cfg->running_ttl, rt, sizeof(rt));
 	config_format_duration(cfg->interval, iv, sizeof(iv));
 	config_mask_url(cfg->database_url, db, sizeof(db));
+	config_mask_http(cfg->health_url, 1, api, sizeof(api));
 	log_event(LVL_INFO, EV_START);
 	log_event(LVL_INFO, EV_CONFIG, rt, iv);
 	log_event(LVL_INFO, EV_CONFIG_DETAIL,
 	    *cfg->cache_file != '\0' ? cfg->cache_file : "-",
-	    *db != '\0' ? db : "-",
-	    *cfg->health_url != '\0' ? cfg->health_url : "-");
+	    *db != '\0' ? db : "-", *api != '\0' ? api : "-");
 	for (i = 0; i < cfg->nwarnings; i++)
 		log_event(LVL_WARNING, EV_CONFIG_WARNING, cfg->warnings[i]);
 	if (*cfg->database_url == '\0')
@@ -269,7 +286,7 @@ main(int argc, char *argv[])
 	struct config *cfg;
 	enum command cmd = CMD_RUN;
 	int i, r, have_cmd = 0, force = 0, as_json = 0, rc;
-	char err[512];
+	char err[512], shown[512];
 
 	if (config_args_init(&args) == -1)
 		fatalx_oom();
@@ -302,11 +319,13 @@ main(int argc, char *argv[])
 			if (r == -1)
 				usage_error("%s", err);
 			if (r == 0)
-				usage_error("unknown option '%s'", a);
+				usage_error("unknown option '%s'",
+				    shown_arg(a, shown, sizeof(shown)));
 			continue;
 		}
 		if (have_cmd)
-			usage_error("unexpected argument '%s'", a);
+			usage_error("unexpected argument '%s'",
+			    shown_arg(a, shown, sizeof(shown)));
 		have_cmd = 1;
 		if (strcmp(a, "run") == 0)
 			cmd = CMD_RUN;
@@ -319,7 +338,7 @@ main(int argc, char *argv[])
 		else
 			usage_error("unknown command '%s' (run, once, check, "
 				    "stats)",
-			    a);
+			    shown_arg(a, shown, sizeof(shown)));
 	}
 	if (force && cmd != CMD_ONCE)
 		usage_error("%s", "--force goes with 'once'");

@@ -227,8 +227,9 @@ metrics_render(size_t *len)
 		fatalx_oom();
 	pthread_mutex_lock(&m.mu);
 	put(&t,
-	    "# HELP limpeza_jobs_reaped_total Jobs ended, by store, the "
-	    "state they were in, and why.\n"
+	    "# HELP limpeza_jobs_reaped_total Jobs ended, or finished jobs "
+	    "removed from the cache (reason retention), by store, the state "
+	    "they were in, and why.\n"
 	    "# TYPE limpeza_jobs_reaped_total counter\n");
 	for (k = 0; k < m.nreaped; k++)
 		put(&t,

@@ -10,7 +10,7 @@
  * memory, with the old file's mode and owner, fsync'ed, and swapped in
  * only if the file is still the version that was read. A writer that
  * follows the same protocol is then fully safe. One that writes without
- * the lock (the API) is held off by a write lease on the old file around
+ * the lock (the API) is held off by a lease on the old file around
  * the last check and the swap: see swap_in().
  */
 
@@ -151,8 +151,15 @@ safefile_settling(int fd, const struct stat *was)
 	struct timespec pause = { 0, 20L * 1000 * 1000 };
 	struct stat now;
 
+	/* Not the version noted before the read: the writer is at work,
+	 * however long the file had rested before. */
+	if (fstat(fd, &now) == 0 && !safefile_same_version(was, &now))
+		return 1;
 	/* Only a file written within the last second can be mid-write. */
-	if (now_realtime() - (double)was->st_mtim.tv_sec > 1.0)
+	if (now_realtime() -
+		((double)was->st_mtim.tv_sec +
+		    (double)was->st_mtim.tv_nsec / 1e9) >
+	    1.0)
 		return 0;
 	nanosleep(&pause, NULL);
 	return fstat(fd, &now) == 0 && !safefile_same_version(was, &now);
@@ -301,13 +308,16 @@ ignore_sigio(void)
 }
 
 /*
- * Takes a write lease on the old file: from then on any open() of it
- * waits in the kernel until limpeza lets go. A lease is only granted
- * while nobody else has the file open, so while the API is reading or
- * writing it, this retries for a few ms. Returns 0 with the lease held,
- * 1 if the file changed meanwhile, -1 with errno if no lease can be had
- * (EAGAIN: open all along; EACCES: not the file's owner; EINVAL: a file
- * system without leases).
+ * Takes a read lease on the old file: from then on an open() of it for
+ * writing (or a truncate) waits in the kernel until limpeza lets go,
+ * while readers come and go untouched (the API reads the whole file on
+ * every request, so it is seldom closed for long, but a reader only ever
+ * sees a whole version and cannot lose a job). The kernel grants the
+ * lease only while nobody has the file open for writing, so while the
+ * API writes it this retries for a few ms. Returns 0 with the lease
+ * held, 1 if the file changed meanwhile, -1 with errno if no lease can
+ * be had (EAGAIN: open for writing all along; EACCES: not the file's
+ * owner; EINVAL: a file system without leases).
  */
 static int
 lease_take(int fd, const char *path, const struct stat *was)
@@ -318,7 +328,7 @@ lease_take(int fd, const char *path, const struct stat *was)
 
 	ignore_sigio();
 	for (i = 0; i < LEASE_TRIES; i++) {
-		if (fcntl(fd, F_SETLEASE, F_WRLCK) == 0)
+		if (fcntl(fd, F_SETLEASE, F_RDLCK) == 0)
 			return 0;
 		if (errno != EAGAIN)
 			return -1;
@@ -331,11 +341,12 @@ lease_take(int fd, const char *path, const struct stat *was)
 	return -1;
 }
 
-/* True if someone opened the leased file: its lease is being broken. */
+/* True if someone opened the leased file to write: its lease is being
+ * broken. */
 static int
 lease_broken(int fd)
 {
-	return fcntl(fd, F_GETLEASE) != F_WRLCK;
+	return fcntl(fd, F_GETLEASE) != F_RDLCK;
 }
 
 static void
@@ -348,9 +359,9 @@ lease_release(int fd)
  * Swaps the new file (at tmp) in for the old one (open as oldfd) if path
  * still names the version that was read. The API writes without a lock
  * (open(path, "w") and json.dump), so a job it adds to the old file just
- * as the names are swapped would go with the old file. Hence a write
- * lease on the old file from the last check to the end of the swap: an
- * open() of the old file in that time waits in the kernel, and limpeza
+ * as the names are swapped would go with the old file. Hence a lease on
+ * the old file from the last check to the end of the swap: an open() of
+ * the old file for writing in that time waits in the kernel, and limpeza
  * sees the lease being broken. Then the old file goes back in place
  * before the lease is released, so the waiting open() lands in the file
  * that stays, and 1 is returned for the pass to be retried. A short
@@ -529,11 +540,27 @@ fail:
 	return -1;
 }
 
+/* Whether another process holds the flock on file. */
+static int
+held_by_another(const char *file)
+{
+	int fd, held;
+
+	fd = open(file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd == -1)
+		return 0;
+	held = flock(fd, LOCK_EX | LOCK_NB) == -1 && errno == EWOULDBLOCK;
+	close(fd);
+	return held;
+}
+
 /*
  * Removes temporary files that a limpeza killed mid-rewrite left next to
- * the file. Called with the lock held: every limpeza writes its
- * temporary file only while it holds the lock, so any such file now is a
- * leftover.
+ * the file. Called with the lock held, so no other limpeza is writing
+ * one now; but one that has just swapped the names still holds its lock
+ * on the old file, now at the temporary name, and may yet put it back
+ * (a writer opened it): a file someone holds the lock on is not a
+ * leftover. A killed limpeza's lock died with it.
  */
 void
 safefile_remove_leftovers(const char *path)
@@ -559,6 +586,8 @@ safefile_remove_leftovers(const char *path)
 		    strlen(de->d_name) != strlen(prefix) + 6)
 			continue;
 		snprintf(full, sizeof(full), "%s/%s", dir, de->d_name);
+		if (held_by_another(full))
+			continue;
 		if (unlink(full) == 0)
 			log_event(LVL_INFO, EV_CACHE_LEFTOVER, full);
 	}

@@ -53,6 +53,19 @@ struct store_stats {
 	double oldest_running_s, oldest_queued_s;
 };
 
+/* A finished cache job's row, as retention asks about it. */
+enum row_state {
+	ROW_NONE, /* no row (or no answer) */
+	ROW_OPEN, /* a row, not finished */
+	ROW_FINISHED /* done or the error status */
+};
+struct store_row {
+	const char *id; /* the job id: idlen bytes, any of them */
+	size_t idlen;
+	enum row_state state;
+	double age_s; /* ROW_FINISHED: since its updated time, store's clock */
+};
+
 struct store_ops {
 	const char *name;
 	/* 1 if the store is shared and reap/force hold an election. */
@@ -72,6 +85,13 @@ struct store_ops {
 	 * clock (negative if one already is): 1, or 0 if no row is active.
 	 */
 	int (*next_due)(struct store *, double *);
+	/*
+	 * Retention (SPEC §1.1): for each of n cache jobs, whether its row
+	 * is finished and for how long, by the store's clock. Read-only and
+	 * never elected: every host asks about its own cache file. 0, or -1
+	 * with err set (then nothing is known).
+	 */
+	int (*finished)(struct store *, struct store_row *, size_t);
 	int (*check)(struct store *, FILE *);
 	void (*close)(struct store *);
 };

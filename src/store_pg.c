@@ -930,6 +930,135 @@ pg_next_due(struct store *s, double *secs)
 	return found;
 }
 
+/* Ids per retention look-up statement, and at most about this many bytes. */
+#define FINISHED_IDS 1000
+#define FINISHED_BYTES ((size_t)256 * 1024)
+
+/*
+ * Whether an id can be a text value at all: valid UTF-8 (jansson's
+ * check) without NUL. Any other id has no row, and in the array it would
+ * fail the whole statement.
+ */
+static int
+pg_text_ok(const char *id, size_t len)
+{
+	json_t *v;
+
+	if (memchr(id, '\0', len) != NULL ||
+	    (v = json_stringn(id, len)) == NULL)
+		return 0;
+	json_decref(v);
+	return 1;
+}
+
+/* A text[] literal being built: "{", elements, "}". */
+struct array {
+	char *p;
+	size_t len, cap;
+};
+
+static void
+array_reserve(struct array *a, size_t more)
+{
+	if (a->len + more <= a->cap)
+		return;
+	a->cap = (a->len + more) * 2;
+	if ((a->p = realloc(a->p, a->cap)) == NULL)
+		fatalx_oom();
+}
+
+/* One element, quoted, with " and \ escaped. */
+static void
+array_put(struct array *a, const char *id, size_t n)
+{
+	size_t i;
+
+	array_reserve(a, 2 * n + 4);
+	if (a->len > 1)
+		a->p[a->len++] = ',';
+	a->p[a->len++] = '"';
+	for (i = 0; i < n; i++) {
+		if (id[i] == '"' || id[i] == '\\')
+			a->p[a->len++] = '\\';
+		a->p[a->len++] = id[i];
+	}
+	a->p[a->len++] = '"';
+}
+
+/*
+ * Retention's look-up: one read-only statement per chunk of ids, each in
+ * a short transaction with the session-free setup (its zone reads naive
+ * times), not elected: every host asks about its own cache file. A job's
+ * row is finished when every row of its id is (done or the error status,
+ * with an updated time), and its age is the youngest one's, by now() of
+ * the database. $1 the ids, $2 and $3 the finished statuses.
+ */
+static int
+pg_finished(struct store *s, struct store_row *rows, size_t n)
+{
+	struct store_pg *p = (struct store_pg *)s;
+	const char *params[3] = { NULL, DONE_STATUS, s->cfg->error_status };
+	struct array ids = { NULL, 0, 0 };
+	char sql[1024];
+	struct stmt look = { sql, 3, params };
+	size_t i, next, k, cnt, *at;
+	PGresult *found;
+	int j, rc = -1;
+
+	snprintf(sql, sizeof(sql),
+	    "SELECT c.i, bool_and(coalesce(t.%s IN ($2, $3), false) AND "
+	    "t.%s IS NOT NULL), extract(epoch FROM now() - max(t.%s)) FROM "
+	    "unnest($1::text[]) WITH ORDINALITY AS c(id, i) JOIN %s t ON "
+	    "t.%s = c.id GROUP BY c.i",
+	    p->status, p->updated, p->updated, p->table, p->id);
+	if ((at = calloc(FINISHED_IDS, sizeof(*at))) == NULL)
+		fatalx_oom();
+	for (i = 0; i < n; i++) {
+		rows[i].state = ROW_NONE;
+		rows[i].age_s = 0;
+	}
+	for (next = 0; next < n;) {
+		ids.len = 0;
+		array_reserve(&ids, 2);
+		ids.p[ids.len++] = '{';
+		for (cnt = 0;
+		     next < n && cnt < FINISHED_IDS && ids.len < FINISHED_BYTES;
+		     next++)
+			if (pg_text_ok(rows[next].id, rows[next].idlen)) {
+				array_put(
+				    &ids, rows[next].id, rows[next].idlen);
+				at[cnt++] = next;
+			}
+		if (cnt == 0)
+			continue;
+		array_reserve(&ids, 2);
+		ids.p[ids.len++] = '}';
+		ids.p[ids.len] = '\0';
+		params[0] = ids.p;
+		if (pg_read(p, 0, 1, &look, &found) != 1)
+			goto fail;
+		for (j = 0; j < PQntuples(found); j++) {
+			k = strtoul(PQgetvalue(found, j, 0), NULL, 10) - 1;
+			if (k >= cnt)
+				continue;
+			if (*PQgetvalue(found, j, 1) != 't' ||
+			    PQgetisnull(found, j, 2)) {
+				rows[at[k]].state = ROW_OPEN;
+				continue;
+			}
+			rows[at[k]].state = ROW_FINISHED;
+			rows[at[k]].age_s =
+			    strtod(PQgetvalue(found, j, 2), NULL);
+		}
+		PQclear(found);
+	}
+	rc = 0;
+fail:
+	free(ids.p);
+	free(at);
+	return rc;
+}
+
 static int
 is_text_type(const char *t)
 {
@@ -1142,6 +1271,7 @@ const struct store_ops store_pg_ops = {
 	.force = pg_force,
 	.stats = pg_stats,
 	.next_due = pg_next_due,
+	.finished = pg_finished,
 	.check = pg_check,
 	.close = pg_close,
 };

@@ -300,6 +300,54 @@ sqlite_next_due(struct store *s, double *secs)
 	return found;
 }
 
+/*
+ * Retention's look-up: one statement per id, reading only, on the job id
+ * index. A job's row is finished when every row of its id is (done or
+ * the error status, with an updated time SQLite can read), and its age
+ * is the youngest one's, by SQLite's clock: UTC text, as the API writes.
+ */
+static int
+sqlite_finished(struct store *s, struct store_row *rows, size_t n)
+{
+	struct store_sqlite *q = (struct store_sqlite *)s;
+	sqlite3_stmt *st = NULL;
+	char sql[1024];
+	size_t i;
+
+	snprintf(sql, sizeof(sql),
+	    "SELECT count(*), coalesce(min(coalesce(%s IN (?2, ?3), 0) AND "
+	    "julianday(%s) IS NOT NULL), 0), (julianday('now') - "
+	    "max(julianday(%s))) * 86400.0 FROM %s WHERE %s = ?1",
+	    q->status, q->updated, q->updated, q->table, q->id);
+	if (prepare(q, sql, &st) == -1)
+		return -1;
+	sqlite3_bind_text(st, 2, DONE_STATUS, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, s->cfg->error_status, -1, SQLITE_STATIC);
+	for (i = 0; i < n; i++) {
+		rows[i].state = ROW_NONE;
+		rows[i].age_s = 0;
+		sqlite3_reset(st);
+		sqlite3_bind_text(
+		    st, 1, rows[i].id, (int)rows[i].idlen, SQLITE_STATIC);
+		if (sqlite3_step(st) != SQLITE_ROW) {
+			store_err(s, "%s: %s", q->path, sqlite3_errmsg(q->db));
+			sqlite3_finalize(st);
+			return -1;
+		}
+		if (sqlite3_column_int64(st, 0) == 0)
+			continue;
+		if (sqlite3_column_int(st, 1) == 0 ||
+		    sqlite3_column_type(st, 2) == SQLITE_NULL) {
+			rows[i].state = ROW_OPEN;
+			continue;
+		}
+		rows[i].state = ROW_FINISHED;
+		rows[i].age_s = sqlite3_column_double(st, 2);
+	}
+	sqlite3_finalize(st);
+	return 0;
+}
+
 /* Checks that the table and every configured column exist. */
 static int
 sqlite_check(struct store *s, FILE *out)
@@ -366,6 +414,7 @@ const struct store_ops store_sqlite_ops = {
 	.force = sqlite_force,
 	.stats = sqlite_stats,
 	.next_due = sqlite_next_due,
+	.finished = sqlite_finished,
 	.check = sqlite_check,
 	.close = sqlite_close,
 };

@@ -135,7 +135,8 @@ same_key(const char *a, const struct span *x, const char *b, const struct span *
 	    memcmp(a + x->ks, b + y->ks, x->ke - x->ks) == 0;
 }
 
-/* A job time as SPEC §1.1 reads it: 1 usable, 0 not, -1 a string. */
+/* A job time as SPEC §1.1 reads it: 1 usable, 0 not (before 2001-09-09,
+ * an uptime rather than a date, counts as none), -1 a string. */
 static int
 usable(const json_t *v, double *t)
 {
@@ -147,7 +148,7 @@ usable(const json_t *v, double *t)
 		*t = json_real_value(v);
 	else
 		return 0;
-	return isfinite(*t) && *t > 0 && *t <= 1e11;
+	return isfinite(*t) && *t >= 1e9 && *t <= 1e11;
 }
 
 static int
@@ -429,7 +430,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* small windows cut the input anywhere; the default one does not */
 	cache_set_window(size % 3 ? 1 + size % 29 : 0);
 	c = cache_new();
-	rc = cache_reap(c, &cfg, 0, 0, &res);
+	rc = cache_reap(c, &cfg, NULL, 0, 0, &res);
 	cache_free(c);
 
 	out = malloc(size * 2 + 65536);

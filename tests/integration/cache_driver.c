@@ -82,7 +82,7 @@ main(void)
 			return 3;
 
 		c = cache_new();
-		rc = cache_reap(c, &cfg, force, 0, &res);
+		rc = cache_reap(c, &cfg, NULL, force, 0, &res);
 		cache_free(c);
 
 		if ((fd = open(cfg.cache_file, O_RDONLY)) == -1)

@@ -82,8 +82,9 @@ _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?\Z")
 
 def job_time(v):
     """SPEC §1.1: epoch seconds (int or float) or an ISO-8601 string, one
-    without a zone in local time; None when missing or invalid (zero,
-    negative, not finite, past year 5000)."""
+    without a zone in local time (in the hour a summer time ends, the later
+    of the two instants: never older than it is); None when missing or
+    invalid (before 2001-09-09, i.e. 1e9 s, not finite, past year 5000)."""
     if isinstance(v, bool) or v is None:
         return None
     if isinstance(v, (int, float)):
@@ -99,10 +100,13 @@ def job_time(v):
                 d = datetime.fromisoformat(v)
             except ValueError:
                 return None
-            t = d.timestamp()  # naive: the host's local time
+            if d.tzinfo is None:  # naive: the host's local time
+                t = max(d.replace(fold=0).timestamp(), d.replace(fold=1).timestamp())
+            else:
+                t = d.timestamp()
     else:
         return None
-    if not math.isfinite(t) or t <= 0 or t > 1e11:
+    if not math.isfinite(t) or t < 1e9 or t > 1e11:
         return None
     return t
 

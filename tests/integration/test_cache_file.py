@@ -178,7 +178,7 @@ def test_missing_file_is_not_an_error(env):
 def test_odd_file_types_left_alone(env, kind):
     target = os.path.join(env.tmp, "real.json")
     with open(target, "w") as f:
-        f.write('{"old": {"status": "running", "start_time": 1000}}')
+        f.write('{"old": {"status": "running", "start_time": 1000000000}}')
     if kind == "symlink":
         os.symlink(target, env.cache)
     elif kind == "directory":
@@ -270,13 +270,14 @@ RACE_SHIM = r"""
 #include <unistd.h>
 /* Plays a writer that rewrites the cache right after limpeza has written
    its temporary file and before it renames it: in place, as the API does,
-   or (RACE_MODE=replace) by renaming a new file over it. */
+   or (RACE_MODE=replace) by renaming a new file over it; RACE_MODE=always
+   in place at every try. */
 int fsync(int fd) {
 	static int done;
 	int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
 	const char *path = getenv("RACE_FILE");
 	const char *mode = getenv("RACE_MODE");
-	if (!done && path) {
+	if ((!done || (mode != NULL && strcmp(mode, "always") == 0)) && path) {
 		char buf[65536], other[4200];
 		FILE *f = fopen(path, "r+");
 		size_t n = fread(buf, 1, sizeof(buf) - 1, f);
@@ -321,6 +322,99 @@ def test_change_between_read_and_rename_is_retried(env, tmp_path, mode):
     assert [f for f in os.listdir(env.tmp) if ".limpeza-" in f] == []
 
 
+def test_a_file_that_changes_at_every_try_is_a_failed_step(env, tmp_path):
+    """A writer that rewrites the file at every one of limpeza's tries: the
+    stale job is still there, so the step failed and the cycle says so
+    (exit 1), never "Sistema limpo"."""
+    src = tmp_path / "race.c"
+    src.write_text(RACE_SHIM)
+    so = str(tmp_path / "race.so")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", so, str(src), "-ldl"], check=True)
+    env.write_cache({"old": {"status": "running", "start_time": NOW() - 999}})
+    extra = {}
+    if SANITIZED:
+        extra["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
+    p = once(env, LD_PRELOAD=so, RACE_FILE=env.cache, RACE_MODE="always", **extra)
+    assert p.returncode == 1, p.stderr
+    assert "⚠️ Cache alterado a cada tentativa, limpeza adiada" in p.stderr
+    assert p.stderr.rstrip().endswith("⚠️ Limpeza incompleta - falha em: cache")
+    assert "Sistema limpo" not in p.stderr
+    assert "old" in json.loads(env.read_cache())
+
+
+HALF_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The API starts rewriting the file (open(w) truncates it) just after
+   limpeza noted its version and before limpeza reads it, and finishes
+   30 ms later: limpeza reads half a file that had rested for long. */
+ssize_t
+read(int fd, void *buf, size_t n)
+{
+	static int done;
+	ssize_t (*real)(int, void *, size_t) =
+	    (ssize_t (*)(int, void *, size_t))dlsym(RTLD_NEXT, "read");
+	const char *path = getenv("HALF_FILE"), *text = getenv("HALF_TEXT");
+	char link[64], target[4096];
+	ssize_t tl;
+
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	tl = readlink(link, target, sizeof(target) - 1);
+	if (tl > 0)
+		target[tl] = '\0';
+	/* only the cache file's first read, not the zone file's or others */
+	if (!done && path != NULL && text != NULL && tl > 0 &&
+	    strcmp(target, path) == 0) {
+		int w = open(path, O_WRONLY | O_TRUNC);
+		size_t half = strlen(text) / 2;
+
+		done = 1;
+		if (write(w, text, half) < 0)
+			_exit(99);
+		if (fork() == 0) {
+			struct timespec t = { 0, 30L * 1000 * 1000 };
+
+			nanosleep(&t, NULL);
+			if (write(w, text + half, strlen(text) - half) < 0)
+				_exit(99);
+			_exit(0);
+		}
+		close(w);
+	}
+	return real(fd, buf, n);
+}
+"""
+
+
+def test_a_rested_file_caught_being_rewritten_is_read_again(env, tmp_path):
+    """The API rewrites a file that had not changed for minutes, and limpeza
+    reads it half-written: the version it noted moved, so it waits and
+    reads the whole new version, not logging a broken file."""
+    src = tmp_path / "half.c"
+    src.write_text(HALF_SHIM)
+    so = str(tmp_path / "half.so")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", so, str(src), "-ldl"], check=True)
+    env.write_cache({"keep": {"status": "done"}})
+    os.utime(env.cache, (time.time() - 600, time.time() - 600))
+    new = json.dumps({"old": {"status": "queued", "created_at": 1e9},
+                      "keep": {"status": "done"}, "pad": "x" * 4000})
+    extra = {}
+    if SANITIZED:
+        extra["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
+    p = once(env, LD_PRELOAD=so, HALF_FILE=env.cache, HALF_TEXT=new, **extra)
+    assert p.returncode == 0, p.stderr
+    assert "Cache inválido" not in p.stderr
+    assert "Job queued expirado no cache: old" in p.stderr
+    assert json.loads(env.read_cache()) == {"keep": {"status": "done"}, "pad": "x" * 4000}
+
+
 def test_readers_never_see_a_partial_file(env):
     """Rewrites are atomic: a reader racing them always parses the file."""
     stop = threading.Event()
@@ -343,7 +437,7 @@ def test_readers_never_see_a_partial_file(env):
     try:
         for i in range(15):
             with open(env.cache + ".w", "w") as f:
-                json.dump(dict(big, **{"old%d" % i: {"status": "queued", "created_at": 5e8}}), f)
+                json.dump(dict(big, **{"old%d" % i: {"status": "queued", "created_at": 1e9}}), f)
             os.rename(env.cache + ".w", env.cache)
             p = once(env)
             assert p.returncode == 0, p.stderr
@@ -535,18 +629,18 @@ def test_early_bad_value_costs_no_more_memory_than_a_clean_pass(env, daemons, tm
 
 ODD = [
     # (what, text, the job that must be gone afterwards or None)
-    ("NaN time", '{"o": {"status": "running", "start_time": 1e3}, "n": {"status": "running", "start_time": NaN}}', "o"),
-    ("NaN status", '{"o": {"status": "running", "start_time": 1e3}, "n": {"status": NaN}}', "o"),
-    ("Infinity everywhere", '{"o": {"status": "running", "start_time": 1e3, "x": Infinity}, "n": {"status": "queued", "created_at": -Infinity, "start_time": Infinity}}', "o"),
-    ("huge numbers", '{"o": {"status": "running", "start_time": 1e3, "n": 1e999}, "q": {"status": "queued", "created_at": %s}}' % ("9" * 4000), "o"),
-    ("lone surrogates", '{"\\ud83d": {"status": "running", "start_time": 1e3}, "s": {"status": "\\udc00", "start_time": "\\ud83d"}}', "\ud83d"),
-    ("escaped status and NUL key", '{"\\u0000": {"st\\u0061tus": "run\\u006eing", "start_time": 1e3}, "k": {"status": "done"}}', "\u0000"),
-    ("error member after status", '{"o": {"status": "running", "start_time": 1e3, "error": NaN}, "k": 1}', "o"),
-    ("deep value", '{"o": {"status": "running", "start_time": 1e3, "d": %s1%s}}' % ("[" * 500, "]" * 500), "o"),
-    ("too deep", '{"o": {"status": "running", "start_time": 1e3, "d": %s1%s}}' % ("[" * 3000, "]" * 3000), None),
+    ("NaN time", '{"o": {"status": "running", "start_time": 1e9}, "n": {"status": "running", "start_time": NaN}}', "o"),
+    ("NaN status", '{"o": {"status": "running", "start_time": 1e9}, "n": {"status": NaN}}', "o"),
+    ("Infinity everywhere", '{"o": {"status": "running", "start_time": 1e9, "x": Infinity}, "n": {"status": "queued", "created_at": -Infinity, "start_time": Infinity}}', "o"),
+    ("huge numbers", '{"o": {"status": "running", "start_time": 1e9, "n": 1e999}, "q": {"status": "queued", "created_at": %s}}' % ("9" * 4000), "o"),
+    ("lone surrogates", '{"\\ud83d": {"status": "running", "start_time": 1e9}, "s": {"status": "\\udc00", "start_time": "\\ud83d"}}', "\ud83d"),
+    ("escaped status and NUL key", '{"\\u0000": {"st\\u0061tus": "run\\u006eing", "start_time": 1e9}, "k": {"status": "done"}}', "\u0000"),
+    ("error member after status", '{"o": {"status": "running", "start_time": 1e9, "error": NaN}, "k": 1}', "o"),
+    ("deep value", '{"o": {"status": "running", "start_time": 1e9, "d": %s1%s}}' % ("[" * 500, "]" * 500), "o"),
+    ("too deep", '{"o": {"status": "running", "start_time": 1e9, "d": %s1%s}}' % ("[" * 3000, "]" * 3000), None),
     ("integer past Python's limit", '{"o": {"status": "running", "start_time": %s}}' % ("1" * 4301), None),
-    ("raw NUL after a number", '{"o": {"status": "running", "start_time": 1e3\x00}}', None),
-    ("not UTF-8", '{"o": {"status": "running", "start_time": 1e3, "n": "\udcff"}}', None),
+    ("raw NUL after a number", '{"o": {"status": "running", "start_time": 1e9\x00}}', None),
+    ("not UTF-8", '{"o": {"status": "running", "start_time": 1e9, "n": "\udcff"}}', None),
     ("a string", '"running"', None),
     ("empty", "", None),
 ]

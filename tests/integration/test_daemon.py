@@ -299,3 +299,37 @@ def test_password_never_printed(env):
     for args in (["once"], ["check"], ["stats"], ["stats", "--json"]):
         p = env.run(*args, DATABASE_URL=url)
         assert "hunter2" not in p.stdout + p.stderr, args
+
+
+def test_no_secret_in_usage_errors_bad_values_or_other_urls(env):
+    """Whatever an operator mistypes, and whatever other URL carries a
+    secret, none of it is printed: a misspelt option's value, a stray
+    argument, a database URL refused at start-up (even one nobody can
+    parse), a health URL's password, a webhook's token path."""
+    leaks = ("SecretXY", "cr3tXY", "HealthPw9", "T0SECRET", "B0TOKEN")
+    url = "postgresql://app:SecretXY@127.0.0.1:9/x"
+    runs = [
+        env.run("once", "--databse-url=" + url),
+        env.run("once", url),
+        env.run("check", "--database-url", url, "extra-" + url),
+    ]
+    for bad in (" " + url, "postgresql:/app:SecretXY@h/db", "app:SecretXY@h/db",
+                "sqlite://app:SecretXY@h/db", "host=h passwd=SecretXY",
+                "postgresql://app:pa/SecretXY@127.0.0.1:9/x",
+                "postgresql://app:p@SecretXY@127.0.0.1:9/x"):
+        p = env.run("once", DATABASE_URL=bad)
+        assert p.returncode == 2 and "invalid DATABASE_URL (not shown" in p.stderr, p.stderr
+        runs.append(p)
+    hook = "https://hooks.example/services/T0SECRET/B0TOKEN"
+    for args in (["check"], ["once"], ["stats"]):
+        runs.append(env.run(*args, DATABASE_URL=None, LIMPEZA_ALERT_WEBHOOK=hook,
+                            LIMPEZA_HEALTH_URL="http://admin:HealthPw9@127.0.0.1:9/api/health"))
+    p = runs[-3]
+    assert "LIMPEZA_HEALTH_URL=http://admin:***@127.0.0.1:9/api/health" in p.stdout
+    assert "LIMPEZA_ALERT_WEBHOOK=https://hooks.example/..." in p.stdout
+    assert "FAIL: health URL http://admin:***@127.0.0.1:9/api/health" in p.stdout
+    for p in runs:
+        out = p.stdout + p.stderr + env.log_text()
+        assert not any(s in out for s in leaks), out[-2000:]
+    assert "unknown option '--databse-url=...'" in runs[0].stderr
+    assert "unexpected argument 'postgresql://app:***@127.0.0.1:9/x'" in runs[1].stderr

@@ -240,8 +240,11 @@ def test_dry_run_names_every_job_it_would_end(senv):
                  r"- INFO - 🧪 Cache: 2 jobs órfãos seriam limpos$",
                  r"- INFO - 🧪 Simulação: 4 jobs seriam encerrados$"]:
         assert re.search(line, p.stderr, re.M), line + "\n" + p.stderr
+    assert re.search(r"- INFO - 🧪 Simulação no banco: running > 3min: 1, queued > 2min: 1 "
+                     r"seriam encerrados$", p.stderr, re.M), p.stderr
     for done in ("Job órfão no cache limpo", "Job queued expirado no cache:",
-                 "✅ Cache limpo", r"Job \w+ encerrado no banco", "Limpeza executada"):
+                 "✅ Cache limpo", r"Job \w+ encerrado no banco", "Limpeza executada",
+                 "Limpeza banco executada"):
         assert not re.search(done, p.stderr), done
     assert "live" not in p.stderr
 
@@ -268,6 +271,13 @@ def test_dry_run_names_every_job_it_would_end(senv):
     for job in ("c-run", "c-q", "c-live"):
         assert re.search(r"- INFO - 🧪 Job seria terminado no cache \(limpeza forçada\): %s$" % job,
                          p.stderr, re.M), job
+    # in "would" words at info, each job counted once: 3 rows, and all 4
+    # cache jobs (LIMPEZA_FORCE_CACHE=all empties the file)
+    assert re.search(r"- INFO - 🧪 Limpeza forçada solicitada: seria executada$", p.stderr, re.M)
+    assert re.search(r"- INFO - 🧪 Limpeza forçada: 7 jobs seriam terminados$", p.stderr, re.M)
+    assert re.search(r"- INFO - 🧪 Simulação: 7 jobs seriam encerrados$", p.stderr, re.M), p.stderr
+    assert " - WARNING - " not in p.stderr and "🚨" not in p.stderr
+    assert "Limpeza banco executada" not in p.stderr
     assert env.read_cache() == before
     assert env.store.statuses() == {"db-run": "running", "db-q": "queued",
                                     "db-live": "running"}

@@ -2,13 +2,16 @@
 
 import hashlib
 import os
+import pwd
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 
 import pytest
 
-from conftest import BIN, ROOT
+from conftest import BIN, ROOT, cannot_set_up
 
 UNIT = os.path.join(ROOT, "etc", "desfollow-limpeza-3min.service")
 SCRIPTS = ["configurar_limpeza_3_minutos.sh", "testar_limpeza_3_minutos.sh",
@@ -70,6 +73,12 @@ def test_unit_shares_tmp_and_is_notify():
     assert settings["Restart"] == "always" and settings["RestartSec"] == "5"
     assert int(settings["WatchdogSec"]) >= 60
     assert "ExecReload" in settings and "-/tmp" in settings["ReadWritePaths"]
+    # SIGTERM finishes the current step; a database step that hangs gives
+    # up after the store's client timeout: systemd must wait longer.
+    with open(os.path.join(ROOT, "src", "store_pg.c")) as f:
+        client_s = int(re.search(r"#define CLIENT_TIMEOUT_MS \((\d+) \* MS_PER_S\)",
+                                 f.read()).group(1))
+    assert int(settings["TimeoutStopSec"]) > client_s + 10
 
 
 def test_scripts_pass_shellcheck():
@@ -159,13 +168,41 @@ def test_installer_staged_idempotent_and_uninstalls(tmp_path):
     assert left == []
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
 def test_installer_refuses_non_root(tmp_path):
+    if os.geteuid() != 0:
+        cannot_set_up("needs root to become another user")
     p = subprocess.run(["runuser", "-u", "nobody", "--",
                         os.path.join(ROOT, "configurar_limpeza_3_minutos.sh")],
                        capture_output=True, text=True)
     assert p.returncode == 1
     assert "must be run as root" in p.stderr
+
+
+def test_installer_gives_the_service_user_its_settings_file(tmp_path):
+    """The service runs as the cache file's owner and reads its settings
+    file itself (--env-file): the installer makes that user the file's
+    owner (mode 600, it may hold the password) and runs `limpeza check` as
+    that user, so what only root could read is caught at install time."""
+    if os.geteuid() != 0:
+        cannot_set_up("needs root to stage an install for another user")
+    base = tempfile.mkdtemp(prefix="limpeza-inst-", dir="/tmp")
+    try:
+        os.chmod(base, 0o755)
+        root = os.path.join(base, "root")
+        os.mkdir(root)
+        shared = os.path.join(base, "shared")
+        os.mkdir(shared)
+        os.chmod(shared, 0o777)
+        p = installer("--root", root, "--no-start", "--user", "nobody",
+                      LIMPEZA_CACHE_FILE=os.path.join(shared, "jobs.json"),
+                      LIMPEZA_LOG_FILE="")
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "check passed" in p.stdout, p.stdout + p.stderr
+        st = os.stat(os.path.join(root, "etc/default/desfollow-limpeza"))
+        assert st.st_uid == pwd.getpwnam("nobody").pw_uid
+        assert oct(st.st_mode & 0o777) == "0o600"
+    finally:
+        shutil.rmtree(base)
 
 
 def run_testar(env, health, *args):

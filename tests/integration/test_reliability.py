@@ -105,6 +105,77 @@ def test_racing_writer_loses_nothing(env, daemons, cooperate):
     assert [f for f in os.listdir(env.tmp) if ".limpeza-" in f] == []
 
 
+def retention_write(path, i, cooperate, old):
+    """backend_write, and when old, a done job whose row finished long ago,
+    which limpeza's retention prunes: a rewrite of its own beside the
+    writer."""
+    backend_write(path, i, cooperate)
+    while old and cooperate:
+        f = open(path, "r+")
+        fcntl.flock(f, fcntl.LOCK_EX)
+        if os.fstat(f.fileno()).st_ino != os.stat(path).st_ino:
+            f.close()
+            continue
+        data = json.load(f)
+        data["old-%d" % i] = {"status": "done", "all": list(range(20)), "count": 20}
+        f.seek(0)
+        f.truncate()
+        json.dump(data, f)
+        f.close()
+        return
+    if old:
+        with open(path) as f:
+            data = json.load(f)
+        data["old-%d" % i] = {"status": "done", "all": list(range(20)), "count": 20}
+        with open(path, "w") as f:
+            json.dump(data, f)
+
+
+@pytest.mark.parametrize("cooperate", [False, True], ids=["backend-writer", "flock-writer"])
+def test_racing_writer_loses_nothing_with_retention_on(env, daemons, cooperate):
+    """The racing writer with retention on (SPEC §1.1): every third write also
+    adds a done job whose row finished two hours ago, so limpeza rewrites
+    the file for retention as well as for orphans while the writer writes.
+    Every done job without such a row must survive; every old one goes.
+    The rows are in the test's SQLite store."""
+    with env.store.connect() as db:
+        db.executemany("INSERT INTO scans (username, job_id, status, created_at, updated_at)"
+                       " VALUES ('u', ?, 'done', datetime('now', '-3 hours'),"
+                       " datetime('now', '-2 hours'))",
+                       [("old-%d" % i,) for i in range(0, WRITES, 3)])
+    env.write_cache({})
+    d = daemons(env, LIMPEZA_INTERVAL="100ms", LIMPEZA_ERROR_BACKOFF="100ms",
+                LIMPEZA_LOG_LEVEL="debug")
+    d.wait_for("Ciclo 1 ")
+    rng = random.Random(7)
+    raced, last_ino = 0, os.stat(env.cache).st_ino
+    for i in range(WRITES):
+        retention_write(env.cache, i, cooperate, i % 3 == 0)
+        if rng.random() < 0.1:
+            time.sleep(rng.uniform(0, 0.02))
+        ino = os.stat(env.cache).st_ino
+        if ino != last_ino:
+            raced += 1
+            last_ino = ino
+    time.sleep(0.5)
+    text = d.stderr()
+    assert d.stop() == 0
+    with open(env.cache) as f:
+        data = json.load(f)
+    lost = [i for i in range(WRITES) if "done-%d" % i not in data]
+    pruned = sum(int(n) for n in re.findall(r"(\d+) jobs finalizados removidos", text))
+    print("\n%s with retention: %d writes, %d limpeza rewrites between two writes, "
+          "%d finished jobs pruned, %d done jobs lost"
+          % ("flock" if cooperate else "backend", WRITES, raced, pruned, len(lost)))
+    assert lost == []
+    assert [k for k in data if k.startswith(("old-", "stale-"))] == []
+    # a writer that read a version before a swap writes its jobs back:
+    # limpeza then prunes them again
+    assert pruned >= len(range(0, WRITES, 3))
+    assert raced >= 2, raced
+    assert [f for f in os.listdir(env.tmp) if ".limpeza-" in f] == []
+
+
 class TimedWriter:
     """The API's unlocked read-modify-write at full speed, timing what the
     API itself would feel: each open() of the cache file and each whole
@@ -140,6 +211,17 @@ def ms(xs, q):
 
 
 ONCE_ROUNDS = int(os.environ.get("STRESS_ONCE_ROUNDS", "1"))
+
+POLLER = r"""
+import json, os, sys
+path, stop = sys.argv[1:3]
+while not os.path.exists(stop):
+    try:
+        with open(path) as f:
+            json.load(f)
+    except ValueError:
+        pass  # caught the writer mid-dump, as the API's load_jobs can
+"""
 ONCE_WRITES = int(os.environ.get("STRESS_ONCE_WRITES", "600"))
 
 
@@ -159,7 +241,7 @@ def test_once_in_a_tight_loop_beside_a_full_speed_writer(env, tmp_path):
     summary = []
     for rnd in range(ONCE_ROUNDS):
         w = TimedWriter(env.cache)
-        passes = failed = lost = 0
+        passes = failed = lost = unleased = 0
         holds = []
         for part in range(parts):
             env.write_cache({})
@@ -173,36 +255,47 @@ def test_once_in_a_tight_loop_beside_a_full_speed_writer(env, tmp_path):
                  stop, BIN, rcs],
                 env=env.env(DATABASE_URL=None, LIMPEZA_LOG_FILE=log, LIMPEZA_LOG_LEVEL="debug"),
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            # Browsers polling: the API reads the whole file on each.
+            polls = subprocess.Popen([sys.executable, "-c", POLLER, env.cache, stop])
             try:
                 for i in range(ONCE_WRITES):
                     w.write(part * ONCE_WRITES + i)
             finally:
                 open(stop, "w").close()
                 loop.wait(60 * SLOW)
+                polls.wait(60 * SLOW)
                 os.unlink(stop)
             with open(rcs) as f:
                 codes = [int(x) for x in f.read().split()]
             with open(log) as f:
                 text = f.read()
             # A file caught half-written (the writer descheduled mid-dump)
-            # is left alone and retried: exit 1, logged. Nothing else fails.
-            assert codes.count(1) == text.count("❌ Cache inválido"), text[-3000:]
+            # is left alone and retried, and one that changed at every try
+            # is left for the next pass: exit 1, logged. Nothing else fails.
+            assert codes.count(1) == (text.count("❌ Cache inválido")
+                                      + text.count("limpeza adiada")), text[-3000:]
             assert set(codes) <= {0, 1}, codes
             passes += len(codes)
             failed += codes.count(1)
-            holds += [int(x) for x in re.findall(r"lease de escrita por (\d+) ms", text)]
+            holds += [int(x) for x in re.findall(r"lease mantido por (\d+) ms", text)]
+            unleased += text.count("trocado sem lease")
             with open(env.cache) as f:
                 data = json.load(f)
             lost += sum(1 for i in range(ONCE_WRITES)
                         if "done-%d" % (part * ONCE_WRITES + i) not in data)
         summary.append((rnd + 1, passes, lost))
-        print("\nround %d: %d x %d writes, %d limpeza passes (%d found the file half-written), "
-              "%d swaps under a lease (longest held %d ms), %d done jobs lost; API open() "
+        print("\nround %d: %d x %d writes, %d limpeza passes (%d failed: half-written or "
+              "changed at every try), "
+              "%d swaps under a lease (longest held %d ms), %d without one, %d done jobs "
+              "lost; API open() "
               "median %.2f ms, max %.2f ms; whole write median %.2f ms, max %.2f ms"
               % (rnd + 1, parts, ONCE_WRITES, passes, failed, len(holds), max(holds, default=0),
-                 lost, ms(w.opens, 0.5), ms(w.opens, 1), ms(w.writes, 0.5), ms(w.writes, 1)))
-        assert holds, "no swap was made under a write lease"
-        assert max(holds) <= 20, holds
+                 unleased, lost, ms(w.opens, 0.5), ms(w.opens, 1), ms(w.writes, 0.5), ms(w.writes, 1)))
+        # Beside a writer at full speed most passes find the file changed
+        # and few swap at all: the short form in make test may make none.
+        if parts == 3:
+            assert holds, "no swap was made under a lease"
+        assert max(holds, default=0) <= 20, holds
     print("API alone: open() median %.2f ms, max %.2f ms; whole write median %.2f ms, max %.2f ms"
           % (ms(alone.opens, 0.5), ms(alone.opens, 1), ms(alone.writes, 0.5),
              ms(alone.writes, 1)))
@@ -233,7 +326,7 @@ renameat2(int od, const char *op, int nd, const char *np, unsigned flags)
 	int (*real)(int, const char *, int, const char *, unsigned) =
 	    (int (*)(int, const char *, int, const char *, unsigned))dlsym(
 		RTLD_NEXT, "renameat2");
-	struct timespec pause = { 0, 100L * 1000 * 1000 };
+	struct timespec pause = { 0, 300L * 1000 * 1000 };
 	int r = real(od, op, nd, np, flags);
 
 	if (r == 0 && !done++) {
@@ -269,11 +362,15 @@ with open(result, "w") as f:
 """
 
 
-def test_a_writer_opening_the_old_file_at_the_swap_keeps_its_job(env, tmp_path):
-    """The window that a write lease closes: the API opens the old file just
-    as limpeza swaps the names in, and writes its job a moment later. With
-    the lease its open() waits, limpeza sees it, puts the old file back, and
-    the job stays; without it the job went with the old file."""
+@pytest.mark.parametrize("second", [False, True], ids=["alone", "with-a-second-limpeza"])
+def test_a_writer_opening_the_old_file_at_the_swap_keeps_its_job(env, tmp_path, second):
+    """The window that the lease closes: the API opens the old file just as
+    limpeza swaps the names in, and writes its job a moment later. With the
+    lease its open() waits, limpeza sees it, puts the old file back, and
+    the job stays; without it the job went with the old file. A second
+    limpeza (the operator's `once` beside the daemon) running in that
+    moment must not take the old file, now at the temporary name, for a
+    leftover of a killed run."""
     src = tmp_path / "swap.c"
     src.write_text(SWAP_SHIM)
     so = str(tmp_path / "swap.so")
@@ -286,9 +383,24 @@ def test_a_writer_opening_the_old_file_at_the_swap_keeps_its_job(env, tmp_path):
     if SANITIZED:
         extra["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
     time.sleep(0.2)  # the opener has read the file and holds its O_PATH
+    others = []
+
+    def second_limpeza():
+        while not os.path.exists(mark):
+            time.sleep(0.001)
+        others.append(env.run("once", DATABASE_URL=None, LIMPEZA_LOG_LEVEL="debug"))
+
+    t = threading.Thread(target=second_limpeza)
+    if second:
+        t.start()
     p = env.run("once", DATABASE_URL=None, LD_PRELOAD=so, SWAP_MARK=mark,
                 LIMPEZA_LOG_LEVEL="debug", **extra)
     assert opener.wait(30) == 0
+    if second:
+        t.join()
+        # it ran while the first held the old file at the temporary name
+        assert others[0].returncode == 0, others[0].stderr
+        assert "deixado por uma execução interrompida" not in others[0].stderr
     assert p.returncode == 0, p.stderr
     assert "troca undone" in p.stderr, p.stderr  # limpeza saw the open and gave way
     # Whatever limpeza left, the writer's job is in the file: the next pass
@@ -304,6 +416,22 @@ def test_a_writer_opening_the_old_file_at_the_swap_keeps_its_job(env, tmp_path):
     print("\nthe writer's open() of the old file waited %.1f ms" % (waited * 1000))
     assert waited < 1.0
     assert temp_files(env) == []
+
+
+def test_readers_do_not_keep_the_lease_away(env):
+    """The API reads the whole file on every request, so the file is seldom
+    closed. A reader holding it open does not stop limpeza from swapping
+    under its lease (a reader cannot lose a job; only a writer's open() must
+    wait)."""
+    env.write_cache({"stale": {"status": "queued", "created_at": 1e9},
+                     "keep": {"status": "done"}})
+    with open(env.cache) as reader:
+        p = env.run("once", DATABASE_URL=None, LIMPEZA_LOG_LEVEL="debug")
+        assert reader.read() != ""
+    assert p.returncode == 0, p.stderr
+    assert re.search(r"lease mantido por \d+ ms, troca kept", p.stderr), p.stderr
+    assert "sem lease" not in p.stderr
+    assert json.loads(env.read_cache()) == {"keep": {"status": "done"}}
 
 
 def lease_on(ino):

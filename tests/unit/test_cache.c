@@ -2,6 +2,7 @@
  * passes: windows, duplicates, opaque values, marks. */
 
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -11,6 +12,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "store.h"
 
 static const struct cache_policy pol = {
 	.running_ttl = 180,
@@ -78,6 +80,19 @@ test_iso8601_local(void **state)
 	assert_true(t == 1705329015.0);
 	assert_int_equal(jobtime_iso8601("2024-07-15T16:30:15", &t), 0);
 	assert_true(t == 1721053815.0);
+	/*
+	 * When summer time ends the clock shows 01:30:30 twice: the later
+	 * instant (EST, 06:30:30Z) is taken, whatever was parsed before, so a
+	 * job written in the repeated hour never looks an hour older.
+	 */
+	setenv("TZ", "America/New_York", 1);
+	tzset();
+	assert_int_equal(jobtime_iso8601("2024-07-01T12:00:00", &t), 0);
+	assert_int_equal(jobtime_iso8601("2024-11-03T01:30:30", &t), 0);
+	assert_true(t == 1730615430.0);
+	assert_int_equal(jobtime_iso8601("2024-12-01T12:00:00", &t), 0);
+	assert_int_equal(jobtime_iso8601("2024-11-03T01:30:30", &t), 0);
+	assert_true(t == 1730615430.0);
 	setenv("TZ", "UTC", 1);
 	tzset();
 }
@@ -101,7 +116,12 @@ test_parse_time(void **state)
 	assert_true(t == 1732846215.27);
 	assert_int_equal(parse("1.73284621527e9", &t), 0);
 	assert_true(t == 1732846215.27);
-	assert_int_equal(parse("5", &t), 0);
+	/* an uptime or a monotonic reading is no date: aged from first
+	 * sight, not reaped at once as a job of 1970 */
+	assert_int_equal(parse("5", &t), -1);
+	assert_int_equal(parse("12345.6", &t), -1);
+	assert_int_equal(parse("999999999", &t), -1);
+	assert_int_equal(parse("1000000000", &t), 0);
 	assert_int_equal(parse("\"2024-01-15T14:30:15Z\"", &t), 0);
 	assert_true(t == 1705329015.0);
 	assert_int_equal(parse("\"2024-01-15T14:30:15\\u005a\"", &t), 0);
@@ -196,6 +216,35 @@ test_decide(void **state)
 	assert_int_equal(decide(JOB_QUEUED, 0, 0, &force, 5), FATE_KEEP);
 }
 
+/*
+ * A finished job leaves only when strictly older than the retention, by
+ * the age it is given (its row's, or first sight's); an unknown age
+ * (< 0) or a retention of 0 keeps it; a forced cleanup takes finished
+ * jobs only with FORCE_CACHE=all, and never for retention.
+ */
+static void
+test_decide_retention(void **state)
+{
+	struct cache_policy p = pol;
+
+	(void)state;
+	p.retention = 3600;
+	assert_int_equal(decide(JOB_DONE, 0, 0, &p, 3600.5), FATE_RETIRED);
+	assert_int_equal(decide(JOB_ERROR, 0, 0, &p, 3600.5), FATE_RETIRED);
+	assert_int_equal(decide(JOB_DONE, 0, 0, &p, 3600), FATE_KEEP);
+	assert_int_equal(decide(JOB_DONE, 0, 0, &p, -1), FATE_KEEP);
+	/* its own times say nothing about when it finished */
+	assert_int_equal(decide(JOB_DONE, 1, 1, &p, 10), FATE_KEEP);
+	assert_int_equal(decide(JOB_OTHER, 0, 0, &p, 99999), FATE_KEEP);
+	p.retention = 0;
+	assert_int_equal(decide(JOB_DONE, 0, 0, &p, 99999), FATE_KEEP);
+	p.retention = 3600;
+	p.force = 1;
+	assert_int_equal(decide(JOB_DONE, 0, 0, &p, 99999), FATE_KEEP);
+	p.force_all = 1;
+	assert_int_equal(decide(JOB_ERROR, 0, 0, &p, 0), FATE_FORCED);
+}
+
 /* Windows that cut the text everywhere, and the default one. */
 static const size_t windows[] = { 1, 2, 3, 5, 8, 13, 64, 0 };
 #define NWINDOWS (sizeof(windows) / sizeof(windows[0]))
@@ -270,18 +319,18 @@ test_first_sight(void **state)
 	write_file(text);
 
 	test_mono = 1000000;
-	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
+	assert_int_equal(cache_reap(c, cfg, NULL, 0, 0, &r), 0);
 	assert_int_equal(r.reaped_running + r.reaped_queued, 0);
 	assert_int_equal(r.active, 2);
 
 	test_now += 100000; /* the wall clock jumps: nothing changes */
 	test_mono += 120000;
-	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
+	assert_int_equal(cache_reap(c, cfg, NULL, 0, 0, &r), 0);
 	assert_int_equal(r.reaped_running + r.reaped_queued, 0);
 	assert_string_equal(read_file(), text);
 
 	test_mono += 1; /* queued now past its 120 s */
-	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
+	assert_int_equal(cache_reap(c, cfg, NULL, 0, 0, &r), 0);
 	assert_int_equal(r.reaped_queued, 1);
 	assert_int_equal(r.reaped_running, 0);
 	assert_string_equal(
@@ -290,9 +339,9 @@ test_first_sight(void **state)
 	/* a restart forgets: the running job gets a whole TTL again */
 	c2 = cache_new();
 	test_mono += 60000;
-	assert_int_equal(cache_reap(c2, cfg, 0, 0, &r), 0);
+	assert_int_equal(cache_reap(c2, cfg, NULL, 0, 0, &r), 0);
 	assert_int_equal(r.reaped_running, 0);
-	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
+	assert_int_equal(cache_reap(c, cfg, NULL, 0, 0, &r), 0);
 	assert_int_equal(r.reaped_running, 1);
 	assert_string_equal(read_file(), "{}");
 	cache_free(c);
@@ -317,14 +366,15 @@ test_duplicate_keys(void **state)
 	new_cache_file();
 	/* the stale job is the one that counts: reaped, both members go */
 	write_file("{\"a\": {\"status\": \"done\"}, \"\\u0061\": {\"status\": "
-		   "\"queued\", \"created_at\": 1}, \"b\": 2}");
-	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
+		   "\"queued\", \"created_at\": 1000000000}, \"b\": 2}");
+	assert_int_equal(cache_reap(c, cfg, NULL, 0, 0, &r), 0);
 	assert_int_equal(r.reaped_queued, 1);
 	assert_string_equal(read_file(), "{\"b\": 2}");
 	/* the stale job came first and was replaced: nothing to do */
-	write_file("{\"a\": {\"status\": \"queued\", \"created_at\": 1}, "
-		   "\"a\": {\"status\": \"done\"}}");
-	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
+	write_file(
+	    "{\"a\": {\"status\": \"queued\", \"created_at\": 1000000000}, "
+	    "\"a\": {\"status\": \"done\"}}");
+	assert_int_equal(cache_reap(c, cfg, NULL, 0, 0, &r), 0);
 	assert_int_equal(r.reaped_queued, 0);
 	assert_int_equal(r.rewritten, 0);
 
@@ -335,10 +385,10 @@ test_duplicate_keys(void **state)
 	for (i = 0; i < 3000; i++)
 		p += sprintf(p, "%s\"job%d\": {\"status\": \"%s\"%s}",
 		    i ? ", " : "", i % 1500, i < 1500 ? "queued" : "done",
-		    i < 1500 ? ", \"created_at\": 1" : "");
+		    i < 1500 ? ", \"created_at\": 1000000000" : "");
 	sprintf(p, "}");
 	write_file(big);
-	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
+	assert_int_equal(cache_reap(c, cfg, NULL, 0, 0, &r), 0);
 	assert_int_equal(r.reaped_queued, 0);
 	assert_int_equal(r.active, 0);
 	free(big);
@@ -398,7 +448,7 @@ test_window_cuts(void **state)
 	/*
 	 * 60 jobs, ids j\u00e90..j\u00e949 and again j\u00e90..j\u00e99:
 	 * the first ten are replaced by their repeats, so they go. Every
-	 * third job runs, every other one since 1970: stale.
+	 * third job runs, every other one since 2001: stale.
 	 */
 	for (i = 0; i < 60; i++) {
 		sep = i % 7 ? ", " : " ,\n ";
@@ -408,7 +458,7 @@ test_window_cuts(void **state)
 		    "\"start_time\": %d.5e0, \"all\": [\"}{\\\"\", %d, "
 		    "{\"x\": null}], \"n\": -0.25E+2}",
 		    i % 50, i % 3 ? "done" : "running",
-		    i % 2 ? 1 : (int)test_now - 10, i);
+		    i % 2 ? 1000000000 : (int)test_now - 10, i);
 		p += sprintf(p, "%s%s", i ? sep : "", member);
 		if (i < 10)
 			continue;
@@ -442,7 +492,7 @@ test_window_cuts(void **state)
 			write_file(text);
 			cache_set_window(windows[w]);
 			c = cache_new();
-			assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
+			assert_int_equal(cache_reap(c, cfg, NULL, 0, 0, &r), 0);
 			cache_free(c);
 			/* 20 running, 10 stale, two of those replaced */
 			assert_int_equal(r.reaped_running, 8);
@@ -489,7 +539,7 @@ test_opaque_values(void **state)
 	    "\"created_at\":Infinity}\n}\n",
 	    test_now - 999);
 	write_file(buf);
-	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
+	assert_int_equal(cache_reap(c, cfg, NULL, 0, 0, &r), 0);
 	assert_int_equal(r.reaped_running, 1);
 	assert_int_equal(r.active, 2);
 	assert_string_equal(read_file(),
@@ -524,7 +574,8 @@ test_mark(void **state)
 	    "{\"old\": {\"status\": \"running\", \"start_time\": %.2f, "
 	    "\"count\": NaN}, \"fresh\": {\"status\": \"running\", "
 	    "\"start_time\": %.2f}, \"new-q\": {\"status\": \"queued\"}, "
-	    "\"q\":{\"error\":null,\"status\":\"queued\",\"created_at\":1,"
+	    "\"q\":{\"error\":null,\"status\":\"queued\",\"created_at\":"
+	    "1000000000,"
 	    "\"error\":0,\"status\":\"queued\",\"error\":[1]}, "
 	    "\"done\": {\"status\": \"done\"}}",
 	    test_now - 500.25, test_now - 5);
@@ -532,20 +583,303 @@ test_mark(void **state)
 	    "{\"old\": {%s, \"start_time\": %.2f, \"count\": NaN}, "
 	    "\"fresh\": {\"status\": \"running\", \"start_time\": %.2f}, "
 	    "\"new-q\": {\"status\": \"queued\"}, "
-	    "\"q\":{\"error\":null,\"status\":\"queued\",\"created_at\":1,"
+	    "\"q\":{\"error\":null,\"status\":\"queued\",\"created_at\":"
+	    "1000000000,"
 	    "\"error\":0,\"status\":\"error\",\"error\":\"Job queued expirado "
 	    "- mais de 2 minutos\"}, \"done\": {\"status\": \"done\"}}",
 	    MARK_RUNNING, test_now - 500.25, test_now - 5);
 	write_file(buf);
-	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
+	assert_int_equal(cache_reap(c, cfg, NULL, 0, 0, &r), 0);
 	assert_int_equal(r.reaped_running, 1);
 	assert_int_equal(r.reaped_queued, 1);
 	assert_string_equal(read_file(), want);
 	/* marked jobs are no longer active: the next pass changes nothing */
-	assert_int_equal(cache_reap(c, cfg, 0, 0, &r), 0);
+	assert_int_equal(cache_reap(c, cfg, NULL, 0, 0, &r), 0);
 	assert_int_equal(r.reaped_running + r.reaped_queued, 0);
 	assert_int_equal(r.rewritten, 0);
 	assert_int_equal(r.active, 2);
+	cache_free(c);
+	unlink(cache_path);
+}
+
+/*
+ * A store whose rows the test sets: for each id, no row, an open row, or
+ * a row finished at a time of the test's monotonic clock, which is then
+ * the store's clock; it counts the look-ups, and can be down.
+ */
+struct fake_row {
+	const char *id;
+	enum row_state state;
+	long long finished_at; /* test_mono ms */
+};
+static struct fake_row fake_rows[8];
+static int fake_lookups, fake_down;
+
+static int
+fake_finished(struct store *s, struct store_row *rows, size_t n)
+{
+	size_t i, k;
+
+	fake_lookups++;
+	if (fake_down) {
+		store_err(s, "connection refused");
+		return -1;
+	}
+	for (i = 0; i < n; i++) {
+		rows[i].state = ROW_NONE;
+		for (k = 0; k < 8 && fake_rows[k].id != NULL; k++) {
+			if (strlen(fake_rows[k].id) != rows[i].idlen ||
+			    memcmp(fake_rows[k].id, rows[i].id,
+				rows[i].idlen) != 0)
+				continue;
+			rows[i].state = fake_rows[k].state;
+			rows[i].age_s =
+			    (double)(test_mono - fake_rows[k].finished_at) /
+			    MS_PER_S;
+		}
+	}
+	return 0;
+}
+
+static const struct store_ops fake_ops = { .name = "fake",
+	.finished = fake_finished };
+
+static void
+fake_row(int k, const char *id, enum row_state st, long long finished_at)
+{
+	fake_rows[k].id = id;
+	fake_rows[k].state = st;
+	fake_rows[k].finished_at = finished_at;
+}
+
+/*
+ * With a database, a finished job leaves once its row has been finished
+ * for longer than the retention, by the store's clock: not before, and
+ * not when the row is missing or still open. The unchanged file is not
+ * read again until something is due: a young row's retention end (then
+ * exactly), or a retention after the last look for a job the store could
+ * not yet vouch for, which still leaves on time.
+ */
+static void
+test_retention_rows(void **state)
+{
+	struct config *cfg = cache_config();
+	struct store st = { &fake_ops, cfg, "" };
+	struct cache *c = cache_new();
+	struct cache_result r;
+	long long t0;
+
+	(void)state;
+	log_stderr_only(LVL_ERROR, LOGF_TEXT, LANG_EN);
+	cfg->database_url = "sqlite:///fake.db";
+	cfg->cache_retention = 3600000;
+	new_cache_file();
+	write_file("{\"old\": {\"status\": \"done\"}, \"young\": {\"status\": "
+		   "\"error\"}, \"norow\": {\"status\": \"done\"}, \"open\": "
+		   "{\"status\": \"done\"}, \"q\": {\"status\": \"queued\"}}");
+	memset(fake_rows, 0, sizeof(fake_rows));
+	fake_lookups = fake_down = 0;
+	t0 = test_mono = 100000000;
+	fake_row(0, "old", ROW_FINISHED, t0 - 3600001);
+	fake_row(1, "young", ROW_FINISHED, t0 - 100000);
+	fake_row(2, "open", ROW_OPEN, 0);
+
+	assert_int_equal(cache_reap(c, cfg, &st, 0, 0, &r), 0);
+	assert_int_equal(fake_lookups, 1);
+	assert_int_equal(r.finished, 4);
+	assert_int_equal(r.retired, 1);
+	assert_int_equal(r.reaped_queued, 0);
+	assert_string_equal(read_file(),
+	    "{\"young\": {\"status\": \"error\"}, \"norow\": {\"status\": "
+	    "\"done\"}, \"open\": {\"status\": \"done\"}, \"q\": "
+	    "{\"status\": \"queued\"}}");
+	/* due: the queued job (120 s of first sight) comes first */
+	assert_int_equal(cache_next_due(c), t0 + 120000);
+
+	/* the queued job goes; then the young row's end is the next due */
+	write_file("{\"young\": {\"status\": \"error\"}, \"norow\": "
+		   "{\"status\": \"done\"}, \"open\": {\"status\": "
+		   "\"done\"}}");
+	assert_int_equal(cache_reap(c, cfg, &st, 0, 0, &r), 0);
+	assert_int_equal(fake_lookups, 2);
+	assert_int_equal(cache_next_due(c), t0 + 3500000);
+
+	/* unchanged, nothing due: not read, the store not asked */
+	test_mono = t0 + 3499999;
+	assert_int_equal(cache_reap(c, cfg, &st, 0, 0, &r), 0);
+	assert_int_equal(fake_lookups, 2);
+	assert_int_equal(r.finished, 3);
+
+	/* the rows of "norow" and "open" finish meanwhile: still young */
+	fake_row(2, "open", ROW_FINISHED, t0 + 3000000);
+	fake_row(3, "norow", ROW_FINISHED, t0 + 3400000);
+	test_mono = t0 + 3500001;
+	assert_int_equal(cache_reap(c, cfg, &st, 0, 0, &r), 0);
+	assert_int_equal(fake_lookups, 3);
+	assert_int_equal(r.retired, 1);
+	assert_string_equal(read_file(),
+	    "{\"norow\": {\"status\": \"done\"}, \"open\": {\"status\": "
+	    "\"done\"}}");
+	/* each leaves exactly when its row's retention ends */
+	assert_int_equal(cache_next_due(c), t0 + 3000000 + 3600000);
+	test_mono = t0 + 6600001;
+	assert_int_equal(cache_reap(c, cfg, &st, 0, 0, &r), 0);
+	assert_int_equal(r.retired, 1);
+	assert_string_equal(read_file(), "{\"norow\": {\"status\": \"done\"}}");
+	assert_int_equal(cache_next_due(c), t0 + 3400000 + 3600000);
+	test_mono = t0 + 7000001;
+	assert_int_equal(cache_reap(c, cfg, &st, 0, 0, &r), 0);
+	assert_string_equal(read_file(), "{}");
+	assert_int_equal(cache_next_due(c), LLONG_MAX);
+	cache_free(c);
+	unlink(cache_path);
+}
+
+/*
+ * A job without a row, and one whose row is still open, are looked up
+ * again a retention after the last look, not sooner (an unchanged file
+ * is not read every cycle for them) and not never: a row that finishes
+ * before that look still gets its whole retention and no more.
+ */
+static void
+test_retention_pending(void **state)
+{
+	struct config *cfg = cache_config();
+	struct store st = { &fake_ops, cfg, "" };
+	struct cache *c = cache_new();
+	struct cache_result r;
+	long long t0;
+
+	(void)state;
+	log_stderr_only(LVL_ERROR, LOGF_TEXT, LANG_EN);
+	cfg->database_url = "sqlite:///fake.db";
+	cfg->cache_retention = 600000;
+	new_cache_file();
+	write_file("{\"a\": {\"status\": \"done\"}}");
+	memset(fake_rows, 0, sizeof(fake_rows));
+	fake_lookups = fake_down = 0;
+	t0 = test_mono = 200000000;
+	assert_int_equal(cache_reap(c, cfg, &st, 0, 0, &r), 0);
+	assert_int_equal(fake_lookups, 1);
+	assert_int_equal(cache_next_due(c), t0 + 600000);
+	/* its row appears and finishes; until the look-up, not read */
+	fake_row(0, "a", ROW_FINISHED, t0 + 1000);
+	test_mono = t0 + 599999;
+	assert_int_equal(cache_reap(c, cfg, &st, 0, 0, &r), 0);
+	assert_int_equal(fake_lookups, 1);
+	test_mono = t0 + 600000;
+	assert_int_equal(cache_reap(c, cfg, &st, 0, 0, &r), 0);
+	assert_int_equal(fake_lookups, 2);
+	assert_int_equal(r.retired, 0);
+	assert_int_equal(cache_next_due(c), t0 + 601000);
+	test_mono = t0 + 601001;
+	assert_int_equal(cache_reap(c, cfg, &st, 0, 0, &r), 0);
+	assert_int_equal(r.retired, 1);
+	assert_string_equal(read_file(), "{}");
+
+	/* a store that cannot answer: nothing leaves, looked up again */
+	write_file("{\"a\": {\"status\": \"done\"}}");
+	fake_down = 1;
+	assert_int_equal(cache_reap(c, cfg, &st, 0, 0, &r), 0);
+	assert_int_equal(r.retired, 0);
+	assert_int_equal(cache_next_due(c), test_mono + 600000);
+	fake_down = 0;
+	test_mono += 600000;
+	assert_int_equal(cache_reap(c, cfg, &st, 0, 0, &r), 0);
+	assert_int_equal(r.retired, 1);
+	cache_free(c);
+	unlink(cache_path);
+}
+
+/*
+ * Without a database, retention applies only when it was set: a finished
+ * job then leaves once limpeza has seen it finished for longer (first
+ * sight, on the monotonic clock; a restart starts again), and the file
+ * is due exactly then. Left at its default, nothing leaves, ever.
+ */
+static void
+test_retention_first_sight(void **state)
+{
+	struct config *cfg = cache_config();
+	struct cache *c = cache_new(), *c2;
+	struct cache_result r;
+	long long t0;
+
+	(void)state;
+	log_stderr_only(LVL_ERROR, LOGF_TEXT, LANG_EN);
+	cfg->cache_retention = 10000;
+	new_cache_file();
+	write_file("{\"d\": {\"status\": \"done\"}, \"e\": {\"status\": "
+		   "\"error\"}, \"x\": {\"status\": \"other\"}}");
+
+	/* not set explicitly: no first-sight ageing at all */
+	t0 = test_mono = 300000000;
+	assert_int_equal(cache_retention_mode(cfg), RETENTION_OFF);
+	assert_int_equal(cache_reap(c, cfg, NULL, 0, 0, &r), 0);
+	assert_int_equal(cache_next_due(c), LLONG_MAX);
+	test_mono += 86400000;
+	cache_invalidate(c);
+	assert_int_equal(cache_reap(c, cfg, NULL, 0, 0, &r), 0);
+	assert_int_equal(r.retired, 0);
+	assert_int_equal(r.finished, 2);
+
+	cfg->cache_retention_set = 1;
+	assert_int_equal(cache_retention_mode(cfg), RETENTION_FIRST_SIGHT);
+	cache_invalidate(c);
+	t0 = test_mono;
+	assert_int_equal(cache_reap(c, cfg, NULL, 0, 0, &r), 0);
+	assert_int_equal(r.retired, 0);
+	assert_int_equal(cache_next_due(c), t0 + 10000);
+	test_mono = t0 + 10000;
+	assert_int_equal(cache_reap(c, cfg, NULL, 0, 0, &r), 0);
+	assert_int_equal(r.retired, 0);
+	/* a restart forgets: the job gets its whole retention again */
+	c2 = cache_new();
+	assert_int_equal(cache_reap(c2, cfg, NULL, 0, 0, &r), 0);
+	test_mono = t0 + 10001;
+	assert_int_equal(cache_reap(c, cfg, NULL, 0, 0, &r), 0);
+	assert_int_equal(r.retired, 2);
+	assert_string_equal(read_file(), "{\"x\": {\"status\": \"other\"}}");
+	write_file("{\"d\": {\"status\": \"done\"}}");
+	assert_int_equal(cache_reap(c2, cfg, NULL, 0, 0, &r), 0);
+	assert_int_equal(r.retired, 0);
+	cache_free(c);
+	cache_free(c2);
+	unlink(cache_path);
+}
+
+/*
+ * Retention removes in mark mode too (a finished job is not marked), and
+ * a dry run only counts what it would remove.
+ */
+static void
+test_retention_mark_and_dry_run(void **state)
+{
+	struct config *cfg = cache_config();
+	struct store st = { &fake_ops, cfg, "" };
+	struct cache *c = cache_new();
+	struct cache_result r;
+	const char *text = "{\"old\": {\"status\": \"done\", \"n\": NaN}, "
+			   "\"keep\": {\"status\": \"done\"}}";
+
+	(void)state;
+	log_stderr_only(LVL_ERROR, LOGF_TEXT, LANG_EN);
+	cfg->database_url = "sqlite:///fake.db";
+	cfg->cache_retention = 1000;
+	cfg->cache_action = CACHE_MARK;
+	new_cache_file();
+	write_file(text);
+	memset(fake_rows, 0, sizeof(fake_rows));
+	fake_lookups = fake_down = 0;
+	test_mono = 400000000;
+	fake_row(0, "old", ROW_FINISHED, test_mono - 5000);
+	assert_int_equal(cache_reap(c, cfg, &st, 0, 1, &r), 0);
+	assert_int_equal(r.retired, 1);
+	assert_int_equal(r.rewritten, 0);
+	assert_string_equal(read_file(), text);
+	assert_int_equal(cache_reap(c, cfg, &st, 0, 0, &r), 0);
+	assert_int_equal(r.retired, 1);
+	assert_string_equal(read_file(), "{\"keep\": {\"status\": \"done\"}}");
 	cache_free(c);
 	unlink(cache_path);
 }
@@ -563,6 +897,11 @@ main(void)
 		cmocka_unit_test(test_opaque_values),
 		cmocka_unit_test(test_first_sight),
 		cmocka_unit_test(test_mark),
+		cmocka_unit_test(test_decide_retention),
+		cmocka_unit_test(test_retention_rows),
+		cmocka_unit_test(test_retention_pending),
+		cmocka_unit_test(test_retention_first_sight),
+		cmocka_unit_test(test_retention_mark_and_dry_run),
 	};
 
 	setenv("TZ", "UTC", 1);

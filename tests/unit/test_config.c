@@ -170,6 +170,22 @@ test_precedence(void **state)
 	assert_non_null(strstr(cfg.warnings[0], f2));
 	config_free(&cfg);
 
+	/*
+	 * The unit's settings file (--env-file) must be readable: else the
+	 * daemon would run without its settings. A missing one is fine.
+	 */
+	{
+		const char *unreadable[] = { "--env-file=/tmp", NULL };
+		const char *missing[] = { "--env-file=/nonexistent/limpeza.env",
+			NULL };
+
+		assert_int_equal(load(&cfg, unreadable, err, sizeof(err)), -1);
+		assert_non_null(strstr(err, "/tmp given with --env-file"));
+		assert_non_null(strstr(err, "not a regular file"));
+		assert_int_equal(load(&cfg, missing, err, sizeof(err)), 0);
+		config_free(&cfg);
+	}
+
 	/* A bad value in an env file is still a configuration error. */
 	f = fopen(f2, "w");
 	fputs("LIMPEZA_BATCH=lots\n", f);
@@ -179,6 +195,47 @@ test_precedence(void **state)
 	assert_non_null(strstr(err, "env file"));
 	unlink(f1);
 	unlink(f2);
+	clear_env();
+}
+
+/*
+ * LIMPEZA_CACHE_RETENTION given by option, environment or env file is
+ * "set"; its default is not (without a database only a set retention
+ * prunes). Even "1h", the default's own value, counts when given.
+ */
+static void
+test_retention_set(void **state)
+{
+	char f1[] = "/tmp/limpeza-env3-XXXXXX", list[64], err[512];
+	const char *opts[] = { "--cache-retention=0", NULL };
+	struct config cfg;
+	FILE *f;
+
+	(void)state;
+	clear_env();
+	assert_int_equal(load(&cfg, NULL, err, sizeof(err)), 0);
+	assert_int_equal(cfg.cache_retention, 3600000);
+	assert_int_equal(cfg.cache_retention_set, 0);
+	config_free(&cfg);
+	assert_int_equal(load(&cfg, opts, err, sizeof(err)), 0);
+	assert_int_equal(cfg.cache_retention, 0);
+	assert_int_equal(cfg.cache_retention_set, 1);
+	config_free(&cfg);
+	setenv("LIMPEZA_CACHE_RETENTION", "1h", 1);
+	assert_int_equal(load(&cfg, NULL, err, sizeof(err)), 0);
+	assert_int_equal(cfg.cache_retention_set, 1);
+	config_free(&cfg);
+	unsetenv("LIMPEZA_CACHE_RETENTION");
+	f = fdopen(mkstemp(f1), "w");
+	fputs("LIMPEZA_CACHE_RETENTION=90s\n", f);
+	fclose(f);
+	snprintf(list, sizeof(list), "%s", f1);
+	setenv("LIMPEZA_ENV_FILES", list, 1);
+	assert_int_equal(load(&cfg, NULL, err, sizeof(err)), 0);
+	assert_int_equal(cfg.cache_retention, 90000);
+	assert_int_equal(cfg.cache_retention_set, 1);
+	config_free(&cfg);
+	unlink(f1);
 	clear_env();
 }
 
@@ -217,6 +274,11 @@ test_bad_values(void **state)
 		{ "LIMPEZA_METRICS_ADDR", "localhost:9464", "numeric" },
 		{ "LIMPEZA_METRICS_ADDR", "127.0.0.1:99999", "numeric" },
 		{ "LIMPEZA_ALERT_WEBHOOK", "file:///etc/passwd", "http" },
+		/* valid alone, wrong together with the defaults */
+		{ "LIMPEZA_QUEUED_STATUS", "running", "different status" },
+		{ "LIMPEZA_ERROR_STATUS", "queued", "different status" },
+		{ "LIMPEZA_ERROR_COLUMN", "status", "different column" },
+		{ "LIMPEZA_CREATED_COLUMN", "updated_at", "different column" },
 	};
 	struct config cfg;
 	char err[512];
@@ -307,7 +369,29 @@ test_secret_not_in_error(void **state)
 	setenv("DATABASE_URL", "mysql://admin:s3cr3t@db.example/app", 1);
 	assert_int_equal(load(&cfg, NULL, err, sizeof(err)), -1);
 	assert_null(strstr(err, "s3cr3t"));
-	assert_non_null(strstr(err, "admin:***@db.example"));
+	assert_non_null(strstr(err, "invalid DATABASE_URL (not shown"));
+	/* Refused values nobody can parse: nothing of them is shown. */
+	{
+		const char *const bad_urls[] = {
+			" postgresql://app:s3cr3t@h/db",
+			"postgresql:/app:s3cr3t@h/db", "app:s3cr3t@h/db",
+			"sqlite://app:s3cr3t@h/db",
+			"host=h passwd=s3cr3t", /* libpq: no such keyword */
+			"postgresql://app:pa/s3cr3t@h:1/db", /* '/' in it */
+			"postgresql://app:p@s3cr3t@h/db", /* '@' in it */
+			NULL
+		};
+		int i;
+
+		for (i = 0; bad_urls[i] != NULL; i++) {
+			setenv("DATABASE_URL", bad_urls[i], 1);
+			assert_int_equal(
+			    load(&cfg, NULL, err, sizeof(err)), -1);
+			assert_null(strstr(err, "s3cr3t"));
+			assert_null(strstr(err, "cr3"));
+			assert_non_null(strstr(err, "DATABASE_URL"));
+		}
+	}
 	clear_env();
 }
 
@@ -361,9 +445,29 @@ test_mask_url(void **state)
 	config_mask_url("postgresql://u:p%zzsecret@h/db", b, sizeof(b));
 	assert_string_equal(b, "postgresql://u:***@h/db");
 	config_mask_url("host=h password=abc defgh", b, sizeof(b));
-	assert_string_equal(b, "host=h password=***");
+	assert_string_equal(b, "host=h password=*** ***");
 	config_mask_url("mysql://admin:s3cr3t@db.example/app", b, sizeof(b));
 	assert_string_equal(b, "mysql://admin:***@db.example/app");
+	/* a keyword libpq does not know: only harmless keywords' values show */
+	config_mask_url("host=h passwd=SecretXY dbname=d", b, sizeof(b));
+	assert_string_equal(b, "host=h passwd=*** dbname=d");
+	/* libpq reads these passwords otherwise than a person: masked all */
+	config_mask_url(
+	    "postgresql://app:pa/ss99xy@127.0.0.1:1/rb", b, sizeof(b));
+	assert_string_equal(b, "postgresql://app:***@127.0.0.1:1/rb");
+	config_mask_url("postgresql://app:p@ss99xy@h/db", b, sizeof(b));
+	assert_string_equal(b, "postgresql://app:***@h/db");
+	config_mask_url("sqlite://app:SecretXY@h/db", b, sizeof(b));
+	assert_string_equal(b, "sqlite://app:***@h/db");
+	/* http URLs: the user's password, and a webhook's secret path */
+	config_mask_http(
+	    "http://admin:HealthPw9@h:8/api/health", 1, b, sizeof(b));
+	assert_string_equal(b, "http://admin:***@h:8/api/health");
+	config_mask_http(
+	    "https://hooks.slack.com/services/T0/B0/XXXX", 0, b, sizeof(b));
+	assert_string_equal(b, "https://hooks.slack.com/...");
+	config_mask_http("https://h/api/health", 1, b, sizeof(b));
+	assert_string_equal(b, "https://h/api/health");
 }
 
 static void
@@ -453,6 +557,7 @@ main(void)
 		cmocka_unit_test(test_format_duration),
 		cmocka_unit_test(test_defaults),
 		cmocka_unit_test(test_precedence),
+		cmocka_unit_test(test_retention_set),
 		cmocka_unit_test(test_bad_values),
 		cmocka_unit_test(test_zone_offsets_refused),
 		cmocka_unit_test(test_secret_not_in_error),
