@@ -135,7 +135,9 @@ static const struct setting settings[] = {
 	{ "LIMPEZA_BATCH", "batch", T_INT, "1000", OFF(batch), NULL, 1, 1000000,
 	    "rows per reaping statement" },
 	{ "LIMPEZA_DB_TIMEZONE", "db-timezone", T_ZONE, "UTC", OFF(db_timezone),
-	    NULL, 0, 0, "zone in which naive timestamps are written" },
+	    NULL, 0, 0,
+	    "zone name (UTC, America/Sao_Paulo) in which naive timestamps "
+	    "are written; offsets are refused" },
 	{ "LIMPEZA_LEADER_KEY", "leader-key", T_INT, "7105573", OFF(leader_key),
 	    NULL, INT64_MIN, INT64_MAX,
 	    "advisory lock key for leader election; 0 disables it" },
@@ -945,10 +947,23 @@ setting_apply(struct config *cfg, const struct setting *s, const char *value,
 			    "a non-empty status word of at most 64 characters");
 		break;
 	case T_ZONE:
-		if (len == 0 || len > 64 ||
+		/*
+		 * PostgreSQL reads -03:00, UTC-3 and Etc/GMT+3 with the
+		 * POSIX sign (UTC+03:00, UTC+03:00, UTC-03:00): a sign
+		 * taken the wrong way reaps fresh rows, or never the stale
+		 * ones. Names with a sign or a digit are refused; every
+		 * region has a name without (America/Sao_Paulo, UTC).
+		 */
+		if (strpbrk(value, "+:<0123456789") != NULL)
+			return bad(err, errlen, s, from, value,
+			    "a zone name such as UTC or America/Sao_Paulo, "
+			    "not an offset or a name with one: PostgreSQL "
+			    "may read its sign reversed (-03:00 is "
+			    "UTC+03:00 to it, Etc/GMT+3 is UTC-03:00)");
+		if (len == 0 || len > 64 || !isalpha((unsigned char)*value) ||
 		    strspn(value,
 			"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-			"0123456789_/+-:") != len)
+			"_/-") != len)
 			return bad(err, errlen, s, from, value,
 			    "a time zone name such as UTC or "
 			    "America/Sao_Paulo");

@@ -9,6 +9,15 @@
 
 /* After this many failing cycles in a row, an outage is worth an alert. */
 #define ALERT_AFTER 3
+/*
+ * Elections in a row, and for how long, that must answer otherwise before
+ * the log says the role changed. Every reaping transaction elects anew:
+ * daemons with work for both take turns, each losing whenever it looks
+ * while another one's batch runs, which would flip the role lines at
+ * every turn. A new role that holds this long is no turn.
+ */
+#define ROLE_HOLD 3
+#define ROLE_HOLD_MS (5 * MS_PER_S)
 
 /* Tracks one dependency (store or API) for its log lines and alerts. */
 struct outage {
@@ -31,7 +40,9 @@ struct cycle {
 	struct outage store_out;
 	struct outage api_out;
 	int elect; /* a daemon: reap a shared store only while leading */
-	int leading; /* last answer of the election, -1 before the first */
+	int leading; /* the role last logged, -1 before the first answer */
+	int against; /* elections in a row that answered otherwise */
+	long long against_since; /* monotonic ms of the first of them */
 	int dry;
 	long long count;
 	long long jobs_active; /* -1: unknown */
@@ -78,6 +89,7 @@ cycle_set_config(struct cycle *c, const struct config *cfg)
 	c->cfg = cfg;
 	c->store = store_open(cfg);
 	c->leading = -1;
+	c->against = 0;
 	c->store_due = LLONG_MAX;
 	cache_invalidate(c->cache);
 }
@@ -179,17 +191,32 @@ store_elects(const struct cycle *c)
 
 /*
  * Notes the outcome of an election (1 leading, 0 another instance
- * leads), which every reaping transaction holds anew; the log says so
- * when it changes, so a follower says it once, not every cycle.
+ * leads), which every reaping transaction holds anew. The log tells the
+ * first answer, then a change once it has held ROLE_HOLD elections in a
+ * row and ROLE_HOLD_MS: a follower says it once, not every cycle, and
+ * daemons that take turns do not flap between the two lines.
  */
 static void
 store_role(struct cycle *c, int lead)
 {
+	long long now = now_monotonic_ms();
+
 	if (!store_elects(c))
 		return;
-	if (lead != c->leading)
-		log_event(LVL_INFO, lead ? EV_LEADER : EV_FOLLOWER);
+	if (lead == c->leading) {
+		c->against = 0;
+		return;
+	}
+	if (c->leading != -1) {
+		if (c->against++ == 0)
+			c->against_since = now;
+		if (c->against < ROLE_HOLD ||
+		    now - c->against_since < ROLE_HOLD_MS)
+			return;
+	}
+	log_event(LVL_INFO, lead ? EV_LEADER : EV_FOLLOWER);
 	c->leading = lead;
+	c->against = 0;
 }
 
 /*

@@ -32,7 +32,10 @@
  */
 
 #define PQ_FUNCS(X)             \
-	X(PQconnectdbParams)    \
+	X(PQconnectStartParams) \
+	X(PQconnectPoll)        \
+	X(PQsetnonblocking)     \
+	X(PQflush)              \
 	X(PQstatus)             \
 	X(PQtransactionStatus)  \
 	X(PQerrorMessage)       \
@@ -128,10 +131,28 @@ libs_curl(char *err, size_t errlen)
 /* libpq: callers load it (libs_pq) before their first call. */
 
 PGconn *
-PQconnectdbParams(
+PQconnectStartParams(
     const char *const *keywords, const char *const *values, int expand)
 {
-	return p_PQconnectdbParams(keywords, values, expand);
+	return p_PQconnectStartParams(keywords, values, expand);
+}
+
+PostgresPollingStatusType
+PQconnectPoll(PGconn *conn)
+{
+	return p_PQconnectPoll(conn);
+}
+
+int
+PQsetnonblocking(PGconn *conn, int arg)
+{
+	return p_PQsetnonblocking(conn, arg);
+}
+
+int
+PQflush(PGconn *conn)
+{
+	return p_PQflush(conn);
 }
 
 ConnStatusType

@@ -9,7 +9,12 @@
 
 #include "store.h"
 
-#define CONNECT_TIMEOUT "10"
+/*
+ * limpeza's own deadline for a connection: libpq's connect_timeout bounds
+ * only its blocking connect, and a URL's connect_timeout=0 makes that
+ * wait for ever.
+ */
+#define CONNECT_TIMEOUT_MS (10 * MS_PER_S)
 #define STATEMENT_TIMEOUT "30s"
 #define LOCK_TIMEOUT "2s"
 /* Rows one look at the stale rows returns at most. */
@@ -20,11 +25,16 @@
 #define BACKOFF_MAX_MS (30 * MS_PER_S)
 /* end_batch(): another instance took the leader's lock meanwhile. */
 #define BATCH_LOST (-2)
-/* What a transaction's statements need, for that transaction only. */
+/*
+ * What a transaction's statements need, for that transaction only; and
+ * its name in pg_stat_activity, which a pooler would carry from a
+ * session's start to the API's clients.
+ */
 #define SET_LOCAL                                     \
 	"SELECT set_config('TimeZone', $1, true), "   \
 	"set_config('statement_timeout', $2, true), " \
-	"set_config('lock_timeout', $3, true)"
+	"set_config('lock_timeout', $3, true), "      \
+	"set_config('application_name', 'limpeza', true)"
 
 /*
  * One persistent connection, which may be a transaction pooler's
@@ -136,35 +146,74 @@ struct stmt {
 };
 
 /*
- * Waits until libpq has the next result whole (or none is coming), at
- * most until deadline: 0, or -1 with the error recorded and the
- * connection dropped. statement_timeout alone cannot help against a
- * server that never answers.
+ * Waits until the connection's socket is ready for events or deadline
+ * passes: 1, 0 at the deadline, -1 if poll() fails.
+ */
+static int
+pg_poll(PGconn *conn, short events, long long deadline)
+{
+	struct pollfd pfd;
+	long long left;
+	int r;
+
+	pfd.fd = PQsocket(conn);
+	pfd.events = events;
+	if (pfd.fd < 0) {
+		errno = EBADF;
+		return -1;
+	}
+	for (;;) {
+		left = deadline - now_monotonic_ms();
+		if (left <= 0)
+			return 0;
+		r = poll(&pfd, 1, (int)(left > 1000 ? 1000 : left));
+		if (r > 0)
+			return 1;
+		if (r == -1 && errno != EINTR)
+			return -1;
+	}
+}
+
+/*
+ * Sends what libpq still holds and waits until it has the next result
+ * whole (or none is coming), at most until deadline: 0, or -1 with the
+ * error recorded and the connection dropped. The connection is
+ * non-blocking (pg_connect()): a peer that stops reading a large batch
+ * cannot hold limpeza any more than one that never answers, which
+ * statement_timeout alone cannot help against.
  */
 static int
 pg_wait(struct store_pg *p, long long deadline)
 {
-	struct pollfd pfd;
-	long long left;
+	int unsent, r;
 
-	pfd.fd = PQsocket(p->conn);
-	pfd.events = POLLIN;
 	for (;;) {
+		/* What was read already first: the connection may end after. */
+		if (!PQisBusy(p->conn))
+			return 0;
+		if ((unsent = PQflush(p->conn)) == -1)
+			goto broken;
 		if (!PQconsumeInput(p->conn))
 			goto broken;
 		if (!PQisBusy(p->conn))
 			return 0;
-		left = deadline - now_monotonic_ms();
-		if (left <= 0) {
+		r = pg_poll(
+		    p->conn, unsent ? POLLIN | POLLOUT : POLLIN, deadline);
+		if (r == 0) {
 			store_err(&p->s,
-			    "no answer from the database within %llds",
+			    unsent ? "the database took nothing more of what "
+				     "was sent within %llds"
+				   : "no answer from the database within %llds",
 			    CLIENT_TIMEOUT_MS / MS_PER_S);
 			pg_failed_connection(p);
 			return -1;
 		}
-		if (poll(&pfd, 1, (int)(left > 1000 ? 1000 : left)) == -1 &&
-		    errno != EINTR)
-			goto broken;
+		if (r == -1) {
+			store_err(&p->s, "connection lost: poll: %s",
+			    strerror(errno));
+			pg_failed_connection(p);
+			return -1;
+		}
 	}
 broken:
 	pg_err(p, "connection lost", PQerrorMessage(p->conn));
@@ -179,18 +228,24 @@ broken:
  * with each statement's result, for the caller to PQclear(), and returns
  * 0; or -1 with the first error recorded and no result kept. A broken or
  * hung connection is dropped. After an error inside a transaction, the
- * caller rolls it back (pg_abort()).
+ * caller rolls it back (pg_abort()). With whole, when the connection is
+ * lost after the first statements' answers came back whole and fine,
+ * their results are kept all the same and *whole says how many: a COMMIT
+ * among them did happen, whatever was lost after it.
  */
 static int
-pg_run(struct store_pg *p, int n, const struct stmt *q, PGresult **res)
+pg_run(
+    struct store_pg *p, int n, const struct stmt *q, PGresult **res, int *whole)
 {
 	long long deadline = now_monotonic_ms() + CLIENT_TIMEOUT_MS;
 	PGresult *r;
 	ExecStatusType st;
-	int i, bad = -1;
+	int i, done = 0, bad = -1;
 
 	for (i = 0; i < n; i++)
 		res[i] = NULL;
+	if (whole != NULL)
+		*whole = 0;
 	if (!PQenterPipelineMode(p->conn))
 		goto broken;
 	for (i = 0; i < n; i++)
@@ -200,11 +255,11 @@ pg_run(struct store_pg *p, int n, const struct stmt *q, PGresult **res)
 	if (!PQpipelineSync(p->conn))
 		goto broken;
 	/* Each statement's results end with a NULL; then the Sync's. */
-	for (i = 0; i <= n;) {
+	for (;;) {
 		if (pg_wait(p, deadline) == -1)
 			goto dropped;
 		r = PQgetResult(p->conn);
-		if (i == n) {
+		if (done == n) {
 			if (r == NULL ||
 			    PQresultStatus(r) != PGRES_PIPELINE_SYNC) {
 				PQclear(r);
@@ -214,15 +269,15 @@ pg_run(struct store_pg *p, int n, const struct stmt *q, PGresult **res)
 			break;
 		}
 		if (r == NULL) {
-			i++;
+			done++;
 			continue;
 		}
-		PQclear(res[i]);
-		res[i] = r;
+		PQclear(res[done]);
+		res[done] = r;
 		st = PQresultStatus(r);
 		if (bad == -1 && st != PGRES_COMMAND_OK &&
 		    st != PGRES_TUPLES_OK)
-			bad = i;
+			bad = done;
 	}
 	if (!PQexitPipelineMode(p->conn))
 		goto broken;
@@ -240,7 +295,9 @@ broken:
 	pg_err(p, "connection lost", PQerrorMessage(p->conn));
 	pg_failed_connection(p);
 dropped:
-	for (i = 0; i < n; i++) {
+	if (whole != NULL && bad == -1)
+		*whole = done;
+	for (i = whole != NULL ? *whole : 0; i < n; i++) {
 		PQclear(res[i]);
 		res[i] = NULL;
 	}
@@ -254,19 +311,23 @@ pg_exec(struct store_pg *p, const char *sql, int n, const char *const *vals)
 	struct stmt q = { sql, n, vals };
 	PGresult *res;
 
-	return pg_run(p, 1, &q, &res) == 0 ? res : NULL;
+	return pg_run(p, 1, &q, &res, NULL) == 0 ? res : NULL;
 }
 
-/* Connects if needed, not before the backoff allows. */
+/*
+ * Connects if needed, not before the backoff allows, within
+ * CONNECT_TIMEOUT_MS whatever the URL says (libpq's steps driven by
+ * PQconnectPoll()), and leaves the connection non-blocking.
+ */
 static int
 pg_connect(struct store_pg *p)
 {
 	const struct config *cfg = p->s.cfg;
-	const char *kw[] = { "connect_timeout", "application_name", "dbname",
-		NULL };
-	const char *val[] = { CONNECT_TIMEOUT, "limpeza", cfg->database_url,
-		NULL };
-	long long now = now_monotonic_ms();
+	const char *kw[] = { "dbname", NULL };
+	const char *val[] = { cfg->database_url, NULL };
+	long long now = now_monotonic_ms(), deadline;
+	PostgresPollingStatusType st;
+	int r;
 
 	if (p->conn != NULL)
 		return 0;
@@ -277,18 +338,42 @@ pg_connect(struct store_pg *p)
 	/* Within the backoff, the last reason stands in s.err. */
 	if (now < p->next_try)
 		return -1;
-	/* Parameters before dbname are defaults the URL may override. */
-	p->conn = PQconnectdbParams(kw, val, 1);
-	if (p->conn == NULL || PQstatus(p->conn) != CONNECTION_OK) {
-		pg_err(p, "cannot connect",
-		    p->conn != NULL ? PQerrorMessage(p->conn)
-				    : "out of memory");
-		pg_failed_connection(p);
-		return -1;
+	deadline = now + CONNECT_TIMEOUT_MS;
+	if ((p->conn = PQconnectStartParams(kw, val, 1)) == NULL)
+		fatalx_oom();
+	/* Before the first PQconnectPoll(), libpq waits to write. */
+	st = PQstatus(p->conn) == CONNECTION_BAD ? PGRES_POLLING_FAILED
+						 : PGRES_POLLING_WRITING;
+	while (st != PGRES_POLLING_OK) {
+		if (st == PGRES_POLLING_FAILED)
+			goto fail;
+		r = pg_poll(p->conn,
+		    st == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
+		if (r == 0) {
+			store_err(&p->s,
+			    "cannot connect: no answer from the database "
+			    "within %llds",
+			    CONNECT_TIMEOUT_MS / MS_PER_S);
+			pg_failed_connection(p);
+			return -1;
+		}
+		if (r == -1) {
+			store_err(
+			    &p->s, "cannot connect: poll: %s", strerror(errno));
+			pg_failed_connection(p);
+			return -1;
+		}
+		st = PQconnectPoll(p->conn);
 	}
+	if (PQsetnonblocking(p->conn, 1) == -1)
+		goto fail;
 	p->backoff = BACKOFF_MIN_MS;
 	*p->s.err = '\0';
 	return 0;
+fail:
+	pg_err(p, "cannot connect", PQerrorMessage(p->conn));
+	pg_failed_connection(p);
+	return -1;
 }
 
 /*
@@ -364,7 +449,7 @@ setup_init(struct store_pg *p, int elect, struct setup *u)
 static int
 setup_led(const struct setup *u, const PGresult *res)
 {
-	int led = !u->elect || strcmp(PQgetvalue(res, 0, 3), "t") == 0;
+	int led = !u->elect || strcmp(PQgetvalue(res, 0, 4), "t") == 0;
 
 	return led;
 }
@@ -387,7 +472,7 @@ pg_begin(struct store_pg *p, int elect)
 	setup_init(p, elect, &u);
 	q[0] = (struct stmt){ "BEGIN", 0, NULL };
 	q[1] = u.q;
-	if (pg_run(p, 2, q, res) == -1) {
+	if (pg_run(p, 2, q, res, NULL) == -1) {
 		pg_abort(p);
 		return -1;
 	}
@@ -430,7 +515,7 @@ pg_read(
 	for (i = 0; i < n; i++)
 		all[i + 2] = q[i];
 	all[n + 2] = (struct stmt){ "COMMIT", 0, NULL };
-	if (pg_run(p, n + 3, all, r) == -1) {
+	if (pg_run(p, n + 3, all, r, NULL) == -1) {
 		pg_abort(p);
 		return -1;
 	}
@@ -524,13 +609,19 @@ end_batch(struct store_pg *p, const char *sql, const char *const *params,
 	struct stmt q[2] = { { sql, nparams, params }, { "COMMIT", 0, NULL } };
 	PGresult *res[2];
 	long long t0;
-	int rows, r;
+	int rows, r, whole;
 
 	if ((r = pg_begin(p, e->req->elect)) != 1)
 		return r == 0 ? BATCH_LOST : -1;
 	/* The commit goes with the statement: the locks last one trip. */
 	t0 = now_monotonic_ms();
-	if (pg_run(p, 2, q, res) == -1) {
+	/*
+	 * Once the server has confirmed the COMMIT, the rows ended: they are
+	 * counted and told even if the connection went before the last
+	 * answer (the lost connection stays recorded, and the next
+	 * statement reports it).
+	 */
+	if (pg_run(p, 2, q, res, &whole) == -1 && whole < 2) {
 		pg_abort(p);
 		return -1;
 	}
@@ -1001,19 +1092,23 @@ check_in_tx(struct store_pg *p, void *arg)
 	PGresult *res;
 	int i, j, rc = 0, served = 0, stats_served = 0;
 	char tname[64];
+	long off;
 
 	res = pg_exec(p,
 	    "SELECT split_part(current_setting('server_version'), ' ', 1), "
 	    "(SELECT reset_val FROM pg_settings WHERE name = 'TimeZone'), "
-	    "current_setting('TimeZone'), to_regclass($1) IS NOT NULL",
+	    "current_setting('TimeZone'), to_regclass($1) IS NOT NULL, "
+	    "extract(timezone FROM now())::int",
 	    1, params);
 	if (res == NULL)
 		return -1;
+	/* The offset PostgreSQL applies now, as an operator can check it. */
+	off = strtol(PQgetvalue(res, 0, 4), NULL, 10);
 	fprintf(out,
-	    "ok: postgresql %s, server zone %s, session zone %s (naive "
-	    "timestamps are read in it)\n",
-	    PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1),
-	    PQgetvalue(res, 0, 2));
+	    "ok: postgresql %s, server zone %s, session zone %s "
+	    "(UTC%c%02ld:%02ld), in which naive timestamps are read\n",
+	    PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2),
+	    off < 0 ? '-' : '+', labs(off) / 3600, labs(off) % 3600 / 60);
 	if (strcmp(PQgetvalue(res, 0, 3), "t") != 0) {
 		PQclear(res);
 		store_err(s, "table %s not found", cfg->table);
@@ -1128,10 +1223,44 @@ check_in_tx(struct store_pg *p, void *arg)
 	return 0;
 }
 
+/*
+ * Whether PostgreSQL knows the zone of LIMPEZA_DB_TIMEZONE (config.c let
+ * through names only): every transaction would fail on one it does not.
+ */
+static int
+check_zone(struct store_pg *p)
+{
+	const char *params[] = { p->s.cfg->db_timezone };
+	PGresult *res;
+	int known;
+
+	res = pg_exec(p,
+	    "SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE lower(name) "
+	    "= lower($1))",
+	    1, params);
+	if (res == NULL)
+		return -1;
+	known = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	PQclear(res);
+	if (!known) {
+		store_err(&p->s,
+		    "PostgreSQL does not know the zone '%s' "
+		    "(LIMPEZA_DB_TIMEZONE): use a name of its "
+		    "pg_timezone_names, such as UTC or America/Sao_Paulo",
+		    p->s.cfg->db_timezone);
+		return -1;
+	}
+	return 0;
+}
+
 static int
 pg_check(struct store *s, FILE *out)
 {
-	return pg_in_tx((struct store_pg *)s, check_in_tx, out);
+	struct store_pg *p = (struct store_pg *)s;
+
+	if (pg_connect(p) == -1 || check_zone(p) == -1)
+		return -1;
+	return pg_in_tx(p, check_in_tx, out);
 }
 
 const struct store_ops store_pg_ops = {

@@ -1,5 +1,7 @@
 """Shared fixtures: the limpeza binary, a job store, a cache file, a health server, a daemon."""
 
+import collections
+import contextlib
 import http.server
 import json
 import os
@@ -139,6 +141,22 @@ class PgStore:
     def statuses(self):
         return dict(self.sql("SELECT job_id, status FROM scans"))
 
+    # What an API-style client's session holds that limpeza must not change.
+    SESSION_SHOW = ("SELECT current_setting('statement_timeout'),"
+                    " current_setting('lock_timeout'), current_setting('TimeZone'),"
+                    " current_setting('application_name')")
+
+    def server_settings(self):
+        """SESSION_SHOW as the server gives it to a client of its own."""
+        c = psycopg2.connect(host="127.0.0.1", port=self.cluster.port, user="app",
+                             password=APP_PASSWORD, dbname=self.dbname)
+        try:
+            cur = c.cursor()
+            cur.execute(self.SESSION_SHOW)
+            return cur.fetchone()
+        finally:
+            c.close()
+
     def assert_no_session_state(self):
         """What limpeza may leave on the server once it has exited (SPEC §2):
         no advisory lock, and on every server connection of PgBouncer's pool
@@ -149,16 +167,7 @@ class PgStore:
         assert locks == 0, "%d advisory locks left in %s" % (locks, self.dbname)
         if self.bouncer is None:
             return  # a direct session ends with limpeza
-        show = "SELECT current_setting('statement_timeout'), current_setting('lock_timeout')," \
-               " current_setting('TimeZone')"
-        c = psycopg2.connect(host="127.0.0.1", port=self.cluster.port, user="app",
-                             password=APP_PASSWORD, dbname=self.dbname)
-        try:
-            cur = c.cursor()
-            cur.execute(show)
-            own = cur.fetchone()
-        finally:
-            c.close()
+        own = self.server_settings()
         # one open transaction per server connection the pool may hold,
         # so every one of them answers
         clients = [self.bouncer.connect(self.dbname) for _ in range(self.bouncer.pool_size)]
@@ -167,12 +176,58 @@ class PgStore:
             for c in clients:
                 c.autocommit = False
                 cur = c.cursor()
-                cur.execute(show)
+                cur.execute(self.SESSION_SHOW)
                 seen.append(cur.fetchone())
             assert seen == [own] * len(clients), (seen, own)
         finally:
             for c in clients:
                 c.close()
+
+    @contextlib.contextmanager
+    def api_sessions_watched(self):
+        """While the block runs, an API-style client on PgBouncer's pool
+        reads SESSION_SHOW in one short transaction after another (each may
+        run on another server connection); at the end every sample must be
+        the server's own settings. Yields the samples (a Counter)."""
+        own = self.server_settings()
+        seen = collections.Counter()
+        stop = threading.Event()
+
+        def sample():
+            c = self.bouncer.connect(self.dbname)
+            c.autocommit = False
+            try:
+                while not stop.is_set():
+                    cur = c.cursor()
+                    cur.execute(self.SESSION_SHOW)
+                    seen[cur.fetchone()] += 1
+                    c.commit()
+            finally:
+                c.close()
+
+        t = threading.Thread(target=sample, daemon=True)
+        t.start()
+        try:
+            yield seen
+        finally:
+            stop.set()
+            t.join(10)
+        assert sum(seen.values()) >= 50, seen
+        foreign = {k: v for k, v in seen.items() if k != own}
+        assert not foreign, "the API's client saw %r (the server's own: %r)" % (foreign, own)
+
+    def sessions_gone(self, keep=()):
+        """Waits until no client session but the pids in keep is left in the
+        database (a backend's counters reach the statistics as it exits).
+        It asks from another database, so that its own queries add no
+        transaction to this one's statistics."""
+        deadline = time.monotonic() + 10 * SLOW
+        while int(self.cluster.sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                " AND backend_type = 'client backend' AND NOT pid = ANY (%s::int[])",
+                (self.dbname, list(keep)))[0][0]):
+            assert time.monotonic() < deadline, "sessions left in %s" % self.dbname
+            time.sleep(0.02)
 
 
 _cluster = None

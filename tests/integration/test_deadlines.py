@@ -105,15 +105,12 @@ def test_dry_run_has_no_deadline_wakeups(senv, daemons):
     assert env.store.statuses() == {"stale": "running"}
 
 
-def limpeza_xacts(pg, dbname, since=0):
-    """Transactions committed or rolled back in dbname so far, once no
-    limpeza session is left (a backend's counters reach the statistics as it
-    exits)."""
-    deadline = time.monotonic() + 10 * SLOW
-    while int(pg.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
-                     " AND application_name = 'limpeza'", (dbname,))[0][0]):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+def limpeza_xacts(pg, store, keep, since=0):
+    """Transactions committed or rolled back in the store's database so
+    far, once no session but those in keep is left (a backend's counters
+    reach the statistics as it exits)."""
+    store.sessions_gone(keep)
+    dbname = store.dbname
     return int(pg.sql("SELECT xact_commit + xact_rollback FROM pg_stat_database"
                       " WHERE datname = %s", (dbname,))[0][0]) - since
 
@@ -131,13 +128,13 @@ def test_unmet_deadline_backs_off(tmp_path, pg, daemons):
     holder.autocommit = False
     holder.cursor().execute("SELECT 1 FROM scans WHERE job_id = 'held' FOR UPDATE")
     try:
-        before = limpeza_xacts(pg, s.dbname)
+        before = limpeza_xacts(pg, s, [holder.get_backend_pid()])
         d = daemons(env, LIMPEZA_INTERVAL="2s", LIMPEZA_CACHE_FILE="", LIMPEZA_LOG_LEVEL="debug")
         d.wait_for("Ciclo 1 ")
         time.sleep(10)
         assert d.stop() == 0
         log = d.stderr()
-        xacts = limpeza_xacts(pg, s.dbname, before)
+        xacts = limpeza_xacts(pg, s, [holder.get_backend_pid()], before)
         assert s.statuses() == {"held": "running"}
     finally:
         holder.rollback()

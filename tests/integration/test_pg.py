@@ -4,6 +4,8 @@ import contextlib
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -93,6 +95,50 @@ def test_composite_index_is_recognised(tmp_path, pg):
     assert "ok: index ix_scans_status_updated_at serves the reaping query" in p.stdout
 
 
+def utc_offset(store, zone):
+    """The zone's offset from UTC now, as PostgreSQL itself computes it."""
+    return store.sql("SELECT CASE WHEN utc_offset < interval '0' THEN '-' ELSE '+' END"
+                     " || to_char(abs(extract(epoch FROM utc_offset)) * interval '1 second',"
+                     " 'HH24:MI') FROM pg_timezone_names WHERE name = %s", (zone,))[0][0]
+
+
+@pytest.mark.parametrize("zone", ["-03:00", "+03:00", "UTC-3", "Etc/GMT+3", "-3"])
+def test_zone_offsets_are_refused(tmp_path, pg, zone):
+    """PostgreSQL reads -03:00 (and UTC-3, Etc/GMT+3...) with the POSIX sign:
+    with LIMPEZA_DB_TIMEZONE=-03:00 a job 0 s old was reaped. Such a zone is
+    refused before anything is touched: exit 2 and one line that names the
+    setting and the value, says why and what is accepted."""
+    env = pgenv(tmp_path, pg)
+    s = env.store
+    s.add("fresh-run", "running", 0)
+    s.add("fresh-queued", "queued", 0)
+    for cmd in (["once"], ["check"], ["run"]):
+        p = env.run(*cmd, LIMPEZA_DB_TIMEZONE=zone, LIMPEZA_CACHE_FILE="", timeout=10)
+        assert p.returncode == 2, (cmd, p.stdout + p.stderr)
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1, p.stderr
+        assert "LIMPEZA_DB_TIMEZONE '%s'" % zone in lines[0]
+        assert "sign reversed" in lines[0] and "America/Sao_Paulo" in lines[0]
+    assert s.statuses() == {"fresh-run": "running", "fresh-queued": "queued"}
+
+
+def test_check_shows_the_session_zone_offset_and_fails_on_an_unknown_zone(tmp_path, pg, via):
+    """`limpeza check` shows the offset from UTC of the zone naive
+    timestamps are read in (PostgreSQL's own figure), and fails on a name
+    PostgreSQL does not know."""
+    env = pgenv(tmp_path, pg, via=via)
+    for zone in ("America/Sao_Paulo", "Asia/Kolkata", "UTC"):
+        p = env.run("check", LIMPEZA_DB_TIMEZONE=zone, LIMPEZA_CACHE_FILE="")
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "session zone %s (UTC%s)" % (zone, utc_offset(env.store, zone)) in p.stdout
+    assert utc_offset(env.store, "Asia/Kolkata") == "+05:30"
+    p = env.run("check", LIMPEZA_DB_TIMEZONE="America/Atlantis", LIMPEZA_CACHE_FILE="")
+    assert p.returncode == 1, p.stdout
+    assert ("FAIL: database: PostgreSQL does not know the zone 'America/Atlantis'"
+            " (LIMPEZA_DB_TIMEZONE)") in p.stdout
+    assert "check FAILED" in p.stdout
+
+
 def test_follower_leaves_the_database_alone(tmp_path, pg, daemons, via):
     """While another instance holds the leader's lock, a daemon cleans only
     its cache file and says so once; once the lock is free it leads at its
@@ -124,6 +170,33 @@ def test_follower_leaves_the_database_alone(tmp_path, pg, daemons, via):
     assert env.store.statuses()["run-stale-2"] == "error"
     assert d.stop() == 0
     env.store.assert_no_session_state()
+
+
+def test_nothing_of_limpeza_reaches_the_api_through_the_pool(tmp_path, pg, daemons):
+    """The API's client on PgBouncer's pool (of 2), sampled in one short
+    transaction after another while a daemon reaps through the same pool
+    and after it exits, always sees the server's own application_name,
+    TimeZone, statement_timeout and lock_timeout: limpeza sets each of them
+    for its own transactions only. Its transactions still show
+    application_name 'limpeza' in pg_stat_activity while they run."""
+    env = pgenv(tmp_path, pg, via="pgbouncer")
+    s = env.store
+    seed_counted_orphans(s, 10, 0.01)
+    d = daemons(env, LIMPEZA_INTERVAL="100ms", LIMPEZA_BATCH="5", LIMPEZA_CACHE_FILE="")
+    d.wait_for("running > 3min: 10")
+    shown = 0
+    with s.api_sessions_watched():
+        # a stale row every 20 ms keeps limpeza's batches (50 ms each) going
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            s.add("more-%f" % time.monotonic(), "running", 900)
+            shown += int(pg.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                                " AND application_name = 'limpeza'", (s.dbname,))[0][0])
+            time.sleep(0.02)
+    assert shown > 0, "limpeza's transactions never showed application_name 'limpeza'"
+    assert d.stop() == 0
+    assert updates_counted(s)[2] == 1
+    s.assert_no_session_state()
 
 
 def test_once_reaps_while_a_daemon_leads(tmp_path, pg, daemons, health, via):
@@ -195,11 +268,7 @@ def updates_counted(store):
 def table_scans(store):
     """Sequential scans of the scans table so far, once limpeza's session has
     ended (a backend's counters reach the statistics as it exits)."""
-    deadline = time.monotonic() + 10 * SLOW
-    while int(store.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
-                        " AND application_name = 'limpeza'", (store.dbname,))[0][0]):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    store.sessions_gone()
     return int(store.sql("SELECT seq_scan FROM pg_stat_user_tables"
                          " WHERE relname = 'scans'")[0][0])
 
@@ -363,8 +432,10 @@ def test_follower_again_after_a_reconnect(tmp_path, pg, daemons):
     d.wait_for("running > 3min: 1")
     holder = take_leader_lock(s)
     try:
+        # limpeza's is the one client session there but the holder's
         killed = pg.sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                        " WHERE datname = %s AND application_name = 'limpeza'", (s.dbname,))
+                        " WHERE datname = %s AND backend_type = 'client backend'"
+                        " AND pid <> %s", (s.dbname, holder.get_backend_pid()))
         assert killed[0][0] == 1
         d.wait_for("✅ Banco disponível novamente", timeout=20)
         s.add("second", "running", 900)
@@ -375,6 +446,8 @@ def test_follower_again_after_a_reconnect(tmp_path, pg, daemons):
         holder.close()
     d.wait_for("running > 3min: 1", count=2)
     assert s.statuses() == {"first": "error", "second": "error"}
+    # it reaps at once; the line says so once the role has held 5 s
+    d.wait_for("👑 Líder", count=2)
     assert roles(d.stderr()) == "LFL"
     assert d.stop() == 0
 
@@ -639,3 +712,202 @@ def test_libpq_keyword_form(tmp_path, pg):
     assert env.store.statuses()["run-stale"] == "error"
     p = env.run("check", DATABASE_URL=url)
     assert APP_PASSWORD not in p.stdout and "password=***" in p.stdout
+
+
+class PgProxy:
+    """A TCP proxy on 127.0.0.1 in front of PostgreSQL, to cut a connection
+    of limpeza's at a chosen moment. Each connection is pumped by one thread
+    per direction. freeze(data) -> True: from that chunk of limpeza's on,
+    nothing more is read from limpeza nor forwarded (a peer that stops
+    reading; rcvbuf makes the proxy's receive buffer small, so limpeza's
+    sends back up soon). cut(state, msg) -> True: the server's message msg
+    is forwarded, then both ends are closed (once). The server's direction
+    goes message by message: the URL disables SSL and GSS encryption, so
+    every server message is typed."""
+
+    def __init__(self, port, freeze=None, cut=None, rcvbuf=None):
+        self.target = port
+        self.freeze, self.cut = freeze, cut
+        self.frozen, self.was_cut, self.done = (threading.Event(), threading.Event(),
+                                                threading.Event())
+        self.socks = []
+        self.lsock = socket.socket()
+        if rcvbuf:
+            self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, dbname):
+        return ("postgresql://app:%s@127.0.0.1:%d/%s?sslmode=disable&gssencmode=disable"
+                % (APP_PASSWORD, self.port, dbname))
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            s = socket.create_connection(("127.0.0.1", self.target))
+            self.socks += [c, s]
+            threading.Thread(target=self._from_client, args=(c, s), daemon=True).start()
+            threading.Thread(target=self._from_server, args=(s, c), daemon=True).start()
+
+    def _from_client(self, c, s):
+        try:
+            while True:
+                data = c.recv(65536)
+                if not data:
+                    s.shutdown(socket.SHUT_WR)
+                    return
+                if self.freeze and not self.frozen.is_set() and self.freeze(data):
+                    self.frozen.set()
+                    self.done.wait()
+                    return
+                s.sendall(data)
+        except OSError:
+            pass
+
+    def _from_server(self, s, c):
+        buf, state = b"", {}
+        try:
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    c.shutdown(socket.SHUT_WR)
+                    return
+                buf += data
+                while len(buf) >= 5:
+                    end = 1 + struct.unpack("!I", buf[1:5])[0]
+                    if len(buf) < end:
+                        break
+                    msg, buf = buf[:end], buf[end:]
+                    c.sendall(msg)
+                    if self.cut and not self.was_cut.is_set() and self.cut(state, msg):
+                        self.was_cut.set()
+                        for x in (c, s):
+                            x.shutdown(socket.SHUT_RDWR)
+                        return
+        except OSError:
+            pass
+
+    def close(self):
+        self.done.set()
+        self.lsock.close()
+        for x in self.socks:
+            x.close()
+
+
+def test_a_database_that_stops_reading_cannot_hold_limpeza(tmp_path, pg):
+    """A batch of 300,000 addresses (about 3.6 MB) sent to a peer that stops
+    reading as the UPDATE starts: the send backs up. limpeza gives up within
+    its client deadline (35 s, so this test takes about 40 s) with a
+    database error; it used to block in poll() for ever."""
+    env = pgenv(tmp_path, pg)
+    s = env.store
+    s.sql("INSERT INTO scans (username, job_id, status, created_at, updated_at)"
+          " SELECT 'u', 'o-' || i, 'running', now() - interval '1 hour',"
+          " now() - interval '1 hour' FROM generate_series(1, 300000) i")
+    proxy = PgProxy(pg.port, freeze=lambda data: b"UPDATE" in data, rcvbuf=4096)
+    try:
+        t0 = time.monotonic()
+        p = env.run("once", DATABASE_URL=proxy.url(s.dbname), LIMPEZA_CACHE_FILE="",
+                    LIMPEZA_BATCH="1000000", timeout=80)
+        took = time.monotonic() - t0
+        assert proxy.frozen.is_set()
+    finally:
+        proxy.close()
+    assert p.returncode == 1, p.stderr
+    assert ("❌ Erro no banco (postgresql): the database took nothing more of what was sent"
+            " within 35s") in p.stderr, p.stderr
+    assert took < 50 * SLOW, took
+    assert int(s.sql("SELECT count(*) FROM scans WHERE status = 'running'")[0][0]) == 300000
+
+
+def test_a_server_that_never_answers_the_startup_costs_ten_seconds(tmp_path, pg):
+    """A server that accepts the connection and never answers, with
+    connect_timeout=0 (libpq's "wait for ever") in the URL: `limpeza once`
+    gives up at its own connect deadline (10 s)."""
+    env = pgenv(tmp_path, pg)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes the handshake; nobody answers
+    try:
+        url = "postgresql://app:%s@127.0.0.1:%d/%s?connect_timeout=0" % (
+            APP_PASSWORD, silent.getsockname()[1], env.store.dbname)
+        t0 = time.monotonic()
+        p = env.run("once", DATABASE_URL=url, LIMPEZA_CACHE_FILE="", timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        silent.close()
+    assert p.returncode == 1, p.stderr
+    assert "❌ Erro no banco (postgresql): cannot connect" in p.stderr, p.stderr
+    assert "10s" in p.stderr and APP_PASSWORD not in p.stderr
+    assert 9.5 < took < 10 + 3 * SLOW, took
+
+
+
+def after_a_batch_commit(state, msg):
+    """The server's CommandComplete of a batch's COMMIT (after its UPDATE's)."""
+    if msg[:1] == b"C" and msg[5:].startswith(b"UPDATE"):
+        state["update"] = True
+    return msg[:1] == b"C" and msg[5:].startswith(b"COMMIT") and state.get("update", False)
+
+
+def test_a_batch_committed_as_the_connection_drops_is_counted(tmp_path, pg, via):
+    """The connection drops right after the server confirmed a batch's
+    COMMIT, before the pipeline's last answer (a proxy in front of
+    PostgreSQL, or of PgBouncer, cuts it there): the rows the database kept
+    are logged and counted all the same, and the step still reports the
+    lost connection."""
+    env = pgenv(tmp_path, pg, via=via)
+    s = env.store
+    for i in range(3):
+        s.add("stale-%d" % i, "running", 900)
+    proxy = PgProxy(s.bouncer.port if s.bouncer else pg.port, cut=after_a_batch_commit)
+    try:
+        p = env.run("once", DATABASE_URL=proxy.url(s.dbname), LIMPEZA_CACHE_FILE="",
+                    LIMPEZA_LOG_LEVEL="debug")
+        assert proxy.was_cut.is_set()
+    finally:
+        proxy.close()
+    assert s.statuses() == {"stale-0": "error", "stale-1": "error", "stale-2": "error"}
+    assert p.returncode == 1, p.stderr
+    assert re.search(r"Lote no banco: 3 jobs em \d+ ms", p.stderr), p.stderr
+    for i in range(3):
+        assert "🧹 Job running encerrado no banco: stale-%d" % i in p.stderr
+    assert "🧹 Limpeza banco executada: running > 3min: 3, queued > 2min: 0" in p.stderr
+    assert "❌ Erro no banco (postgresql): connection lost" in p.stderr
+
+
+def test_two_daemons_do_not_flap_between_roles(tmp_path, pg, daemons, via):
+    """Two daemons at 100 ms over one table for 6 s while stale rows arrive
+    all the time. Every reaping transaction elects anew, so which daemon
+    reaps may change from one cycle to the next; the 👑/👥 lines tell a
+    change of role only once it has held for 3 elections and 5 s, so each
+    daemon says one or two, not one per turn. No row is updated twice."""
+    env = pgenv(tmp_path, pg, via=via)
+    s = env.store
+    seed_counted_orphans(s, 0, 0.005)  # a batch of 3 rows holds the lock 15 ms
+    ds = []
+    for i in range(2):
+        ds.append(daemons(env, LIMPEZA_INTERVAL="100ms", LIMPEZA_BATCH="3",
+                          LIMPEZA_CACHE_FILE="",
+                          LIMPEZA_LOG_FILE=os.path.join(env.tmp, "log%d" % i, "limpeza.log")))
+    added = 0
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        s.add("stale-%d" % added, "running", 900)
+        added += 1
+        time.sleep(0.01)
+    deadline = time.monotonic() + 20 * SLOW
+    while updates_counted(s)[1] < added:
+        assert time.monotonic() < deadline, (updates_counted(s), added)
+        time.sleep(0.05)
+    for d in ds:
+        assert d.stop() == 0
+    assert updates_counted(s) == (added, added, 1)
+    lines = [roles(d.stderr()) for d in ds]
+    # the first answer, and at most one change that held for 5 s
+    assert all(1 <= len(r) <= 2 for r in lines), lines

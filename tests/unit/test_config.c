@@ -312,6 +312,52 @@ test_bad_values(void **state)
 	clear_env();
 }
 
+/*
+ * LIMPEZA_DB_TIMEZONE takes zone names only. PostgreSQL reads an offset
+ * such as -03:00, and names such as Etc/GMT+3 or UTC-3, with the POSIX
+ * sign (-03:00 is UTC+03:00 to it): a sign read the other way round reaps
+ * fresh rows or never the stale ones, so they are refused, in one line
+ * that says why and what is accepted.
+ */
+static void
+test_zone_offsets_refused(void **state)
+{
+	static const char *refused[] = { "-03:00", "+03:00", "-3", "3", "-0300",
+		"UTC-3", "UTC+03:00", "GMT+3", "Etc/GMT+3", "Etc/GMT-3",
+		"EST5EDT", "GMT0", "<-03>+3" };
+	static const char *accepted[] = { "UTC", "America/Sao_Paulo",
+		"america/sao_paulo", "America/Port-au-Prince", "Asia/Tokyo",
+		"America/Argentina/Buenos_Aires", "Zulu" };
+	struct config cfg;
+	char err[512];
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+		clear_env();
+		setenv("LIMPEZA_DB_TIMEZONE", refused[i], 1);
+		err[0] = '\0';
+		if (load(&cfg, NULL, err, sizeof(err)) != -1)
+			fail_msg("zone %s accepted", refused[i]);
+		if (strstr(err, "LIMPEZA_DB_TIMEZONE") == NULL ||
+		    strstr(err, refused[i]) == NULL ||
+		    strstr(err, "sign") == NULL ||
+		    strstr(err, "reversed") == NULL ||
+		    strstr(err, "America/Sao_Paulo") == NULL ||
+		    strchr(err, '\n') != NULL)
+			fail_msg("zone %s: bad message: %s", refused[i], err);
+	}
+	for (i = 0; i < sizeof(accepted) / sizeof(accepted[0]); i++) {
+		clear_env();
+		setenv("LIMPEZA_DB_TIMEZONE", accepted[i], 1);
+		if (load(&cfg, NULL, err, sizeof(err)) != 0)
+			fail_msg("zone %s refused: %s", accepted[i], err);
+		assert_string_equal(cfg.db_timezone, accepted[i]);
+		config_free(&cfg);
+	}
+	clear_env();
+}
+
 static void
 test_secret_not_in_error(void **state)
 {
@@ -513,6 +559,7 @@ main(void)
 		cmocka_unit_test(test_precedence),
 		cmocka_unit_test(test_retention_set),
 		cmocka_unit_test(test_bad_values),
+		cmocka_unit_test(test_zone_offsets_refused),
 		cmocka_unit_test(test_secret_not_in_error),
 		cmocka_unit_test(test_mask_url),
 		cmocka_unit_test(test_options),
