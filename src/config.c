@@ -593,35 +593,24 @@ url_authority(const char *url)
 }
 
 /*
- * What a person would take for the password of a URL: everything from
- * the first ':' after scheme:// to the LAST '@', percent-decoded. libpq
- * reads a password with an unescaped '/', '?' or '@' otherwise (as part
- * of the host, the port or the database), but it is still the
- * operator's password and must not be shown. Returns 0 with the guess in
- * buf, -1 if the text has no user:...@ part.
+ * Whether a URL holds a raw '@' that libpq does not read as the end of
+ * user:password (libpq takes the first '@' met before any '/'). Such an
+ * '@' is most likely inside a password written unescaped, and libpq has
+ * then read part of that password as the host, the port, the database or
+ * a parameter. The answer depends only on where the '@'s and '/'s are,
+ * never on what the password is.
  */
 int
-config_url_password_guess(const char *url, char *buf, size_t len)
+config_url_ambiguous(const char *url)
 {
-	const char *auth = url_authority(url), *at, *colon, *p;
-	size_t o = 0;
+	const char *auth = url_authority(url), *p;
 
-	if (auth == NULL || (at = strrchr(auth, '@')) == NULL ||
-	    (colon = memchr(auth, ':', (size_t)(at - auth))) == NULL ||
-	    len == 0)
-		return -1;
-	for (p = colon + 1; p < at && o + 1 < len; p++) {
-		if (*p == '%' && p + 2 < at && isxdigit((unsigned char)p[1]) &&
-		    isxdigit((unsigned char)p[2])) {
-			char hex[3] = { p[1], p[2], '\0' };
-
-			buf[o++] = (char)strtol(hex, NULL, 16);
-			p += 2;
-		} else
-			buf[o++] = *p;
-	}
-	buf[o] = '\0';
-	return 0;
+	if (auth == NULL)
+		return 0;
+	p = auth + strcspn(auth, "@/");
+	if (*p == '@')
+		p++;
+	return strchr(p, '@') != NULL;
 }
 
 /* key=value keywords whose values are never secret. */
@@ -723,8 +712,7 @@ config_mask_url(const char *url, char *buf, size_t len)
 {
 	struct out o = { buf, len, 0, 0 };
 	PQconninfoOption *opts = NULL;
-	const char *pw;
-	char err[256], guess[MAX_VALUE + 1];
+	char err[256];
 
 	if (len == 0)
 		return -1;
@@ -733,12 +721,19 @@ config_mask_url(const char *url, char *buf, size_t len)
 		out_str(&o, url);
 	else if (*url != '\0' && strncmp(url, "sqlite:", 7) != 0 &&
 	    libs_pq(err, sizeof(err)) == 0 &&
-	    (opts = PQconninfoParse(url, NULL)) != NULL &&
-	    (config_url_password_guess(url, guess, sizeof(guess)) == -1 ||
-		((pw = option_value(opts, "password")) != NULL &&
-		    strcmp(pw, guess) == 0)))
-		mask_rebuild(url, opts, &o);
-	else
+	    (opts = PQconninfoParse(url, NULL)) != NULL) {
+		/*
+		 * A URL whose password a person reads otherwise than libpq
+		 * (an unescaped '/' or '@' in it): whatever libpq made of it
+		 * may hold part of that password, so only the scheme shows.
+		 * Start-up refuses such a URL; this is for what else shows.
+		 */
+		if (config_url_ambiguous(url)) {
+			out_put(&o, url, (size_t)(strstr(url, "://") - url));
+			out_str(&o, "://***");
+		} else
+			mask_rebuild(url, opts, &o);
+	} else
 		mask_fallback(url, &o);
 	if (opts != NULL)
 		PQconninfoFree(opts);
@@ -828,10 +823,7 @@ static int
 libpq_check(const char *value)
 {
 	PQconninfoOption *opts;
-	const PQconninfoOption *k;
-	const char *pw = NULL;
-	char lerr[256], *msg = NULL, guess[MAX_VALUE + 1];
-	int rc = 0;
+	char lerr[256], *msg = NULL;
 
 	if (libs_pq(lerr, sizeof(lerr)) == -1)
 		return 0;
@@ -839,14 +831,8 @@ libpq_check(const char *value)
 		PQfreemem(msg);
 		return 1;
 	}
-	for (k = opts; k->keyword != NULL; k++)
-		if (strcmp(k->keyword, "password") == 0)
-			pw = k->val;
-	if (config_url_password_guess(value, guess, sizeof(guess)) == 0 &&
-	    strcmp(pw != NULL ? pw : "", guess) != 0)
-		rc = 2;
 	PQconninfoFree(opts);
-	return rc;
+	return config_url_ambiguous(value) ? 2 : 0;
 }
 
 /* Checks one value and stores it in cfg; err names the setting and value. */
@@ -998,9 +984,9 @@ setting_apply(struct config *cfg, const struct setting *s, const char *value,
 			    "a connection string libpq can parse");
 		case 2:
 			return bad(err, errlen, s, from, value,
-			    "a URL whose password has any '/' or '@' "
-			    "percent-encoded (%2F, %40), as libpq would read "
-			    "them as the end of the password");
+			    "a URL whose only raw '@' ends user:password "
+			    "('/' and '@' inside a password or a parameter "
+			    "percent-encoded as %2F, %40)");
 		}
 		break;
 	case T_PATH:

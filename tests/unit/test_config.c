@@ -379,7 +379,9 @@ test_secret_not_in_error(void **state)
 			"host=h passwd=s3cr3t", /* libpq: no such keyword */
 			"postgresql://app:pa/s3cr3t@h:1/db", /* '/' in it */
 			"postgresql://app:p@s3cr3t@h/db", /* '@' in it */
-			NULL
+			/* '@' in a parameter: libpq's password, a person's? */
+			"postgresql://h/db?password=s3cr3t@x",
+			"postgresql://app@h/db?password=s3@cr3t", NULL
 		};
 		int i;
 
@@ -451,12 +453,21 @@ test_mask_url(void **state)
 	/* a keyword libpq does not know: only harmless keywords' values show */
 	config_mask_url("host=h passwd=SecretXY dbname=d", b, sizeof(b));
 	assert_string_equal(b, "host=h passwd=*** dbname=d");
-	/* libpq reads these passwords otherwise than a person: masked all */
+	/* libpq reads these passwords otherwise than a person: only the
+	 * scheme shows */
 	config_mask_url(
 	    "postgresql://app:pa/ss99xy@127.0.0.1:1/rb", b, sizeof(b));
-	assert_string_equal(b, "postgresql://app:***@127.0.0.1:1/rb");
+	assert_string_equal(b, "postgresql://***");
 	config_mask_url("postgresql://app:p@ss99xy@h/db", b, sizeof(b));
-	assert_string_equal(b, "postgresql://app:***@h/db");
+	assert_string_equal(b, "postgresql://***");
+	/* found by fuzz_mask: an '@' in a query parameter's password */
+	config_mask_url("postgresql://h/db:x?password=two@ wo&", b, sizeof(b));
+	assert_string_equal(b, "postgresql://***");
+	/* the same output whatever the password (found by fuzz_mask) */
+	config_mask_url("postgresql://::c@/?password=:c&", b, sizeof(b));
+	assert_string_equal(b, "postgresql://:***@");
+	config_mask_url("postgresql://::c@/?password=Zx0Q9&", b, sizeof(b));
+	assert_string_equal(b, "postgresql://:***@");
 	config_mask_url("sqlite://app:SecretXY@h/db", b, sizeof(b));
 	assert_string_equal(b, "sqlite://app:***@h/db");
 	/* http URLs: the user's password, and a webhook's secret path */
