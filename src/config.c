@@ -593,24 +593,38 @@ url_authority(const char *url)
 }
 
 /*
- * Whether a URL holds a raw '@' that libpq does not read as the end of
- * user:password (libpq takes the first '@' met before any '/'). Such an
- * '@' is most likely inside a password written unescaped, and libpq has
- * then read part of that password as the host, the port, the database or
- * a parameter. The answer depends only on where the '@'s and '/'s are,
- * never on what the password is.
+ * Whether libpq reads a URL otherwise than a person would, so that what
+ * libpq takes for the user, the host, the port or the database may hold
+ * a password. libpq ends user:password at the first '@' met before any
+ * '/', and a '?' does not stop it. So a URL is ambiguous if, after that
+ * '@' (or with none, after scheme://), another raw '@' comes before the
+ * query (a password with an unescaped '@' or '/'); if what libpq takes
+ * for user:password holds a '?' in the user, or is followed by no path
+ * (a query a person meant, "h?password=p@ss"); or if libpq's port is not
+ * a number ("app:secret/db", the host forgotten). The answer depends on
+ * where these characters are, never on what the password is.
  */
-int
-config_url_ambiguous(const char *url)
+static int
+url_ambiguous(const char *url, const PQconninfoOption *opts)
 {
-	const char *auth = url_authority(url), *p;
+	const char *auth = url_authority(url), *at, *q, *colon, *port;
 
 	if (auth == NULL)
 		return 0;
-	p = auth + strcspn(auth, "@/");
-	if (*p == '@')
-		p++;
-	return strchr(p, '@') != NULL;
+	port = option_value(opts, "port");
+	if (port != NULL && port[strspn(port, "0123456789,")] != '\0')
+		return 1;
+	at = auth + strcspn(auth, "@/");
+	if (*at == '@') {
+		q = memchr(auth, '?', (size_t)(at - auth));
+		colon = memchr(auth, ':', (size_t)(at - auth));
+		if (q != NULL &&
+		    (colon == NULL || q < colon || strchr(at, '/') == NULL))
+			return 1;
+		auth = at + 1;
+	}
+	q = auth + strcspn(auth, "?");
+	return memchr(auth, '@', (size_t)(q - auth)) != NULL;
 }
 
 /* key=value keywords whose values are never secret. */
@@ -728,7 +742,7 @@ config_mask_url(const char *url, char *buf, size_t len)
 		 * may hold part of that password, so only the scheme shows.
 		 * Start-up refuses such a URL; this is for what else shows.
 		 */
-		if (config_url_ambiguous(url)) {
+		if (url_ambiguous(url, opts)) {
 			out_put(&o, url, (size_t)(strstr(url, "://") - url));
 			out_str(&o, "://***");
 		} else
@@ -824,6 +838,7 @@ libpq_check(const char *value)
 {
 	PQconninfoOption *opts;
 	char lerr[256], *msg = NULL;
+	int rc;
 
 	if (libs_pq(lerr, sizeof(lerr)) == -1)
 		return 0;
@@ -831,8 +846,9 @@ libpq_check(const char *value)
 		PQfreemem(msg);
 		return 1;
 	}
+	rc = url_ambiguous(value, opts) ? 2 : 0;
 	PQconninfoFree(opts);
-	return config_url_ambiguous(value) ? 2 : 0;
+	return rc;
 }
 
 /* Checks one value and stores it in cfg; err names the setting and value. */
@@ -984,9 +1000,9 @@ setting_apply(struct config *cfg, const struct setting *s, const char *value,
 			    "a connection string libpq can parse");
 		case 2:
 			return bad(err, errlen, s, from, value,
-			    "a URL whose only raw '@' ends user:password "
-			    "('/' and '@' inside a password or a parameter "
-			    "percent-encoded as %2F, %40)");
+			    "a URL libpq reads as written: '@', '/' and '?' "
+			    "inside a password percent-encoded (%40, %2F, "
+			    "%3F), a numeric port");
 		}
 		break;
 	case T_PATH:

@@ -103,7 +103,6 @@ void config_print_man(FILE *);
 void config_print(const struct config *, FILE *);
 int config_mask_url(const char *, char *, size_t);
 int config_mask_http(const char *, int, char *, size_t);
-int config_url_ambiguous(const char *);
 int dotenv_parse(const char *, size_t,
     int (*)(void *, const char *, const char *), void *, char *, size_t);
 void config_reap_message(const struct config *, enum reap_kind, char *, size_t);

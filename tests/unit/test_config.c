@@ -379,9 +379,13 @@ test_secret_not_in_error(void **state)
 			"host=h passwd=s3cr3t", /* libpq: no such keyword */
 			"postgresql://app:pa/s3cr3t@h:1/db", /* '/' in it */
 			"postgresql://app:p@s3cr3t@h/db", /* '@' in it */
-			/* '@' in a parameter: libpq's password, a person's? */
-			"postgresql://h/db?password=s3cr3t@x",
-			"postgresql://app@h/db?password=s3@cr3t", NULL
+			/* a query without a path: libpq ends user:password at
+			 * the '@' inside it (found by an outside review) */
+			"postgresql://h?password=s3cr3t@x",
+			"postgresql://h.example?user=app&password=s3cr3t@x",
+			"postgresql://127.0.0.1:1?user=app&password=s3cr3t@3",
+			"postgresql://app:s3cr3t/db", /* the host forgotten */
+			NULL
 		};
 		int i;
 
@@ -394,6 +398,11 @@ test_secret_not_in_error(void **state)
 			assert_non_null(strstr(err, "DATABASE_URL"));
 		}
 	}
+	/* a raw '@' libpq reads as written, in a parameter: accepted */
+	setenv("DATABASE_URL", "postgresql://h/db?user=alice@example.com", 1);
+	assert_int_equal(load(&cfg, NULL, err, sizeof(err)), 0);
+	setenv("DATABASE_URL", "postgresql://app@h/db?password=s3@cr3t", 1);
+	assert_int_equal(load(&cfg, NULL, err, sizeof(err)), 0);
 	clear_env();
 }
 
@@ -462,7 +471,20 @@ test_mask_url(void **state)
 	assert_string_equal(b, "postgresql://***");
 	/* found by fuzz_mask: an '@' in a query parameter's password */
 	config_mask_url("postgresql://h/db:x?password=two@ wo&", b, sizeof(b));
+	assert_string_equal(b, "postgresql://:***@h/db%3Ax");
+	/* a query without a path, and a port that is no number: libpq's
+	 * user, host or port would hold a person's password */
+	config_mask_url("postgresql://h?password=SecretXY@x", b, sizeof(b));
 	assert_string_equal(b, "postgresql://***");
+	config_mask_url(
+	    "postgresql://127.0.0.1:1?password=SecretXY@3", b, sizeof(b));
+	assert_string_equal(b, "postgresql://***");
+	config_mask_url("postgresql://app:SecretXY/db", b, sizeof(b));
+	assert_string_equal(b, "postgresql://***");
+	/* a raw '@' in a parameter libpq reads as written is no password */
+	config_mask_url(
+	    "postgresql://h/db?user=alice@example.com", b, sizeof(b));
+	assert_string_equal(b, "postgresql://alice%40example.com@h/db");
 	/* the same output whatever the password (found by fuzz_mask) */
 	config_mask_url("postgresql://::c@/?password=:c&", b, sizeof(b));
 	assert_string_equal(b, "postgresql://:***@");
