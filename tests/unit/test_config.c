@@ -401,8 +401,10 @@ test_secret_not_in_error(void **state)
 	/* a raw '@' libpq reads as written, in a parameter: accepted */
 	setenv("DATABASE_URL", "postgresql://h/db?user=alice@example.com", 1);
 	assert_int_equal(load(&cfg, NULL, err, sizeof(err)), 0);
+	config_free(&cfg);
 	setenv("DATABASE_URL", "postgresql://app@h/db?password=s3@cr3t", 1);
 	assert_int_equal(load(&cfg, NULL, err, sizeof(err)), 0);
+	config_free(&cfg);
 	clear_env();
 }
 
