@@ -408,6 +408,16 @@ test_secret_not_in_error(void **state)
 	clear_env();
 }
 
+/* The masked form of url is want. */
+static void
+masks_to(const char *url, const char *want)
+{
+	char b[512];
+
+	config_mask_url(url, b, sizeof(b));
+	assert_string_equal(b, want);
+}
+
 static void
 test_mask_url(void **state)
 {
@@ -415,27 +425,19 @@ test_mask_url(void **state)
 
 	(void)state;
 	/* libpq's parser decides what the password is; it is never shown. */
-	config_mask_url(
-	    "postgresql://u:p%40ss@h:5432/db?sslmode=require", b, sizeof(b));
-	assert_string_equal(b, "postgresql://u:***@h:5432/db?sslmode=require");
-	config_mask_url("postgres://u@h/db", b, sizeof(b));
-	assert_string_equal(b, "postgres://u@h/db");
+	masks_to("postgresql://u:p%40ss@h:5432/db?sslmode=require",
+	    "postgresql://u:***@h:5432/db?sslmode=require");
+	masks_to("postgres://u@h/db", "postgres://u@h/db");
 	/* passwords of the original project's env files */
-	config_mask_url(
+	masks_to(
 	    "postgresql://postgres:Desfollow-DB2026###@db.x.supabase.co:5432/"
 	    "postgres",
-	    b, sizeof(b));
-	assert_string_equal(
-	    b, "postgresql://postgres:***@db.x.supabase.co:5432/postgres");
-	config_mask_url("postgresql://postgres:[Desfollow-DB2026!!!]@h:6543/db",
-	    b, sizeof(b));
-	assert_string_equal(b, "postgresql://postgres:***@h:6543/db");
-	config_mask_url("postgresql://u:pa?ss&w=rd@h/db", b, sizeof(b));
-	assert_string_equal(b, "postgresql://u:***@h/db");
-	config_mask_url("postgresql://u:sem;i:co#l@h/db", b, sizeof(b));
-	assert_string_equal(b, "postgresql://u:***@h/db");
-	config_mask_url("postgresql://u:p%23ss@h/db", b, sizeof(b));
-	assert_string_equal(b, "postgresql://u:***@h/db");
+	    "postgresql://postgres:***@db.x.supabase.co:5432/postgres");
+	masks_to("postgresql://postgres:[Desfollow-DB2026!!!]@h:6543/db",
+	    "postgresql://postgres:***@h:6543/db");
+	masks_to("postgresql://u:pa?ss&w=rd@h/db", "postgresql://u:***@h/db");
+	masks_to("postgresql://u:sem;i:co#l@h/db", "postgresql://u:***@h/db");
+	masks_to("postgresql://u:p%23ss@h/db", "postgresql://u:***@h/db");
 	/* a password parameter, and one given twice */
 	config_mask_url("postgres://h/db?user=u&password=z%26z&x=1&password=y",
 	    b, sizeof(b));
@@ -443,57 +445,45 @@ test_mask_url(void **state)
 	assert_null(strstr(b, "y"));
 	assert_non_null(strstr(b, "password=***"));
 	/* key=value: quoted, escaped, with spaces */
-	config_mask_url("host=h dbname=d password=xyz user=u", b, sizeof(b));
-	assert_string_equal(b, "user=u password=*** dbname=d host=h");
-	config_mask_url("host=h password='a b\\' c' user=u", b, sizeof(b));
-	assert_string_equal(b, "user=u password=*** host=h");
-	config_mask_url("host=h password=a\\ bcd user=u", b, sizeof(b));
-	assert_string_equal(b, "user=u password=*** host=h");
+	masks_to("host=h dbname=d password=xyz user=u",
+	    "user=u password=*** dbname=d host=h");
+	masks_to(
+	    "host=h password='a b\\' c' user=u", "user=u password=*** host=h");
+	masks_to(
+	    "host=h password=a\\ bcd user=u", "user=u password=*** host=h");
 	/* found by fuzz_mask: a URL-like text after a password= parameter */
 	config_mask_url("host=h password=sehBnn x://e:y@h", b, sizeof(b));
 	assert_null(strstr(b, "sehBnn"));
-	config_mask_url("sqlite:///demo/jobs.db", b, sizeof(b));
-	assert_string_equal(b, "sqlite:///demo/jobs.db");
+	masks_to("sqlite:///demo/jobs.db", "sqlite:///demo/jobs.db");
 	/* what libpq rejects is masked from its first possible password on */
-	config_mask_url("postgresql://u:p%zzsecret@h/db", b, sizeof(b));
-	assert_string_equal(b, "postgresql://u:***@h/db");
-	config_mask_url("host=h password=abc defgh", b, sizeof(b));
-	assert_string_equal(b, "host=h password=*** ***");
-	config_mask_url("mysql://admin:s3cr3t@db.example/app", b, sizeof(b));
-	assert_string_equal(b, "mysql://admin:***@db.example/app");
+	masks_to("postgresql://u:p%zzsecret@h/db", "postgresql://u:***@h/db");
+	masks_to("host=h password=abc defgh", "host=h password=*** ***");
+	masks_to("mysql://admin:s3cr3t@db.example/app",
+	    "mysql://admin:***@db.example/app");
 	/* a keyword libpq does not know: only harmless keywords' values show */
-	config_mask_url("host=h passwd=SecretXY dbname=d", b, sizeof(b));
-	assert_string_equal(b, "host=h passwd=*** dbname=d");
+	masks_to(
+	    "host=h passwd=SecretXY dbname=d", "host=h passwd=*** dbname=d");
 	/* libpq reads these passwords otherwise than a person: only the
 	 * scheme shows */
-	config_mask_url(
-	    "postgresql://app:pa/ss99xy@127.0.0.1:1/rb", b, sizeof(b));
-	assert_string_equal(b, "postgresql://***");
-	config_mask_url("postgresql://app:p@ss99xy@h/db", b, sizeof(b));
-	assert_string_equal(b, "postgresql://***");
+	masks_to(
+	    "postgresql://app:pa/ss99xy@127.0.0.1:1/rb", "postgresql://***");
+	masks_to("postgresql://app:p@ss99xy@h/db", "postgresql://***");
 	/* found by fuzz_mask: an '@' in a query parameter's password */
-	config_mask_url("postgresql://h/db:x?password=two@ wo&", b, sizeof(b));
-	assert_string_equal(b, "postgresql://:***@h/db%3Ax");
+	masks_to("postgresql://h/db:x?password=two@ wo&",
+	    "postgresql://:***@h/db%3Ax");
 	/* a query without a path, and a port that is no number: libpq's
 	 * user, host or port would hold a person's password */
-	config_mask_url("postgresql://h?password=SecretXY@x", b, sizeof(b));
-	assert_string_equal(b, "postgresql://***");
-	config_mask_url(
-	    "postgresql://127.0.0.1:1?password=SecretXY@3", b, sizeof(b));
-	assert_string_equal(b, "postgresql://***");
-	config_mask_url("postgresql://app:SecretXY/db", b, sizeof(b));
-	assert_string_equal(b, "postgresql://***");
+	masks_to("postgresql://h?password=SecretXY@x", "postgresql://***");
+	masks_to(
+	    "postgresql://127.0.0.1:1?password=SecretXY@3", "postgresql://***");
+	masks_to("postgresql://app:SecretXY/db", "postgresql://***");
 	/* a raw '@' in a parameter libpq reads as written is no password */
-	config_mask_url(
-	    "postgresql://h/db?user=alice@example.com", b, sizeof(b));
-	assert_string_equal(b, "postgresql://alice%40example.com@h/db");
+	masks_to("postgresql://h/db?user=alice@example.com",
+	    "postgresql://alice%40example.com@h/db");
 	/* the same output whatever the password (found by fuzz_mask) */
-	config_mask_url("postgresql://::c@/?password=:c&", b, sizeof(b));
-	assert_string_equal(b, "postgresql://:***@");
-	config_mask_url("postgresql://::c@/?password=Zx0Q9&", b, sizeof(b));
-	assert_string_equal(b, "postgresql://:***@");
-	config_mask_url("sqlite://app:SecretXY@h/db", b, sizeof(b));
-	assert_string_equal(b, "sqlite://app:***@h/db");
+	masks_to("postgresql://::c@/?password=:c&", "postgresql://:***@");
+	masks_to("postgresql://::c@/?password=Zx0Q9&", "postgresql://:***@");
+	masks_to("sqlite://app:SecretXY@h/db", "sqlite://app:***@h/db");
 	/* http URLs: the user's password, and a webhook's secret path */
 	config_mask_http(
 	    "http://admin:HealthPw9@h:8/api/health", 1, b, sizeof(b));
