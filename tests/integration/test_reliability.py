@@ -27,38 +27,42 @@ ROUNDS = int(os.environ.get("STRESS_ROUNDS", "1"))
 KILLS = int(os.environ.get("CRASH_KILLS", "100"))
 
 
+def locked_open(path):
+    """The protocol limpeza follows: lock, then check that the path still
+    names the locked file (limpeza may have swapped a new one in); the
+    file is then written in place."""
+    while True:
+        f = open(path, "r+")
+        fcntl.flock(f, fcntl.LOCK_EX)
+        if os.fstat(f.fileno()).st_ino == os.stat(path).st_ino:
+            return f
+        f.close()
+
+
 def backend_write(path, i, cooperate):
     """The API's read-modify-write: json.load, change one job, open(w) + json.dump.
 
     A done job every write (never stale) and, every 4th write, a stale
     running job, so limpeza has work and rewrites the file often.
     """
-    while True:
-        if cooperate:
-            # The protocol limpeza follows: lock, then check the path still
-            # names the locked file; then write in place.
-            f = open(path, "r+")
-            fcntl.flock(f, fcntl.LOCK_EX)
-            if os.fstat(f.fileno()).st_ino != os.stat(path).st_ino:
-                f.close()
-                continue
+    if cooperate:
+        f = locked_open(path)
+        data = json.load(f)
+    else:
+        with open(path) as f:
             data = json.load(f)
-        else:
-            with open(path) as f:
-                data = json.load(f)
-        data["done-%d" % i] = {"status": "done", "all": list(range(20)), "count": 20}
-        if i % 4 == 0:
-            data["stale-%d" % i] = {"status": "running", "start_time": time.time() - 9999}
-        if cooperate:
-            f.seek(0)
-            f.truncate()
+    data["done-%d" % i] = {"status": "done", "all": list(range(20)), "count": 20}
+    if i % 4 == 0:
+        data["stale-%d" % i] = {"status": "running", "start_time": time.time() - 9999}
+    if cooperate:
+        f.seek(0)
+        f.truncate()
+        json.dump(data, f)
+        f.flush()
+        f.close()
+    else:
+        with open(path, "w") as f:
             json.dump(data, f)
-            f.flush()
-            f.close()
-        else:
-            with open(path, "w") as f:
-                json.dump(data, f)
-        return
 
 
 @pytest.mark.parametrize("cooperate", [False, True], ids=["backend-writer", "flock-writer"])
@@ -110,12 +114,8 @@ def retention_write(path, i, cooperate, old):
     which limpeza's retention prunes: a rewrite of its own beside the
     writer."""
     backend_write(path, i, cooperate)
-    while old and cooperate:
-        f = open(path, "r+")
-        fcntl.flock(f, fcntl.LOCK_EX)
-        if os.fstat(f.fileno()).st_ino != os.stat(path).st_ino:
-            f.close()
-            continue
+    if old and cooperate:
+        f = locked_open(path)
         data = json.load(f)
         data["old-%d" % i] = {"status": "done", "all": list(range(20)), "count": 20}
         f.seek(0)
