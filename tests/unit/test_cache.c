@@ -653,6 +653,22 @@ fake_row(int k, const char *id, enum row_state st, long long finished_at)
 }
 
 /*
+ * The set-up of the retention tests: a database configured (the fake
+ * store answers), retention ms, a fresh cache file holding text.
+ */
+static void
+retention_setup(struct config *cfg, long long retention, const char *text)
+{
+	log_stderr_only(LVL_ERROR, LOGF_TEXT, LANG_EN);
+	cfg->database_url = "sqlite:///fake.db";
+	cfg->cache_retention = retention;
+	new_cache_file();
+	write_file(text);
+	memset(fake_rows, 0, sizeof(fake_rows));
+	fake_lookups = fake_down = 0;
+}
+
+/*
  * With a database, a finished job leaves once its row has been finished
  * for longer than the retention, by the store's clock: not before, and
  * not when the row is missing or still open. The unchanged file is not
@@ -670,15 +686,10 @@ test_retention_rows(void **state)
 	long long t0;
 
 	(void)state;
-	log_stderr_only(LVL_ERROR, LOGF_TEXT, LANG_EN);
-	cfg->database_url = "sqlite:///fake.db";
-	cfg->cache_retention = 3600000;
-	new_cache_file();
-	write_file("{\"old\": {\"status\": \"done\"}, \"young\": {\"status\": "
-		   "\"error\"}, \"norow\": {\"status\": \"done\"}, \"open\": "
-		   "{\"status\": \"done\"}, \"q\": {\"status\": \"queued\"}}");
-	memset(fake_rows, 0, sizeof(fake_rows));
-	fake_lookups = fake_down = 0;
+	retention_setup(cfg, 3600000,
+	    "{\"old\": {\"status\": \"done\"}, \"young\": {\"status\": "
+	    "\"error\"}, \"norow\": {\"status\": \"done\"}, \"open\": "
+	    "{\"status\": \"done\"}, \"q\": {\"status\": \"queued\"}}");
 	t0 = test_mono = 100000000;
 	fake_row(0, "old", ROW_FINISHED, t0 - 3600001);
 	fake_row(1, "young", ROW_FINISHED, t0 - 100000);
@@ -751,13 +762,7 @@ test_retention_pending(void **state)
 	long long t0;
 
 	(void)state;
-	log_stderr_only(LVL_ERROR, LOGF_TEXT, LANG_EN);
-	cfg->database_url = "sqlite:///fake.db";
-	cfg->cache_retention = 600000;
-	new_cache_file();
-	write_file("{\"a\": {\"status\": \"done\"}}");
-	memset(fake_rows, 0, sizeof(fake_rows));
-	fake_lookups = fake_down = 0;
+	retention_setup(cfg, 600000, "{\"a\": {\"status\": \"done\"}}");
 	t0 = test_mono = 200000000;
 	assert_int_equal(cache_reap(c, cfg, &st, 0, 0, &r), 0);
 	assert_int_equal(fake_lookups, 1);
@@ -863,14 +868,8 @@ test_retention_mark_and_dry_run(void **state)
 			   "\"keep\": {\"status\": \"done\"}}";
 
 	(void)state;
-	log_stderr_only(LVL_ERROR, LOGF_TEXT, LANG_EN);
-	cfg->database_url = "sqlite:///fake.db";
-	cfg->cache_retention = 1000;
 	cfg->cache_action = CACHE_MARK;
-	new_cache_file();
-	write_file(text);
-	memset(fake_rows, 0, sizeof(fake_rows));
-	fake_lookups = fake_down = 0;
+	retention_setup(cfg, 1000, text);
 	test_mono = 400000000;
 	fake_row(0, "old", ROW_FINISHED, test_mono - 5000);
 	assert_int_equal(cache_reap(c, cfg, &st, 0, 1, &r), 0);
