@@ -62,7 +62,9 @@ static const struct setting settings[] = {
 	    0, 0,
 	    "job store: postgres://..., postgresql://..., libpq key=value, "
 	    "or sqlite:///path (SQLAlchemy form); unset: read from the env "
-	    "files, else the database step is skipped" },
+	    "files, else the database step is skipped. The password is never "
+	    "shown; a URL libpq reads otherwise than written (an unescaped "
+	    "'@' or '/' in its password: write %40, %2F) is refused" },
 	{ "LIMPEZA_ENV_FILES", "env-files", T_PATHLIST,
 	    "/root/desfollow/backend/.env:backend/.env", OFF(env_files), NULL,
 	    0, 0,
