@@ -7,7 +7,8 @@ build_pkgs="build-essential pkg-config libsqlite3-dev libcurl4-openssl-dev libja
 test_pkgs="libcmocka-dev libcurl3-gnutls sqlite3 python3 python3-pytest python3-psycopg2 postgresql-15 clang-format man-db systemd shellcheck python3-prometheus-client logrotate openssl clang libclang-rt-14-dev valgrind cppcheck clang-tidy time pgbouncer"
 
 # The 32-bit build that make test runs (Debian's i386 architecture).
-m32_pkgs="gcc-multilib libjansson-dev:i386 libsqlite3-dev:i386 libcurl4-openssl-dev:i386"
+# qemu-user runs it where the kernel cannot exec i386 binaries.
+m32_pkgs="gcc-multilib qemu-user libjansson-dev:i386 libsqlite3-dev:i386 libcurl4-openssl-dev:i386"
 
 case "${1:-all}" in
 build) want="$build_pkgs" ;;

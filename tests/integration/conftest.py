@@ -25,6 +25,10 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SANITIZED = os.environ.get("LIMPEZA_SANITIZED") == "1"
 # Sanitized binaries start and run slower; waits stretch, assertions do not.
 SLOW = 4 if SANITIZED else 1
+# How long a race test may keep going to see the race it needs. Generous:
+# on an idle machine the race comes within a second; the bound is there so
+# that a race that never comes fails with its reason, not a hang.
+RACE_SECONDS = float(os.environ.get("RACE_SECONDS", "120")) * SLOW
 # CI runs as root on a machine where every fault can be set up.
 CI = os.environ.get("CI") == "true"
 
