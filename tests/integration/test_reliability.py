@@ -320,7 +320,10 @@ def test_once_in_a_tight_loop_beside_a_full_speed_writer(env, tmp_path):
         # and few swap at all: the short form in make test may make none.
         if parts == 3:
             assert holds, "no swap was made under a lease"
-        assert max(holds, default=0) <= 20, holds
+        # Milliseconds on an idle machine (measured: make stress); the bound
+        # only catches a lease held across something slow (a whole pass, a
+        # wait), not how the scheduler treated limpeza on a busy machine.
+        assert max(holds, default=0) <= 1000, holds
     print("API alone: open(w) median %.2f ms, max %.2f ms; whole write median %.2f ms, max %.2f ms"
           % (ms(alone.opens, 0.5), ms(alone.opens, 1), ms(alone.writes, 0.5),
              ms(alone.writes, 1)))
@@ -336,13 +339,36 @@ SWAP_SHIM = r"""
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+/*
+ * True while process pid is blocked in openat(2) (257 on x86_64): the
+ * opener's open() of the old file, waiting on limpeza's lease.
+ */
+static int
+in_openat(const char *pid)
+{
+	char path[64], buf[32] = "";
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%s/syscall", pid);
+	if ((f = fopen(path, "r")) == NULL)
+		return 0;
+	if (fgets(buf, sizeof(buf), f) == NULL)
+		buf[0] = '\0';
+	fclose(f);
+	return strncmp(buf, "257 ", 4) == 0;
+}
 
 /*
  * limpeza's first swap of the names, and then a pause in which another
  * process opens the old file (SWAP_MARK tells it when): the open() that
  * a job could be lost to, landing between the swap and what follows it.
+ * The pause lasts until that open() is under way (SWAP_OPENER's pid is
+ * blocked in openat), however slowly a busy machine schedules it;
+ * SWAP_WAIT_MS at most.
  */
 int
 renameat2(int od, const char *op, int nd, const char *np, unsigned flags)
@@ -351,12 +377,15 @@ renameat2(int od, const char *op, int nd, const char *np, unsigned flags)
 	int (*real)(int, const char *, int, const char *, unsigned) =
 	    (int (*)(int, const char *, int, const char *, unsigned))dlsym(
 		RTLD_NEXT, "renameat2");
-	struct timespec pause = { 0, 300L * 1000 * 1000 };
-	int r = real(od, op, nd, np, flags);
+	struct timespec tick = { 0, 1000L * 1000 };
+	int r = real(od, op, nd, np, flags), i;
 
 	if (r == 0 && !done++) {
 		close(open(getenv("SWAP_MARK"), O_CREAT | O_WRONLY, 0600));
-		nanosleep(&pause, NULL);
+		for (i = 0; i < atoi(getenv("SWAP_WAIT_MS")) &&
+		     !in_openat(getenv("SWAP_OPENER"));
+		     i++)
+			nanosleep(&tick, NULL);
 	}
 	return r;
 }
@@ -370,6 +399,7 @@ with open(path) as f:
     data = json.load(f)
 data["written-at-the-swap"] = {"status": "done", "count": 1}
 old = os.open(path, os.O_PATH)  # the file as it is now, before limpeza swaps
+open(mark + ".ready", "w").close()
 while not os.path.exists(mark):
     pass
 t0 = time.monotonic()
@@ -407,7 +437,11 @@ def test_a_writer_opening_the_old_file_at_the_swap_keeps_its_job(env, tmp_path, 
     extra = {}
     if SANITIZED:
         extra["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
-    time.sleep(0.2)  # the opener has read the file and holds its O_PATH
+    # the opener has read the file and holds its O_PATH
+    deadline = time.monotonic() + RACE_SECONDS
+    while not os.path.exists(mark + ".ready"):
+        assert opener.poll() is None and time.monotonic() < deadline, "the opener never got ready"
+        time.sleep(0.01)
     others = []
 
     def second_limpeza():
@@ -419,8 +453,9 @@ def test_a_writer_opening_the_old_file_at_the_swap_keeps_its_job(env, tmp_path, 
     if second:
         t.start()
     p = env.run("once", DATABASE_URL=None, LD_PRELOAD=so, SWAP_MARK=mark,
-                LIMPEZA_LOG_LEVEL="debug", **extra)
-    assert opener.wait(30) == 0
+                SWAP_OPENER=opener.pid, SWAP_WAIT_MS=int(RACE_SECONDS * 1000),
+                LIMPEZA_LOG_LEVEL="debug", timeout=2 * RACE_SECONDS + 30, **extra)
+    assert opener.wait(RACE_SECONDS) == 0
     if second:
         t.join()
         # It ran while the first held the old file at the temporary name:
@@ -442,7 +477,8 @@ def test_a_writer_opening_the_old_file_at_the_swap_keeps_its_job(env, tmp_path, 
     with open(result) as f:
         waited = float(f.read())
     print("\nthe writer's open() of the old file waited %.1f ms" % (waited * 1000))
-    assert waited < 1.0
+    # far below the kernel's lease-break time (45 s) a kept lease would cost
+    assert waited < 10.0, waited
     assert temp_files(env) == []
 
 
@@ -507,8 +543,16 @@ def test_sigkill_while_holding_the_lease(env):
     old = dict(big, stale={"status": "queued", "created_at": 1e9})
     old_text = json.dumps(old)
     e = env.env(DATABASE_URL=None, LIMPEZA_LOG_FILE="")
-    hits, longest = 0, 0.0
-    for _ in range(KILLS):
+    hits, longest, kills = 0, 0.0, 0
+    # KILLS kills, and on until half of them have landed under the lease
+    # (a busy machine lets fewer land there), within RACE_SECONDS.
+    want = max(1, KILLS // 2)
+    deadline = time.monotonic() + RACE_SECONDS
+    while kills < KILLS or hits < want:
+        if time.monotonic() > deadline:
+            pytest.fail("only %d of %d SIGKILLs landed while limpeza held the lease "
+                        "in %.0f s (%d needed)" % (hits, kills, RACE_SECONDS, want))
+        kills += 1
         env.write_cache(old_text)
         ino = os.stat(env.cache).st_ino
         handle = os.open(env.cache, os.O_PATH)
@@ -536,9 +580,10 @@ def test_sigkill_while_holding_the_lease(env):
         assert p.returncode == 0, p.stderr
         assert json.loads(env.read_cache()) == big and temp_files(env) == []
     print("\n%d SIGKILLs, %d while limpeza held the lease; the old file's longest open() "
-          "afterwards %.1f ms" % (KILLS, hits, longest * 1000))
-    assert hits >= max(1, KILLS // 2), hits
-    assert longest < 1.0
+          "afterwards %.1f ms" % (kills, hits, longest * 1000))
+    # Far below the kernel's lease-break time (45 s) that a lease left
+    # behind would cost, and far above any scheduling delay.
+    assert longest < 10.0, longest
 
 
 def temp_files(env):
