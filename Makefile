@@ -232,11 +232,19 @@ mutants: test-deps
 mutants-fast: test-deps
 	$(PYTHON) tests/mutants/run.py --fast
 
+# The Prometheus alerting rules: valid, and each alert's unit tests
+# (fires past its threshold, not just under it).
+.PHONY: prom-test
+prom-test: test-deps
+	promtool check rules etc/prometheus/limpeza-rules.yml
+	promtool test rules tests/prometheus/limpeza-rules.test.yml
+
 # Everything, in order: unit, integration (real files, SQLite, HTTP, the
 # daemon end to end), then both again under ASan and UBSan.
 test: test-deps
 	$(MAKE) format-check
 	$(MAKE) lint
+	$(MAKE) prom-test
 	$(MAKE) all
 	$(MAKE) nosd
 	$(MAKE) m32

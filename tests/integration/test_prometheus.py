@@ -1,0 +1,58 @@
+"""A live /metrics against Prometheus's own tools and the shipped alerting rules.
+
+The rules' unit tests are `make prom-test` (tests/prometheus/); this checks
+the daemon's side: promtool's linter finds nothing in a real scrape, and
+every metric the rules use is one the daemon shows.
+"""
+
+import os
+import re
+import subprocess
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import ROOT, SLOW
+from pgcluster import free_port
+from test_observability import scrape
+
+RULES = os.path.join(ROOT, "etc", "prometheus", "limpeza-rules.yml")
+
+
+def sample_names(text):
+    return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_live_scrape_lints_clean_and_shows_what_the_rules_use(env, health, daemons):
+    # A cycle that reaps (a stale row), fails a step (a cache file that is
+    # not JSON) and hears the API: every family is shown but limpeza_leader
+    # (PostgreSQL's leader election only; printed as limpeza_store_up is).
+    env.store.add("db-run", "running", 900)
+    env.store.add("db-q", "queued", 900)
+    env.write_cache('{"c": {"status": "running"')
+    health.set_json({"status": "healthy", "jobs_active": 2})
+    port = free_port()
+    d = daemons(env, LIMPEZA_INTERVAL="200ms", LIMPEZA_ERROR_BACKOFF="200ms",
+                LIMPEZA_METRICS_ADDR="127.0.0.1:%d" % port, LIMPEZA_HEALTH_URL=health.url)
+    d.wait_for("Ciclo 3 ")  # cycles 1 and 2 are over, metrics included
+    status, text = scrape(port)
+    assert status == 200
+    p = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                       text=True, timeout=60 * SLOW)
+    assert (p.returncode, p.stdout, p.stderr) == (0, "", ""), \
+        "promtool check metrics (exit %d): %s\non:\n%s" % (p.returncode, p.stdout + p.stderr, text)
+
+    # Every limpeza_* metric the alerting rules use is in that scrape.
+    with open(RULES) as f:
+        rules = f.read()
+    used = set(re.findall(r"\blimpeza_[a-z_]+\b", rules))
+    assert used, "no limpeza metric found in %s" % RULES
+    names = sample_names(text)
+    assert used <= names, "used by the rules but not shown: %s" % sorted(used - names)
+
+    # And the scrape had every family, so the linter saw them all.
+    assert {"limpeza_jobs_reaped_total", "limpeza_cycles_total",
+            "limpeza_step_failures_total", "limpeza_cycle_duration_seconds_bucket",
+            "limpeza_cycle_duration_seconds_sum", "limpeza_cycle_duration_seconds_count",
+            "limpeza_last_success_timestamp_seconds", "limpeza_api_jobs_active",
+            "limpeza_store_up", "limpeza_build_info"} <= names, names
+
