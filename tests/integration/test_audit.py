@@ -324,8 +324,8 @@ def test_row_changed_between_the_look_and_the_batch_is_not_ended(tmp_path, pg, c
 
 
 def test_offsets_with_minutes_in_the_cache_file(env):
-    """Cache times in +05:30, -03:30 and +05:45: each job 170 s old (stale
-    only past 180 s) is kept, each 190 s old is reaped. Read as whole
+    """Cache times in +05:30, -03:30 and +05:45: each job 150 s old (stale
+    only past 180 s) is kept, each 210 s old is reaped. Read as whole
     hours, +05:30 and +05:45 would be 30 or 45 minutes off and the -03:30
     job 30 minutes off the other way."""
     from datetime import datetime, timedelta, timezone
@@ -333,19 +333,19 @@ def test_offsets_with_minutes_in_the_cache_file(env):
     jobs = {}
     for name, off in (("ist", (5, 30)), ("nst", (-3, -30)), ("npt", (5, 45))):
         tz = timezone(timedelta(hours=off[0], minutes=off[1]))
-        for age in (170, 190):
+        for age in (150, 210):
             t = (now - timedelta(seconds=age)).astimezone(tz)
             jobs["%s-%d" % (name, age)] = {"status": "running", "start_time": t.isoformat()}
-    assert "+05:30" in jobs["ist-170"]["start_time"]
-    assert "-03:30" in jobs["nst-170"]["start_time"]
-    assert "+05:45" in jobs["npt-170"]["start_time"]
+    assert "+05:30" in jobs["ist-150"]["start_time"]
+    assert "-03:30" in jobs["nst-150"]["start_time"]
+    assert "+05:45" in jobs["npt-150"]["start_time"]
     env.write_cache(jobs)
     p = env.run("once", DATABASE_URL="")
     assert p.returncode == 0, p.stderr
-    assert sorted(json.loads(env.read_cache())) == ["ist-170", "npt-170", "nst-170"], p.stderr
+    assert sorted(json.loads(env.read_cache())) == ["ist-150", "npt-150", "nst-150"], p.stderr
     ages = dict(re.findall(r"🧹 Job órfão no cache limpo: (\S+) \(rodando há (\d+)s\)", p.stderr))
-    assert sorted(ages) == ["ist-190", "npt-190", "nst-190"]
-    assert all(190 <= int(a) < 190 + 20 * SLOW for a in ages.values()), ages
+    assert sorted(ages) == ["ist-210", "npt-210", "nst-210"]
+    assert all(210 <= int(a) < 210 + 20 * SLOW for a in ages.values()), ages
 
 
 # ------------------------------------------------ a dry run changes nothing
