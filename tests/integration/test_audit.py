@@ -200,8 +200,9 @@ def test_every_follow_on_deadline_uses_its_own_ttl(tmp_path, daemons, kind, long
     log = d.wait_for("⏰ Prazo atingido: 1 jobs limpos fora do ciclo", count=2, timeout=40)
     assert env.store.statuses() == {"short": "error", "long": "error"}
     assert "🔄 Ciclo 2 " not in log
-    # the short one first, by the first wake-up
     assert log.count("⏰ Prazo atingido") == 2
+    # the short one first: ending a row stamps its updated time
+    assert env.store.row("short")["updated_at"] < env.store.row("long")["updated_at"]
 
 
 # ------------------------------------ the PostgreSQL look-then-batch window
