@@ -43,6 +43,8 @@ ASAN_TEST_OBJS = $(filter-out build/asan/obj/clock.o,$(ASAN_OBJS))
 # build/probe.h: minimum versions checked, sonames of what is dlopen()ed.
 HDRS = src/limpeza.h src/store.h src/jsonscan.h build/probe.h
 UNIT = test_config test_dotenv test_jsonscan test_cache test_log test_health
+# issue 22, item 6: offsets that are not whole hours
+UNIT += test_jobtime
 UNIT_BINS = $(UNIT:%=build/tests/%)
 ASAN_UNIT_BINS = $(UNIT:%=build/asan/tests/%)
 
