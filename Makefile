@@ -30,7 +30,7 @@ NOSD_CFLAGS = $(filter-out -DHAVE_SYSTEMD,$(ALL_CFLAGS))
 NOSD_LIBS = $(shell pkg-config --libs \
 	    $(filter-out libmicrohttpd libpq libcurl libsystemd,$(PKGS))) -ldl
 
-MODULES = config log clock jsonscan jobtime safefile cache store store_sqlite \
+MODULES = config log text clock jsonscan jobtime safefile cache store store_sqlite \
 	  store_pg health metrics alert cycle libs commands notify
 OBJS = $(MODULES:%=build/obj/%.o)
 ASAN_OBJS = $(MODULES:%=build/asan/obj/%.o)
@@ -42,13 +42,12 @@ TEST_OBJS = $(filter-out build/obj/clock.o,$(OBJS))
 ASAN_TEST_OBJS = $(filter-out build/asan/obj/clock.o,$(ASAN_OBJS))
 # build/probe.h: minimum versions checked, sonames of what is dlopen()ed.
 HDRS = src/limpeza.h src/store.h src/jsonscan.h build/probe.h
-UNIT = test_config test_dotenv test_jsonscan test_cache test_log test_health
-# issue 22, item 6: offsets that are not whole hours
-UNIT += test_jobtime
+UNIT = test_config test_dotenv test_jsonscan test_cache test_log test_health \
+       test_jobtime test_text
 UNIT_BINS = $(UNIT:%=build/tests/%)
 ASAN_UNIT_BINS = $(UNIT:%=build/asan/tests/%)
 
-FUZZ = cache health dotenv settings mask
+FUZZ = cache health dotenv settings mask text
 FUZZ_BINS = $(FUZZ:%=build/fuzz/fuzz_%)
 FUZZ_SRCS = $(filter-out src/clock.c,$(MODULES:%=src/%.c))
 FUZZ_SECONDS ?= 60

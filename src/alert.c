@@ -294,30 +294,54 @@ alert_stop(long long budget_ms)
 	a.url = NULL;
 }
 
-/* Queues {event, host, count, message, time}; never waits. */
+/*
+ * The body {event, host, count, message, time}, or NULL (said) if jansson
+ * will not build it. The host name and the message (a driver's error, a
+ * path) may hold any bytes: they go in made valid (text_json). I takes a
+ * json_int_t, i an int: the argument's type decides.
+ */
+char *
+alert_body(const char *event, long count, const char *message, const char *host,
+    time_t t)
+{
+	char ts[32], why[JSON_ERROR_TEXT_LENGTH + 64];
+	json_error_t jerr;
+	struct tm tm;
+	json_t *o;
+	char *body;
+
+	gmtime_r(&t, &tm);
+	strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	o = json_pack_ex(&jerr, 0, "{s:s, s:o, s:I, s:o, s:s}", "event", event,
+	    "host", text_json(host), "count", (json_int_t)count, "message",
+	    text_json(message), "time", ts);
+	if (o == NULL) {
+		/* A bug of ours, never lack of memory: the alert is lost. */
+		snprintf(
+		    why, sizeof(why), "cannot build its JSON: %s", jerr.text);
+		log_event(LVL_ERROR, EV_ALERT_FAILED, why);
+		return NULL;
+	}
+	body = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(o);
+	if (body == NULL)
+		fatalx_oom();
+	return body;
+}
+
+/* Queues an alert; never waits. */
 void
 alert_send(const char *event, long count, const char *message)
 {
-	char host[256] = "", ts[32];
-	time_t t = time(NULL);
-	struct tm tm;
-	json_t *o;
+	char host[256] = "";
 	char *body;
 
 	if (!a.running)
 		return;
 	gethostname(host, sizeof(host) - 1);
-	gmtime_r(&t, &tm);
-	strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	/* I takes a json_int_t, i an int: the argument's type decides. */
-	o = json_pack("{s:s, s:s, s:I, s:s, s:s}", "event", event, "host", host,
-	    "count", (json_int_t)count, "message", message, "time", ts);
-	if (o == NULL)
-		fatalx_oom();
-	body = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-	json_decref(o);
-	if (body == NULL)
-		fatalx_oom();
+	if ((body = alert_body(event, count, message, host, time(NULL))) ==
+	    NULL)
+		return;
 	pthread_mutex_lock(&a.mu);
 	if (a.n == ALERT_QUEUE) {
 		pthread_mutex_unlock(&a.mu);

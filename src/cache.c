@@ -513,8 +513,17 @@ decide_all(struct cache *c, const struct config *cfg,
 		else if (job_finished(m->job.state) && pol->retention > 0)
 			first_age =
 			    finished_age(c, cfg, s, m, mode, mono, seen);
-		else
+		else {
+			/*
+			 * A forced pass judges no retention, but the finished
+			 * jobs it keeps keep their first-sight clocks: the
+			 * next pass goes on from them.
+			 */
+			if (job_finished(m->job.state) &&
+			    mode == RETENTION_FIRST_SIGHT)
+				(void)first_sight(c, cfg, s, m, mono, seen);
 			first_age = -1;
+		}
 		m->fate = cache_decide(&m->job, pol, now, first_age, &m->age);
 	}
 }

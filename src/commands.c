@@ -1,6 +1,7 @@
 /* commands.c: what an operator runs by hand: check and stats. */
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -153,6 +154,18 @@ cmd_check(struct config *cfg)
 /* How retention works here, by enum cache_retention: stable words. */
 static const char *const retention_names[] = { "off", "rows", "first_sight" };
 
+/* An age in seconds: JSON has no infinity, so one that is not finite is
+ * null. */
+static json_t *
+seconds_json(double secs)
+{
+	json_t *v = isfinite(secs) ? json_real(secs) : json_null();
+
+	if (v == NULL)
+		fatalx_oom();
+	return v;
+}
+
 /* `limpeza stats`: jobs per status and what is active, for a person or a
  * script. */
 int
@@ -163,6 +176,7 @@ cmd_stats(struct config *cfg, int as_json)
 	struct cache *c;
 	struct store *s = NULL;
 	json_t *out, *db, *ca, *api;
+	json_error_t e1, e2, e3;
 	long long jobs = 0;
 	char err[512];
 	int failed = 0, r;
@@ -174,28 +188,33 @@ cmd_stats(struct config *cfg, int as_json)
 	if (*cfg->database_url == '\0')
 		db = json_null();
 	else if ((s = store_open(cfg)) == NULL || s->ops->stats(s, &st) == -1) {
-		db = json_pack("{s:s}", "error", s != NULL ? s->err : "");
+		db = json_pack_ex(&e1, 0, "{s:o}", "error",
+		    text_json(s != NULL ? s->err : ""));
 		failed = 1;
 	} else
-		db = json_pack("{s:s, s:O, s:I, s:f}", "store", s->ops->name,
-		    "by_status_24h", st.by_status, "active",
-		    (json_int_t)st.active, "oldest_active_s", st.oldest_s);
+		db = json_pack_ex(&e1, 0, "{s:s, s:O, s:I, s:o}", "store",
+		    s->ops->name, "by_status_24h", st.by_status, "active",
+		    (json_int_t)st.active, "oldest_active_s",
+		    seconds_json(st.oldest_s));
 
 	/* A dry pass: what retention would remove asks the store too. */
 	c = cache_new();
 	if (*cfg->cache_file == '\0')
 		ca = json_null();
 	else if (cache_reap(c, cfg, s, 0, 1, &cr) == -1) {
-		ca = json_pack("{s:s, s:s}", "path", cfg->cache_file, "error",
+		ca = json_pack_ex(&e2, 0, "{s:o, s:s}", "path",
+		    text_json(cfg->cache_file), "error",
 		    "cannot read the cache file");
 		failed = 1;
 	} else
-		ca = json_pack("{s:s, s:I, s:I, s:I, s:f, s:I, s:I, s:s}",
-		    "path", cfg->cache_file, "size_bytes", (json_int_t)cr.size,
-		    "active", (json_int_t)cr.active, "stale",
+		ca = json_pack_ex(&e2, 0,
+		    "{s:o, s:I, s:I, s:I, s:o, s:I, s:I, s:s}", "path",
+		    text_json(cfg->cache_file), "size_bytes",
+		    (json_int_t)cr.size, "active", (json_int_t)cr.active,
+		    "stale",
 		    (json_int_t)cr.reaped_running +
 			(json_int_t)cr.reaped_queued,
-		    "oldest_active_s", cr.oldest_s, "finished",
+		    "oldest_active_s", seconds_json(cr.oldest_s), "finished",
 		    (json_int_t)cr.finished, "retention_would_remove",
 		    (json_int_t)cr.retired, "retention",
 		    retention_names[cache_retention_mode(cfg)]);
@@ -206,13 +225,26 @@ cmd_stats(struct config *cfg, int as_json)
 	if (r == 1)
 		api = json_null();
 	else if (r == 0)
-		api = json_pack("{s:I}", "jobs_active", (json_int_t)jobs);
+		api = json_pack_ex(
+		    &e3, 0, "{s:I}", "jobs_active", (json_int_t)jobs);
 	else {
-		api = json_pack("{s:s}", "error", err);
+		api = json_pack_ex(&e3, 0, "{s:o}", "error", text_json(err));
 		failed = 1;
 	}
-	if (db == NULL || ca == NULL || api == NULL)
-		fatalx_oom();
+	/* jansson fails here only on a bug of ours: said, never "out of
+	 * memory". */
+	if (db == NULL || ca == NULL || api == NULL) {
+		fprintf(stderr, "limpeza: stats: cannot build the JSON: %s\n",
+		    db == NULL	     ? e1.text
+			: ca == NULL ? e2.text
+				     : e3.text);
+		json_decref(db);
+		json_decref(ca);
+		json_decref(api);
+		json_decref(st.by_status);
+		json_decref(out);
+		return 1;
+	}
 	json_object_set_new(out, "database", db);
 	json_object_set_new(out, "cache", ca);
 	json_object_set_new(out, "api", api);

@@ -1,6 +1,7 @@
 /* cycle.c: one cleanup cycle, store-agnostic, top to bottom. */
 
 #include <limits.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -249,6 +250,21 @@ step_cache(struct cycle *c, long *reaped)
 	return rc;
 }
 
+/*
+ * The monotonic time secs from now. A store's age may be anything a
+ * column holds: one that is not finite, or too far off to convert, is
+ * never (the conversion would be undefined behaviour).
+ */
+static long long
+due_in(double secs)
+{
+	if (!isfinite(secs) || secs > 1e9)
+		return LLONG_MAX;
+	if (secs < 0)
+		secs = 0;
+	return now_monotonic_ms() + (long long)(secs * MS_PER_S);
+}
+
 /* Notes when the first active row falls due, to wake up for it. */
 static void
 store_refresh_due(struct cycle *c)
@@ -258,8 +274,7 @@ store_refresh_due(struct cycle *c)
 	c->store_due = LLONG_MAX;
 	if (c->store->ops->next_due != NULL &&
 	    c->store->ops->next_due(c->store, &secs) == 1)
-		c->store_due =
-		    now_monotonic_ms() + (long long)(secs * MS_PER_S);
+		c->store_due = due_in(secs);
 }
 
 /*
@@ -283,8 +298,7 @@ store_due_from_stats(struct cycle *c, const struct store_stats *st)
 			secs = s;
 		found = 1;
 	}
-	c->store_due = found ? now_monotonic_ms() + (long long)(secs * MS_PER_S)
-			     : LLONG_MAX;
+	c->store_due = found ? due_in(secs) : LLONG_MAX;
 }
 
 /* The database step: reap both rules, then the 24 h statistics. */

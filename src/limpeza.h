@@ -190,6 +190,15 @@ void log_stderr_only(enum log_level, enum log_format, enum lang);
 void fatal(const char *, ...) __attribute__((format(printf, 1, 2), noreturn));
 void fatalx_oom(void) __attribute__((noreturn));
 
+/* text.c */
+/* Room for any path (PATH_MAX bytes, each shown as \xNN at worst). */
+#define TEXT_MAX 16384
+void text_put(char *, size_t, size_t *, const char *);
+void text_trim(char *, size_t *);
+void text_clean(char *, size_t, const char *);
+json_t *text_json_cut(const char *, size_t);
+json_t *text_json(const char *);
+
 /* clock.c */
 double now_realtime(void);
 long long now_monotonic_ms(void);
@@ -302,6 +311,7 @@ void metrics_stop(void);
 int alert_start(const char *);
 void alert_stop(long long);
 void alert_send(const char *, long, const char *);
+char *alert_body(const char *, long, const char *, const char *, time_t);
 
 /* cycle.c */
 struct cycle;

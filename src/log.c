@@ -360,39 +360,104 @@ steps_json(long bits)
 	return a;
 }
 
-/* Copies s, showing control characters as \xNN so a line stays a line. */
-static void
-put_clean(char *buf, size_t len, size_t *o, const char *s)
-{
-	for (; *s != '\0' && *o + 5 < len; s++) {
-		unsigned char c = (unsigned char)*s;
+/* An event's arguments, read once from the va_list. */
+union log_arg {
+	const char *s;
+	long l;
+	json_t *j;
+};
 
-		if (c < 0x20 || c == 0x7f)
-			*o +=
-			    (size_t)snprintf(buf + *o, len - *o, "\\x%02x", c);
-		else
-			buf[(*o)++] = (char)c;
+/*
+ * The JSON object {ts, level, event, msg, args...} of one line, its texts
+ * cut at cap bytes each.
+ */
+static char *
+json_dump_line(enum log_level level, const struct log_def *d, double when,
+    const char *msg, const union log_arg *arg, size_t cap)
+{
+	time_t secs = (time_t)when;
+	char ts[40], *dump;
+	struct tm tm;
+	json_t *obj, *v;
+	int i;
+
+	gmtime_r(&secs, &tm);
+	strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(ts + strlen(ts), sizeof(ts) - strlen(ts), ".%03dZ",
+	    (int)((when - (double)secs) * 1000) % 1000);
+	obj = json_pack("{s:s, s:s, s:s, s:o}", "ts", ts, "level",
+	    level_json[level], "event", d->name, "msg",
+	    text_json_cut(msg, cap));
+	if (obj == NULL)
+		fatalx_oom();
+	for (i = 0; d->types[i] != '\0'; i++) {
+		switch (d->types[i]) {
+		case 's':
+			v = text_json_cut(arg[i].s, cap);
+			break;
+		case 'l':
+			v = json_integer(arg[i].l);
+			break;
+		case 'F':
+			v = steps_json(arg[i].l);
+			break;
+		default:
+			/* a job's own value: shown only while there is room */
+			v = cap >= 1024 ? json_deep_copy(arg[i].j)
+					: json_string("...");
+		}
+		if (v == NULL)
+			fatalx_oom();
+		json_object_set_new(obj, d->keys[i], v);
 	}
-	buf[*o] = '\0';
+	dump = json_dumps(
+	    obj, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
+	json_decref(obj);
+	if (dump == NULL)
+		fatalx_oom();
+	return dump;
 }
 
-/* A job id that is not UTF-8 still gets logged, its odd bytes as '?'. */
-static json_t *
-ascii_string(const char *s)
+/*
+ * One JSON line into buf, always a whole JSON object: when it does not
+ * fit, its texts are cut shorter (between characters) until it does, so
+ * a reader never meets half an object.
+ */
+static int
+json_line(char *buf, size_t len, enum log_level level, const struct log_def *d,
+    double when, const char *msg, va_list ap)
 {
-	char *copy, *c;
-	json_t *v;
+	union log_arg arg[8];
+	size_t cap;
+	char *dump;
+	int i;
 
-	if ((v = json_string(s)) != NULL)
-		return v;
-	if ((copy = strdup(s)) == NULL)
-		fatalx_oom();
-	for (c = copy; *c != '\0'; c++)
-		if ((unsigned char)*c >= 0x80)
-			*c = '?';
-	v = json_string(copy);
-	free(copy);
-	return v;
+	for (i = 0; d->types[i] != '\0' && i < 8; i++)
+		switch (d->types[i]) {
+		case 's':
+			arg[i].s = va_arg(ap, const char *);
+			break;
+		case 'l':
+		case 'F':
+			arg[i].l = va_arg(ap, long);
+			break;
+		default:
+			arg[i].j = va_arg(ap, json_t *);
+		}
+	for (cap = len;; cap /= 2) {
+		dump = json_dump_line(level, d, when, msg, arg, cap);
+		if (strlen(dump) < len || cap < 16)
+			break;
+		free(dump);
+	}
+	if (strlen(dump) >= len) {
+		free(dump);
+		buf[0] = '\0';
+		return -1;
+	}
+	memcpy(buf, dump, strlen(dump) + 1);
+	free(dump);
+	return 0;
 }
 
 /*
@@ -413,52 +478,14 @@ log_format_line(char *buf, size_t len, enum log_level level, enum log_event ev,
 	if (len < 64)
 		return -1;
 	if (format == LOGF_JSON) {
-		json_t *obj, *args = json_object();
-		char ts[40], msg[2048];
+		char msg[2048];
 		va_list ap2;
-		char *dump;
 
 		va_copy(ap2, ap);
 		log_format_line(
 		    msg, sizeof(msg), level, ev, LOGF_TEXT, LANG_EN, -1, ap2);
 		va_end(ap2);
-		gmtime_r(&secs, &tm);
-		strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
-		snprintf(ts + strlen(ts), sizeof(ts) - strlen(ts), ".%03dZ",
-		    (int)((when - (double)secs) * 1000) % 1000);
-		obj = json_pack("{s:s, s:s, s:s}", "ts", ts, "level",
-		    level_json[level], "event", d->name);
-		if (obj == NULL || args == NULL)
-			fatalx_oom();
-		json_object_set_new(obj, "msg", ascii_string(msg));
-		for (i = 0; d->types[i] != '\0'; i++) {
-			json_t *v;
-
-			switch (d->types[i]) {
-			case 's':
-				s = va_arg(ap, const char *);
-				v = ascii_string(s != NULL ? s : "");
-				break;
-			case 'l':
-				v = json_integer(va_arg(ap, long));
-				break;
-			case 'F':
-				v = steps_json(va_arg(ap, long));
-				break;
-			default:
-				v = json_deep_copy(va_arg(ap, json_t *));
-			}
-			json_object_set_new(obj, d->keys[i], v);
-		}
-		json_decref(args);
-		dump = json_dumps(obj,
-		    JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
-		json_decref(obj);
-		if (dump == NULL)
-			fatalx_oom();
-		snprintf(buf, len, "%s", dump);
-		free(dump);
-		return 0;
+		return json_line(buf, len, level, d, when, msg, ap);
 	}
 
 	/* when < 0: the message alone, used for the JSON "msg" field. */
@@ -475,12 +502,12 @@ log_format_line(char *buf, size_t len, enum log_level level, enum log_event ev,
 			switch (d->types[i++]) {
 			case 's':
 				s = va_arg(ap, const char *);
-				put_clean(buf, len, &o, s != NULL ? s : "");
+				text_put(buf, len, &o, s != NULL ? s : "");
 				break;
 			case 'l':
 				snprintf(
 				    num, sizeof(num), "%ld", va_arg(ap, long));
-				put_clean(buf, len, &o, num);
+				text_put(buf, len, &o, num);
 				break;
 			case 'F':
 				put_steps(buf, len, &o, va_arg(ap, long), lang);
@@ -494,6 +521,7 @@ log_format_line(char *buf, size_t len, enum log_level level, enum log_event ev,
 		buf[o++] = *fmt;
 	}
 	buf[o] = '\0';
+	text_trim(buf, &o);
 	return 0;
 }
 

@@ -50,14 +50,20 @@ void
 store_err(struct store *s, const char *fmt, ...)
 {
 	va_list ap;
-	char *nl;
+	char whole[2048], *nl;
 
 	va_start(ap, fmt);
-	vsnprintf(s->err, sizeof(s->err), fmt, ap);
+	vsnprintf(whole, sizeof(whole), fmt, ap);
 	va_end(ap);
 	/* Driver messages may span lines; a log line must not. */
-	while ((nl = strpbrk(s->err, "\r\n\t")) != NULL)
+	while ((nl = strpbrk(whole, "\r\n\t")) != NULL)
 		*nl = ' ';
+	/*
+	 * A driver's text may be in any encoding, and a long one is cut: made
+	 * valid UTF-8 and cut between characters, it can go into any log line
+	 * or alert.
+	 */
+	text_clean(s->err, sizeof(s->err), whole);
 	for (nl = s->err + strlen(s->err); nl > s->err && nl[-1] == ' '; nl--)
 		nl[-1] = '\0';
 }

@@ -622,6 +622,9 @@ end_batch(struct store_pg *p, const char *sql, const char *const *params,
 	 * statement reports it).
 	 */
 	if (pg_run(p, 2, q, res, &whole) == -1 && whole < 2) {
+		/* The UPDATE's answer may have come whole before the drop. */
+		PQclear(res[0]);
+		PQclear(res[1]);
 		pg_abort(p);
 		return -1;
 	}
@@ -801,14 +804,15 @@ end_stale_rows(
 	config_reap_message(cfg, REAP_QUEUED, mq, sizeof(mq));
 	snprintf(rt, sizeof(rt), "%lld milliseconds", cfg->running_ttl);
 	snprintf(qt, sizeof(qt), "%lld milliseconds", cfg->queued_ttl);
+	/* '-infinity' is no age (PostgreSQL takes it in any timestamp). */
 	snprintf(stale, sizeof(stale),
-	    "((%s = $1 AND %s < now() - $2::interval) OR (%s = $3 AND %s < "
-	    "now() - $4::interval))",
-	    p->status, p->updated, p->status, p->updated);
+	    "(isfinite(%s) AND ((%s = $1 AND %s < now() - $2::interval) OR "
+	    "(%s = $3 AND %s < now() - $4::interval)))",
+	    p->updated, p->status, p->updated, p->status, p->updated);
 	snprintf(stale_t, sizeof(stale_t),
-	    "((t.%s = $1 AND t.%s < now() - $2::interval) OR (t.%s = $3 AND "
-	    "t.%s < now() - $4::interval))",
-	    p->status, p->updated, p->status, p->updated);
+	    "(isfinite(t.%s) AND ((t.%s = $1 AND t.%s < now() - $2::interval) "
+	    "OR (t.%s = $3 AND t.%s < now() - $4::interval)))",
+	    p->updated, p->status, p->updated, p->status, p->updated);
 	/* The bound on the smaller TTL lets the index serve the OR. */
 	snprintf(look, sizeof(look),
 	    "%s IN ($1, $3) AND %s < now() - least($2::interval, "
@@ -830,7 +834,9 @@ pg_reap(struct store *s, const struct store_req *req, struct store_counts *c)
 
 	if (!req->dry_run)
 		return end_stale_rows(p, req, c);
-	snprintf(cond, sizeof(cond), "%s < now() - $2::interval", p->updated);
+	snprintf(cond, sizeof(cond),
+	    "isfinite(%s) AND %s < now() - $2::interval", p->updated,
+	    p->updated);
 	r = end_rows(p, s->cfg->running_status, cond, s->cfg->running_ttl,
 	    REAP_RUNNING, c, req);
 	if (r != 1)
@@ -878,11 +884,14 @@ pg_stats(struct store *s, struct store_stats *out)
 	    "SELECT %s, count(*) FROM %s WHERE %s >= now() - interval "
 	    "'24 hours' GROUP BY 1 ORDER BY 1",
 	    p->status, p->table, p->created);
-	/* One look at the active rows gives the counts and the deadlines. */
+	/*
+	 * One look at the active rows gives the counts and the deadlines.
+	 * An infinite time is no age: now() minus it fails on PostgreSQL 15.
+	 */
 	snprintf(active, sizeof(active),
-	    "SELECT %s, count(*), extract(epoch FROM now() - min(%s)) FROM %s "
-	    "WHERE %s IN ($1, $2) GROUP BY 1",
-	    p->status, p->updated, p->table, p->status);
+	    "SELECT %s, count(*), extract(epoch FROM now() - min(%s) FILTER "
+	    "(WHERE isfinite(%s))) FROM %s WHERE %s IN ($1, $2) GROUP BY 1",
+	    p->status, p->updated, p->updated, p->table, p->status);
 	if (pg_read(p, 0, 2, q, res) == -1)
 		return -1;
 	for (i = 0; i < PQntuples(res[0]); i++)
@@ -918,9 +927,10 @@ pg_next_due(struct store *s, double *secs)
 	/* Each min() is one step down the index limpeza check recommends. */
 	snprintf(sql, sizeof(sql),
 	    "SELECT extract(epoch FROM least((SELECT min(%s) FROM %s WHERE "
-	    "%s = $1) + $2::interval, (SELECT min(%s) FROM %s WHERE %s = $3) "
-	    "+ $4::interval) - now())",
-	    p->updated, p->table, p->status, p->updated, p->table, p->status);
+	    "%s = $1 AND isfinite(%s)) + $2::interval, (SELECT min(%s) FROM %s "
+	    "WHERE %s = $3 AND isfinite(%s)) + $4::interval) - now())",
+	    p->updated, p->table, p->status, p->updated, p->updated, p->table,
+	    p->status, p->updated);
 	if (pg_read(p, 0, 1, &q, &res) == -1)
 		return -1;
 	found = !PQgetisnull(res, 0, 0);
@@ -1007,10 +1017,11 @@ pg_finished(struct store *s, struct store_row *rows, size_t n)
 
 	snprintf(sql, sizeof(sql),
 	    "SELECT c.i, bool_and(coalesce(t.%s IN ($2, $3), false) AND "
-	    "t.%s IS NOT NULL), extract(epoch FROM now() - max(t.%s)) FROM "
+	    "coalesce(isfinite(t.%s), false)), extract(epoch FROM now() - "
+	    "max(t.%s) FILTER (WHERE isfinite(t.%s))) FROM "
 	    "unnest($1::text[]) WITH ORDINALITY AS c(id, i) JOIN %s t ON "
 	    "t.%s = c.id GROUP BY c.i",
-	    p->status, p->updated, p->updated, p->table, p->id);
+	    p->status, p->updated, p->updated, p->updated, p->table, p->id);
 	if ((at = calloc(FINISHED_IDS, sizeof(*at))) == NULL)
 		fatalx_oom();
 	for (i = 0; i < n; i++) {

@@ -11,6 +11,8 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import SLOW
@@ -266,3 +268,67 @@ def test_systemd_notifications(env, daemons, tmp_path):
         assert d.p.wait(5) == 0
     finally:
         sock.close()
+
+
+def strict_lines(path):
+    """The file's lines, each of which must be valid UTF-8 on its own."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    return [line.decode("utf-8") for line in raw.splitlines()]  # raises if not
+
+
+@pytest.mark.parametrize("pad", ["", "x"], ids=["even", "odd"])
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_non_utf8_error_text_is_alerted_and_never_stops_the_daemon(env, daemons, log_format,
+                                                                     pad):
+    """A store error whose text is long and not ASCII (a SQLite path of
+    500-odd bytes of 'ã' that does not exist: the error echoes it) is cut
+    between characters wherever it goes. The third failing cycle's alert
+    reaches the webhook as valid JSON and the daemon goes on; every log
+    line is valid UTF-8 (and, in JSON form, a JSON object). Before, the
+    cut split a character, jansson refused the alert and limpeza exited
+    'out of memory'. With and without one more byte before the text, so
+    that a cut at a fixed length falls inside a character in one of the
+    two, wherever the test's directory is."""
+    hook = Webhook()
+    try:
+        bad = os.path.join(env.tmp, pad + "ã" * 254, "jobs.db")
+        d = daemons(env, LIMPEZA_INTERVAL="100ms", LIMPEZA_ERROR_BACKOFF="100ms",
+                    DATABASE_URL="sqlite:///" + bad, LIMPEZA_ALERT_WEBHOOK=hook.url,
+                    LIMPEZA_LOG_FORMAT=log_format)
+        assert hook.wait(1) == ["store_unreachable"], d.stderr()[-2000:]
+        msg = hook.alerts[0][1]["message"]
+        assert "ãããã" in msg and "\ufffd" not in msg, msg
+        # cut between two characters, not inside one (its half shown as \xNN)
+        assert "\\x" not in msg, msg
+        if log_format == "text":
+            d.wait_for("Ciclo 6 ")
+        else:
+            d.wait_for('"event":"cycle"', count=6)
+        assert d.p.poll() is None, d.stderr()[-2000:]
+        assert d.stop() == 0
+    finally:
+        hook.server.shutdown()
+        hook.server.server_close()
+    lines = strict_lines(env.log)
+    if log_format == "json":
+        lines = [json.loads(line)["msg"] for line in lines]
+    assert any("ãããã" in line for line in lines)
+    assert "out of memory" not in d.stderr()
+
+
+def test_stats_json_with_paths_that_are_not_utf8(env):
+    """`stats --json` with a cache path and a database path that are not
+    UTF-8: valid JSON that names them (their odd bytes as \\xNN), never
+    'out of memory'."""
+    cache = os.fsdecode(os.path.join(env.tmp.encode(), b"cache-\xff\xfe.json"))
+    db = os.fsdecode(os.path.join(env.tmp.encode(), b"nada-\xe3.db"))
+    with open(cache, "w") as f:
+        json.dump({"a": {"status": "running", "start_time": time.time()}}, f)
+    p = env.run("stats", "--json", LIMPEZA_CACHE_FILE=cache, DATABASE_URL="sqlite:///" + db)
+    assert "out of memory" not in p.stderr, p.stderr
+    st = json.loads(p.stdout)
+    assert st["cache"]["path"].endswith("cache-\\xff\\xfe.json"), st
+    assert st["cache"]["active"] == 1, st
+    assert "nada-\\xe3.db" in st["database"]["error"], st
+    assert p.returncode == 1  # the database cannot be opened

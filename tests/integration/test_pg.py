@@ -1,6 +1,7 @@
 """PostgreSQL only: clock zones, leader election, outages, locks, check advice, secrets."""
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -885,6 +886,35 @@ def test_a_batch_committed_as_the_connection_drops_is_counted(tmp_path, pg, via)
     assert "❌ Erro no banco (postgresql): connection lost" in p.stderr
 
 
+def after_a_batch_update(state, msg):
+    return msg[:1] == b"C" and msg[5:].startswith(b"UPDATE")
+
+
+def test_a_batch_cut_between_its_update_and_its_commit(tmp_path, pg, via):
+    """The connection drops after the batch's UPDATE answered and before
+    its COMMIT did: whether the rows ended is not known to limpeza, so
+    none is counted, the step fails with the lost connection, and (under
+    the sanitizers) the UPDATE's result that had come whole is freed, not
+    leaked. The next run finds the rows ended or ends them."""
+    env = pgenv(tmp_path, pg, via=via)
+    s = env.store
+    for i in range(3):
+        s.add("stale-%d" % i, "running", 900)
+    proxy = PgProxy(s.bouncer.port if s.bouncer else pg.port, cut=after_a_batch_update)
+    try:
+        p = env.run("once", DATABASE_URL=proxy.url(s.dbname), LIMPEZA_CACHE_FILE="",
+                    LIMPEZA_LOG_LEVEL="debug")
+        assert proxy.was_cut.is_set()
+    finally:
+        proxy.close()
+    assert p.returncode == 1, p.stderr
+    assert "❌ Erro no banco (postgresql): connection lost" in p.stderr, p.stderr
+    assert "Job running encerrado no banco" not in p.stderr
+    p = env.run("once", LIMPEZA_CACHE_FILE="")
+    assert p.returncode == 0, p.stderr
+    assert s.statuses() == {"stale-0": "error", "stale-1": "error", "stale-2": "error"}
+
+
 def test_two_daemons_do_not_flap_between_roles(tmp_path, pg, daemons, via):
     """Two daemons at 100 ms over one table for 6 s while stale rows arrive
     all the time. Every reaping transaction elects anew, so which daemon
@@ -915,3 +945,78 @@ def test_two_daemons_do_not_flap_between_roles(tmp_path, pg, daemons, via):
     lines = [roles(d.stderr()) for d in ds]
     # the first answer, and at most one change that held for 5 s
     assert all(1 <= len(r) <= 2 for r in lines), lines
+
+
+@pytest.mark.parametrize("column_type", ["timestamp", "timestamptz"])
+def test_infinite_timestamps_are_neither_reaped_nor_break_the_stats(tmp_path, pg, daemons,
+                                                                   column_type):
+    """A row whose updated_at is 'infinity' or '-infinity' (a value
+    PostgreSQL accepts in any timestamp column) has no age: it is never
+    reaped, and it does not fail the statistics every cycle (which would
+    look like an unreachable store). The stale row beside them is reaped,
+    and under the sanitizers no conversion of an infinite age is made
+    (undefined behaviour in C)."""
+    env = pgenv(tmp_path, pg, column_type)
+    s = env.store
+    for job_id, status, ts in (("run-inf", "running", "infinity"),
+                               ("run-neg", "running", "-infinity"),
+                               ("q-inf", "queued", "infinity"),
+                               ("q-neg", "queued", "-infinity")):
+        s.sql("INSERT INTO scans (username, job_id, status, created_at, updated_at)"
+              " VALUES ('u', %s, %s, %s, %s)", (job_id, status, ts, ts))
+    s.add("run-stale", "running", 900)
+    p = env.run("once")
+    assert p.returncode == 0, p.stderr
+    assert "running > 3min: 1, queued > 2min: 0" in p.stderr, p.stderr
+    assert s.statuses() == {"run-inf": "running", "run-neg": "running", "q-inf": "queued",
+                            "q-neg": "queued", "run-stale": "error"}
+    p = env.run("stats", "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    st = json.loads(p.stdout)
+    assert st["database"]["active"] == 4, st
+    p = env.run("stats")
+    assert p.returncode == 0, p.stdout + p.stderr
+    d = daemons(env, LIMPEZA_INTERVAL="200ms")
+    d.wait_for("Ciclo 3 ")
+    assert d.stop() == 0
+    text = d.stderr()
+    assert "Erro no banco" not in text and "❌" not in text, text
+    assert s.statuses()["run-inf"] == "running"
+
+
+@pytest.mark.parametrize("pad", ["", "x"], ids=["even", "odd"])
+def test_a_long_non_ascii_server_error_is_alerted_and_never_stops_the_daemon(tmp_path, pg,
+                                                                             daemons, pad):
+    """A PostgreSQL error of 600-odd bytes of non-ASCII text (a trigger's
+    message echoing a user's name, as a constraint's DETAIL does) fails
+    every batch: the third failing cycle's alert reaches the webhook as
+    valid JSON, the text cut between characters, and the daemon goes on.
+    With and without one more byte before the text, so that a cut at a
+    fixed length falls inside a character in one of the two."""
+    from test_observability import Webhook, strict_lines
+    env = pgenv(tmp_path, pg)
+    s = env.store
+    s.sql("""
+        CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION 'recusado para %s%%', repeat('ã', 300);
+        END $$;
+        CREATE TRIGGER refuse BEFORE UPDATE ON scans FOR EACH ROW
+            EXECUTE FUNCTION refuse();
+    """ % pad)
+    s.add("run-stale", "running", 900)
+    hook = Webhook()
+    try:
+        d = daemons(env, LIMPEZA_INTERVAL="100ms", LIMPEZA_ERROR_BACKOFF="100ms",
+                    LIMPEZA_ALERT_WEBHOOK=hook.url, LIMPEZA_CACHE_FILE="")
+        assert hook.wait(1) == ["store_unreachable"], d.stderr()[-2000:]
+        msg = hook.alerts[0][1]["message"]
+        assert "ãããã" in msg and "\ufffd" not in msg, msg
+        d.wait_for("Ciclo 5 ")
+        assert d.p.poll() is None, d.stderr()[-2000:]
+        assert d.stop() == 0
+    finally:
+        hook.server.shutdown()
+        hook.server.server_close()
+    assert any("recusado para %sãããã" % pad in line for line in strict_lines(env.log))
+    assert s.statuses() == {"run-stale": "running"}

@@ -113,8 +113,9 @@ def run_test(tree, spec, timeout, extra_env=None):
         env.update(san_env(tree))
         cmd = [os.path.join(tree, "build/fuzz/fuzz_" + name), *inputs]
     try:
+        # errors="replace": a failing test may print any bytes it was given
         p = subprocess.run(cmd, cwd=tree, env=env, capture_output=True,
-                           text=True, timeout=timeout)
+                           text=True, errors="replace", timeout=timeout)
     except subprocess.TimeoutExpired:
         return "fail", "timed out after %ds" % timeout
     out = (p.stdout + p.stderr)[-4000:]

@@ -854,6 +854,43 @@ test_retention_first_sight(void **state)
 }
 
 /*
+ * A forced cleanup between two passes keeps the first-sight clocks of the
+ * finished jobs it leaves in place: they still leave a retention after
+ * limpeza first saw them, not a retention after the forced pass.
+ */
+static void
+test_forced_pass_keeps_first_sight_clocks(void **state)
+{
+	struct config *cfg = cache_config();
+	struct cache *c = cache_new();
+	struct cache_result r;
+	long long t0;
+
+	(void)state;
+	log_stderr_only(LVL_ERROR, LOGF_TEXT, LANG_EN);
+	cfg->cache_retention = 10000;
+	cfg->cache_retention_set = 1;
+	cfg->force_cache = FORCE_ACTIVE;
+	new_cache_file();
+	write_file("{\"d\": {\"status\": \"done\"}, \"x\": {\"status\": "
+		   "\"other\"}}");
+	t0 = test_mono = 500000000;
+	assert_int_equal(cache_reap(c, cfg, NULL, 0, 0, &r), 0);
+	assert_int_equal(r.retired, 0);
+	test_mono = t0 + 5000;
+	assert_int_equal(cache_reap(c, cfg, NULL, 1, 0, &r), 0);
+	assert_int_equal(r.retired, 0);
+	assert_int_equal(r.finished, 1);
+	test_mono = t0 + 10001;
+	cache_invalidate(c);
+	assert_int_equal(cache_reap(c, cfg, NULL, 0, 0, &r), 0);
+	assert_int_equal(r.retired, 1);
+	assert_string_equal(read_file(), "{\"x\": {\"status\": \"other\"}}");
+	cache_free(c);
+	unlink(cache_path);
+}
+
+/*
  * Retention removes in mark mode too (a finished job is not marked), and
  * a dry run only counts what it would remove.
  */
@@ -900,6 +937,7 @@ main(void)
 		cmocka_unit_test(test_retention_rows),
 		cmocka_unit_test(test_retention_pending),
 		cmocka_unit_test(test_retention_first_sight),
+		cmocka_unit_test(test_forced_pass_keeps_first_sight_clocks),
 		cmocka_unit_test(test_retention_mark_and_dry_run),
 	};
 

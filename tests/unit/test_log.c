@@ -113,7 +113,7 @@ test_json(void **state)
 	o = json_loads(line, 0, NULL);
 	assert_non_null(o);
 	assert_string_equal(
-	    json_string_value(json_object_get(o, "job_id")), "a??");
+	    json_string_value(json_object_get(o, "job_id")), "a\\xff\\xfe");
 	json_decref(o);
 }
 
