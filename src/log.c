@@ -390,7 +390,7 @@ json_dump_line(enum log_level level, const struct log_def *d, double when,
 	    text_json_cut(msg, cap));
 	if (obj == NULL)
 		fatalx_oom();
-	for (i = 0; d->types[i] != '\0'; i++) {
+	for (i = 0; i < 8 && d->types[i] != '\0'; i++) {
 		switch (d->types[i]) {
 		case 's':
 			v = text_json_cut(arg[i].s, cap);
@@ -427,12 +427,12 @@ static int
 json_line(char *buf, size_t len, enum log_level level, const struct log_def *d,
     double when, const char *msg, va_list ap)
 {
-	union log_arg arg[8];
+	union log_arg arg[8] = { { NULL } };
 	size_t cap;
 	char *dump;
 	int i;
 
-	for (i = 0; d->types[i] != '\0' && i < 8; i++)
+	for (i = 0; i < 8 && d->types[i] != '\0'; i++)
 		switch (d->types[i]) {
 		case 's':
 			arg[i].s = va_arg(ap, const char *);
