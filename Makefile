@@ -260,8 +260,9 @@ bench-month: all test-deps
 deb: test-deps
 	sh scripts/deb.sh $(DEB_VERSION)
 
-# The package in a fresh Debian 12 root: lintian, install, upgrade,
-# remove, purge (tests/deb/test_deb.sh; the root is cached under build/).
+# The package checked, then installed, upgraded, removed and purged in a
+# fresh Debian 12 root (tests/deb/test_deb.sh; the root is cached under
+# build/).
 deb-test: deb
 	sh tests/deb/test_deb.sh
 

@@ -27,8 +27,14 @@ version=${want:-$changelog_version}
 work=build/deb/src
 rm -rf "$work"
 mkdir -p "$work/limpeza"
+# The files of a fresh clone plus work not yet committed; a copy of the
+# tree that is no git checkout (make mutants' copies): all but build/.
 # shellcheck disable=SC2016 # $f is the inner shell's
-git ls-files -co --exclude-standard -z |
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+	git ls-files -co --exclude-standard -z
+else
+	find . \( -path ./build -o -path ./demo -o -name .git \) -prune -o -type f -print0
+fi |
 	xargs -0 sh -c 'for f; do [ -f "$f" ] && printf "%s\0" "$f"; done' sh |
 	xargs -0 cp --parents -t "$work/limpeza"
 rm -rf "$work/limpeza/build"
