@@ -257,13 +257,13 @@ bench-month: all test-deps
 
 # The Debian package, build/limpeza_<version>_<arch>.deb (debian/), built
 # from a copy of the tree; DEB_VERSION=... builds that version instead.
-deb: test-deps
+deb:
 	sh scripts/deb.sh $(DEB_VERSION)
 
 # The package checked, then installed, upgraded, removed and purged in a
 # fresh Debian 12 root (tests/deb/test_deb.sh; the root is cached under
 # build/).
-deb-test: deb
+deb-test: test-deps deb
 	sh tests/deb/test_deb.sh
 
 demo: all

@@ -12,7 +12,7 @@ set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 want=${1:-}
-sh scripts/deps.sh test
+sh scripts/deps.sh deb
 
 changelog_version=$(dpkg-parsechangelog -S Version)
 source_version=$(sed -n 's/^#define LIMPEZA_VERSION "\(.*\)"$/\1/p' src/limpeza.h)

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs the Debian packages limpeza needs to build, test or demo.
-# Usage: scripts/deps.sh [build|test|all]   (default: all)
+# Usage: scripts/deps.sh [build|deb|test|all]   (default: all)
 set -eu
 
 build_pkgs="build-essential pkg-config libsqlite3-dev libcurl4-openssl-dev libjansson-dev libpq-dev libsystemd-dev libmicrohttpd-dev"
@@ -11,9 +11,11 @@ m32_pkgs="gcc-multilib libjansson-dev:i386 libsqlite3-dev:i386 libcurl4-openssl-
 
 case "${1:-all}" in
 build) want="$build_pkgs" ;;
+# make deb on a server: the build's packages and debhelper, no test tools.
+deb) want="$build_pkgs debhelper" ;;
 test | all) want="$build_pkgs $test_pkgs $m32_pkgs" ;;
 *)
-	echo "usage: $0 [build|test|all]" >&2
+	echo "usage: $0 [build|deb|test|all]" >&2
 	exit 2
 	;;
 esac

@@ -197,9 +197,23 @@ echo "$out" | grep -q "Couldn't connect to server" ||
 	fail "libcurl was not loaded: $(echo "$out" | grep -m1 'ERROR')"
 ok "libcurl is loaded (its own 'Couldn't connect to server')"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-in_root limpeza run --env-files= --cache-file= --health-url= --log-file= \
-	--metrics-addr="127.0.0.1:$port" >>"$log" 2>&1 &
-daemon=$!
+# The daemon writes its own pid (the pid namespace is the host's), so
+# that it, not only the shell around it, is stopped, whatever happens.
+pidfile=$root/tmp/limpeza-test.pid
+stop_daemon() {
+	if [ -s "$pidfile" ]; then
+		kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
+		rm -f "$pidfile"
+	fi
+}
+trap stop_daemon EXIT
+in_root sh -c 'echo $$ >/tmp/limpeza-test.pid && exec limpeza run --env-files= \
+	--cache-file= --health-url= --log-file= --metrics-addr="127.0.0.1:$1"' sh "$port" \
+	>>"$log" 2>&1 &
+job=$!
+while [ ! -s "$pidfile" ] && kill -0 "$job" 2>/dev/null; do
+	sleep 0.1
+done
 got=$(python3 - "$port" <<'PY'
 import sys, time, urllib.request
 # A deadline to give up by, not a timing assertion.
@@ -216,8 +230,8 @@ while True:
         time.sleep(0.2)
 PY
 )
-kill -TERM "$daemon" 2>/dev/null || true
-wait "$daemon" || true
+stop_daemon
+wait "$job" || fail "the daemon did not stop cleanly on SIGTERM"
 [ "$got" = "200 True" ] || fail "libmicrohttpd was not loaded: /metrics answered '$got'"
 ok "libmicrohttpd is loaded (/metrics answers 200)"
 
