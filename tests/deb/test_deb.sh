@@ -36,6 +36,10 @@ checks=0
 
 say() { printf '%s\n' "$*" | tee -a "$log"; }
 
+# A section's heading, with the seconds since the start (for the record).
+start=$(date +%s)
+section() { say "== [$(($(date +%s) - start)) s] $*"; }
+
 fail() {
 	printf 'test_deb.sh: FAIL: %s\n' "$*" >&2
 	printf 'FAIL: %s\n' "$*" >>"$log"
@@ -70,7 +74,7 @@ done
 [ -n "$sources" ] || fail "no apt sources on this host to take the mirror from"
 
 if [ ! -s "$tarball" ]; then
-	say "== mmdebstrap: a minimal bookworm root (variant apt) from$sources"
+	section "mmdebstrap: a minimal bookworm root (variant apt) from$sources"
 	# The apt lists stay, so that apt-get install can resolve Depends.
 	# shellcheck disable=SC2086 # the list of sources files
 	mmdebstrap --mode=root --variant=apt --skip=cleanup/apt/lists \
@@ -82,7 +86,7 @@ fi
 shellcheck scripts/deb.sh tests/deb/test_deb.sh debian/dlopen-depends debian/limpeza.postrm \
 	>>"$log" 2>&1 || fail "shellcheck: the packaging's scripts"
 
-say "== the packages: $v1 and $v2 (the conffiles changed)"
+section "the packages: $v1 and $v2 (the conffiles changed)"
 [ -f "build/limpeza_${v1}_$arch.deb" ] || sh scripts/deb.sh >>"$log" 2>&1 ||
 	fail "make deb failed"
 lintian --fail-on error,warning "build/limpeza_${v1}_$arch.deb" >>"$log" 2>&1 ||
@@ -112,7 +116,7 @@ for lib in $sonames; do
 done
 
 # Without Recommends: only Depends may bring what limpeza needs.
-say "== apt-get install --no-install-recommends ./limpeza_${v1}_$arch.deb"
+section "apt-get install --no-install-recommends ./limpeza_${v1}_$arch.deb"
 in_root sh -c "cd /root && apt-get install -y --no-install-recommends ./limpeza_${v1}_$arch.deb" >>"$log" 2>&1 ||
 	fail "apt-get install ./limpeza_${v1}_$arch.deb failed"
 [ "$(in_root dpkg-query -W -f='${Status} ${Version}' limpeza)" = "install ok installed $v1" ] ||
@@ -241,7 +245,7 @@ in_root /usr/share/limpeza/configurar_limpeza_3_minutos.sh >>"$log" 2>&1 ||
 	fail "/usr/share/limpeza/configurar_limpeza_3_minutos.sh failed"
 ok "the packaged operators' scripts run against the package"
 
-say "== upgrade: apt-get install ./limpeza_${v2}_$arch.deb ($settings edited)"
+section "upgrade: apt-get install ./limpeza_${v2}_$arch.deb ($settings edited)"
 in_root sh -c "cd /root && apt-get install -y --no-install-recommends -o Dpkg::Options::=--force-confdef \
 	-o Dpkg::Options::=--force-confold ./limpeza_${v2}_$arch.deb" </dev/null >>"$log" 2>&1 ||
 	fail "the upgrade to $v2 failed"
@@ -256,7 +260,7 @@ grep -q "^# limpeza $v2\$" "$root$rotate" || fail "the unedited $rotate was not 
 in_root limpeza check --env-file $settings >>"$log" 2>&1 || fail "limpeza check failed after the upgrade"
 ok "upgraded to $v2: the edited $settings kept, the unedited $rotate upgraded, still enabled"
 
-say "== apt-get remove limpeza"
+section "apt-get remove limpeza"
 in_root apt-get remove -y limpeza >>"$log" 2>&1 || fail "apt-get remove failed"
 [ "$(in_root dpkg-query -W -f='${Status}' limpeza)" = "deinstall ok config-files" ] ||
 	fail "limpeza is not removed with its conffiles kept"
@@ -265,7 +269,7 @@ grep -q '^# edited by test_deb.sh$' "$root$settings" || fail "remove lost $setti
 [ -f "$root$rotate" ] || fail "remove lost $rotate"
 ok "removed: the binary gone, the conffiles kept"
 
-say "== apt-get purge limpeza"
+section "apt-get purge limpeza"
 rm -rf "$root/srv/limpeza-test"
 in_root apt-get purge -y limpeza >>"$log" 2>&1 || fail "apt-get purge failed"
 status=$(in_root dpkg-query -W -f='${Status}' limpeza 2>/dev/null || true)
@@ -315,4 +319,4 @@ done
 ok "purged: nothing of limpeza is left, only its dependencies"
 
 rm -rf "$root"
-say "test_deb.sh: all $checks checks passed"
+say "test_deb.sh: all $checks checks passed in $(($(date +%s) - start)) s"
