@@ -115,6 +115,13 @@ for lib in $sonames; do
 	fi
 done
 
+# A cached root's package lists may name versions the mirror no longer
+# has (a point release, a security update): they are refreshed first.
+if [ -n "$(find "$tarball" -mmin +720)" ]; then
+	section "apt-get update (the cached root is older than 12 hours)"
+	in_root apt-get update -q >>"$log" 2>&1 || fail "apt-get update failed in the root"
+fi
+
 # Without Recommends: only Depends may bring what limpeza needs.
 section "apt-get install --no-install-recommends ./limpeza_${v1}_$arch.deb"
 in_root sh -c "cd /root && apt-get install -y --no-install-recommends ./limpeza_${v1}_$arch.deb" >>"$log" 2>&1 ||
