@@ -66,7 +66,7 @@ SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
 .PHONY: all deps test-deps install uninstall clean test unit integration nosd m32 \
 	asan asan-unit asan-integration demo format \
 	format-check bench bench-month fuzz fuzz-smoke lint stress mutants mutants-fast \
-	print-san-env
+	print-san-env deb deb-test
 
 all: build/limpeza build/limpeza.8
 
@@ -254,6 +254,7 @@ test: test-deps
 	$(MAKE) asan
 	$(MAKE) fuzz-smoke
 	$(MAKE) mutants-fast
+	$(MAKE) deb-test
 
 # Benchmarks print figures; they are not tests and make test does not run them.
 bench: all test-deps
@@ -262,6 +263,17 @@ bench: all test-deps
 # The month of scans alone: the API's own costs, limpeza against the old cleaner.
 bench-month: all test-deps
 	$(PYTHON) bench/run.py --month
+
+# The Debian package, build/limpeza_<version>_<arch>.deb (debian/), built
+# from a copy of the tree; DEB_VERSION=... builds that version instead.
+deb:
+	sh scripts/deb.sh $(DEB_VERSION)
+
+# The package checked, then installed, upgraded, removed and purged in a
+# fresh Debian 12 root (tests/deb/test_deb.sh; the root is cached under
+# build/).
+deb-test: test-deps deb
+	sh tests/deb/test_deb.sh
 
 demo: all
 	@sh scripts/deps.sh test

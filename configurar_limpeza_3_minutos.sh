@@ -11,7 +11,9 @@ usage: $0 [--root DIR] [--prefix DIR] [--user NAME] [--no-start]
 Installs the Debian build dependencies, builds limpeza, installs the binary,
 the man page, the systemd unit, the logrotate file and /etc/default settings,
 creates /var/log/desfollow, runs 'limpeza check', then enables and starts
-desfollow-limpeza-3min.service and shows its status.
+desfollow-limpeza-3min.service and shows its status. Run from the limpeza
+package (/usr/share/limpeza), it only checks the settings and (re)starts
+the service: the package has installed the rest.
 
   --root DIR     install under DIR (a staged tree); systemd is left alone
   --prefix DIR   where the binary and man page go (default /usr/local)
@@ -50,6 +52,35 @@ fi
 
 src=$(cd "$(dirname "$0")" && pwd)
 unit_name=desfollow-limpeza-3min.service
+
+# Installed by the limpeza package (/usr/share/limpeza, no source tree
+# beside it): dpkg owns the files and has enabled the unit; this only
+# checks the settings and starts the service.
+if [ ! -f "$src/Makefile" ]; then
+	if [ "$uninstall" -eq 1 ]; then
+		echo "$0: limpeza is installed by its package: apt-get remove limpeza" >&2
+		exit 1
+	fi
+	defaults=/etc/default/desfollow-limpeza
+	say() { printf '%s\n' "$*"; }
+	say "==> limpeza check (installed by the limpeza package)"
+	if /usr/sbin/limpeza check --env-file "$defaults"; then
+		say "  configuration usable"
+	else
+		say "  WARNING: limpeza check found problems (above); edit $defaults"
+	fi
+	if [ -d /run/systemd/system ] && [ "$start" -eq 1 ]; then
+		say "==> systemd"
+		systemctl enable "$unit_name"
+		systemctl restart "$unit_name"
+		systemctl --no-pager status "$unit_name" || true
+		say "Logs: journalctl -u ${unit_name%.service} -f"
+	else
+		say "==> systemd left alone (--no-start, or no running systemd)"
+	fi
+	say "==> Done"
+	exit 0
+fi
 bin=$root$prefix/sbin/limpeza
 man=$root$prefix/share/man/man8/limpeza.8
 unit=$root/etc/systemd/system/$unit_name

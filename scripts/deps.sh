@@ -1,10 +1,10 @@
 #!/bin/sh
 # Installs the Debian packages limpeza needs to build, test or demo.
-# Usage: scripts/deps.sh [build|test|all]   (default: all)
+# Usage: scripts/deps.sh [build|deb|test|all]   (default: all)
 set -eu
 
 build_pkgs="build-essential pkg-config libsqlite3-dev libcurl4-openssl-dev libjansson-dev libpq-dev libsystemd-dev libmicrohttpd-dev"
-test_pkgs="libcmocka-dev libcurl3-gnutls sqlite3 python3 python3-pytest python3-psycopg2 postgresql-15 clang-format man-db systemd shellcheck python3-prometheus-client logrotate openssl clang libclang-rt-14-dev valgrind cppcheck clang-tidy time pgbouncer prometheus"
+test_pkgs="libcmocka-dev libcurl3-gnutls sqlite3 python3 python3-pytest python3-psycopg2 postgresql-15 clang-format man-db systemd shellcheck python3-prometheus-client logrotate openssl clang libclang-rt-14-dev valgrind cppcheck clang-tidy time pgbouncer prometheus debhelper lintian mmdebstrap"
 
 # The 32-bit build that make test runs (Debian's i386 architecture).
 # qemu-user runs it where the kernel cannot exec i386 binaries.
@@ -12,9 +12,11 @@ m32_pkgs="gcc-multilib qemu-user libjansson-dev:i386 libsqlite3-dev:i386 libcurl
 
 case "${1:-all}" in
 build) want="$build_pkgs" ;;
+# make deb on a server: the build's packages and debhelper, no test tools.
+deb) want="$build_pkgs debhelper" ;;
 test | all) want="$build_pkgs $test_pkgs $m32_pkgs" ;;
 *)
-	echo "usage: $0 [build|test|all]" >&2
+	echo "usage: $0 [build|deb|test|all]" >&2
 	exit 2
 	;;
 esac
