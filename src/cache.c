@@ -46,6 +46,7 @@ struct cache {
 	off_t size;
 	double oldest_since; /* wall clock start of the oldest active job */
 	int retention_down; /* the store did not answer: said once */
+	json_t *forced_ids; /* when set, each job a forced pass ends */
 };
 
 /*
@@ -85,6 +86,17 @@ cache_new(void)
 	if (c == NULL || (c->seen = json_object()) == NULL)
 		fatalx_oom();
 	return c;
+}
+
+/*
+ * With ids set, a forced pass notes the id of every job it ends (or would)
+ * in it, so the forced cleanup counts distinct jobs across the stores;
+ * NULL stops that.
+ */
+void
+cache_collect_forced(struct cache *c, json_t *ids)
+{
+	c->forced_ids = ids;
 }
 
 /* Forgets the file, so the next pass reads it (new settings, new TTLs). */
@@ -712,7 +724,8 @@ build_output(const struct scan *s, const struct config *cfg,
  */
 static void
 log_reaped(const struct scan *s, const struct config *cfg,
-    enum cache_retention mode, int dry_run, struct cache_result *res)
+    enum cache_retention mode, int dry_run, json_t *ids,
+    struct cache_result *res)
 {
 	char ret[32];
 	size_t i;
@@ -743,6 +756,9 @@ log_reaped(const struct scan *s, const struct config *cfg,
 			    dry_run ? EV_CACHE_WOULD_FORCE : EV_CACHE_FORCED,
 			    id);
 			res->forced++;
+			if (ids != NULL)
+				json_object_setn_nocheck(
+				    ids, s->ids + m->id, m->idlen, json_true());
 			if (m->job.state == JOB_RUNNING)
 				res->forced_running++;
 			else if (m->job.state == JOB_QUEUED)
@@ -858,7 +874,7 @@ cache_pass(struct cache *c, const struct config *cfg, struct store *store,
 		version = &written_st;
 	}
 	if (changes > 0)
-		log_reaped(&s, cfg, mode, dry_run, res);
+		log_reaped(&s, cfg, mode, dry_run, c->forced_ids, res);
 	json_decref(c->seen);
 	c->seen = seen;
 	seen = NULL;

@@ -1420,6 +1420,30 @@ duration_words(long long ms, enum lang lang, char *buf, size_t len)
 	snprintf(buf, len, "%lld %s", n, unit);
 }
 
+/*
+ * The running TTL as the start-up banner names it: "3 Minutos" (the
+ * seed's "Sistema de Limpeza 3 Minutos"), "20 Segundos"; "3-Minute".
+ */
+void
+config_banner_ttl(const struct config *cfg, char *buf, size_t len)
+{
+	long long ms = cfg->running_ttl;
+
+	size_t sp;
+
+	if (cfg->lang == LANG_PT) {
+		duration_words(ms, LANG_PT, buf, len);
+		sp = strcspn(buf, " ");
+		if (ms % MS_PER_S == 0 && buf[sp] == ' ')
+			buf[sp + 1] = (char)toupper((unsigned char)buf[sp + 1]);
+	} else if (ms % (60 * MS_PER_S) == 0)
+		snprintf(buf, len, "%lld-Minute", ms / (60 * MS_PER_S));
+	else if (ms % MS_PER_S == 0)
+		snprintf(buf, len, "%lld-Second", ms / MS_PER_S);
+	else
+		snprintf(buf, len, "%lld-ms", ms);
+}
+
 /* The error message written to a reaped job; the TTL follows the settings. */
 void
 config_reap_message(

@@ -47,6 +47,10 @@ struct cycle {
 	long long count;
 	long long jobs_active; /* -1: unknown */
 	long long reaped_total;
+	/* Jobs ended at deadline wake-ups since the last closing line. */
+	long due_reaped;
+	/* During a forced cleanup: the id of every job it ends, once. */
+	json_t *forced_ids;
 	long long store_due; /* monotonic ms the first row falls due */
 	char status[256];
 };
@@ -115,19 +119,26 @@ reason_name(enum reap_kind kind)
 }
 
 /*
- * Each reaped row: a debug line with its id, and the metrics. A dry run
- * names every row it would end at info level, in "would" words.
+ * Each reaped row: an info line with its id and age, as the cache's jobs
+ * have, and the metrics. A dry run names every row it would end, in
+ * "would" words. A forced cleanup notes each id, to count jobs once.
  */
 static void
-db_job(void *arg, enum reap_kind kind, const char *status, const char *id)
+db_job(void *arg, enum reap_kind kind, const char *status, const char *id,
+    double age)
 {
 	struct cycle *c = arg;
 
+	if (c->forced_ids != NULL)
+		json_object_set_nocheck(c->forced_ids, id, json_true());
 	if (c->dry) {
 		log_event(LVL_INFO, EV_DB_WOULD_END, status, id);
 		return;
 	}
-	log_event(LVL_DEBUG, EV_DB_JOB, status, id);
+	if (age >= 0)
+		log_event(LVL_INFO, EV_DB_JOB, status, id, (long)age);
+	else
+		log_event(LVL_INFO, EV_DB_JOB_NO_AGE, status, id);
 	metrics_reaped(store_kind(c->cfg), status, reason_name(kind), 1);
 }
 
@@ -334,7 +345,8 @@ fail:
 
 /*
  * Forced cleanup: every active row (if this daemon leads) and the cache
- * file, sparing what is younger than LIMPEZA_FORCE_MIN_AGE.
+ * file, sparing what is younger than LIMPEZA_FORCE_MIN_AGE. A job ended
+ * in both counts once; the line also says how many in each.
  */
 static int
 step_force(struct cycle *c, long long jobs, long *ended)
@@ -345,6 +357,9 @@ step_force(struct cycle *c, long long jobs, long *ended)
 	char msg[256];
 	int rc = 0, lead;
 
+	if ((c->forced_ids = json_object()) == NULL)
+		fatalx_oom();
+	cache_collect_forced(c->cache, c->forced_ids);
 	if (c->store != NULL) {
 		lead = c->store->ops->force(c->store, &req, &n);
 		if (lead == -1) {
@@ -359,7 +374,10 @@ step_force(struct cycle *c, long long jobs, long *ended)
 		metrics_step_failed("cache");
 		rc = -1;
 	}
-	*ended = n.forced + cr.forced;
+	*ended = (long)json_object_size(c->forced_ids);
+	cache_collect_forced(c->cache, NULL);
+	json_decref(c->forced_ids);
+	c->forced_ids = NULL;
 	if (!c->dry) {
 		metrics_reaped("cache", c->cfg->running_status, "forced",
 		    cr.forced_running);
@@ -370,9 +388,11 @@ step_force(struct cycle *c, long long jobs, long *ended)
 	}
 	/* A dry run's words are "would", at info: no alert greps fire. */
 	if (c->dry)
-		log_event(LVL_INFO, EV_FORCE_DONE_WOULD, *ended);
+		log_event(
+		    LVL_INFO, EV_FORCE_DONE_WOULD, *ended, n.forced, cr.forced);
 	else
-		log_event(LVL_WARNING, EV_FORCE_DONE, *ended);
+		log_event(
+		    LVL_WARNING, EV_FORCE_DONE, *ended, n.forced, cr.forced);
 	if (jobs >= 0)
 		snprintf(msg, sizeof(msg),
 		    "forced cleanup: the API reported %lld active jobs "
@@ -442,6 +462,8 @@ cycle_reap_due(struct cycle *c)
 {
 	struct store_counts n = { 0, 0, 0 };
 	struct store_req req = { 0, c->elect, db_job, c };
+	const struct config *cfg = c->cfg;
+	char rt[32], qt[32];
 	long reaped = 0;
 	int failed = 0, lead;
 
@@ -449,7 +471,8 @@ cycle_reap_due(struct cycle *c)
 	req.dry_run = c->dry;
 	if (step_cache(c, &reaped) == -1)
 		failed = 1;
-	if (c->store != NULL && c->store_due != LLONG_MAX &&
+	/* Woken for the cache file, a row not yet due stays due. */
+	if (c->store != NULL && c->store_due <= now_monotonic_ms() &&
 	    !c->store_out.down) {
 		lead = c->store->ops->reap(c->store, &req, &n);
 		if (lead == -1) {
@@ -458,6 +481,11 @@ cycle_reap_due(struct cycle *c)
 			failed = 1;
 		} else if (n.running + n.queued > 0) {
 			store_role(c, lead);
+			config_format_duration(
+			    cfg->running_ttl, rt, sizeof(rt));
+			config_format_duration(cfg->queued_ttl, qt, sizeof(qt));
+			log_event(LVL_INFO, EV_DB_CLEANED, rt, n.running, qt,
+			    n.queued);
 			reaped += n.running + n.queued;
 			store_refresh_due(c);
 		} else {
@@ -472,6 +500,8 @@ cycle_reap_due(struct cycle *c)
 		}
 	}
 	c->reaped_total += reaped;
+	/* The next cycle's closing line counts them: no "Sistema limpo". */
+	c->due_reaped += reaped;
 	if (reaped > 0)
 		log_event(LVL_INFO, EV_DUE, reaped);
 	return failed ? -1 : 0;
@@ -538,6 +568,9 @@ cycle_run(struct cycle *c, int force, int (*stop)(void))
 		reaped = 0;
 	reaped += ended;
 	c->reaped_total += reaped;
+	/* What deadline wake-ups ended since the last closing line, too. */
+	reaped += c->due_reaped;
+	c->due_reaped = 0;
 	if (reaped > 0)
 		log_event(
 		    LVL_INFO, c->dry ? EV_SUMMARY_WOULD : EV_SUMMARY, reaped);

@@ -106,6 +106,7 @@ int config_mask_http(const char *, int, char *, size_t);
 int dotenv_parse(const char *, size_t,
     int (*)(void *, const char *, const char *), void *, char *, size_t);
 void config_reap_message(const struct config *, enum reap_kind, char *, size_t);
+void config_banner_ttl(const struct config *, char *, size_t);
 
 /* log.c */
 enum log_event {
@@ -149,6 +150,7 @@ enum log_event {
 	EV_CACHE_RETENTION_DOWN,
 	EV_DUE,
 	EV_DB_JOB,
+	EV_DB_JOB_NO_AGE,
 	EV_DB_WOULD_END,
 	EV_DB_LOOK,
 	EV_DB_BATCH,
@@ -269,6 +271,7 @@ enum cache_retention {
 struct cache *cache_new(void);
 void cache_free(struct cache *);
 void cache_invalidate(struct cache *);
+void cache_collect_forced(struct cache *, json_t *);
 long long cache_next_due(const struct cache *);
 enum cache_retention cache_retention_mode(const struct config *);
 int cache_reap(struct cache *, const struct config *, struct store *, int, int,

@@ -30,8 +30,8 @@ struct log_def {
 };
 
 static const struct log_def defs[EV_COUNT] = {
-	[EV_START] = { "start", "🚀 Sistema de Limpeza 3 Minutos iniciado...",
-	    "🚀 3-Minute Cleanup System started...", "", { NULL } },
+	[EV_START] = { "start", "🚀 Sistema de Limpeza %s iniciado...",
+	    "🚀 %s Cleanup System started...", "s", { "running_ttl" } },
 	[EV_CONFIG] = { "config",
 	    "⏱️ Configuração: jobs > %s serão limpos a cada %s",
 	    "⏱️ Configuration: jobs > %s will be cleaned every %s", "ss",
@@ -179,7 +179,11 @@ static const struct log_def defs[EV_COUNT] = {
 	[EV_DUE] = { "due", "⏰ Prazo atingido: %s jobs limpos fora do ciclo",
 	    "⏰ Deadline reached: %s jobs cleaned between cycles", "l",
 	    { "count" } },
-	[EV_DB_JOB] = { "db_job", "🧹 Job %s encerrado no banco: %s",
+	[EV_DB_JOB] = { "db_job",
+	    "🧹 Job %s encerrado no banco: %s (criado há %ss)",
+	    "🧹 Job %s ended in the database: %s (created %ss ago)", "ssl",
+	    { "status", "job_id", "age_s" } },
+	[EV_DB_JOB_NO_AGE] = { "db_job", "🧹 Job %s encerrado no banco: %s",
 	    "🧹 Job %s ended in the database: %s", "ss",
 	    { "status", "job_id" } },
 	[EV_DB_WOULD_END] = { "db_job_would",
@@ -241,11 +245,17 @@ static const struct log_def defs[EV_COUNT] = {
 	    "🧪 Limpeza forçada solicitada: seria executada",
 	    "🧪 Forced cleanup requested: it would run", "", { NULL } },
 	[EV_FORCE_DONE] = { "force_done",
-	    "🚨 Limpeza forçada: %s jobs terminados",
-	    "🚨 Forced cleanup: %s jobs ended", "l", { "count" } },
+	    "🚨 Limpeza forçada: %s jobs terminados (%s no banco, %s no cache)",
+	    "🚨 Forced cleanup: %s jobs ended (%s in the database, %s in the "
+	    "cache)",
+	    "lll", { "count", "store", "cache" } },
 	[EV_FORCE_DONE_WOULD] = { "force_done_would",
-	    "🧪 Limpeza forçada: %s jobs seriam terminados",
-	    "🧪 Forced cleanup: %s jobs would be ended", "l", { "count" } },
+	    "🧪 Limpeza forçada: %s jobs seriam terminados (%s no banco, %s "
+	    "no cache)",
+	    "🧪 Forced cleanup: %s jobs would be ended (%s in the database, "
+	    "%s "
+	    "in the cache)",
+	    "lll", { "count", "store", "cache" } },
 	[EV_SUMMARY] = { "summary", "✅ Limpeza executada: %s jobs processados",
 	    "✅ Cleanup done: %s jobs processed", "l", { "count" } },
 	[EV_SUMMARY_WOULD] = { "summary_would",

@@ -114,14 +114,15 @@ shown_arg(const char *a, char *buf, size_t len)
 static void
 log_startup(const struct config *cfg)
 {
-	char rt[32], iv[32], db[512], api[512];
+	char rt[32], iv[32], db[512], api[512], words[64];
 	int i;
 
 	config_format_duration(cfg->running_ttl, rt, sizeof(rt));
 	config_format_duration(cfg->interval, iv, sizeof(iv));
 	config_mask_url(cfg->database_url, db, sizeof(db));
 	config_mask_http(cfg->health_url, 1, api, sizeof(api));
-	log_event(LVL_INFO, EV_START);
+	config_banner_ttl(cfg, words, sizeof(words));
+	log_event(LVL_INFO, EV_START, words);
 	log_event(LVL_INFO, EV_CONFIG, rt, iv);
 	log_event(LVL_INFO, EV_CONFIG_DETAIL,
 	    *cfg->cache_file != '\0' ? cfg->cache_file : "-",

@@ -19,9 +19,13 @@ struct store {
 	char err[512];
 };
 
-/* Called for every reaped row: its kind, the status it had, its job id. */
+/*
+ * Called for every reaped row: its kind, the status it had, its job id,
+ * and its age in seconds since its created time by the store's clock (-1
+ * when that time is NULL).
+ */
 typedef void (*store_job_fn)(
-    void *, enum reap_kind, const char *, const char *);
+    void *, enum reap_kind, const char *, const char *, double);
 
 /*
  * What a reaping operation (reap, force) is asked to do. With elect, a

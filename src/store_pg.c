@@ -549,12 +549,21 @@ pg_in_tx(struct store_pg *p, int (*fn)(struct store_pg *, void *), void *arg)
 	return rc;
 }
 
+/*
+ * A row's age for its log line, seconds since its created time: NULL
+ * when that is NULL or infinite (subtracting infinity is an error).
+ */
+#define PG_AGE(t)                                                        \
+	"CASE WHEN isfinite(" t "%s) THEN extract(epoch FROM now() - " t \
+	"%s)::float8 END"
+
 /* Where the rows a batch ended are counted and told. */
 struct ending {
 	struct store_counts *c;
 	enum reap_kind kind;
 	const char *status;
 	int by_rule; /* the rule is each row's second column: running? */
+	int age_col; /* the column of the row's age (seconds, or NULL) */
 	const struct store_req *req;
 };
 
@@ -590,8 +599,11 @@ tell_rows(struct store_pg *p, PGresult *res, const struct ending *e)
 		}
 		count_kind(e->c, kind);
 		if (e->req->fn != NULL)
-			e->req->fn(
-			    e->req->arg, kind, status, PQgetvalue(res, i, 0));
+			e->req->fn(e->req->arg, kind, status,
+			    PQgetvalue(res, i, 0),
+			    PQgetisnull(res, i, e->age_col)
+				? -1
+				: strtod(PQgetvalue(res, i, e->age_col), NULL));
 	}
 }
 
@@ -750,10 +762,10 @@ end_rows(struct store_pg *p, const char *status, const char *cond,
     const struct store_req *req)
 {
 	const struct config *cfg = p->s.cfg;
-	char sql[1024], where[512], recheck[512], set[512], ret[256];
+	char sql[1024], where[512], recheck[512], set[512], ret[512];
 	char age[64], msg[256];
 	const char *params[5] = { status, age, NULL, cfg->error_status, msg };
-	struct ending e = { c, kind, status, 0, req };
+	struct ending e = { c, kind, status, 0, 1, req };
 	struct by_address by = { where, where, recheck, set, ret, 3 };
 	struct stmt q;
 	PGresult *res;
@@ -763,8 +775,9 @@ end_rows(struct store_pg *p, const char *status, const char *cond,
 	snprintf(age, sizeof(age), "%lld milliseconds", age_ms);
 	snprintf(where, sizeof(where), "%s = $1 AND %s", p->status, cond);
 	if (req->dry_run) {
-		snprintf(sql, sizeof(sql), "SELECT %s FROM %s WHERE %s", p->id,
-		    p->table, where);
+		snprintf(sql, sizeof(sql),
+		    "SELECT %s, " PG_AGE("") " FROM %s WHERE %s", p->id,
+		    p->created, p->created, p->table, where);
 		q = (struct stmt){ sql, 2, params };
 		if ((r = pg_read(p, req->elect, 1, &q, &res)) != 1)
 			return r;
@@ -775,7 +788,8 @@ end_rows(struct store_pg *p, const char *status, const char *cond,
 	snprintf(recheck, sizeof(recheck), "t.%s = $1 AND %s", p->status, cond);
 	snprintf(set, sizeof(set), "%s = $4, %s = $5, %s = now()", p->status,
 	    p->error, p->updated);
-	snprintf(ret, sizeof(ret), "t.%s", p->id);
+	snprintf(ret, sizeof(ret), "t.%s, " PG_AGE("t."), p->id, p->created,
+	    p->created);
 	return end_by_address(p, &by, params, 5, &e);
 }
 
@@ -790,11 +804,11 @@ end_stale_rows(
     struct store_pg *p, const struct store_req *req, struct store_counts *c)
 {
 	const struct config *cfg = p->s.cfg;
-	char look[1024], stale[512], stale_t[512], set[512], ret[256];
+	char look[1024], stale[512], stale_t[512], set[512], ret[512];
 	char rt[64], qt[64], mr[256], mq[256];
 	const char *params[8] = { cfg->running_status, rt, cfg->queued_status,
 		qt, NULL, cfg->error_status, mr, mq };
-	struct ending e = { c, REAP_RUNNING, NULL, 1, req };
+	struct ending e = { c, REAP_RUNNING, NULL, 1, 2, req };
 	struct by_address q = { look, stale, stale_t, set, ret, 5 };
 
 	config_reap_message(cfg, REAP_RUNNING, mr, sizeof(mr));
@@ -817,7 +831,8 @@ end_stale_rows(
 	snprintf(set, sizeof(set),
 	    "%s = $6, %s = CASE WHEN t.%s = $1 THEN $7 ELSE $8 END, %s = now()",
 	    p->status, p->error, p->status, p->updated);
-	snprintf(ret, sizeof(ret), "t.%s, t.%s = $7", p->id, p->error);
+	snprintf(ret, sizeof(ret), "t.%s, t.%s = $7, " PG_AGE("t."), p->id,
+	    p->error, p->created, p->created);
 	return end_by_address(p, &q, params, 8, &e);
 }
 

@@ -26,7 +26,7 @@ def test_daemon_reaps_and_logs_every_step(env, health, daemons):
                 LIMPEZA_RUNNING_TTL="2s", LIMPEZA_REPORT_EVERY="3")
     log = d.wait_for(r"📊 Relatório \(Ciclo 3\): 2 jobs ativos na API")
     for line in [
-        r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d - INFO - 🚀 Sistema de Limpeza 3 Minutos iniciado\.\.\.$",
+        r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d - INFO - 🚀 Sistema de Limpeza 2 Segundos iniciado\.\.\.$",
         r"- INFO - ⏱️ Configuração: jobs > 2s serão limpos a cada 300ms$",
         r"- INFO - 🔄 Ciclo 1 - \d\d:\d\d:\d\d$",
         r"- INFO - 🚀 Iniciando limpeza completa\.\.\.$",

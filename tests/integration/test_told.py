@@ -1,0 +1,133 @@
+"""What the operator sees is what happened (issue 21): every job limpeza
+ends is told in the seed's lines, whatever path ended it (a cycle, a
+deadline wake-up, a forced cleanup), and the forced cleanup counts
+distinct jobs."""
+
+import re
+import signal
+import time
+
+import pytest
+
+from conftest import Env, PgStore, pg_cluster
+
+SEED_CACHE = re.compile(r"✅ Cache limpo: (\d+) jobs órfãos (?:removidos|marcados como erro)")
+SEED_DB = re.compile(r"🧹 Limpeza banco executada: running > \S+: (\d+), queued > \S+: (\d+)")
+SEED_FORCED = re.compile(r"🚨 Limpeza forçada: (\d+) jobs terminados \((\d+) no banco, (\d+) no cache\)")
+CLOSING = re.compile(r"(✅ Limpeza executada: (\d+) jobs processados|✅ Sistema limpo)")
+
+
+def seed_sum(log):
+    """Rows and cache jobs ended, as the seed's lines tell them."""
+    n = sum(int(m) for m in SEED_CACHE.findall(log))
+    n += sum(int(r) + int(q) for r, q in SEED_DB.findall(log))
+    n += sum(int(db) + int(c) for _, db, c in SEED_FORCED.findall(log))
+    return n
+
+
+def closing_lines(log):
+    """Each cycle's closing line, in order: a count, or 0 for Sistema limpo."""
+    return [int(m[1]) if m[1] else 0 for m in CLOSING.findall(log)]
+
+
+def cycle_part(log, n):
+    """The log from cycle n's first line on."""
+    return log[log.index("🔄 Ciclo %d " % n):]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_env(request, tmp_path):
+    if request.param == "sqlite":
+        return Env(tmp_path)
+    return Env(tmp_path, PgStore(pg_cluster()))
+
+
+def test_deadline_reaping_is_told_and_closes_the_next_cycle(store_env, daemons):
+    """Rows ended at a deadline wake-up get the seed's database line and an
+    info line each (id and age); the next cycle does not say Sistema limpo
+    but counts them, and so does the report."""
+    env = store_env
+    t0 = time.time()
+    env.store.add("db-due", "running", 0, created_age_s=40)
+    env.write_cache({"c-due": {"status": "running", "start_time": t0}})
+    d = daemons(env, LIMPEZA_INTERVAL="60s", LIMPEZA_RUNNING_TTL="5s",
+                LIMPEZA_REPORT_EVERY="2")
+    d.wait_for("✅ Sistema limpo")  # cycle 1: nothing stale yet
+    d.wait_for(r"running > 5s: 1, queued")
+    log = d.wait_for("Job órfão no cache limpo: c-due")
+    assert env.store.statuses() == {"db-due": "error"}
+    assert "Ciclo 2 " not in d.stderr()  # both went at deadline wake-ups
+    assert re.search(r"- INFO - 🧹 Limpeza banco executada: running > 5s: 1, queued > 2min: 0$",
+                     log, re.M), log
+    m = re.search(r"- INFO - 🧹 Job running encerrado no banco: db-due \(criado há (\d+)s\)$",
+                  log, re.M)
+    assert m and 40 <= int(m.group(1)) <= 200, log
+    d.signal(signal.SIGUSR1)
+    log = d.wait_for(r"📊 Relatório \(Ciclo 2\)")
+    second = cycle_part(log, 2)
+    assert "Sistema limpo" not in second, second
+    assert "✅ Limpeza executada: 2 jobs processados" in second, second
+    assert "📊 Relatório (Ciclo 2): 2 jobs limpos desde o início" in second, second
+    assert seed_sum(log) == 2
+
+
+def test_banner_names_the_running_ttl(env, daemons):
+    d = daemons(env, LIMPEZA_RUNNING_TTL="20s", LIMPEZA_INTERVAL="60s")
+    d.wait_for("Ciclo 1 ")
+    assert re.search(r"- INFO - 🚀 Sistema de Limpeza 20 Segundos iniciado\.\.\.$",
+                     d.stderr(), re.M), d.stderr()
+    assert d.stop() == 0
+    d = daemons(env, LIMPEZA_RUNNING_TTL="1m", LIMPEZA_INTERVAL="60s", LIMPEZA_LANG="en")
+    d.wait_for("Cycle 1 ")
+    assert "🚀 1-Minute Cleanup System started..." in d.stderr()
+
+
+def test_every_path_sums_to_what_was_ended(store_env, health, daemons):
+    """Reaping in a cycle and at deadlines, in the cache and the database,
+    then a forced cleanup of jobs in both: the seed's lines add up to the
+    rows and cache jobs ended, the forced cleanup counts a job in both
+    places once, and the closing lines count every job ended."""
+    env = store_env
+    s = env.store
+    t0 = time.time()
+    s.add("db-stale", "running", 900)
+    s.add("db-q", "queued", 900)
+    s.add("db-due", "running", 0)
+    s.add("db-done", "done", 900)
+    env.write_cache({"c-stale": {"status": "running", "start_time": t0 - 900},
+                     "c-q": {"status": "queued", "created_at": t0 - 900},
+                     "c-due": {"status": "running", "start_time": t0},
+                     "c-done": {"status": "done"}})
+    health.set_json({"status": "healthy", "jobs_active": 0})
+    d = daemons(env, LIMPEZA_INTERVAL="60s", LIMPEZA_RUNNING_TTL="5s",
+                LIMPEZA_HEALTH_URL=health.url, LIMPEZA_FORCE_CACHE="active",
+                LIMPEZA_CACHE_RETENTION="0")
+    d.wait_for("📊 API Health")
+    d.wait_for(r"running > 5s: 1, queued > 2min: 0")  # db-due, at its deadline
+    d.wait_for("Job órfão no cache limpo: c-due")
+    assert "Ciclo 2 " not in d.stderr()
+    # fresh jobs, one of them in both places; the API now reports too many
+    s.add("shared", "running", 0)
+    s.add("only-db", "queued", 0)
+    cache = env.read_cache()
+    assert "c-due" not in cache
+    env.write_cache(cache[:-1] + ', "shared": {"status": "running", "start_time": %f},'
+                    ' "only-cache": {"status": "queued"}}' % time.time())
+    health.set_json({"status": "healthy", "jobs_active": 9})
+    d.signal(signal.SIGUSR1)
+    log = d.wait_for(r"Ciclo 2 [\s\S]*(Limpeza executada|Sistema limpo)")
+    assert d.stop() == 0
+    log = d.stderr()
+
+    rows = {k for k, v in s.statuses().items() if v == "error"}
+    assert rows == {"db-stale", "db-q", "db-due", "shared", "only-db"}
+    cache = env.read_cache()
+    gone = {j for j in ("c-stale", "c-q", "c-due", "shared", "only-cache") if '"%s"' % j not in cache}
+    assert len(gone) == 5 and '"c-done"' in cache
+    assert seed_sum(log) == len(rows) + len(gone), log
+    assert SEED_FORCED.findall(log) == [("3", "2", "2")], log
+    # cycle 1: 2 + 2 stale; cycle 2: the 2 ended at deadlines + 3 forced
+    assert closing_lines(log) == [4, 5], log
+    for job in ("db-stale", "db-q", "db-due", "shared", "only-db"):
+        assert re.search(r"- INFO - 🧹 Job \w+ encerrado no banco: %s \(criado há \d+s\)$" % job,
+                         log, re.M), job
