@@ -64,6 +64,8 @@ struct member {
 	enum cache_fate fate;
 	double age;
 	size_t id, idlen; /* the decoded key, in scan.ids */
+	int ours; /* in the error status with limpeza's own mark */
+	int by_mark; /* its fate is decided as limpeza's mark */
 };
 
 /* What one pass learns from the file. */
@@ -74,7 +76,11 @@ struct scan {
 	char *ids;
 	size_t ids_len, ids_cap;
 	off_t size; /* the file's length */
+	const struct marks *mk; /* limpeza's marks, to know its own */
 };
+
+static int is_mark(const struct marks *, const char *, size_t);
+static int written(const struct member *, const struct config *);
 
 static size_t window_bytes; /* 0: the scanner's default */
 
@@ -299,6 +305,11 @@ on_member(void *arg, const struct jsonscan_member *jm)
 	s->ids_len += jm->key_len;
 	if (jm->object && jm->field[F_STATUS].value_end != 0)
 		read_job(s->cfg, m, jm);
+	if (m->job.state == JOB_ERROR && jm->field[F_ERROR].value_end != 0)
+		m->ours =
+		    is_mark(s->mk, jm->bytes + jm->field[F_ERROR].value_start,
+			jm->field[F_ERROR].value_end -
+			    jm->field[F_ERROR].value_start);
 	return 0;
 }
 
@@ -499,6 +510,25 @@ policy_init(struct cache_policy *pol, const struct config *cfg, int force,
 	pol->force_min_age = (double)cfg->force_min_age / MS_PER_S;
 	if (mode != RETENTION_OFF && !force)
 		pol->retention = (double)cfg->cache_retention / MS_PER_S;
+	if (!force)
+		pol->mark_retention = (double)cfg->cache_retention / MS_PER_S;
+}
+
+/*
+ * A job limpeza marked that no row vouches for: without a database, or
+ * when the store answered that it has no row. Its mark is all it holds,
+ * so it leaves LIMPEZA_CACHE_RETENTION after the mark (from first sight
+ * after a restart), or it would stay for ever.
+ */
+static int
+mark_unvouched(const struct cache *c, enum cache_retention mode,
+    const struct cache_policy *pol, const struct member *m)
+{
+	if (!m->ours || pol->mark_retention <= 0)
+		return 0;
+	if (mode != RETENTION_ROWS)
+		return 1;
+	return pol->retention > 0 && !c->retention_down && m->row == ROW_NONE;
 }
 
 /*
@@ -520,6 +550,13 @@ decide_all(struct cache *c, const struct config *cfg,
 
 		if (m->superseded)
 			continue;
+		if (mark_unvouched(c, mode, pol, m)) {
+			m->by_mark = 1;
+			m->age = first_sight(c, cfg, s, m, mono, seen);
+			m->fate = m->age > pol->mark_retention ? FATE_RETIRED
+							       : FATE_KEEP;
+			continue;
+		}
 		if (job_active(m->job.state))
 			first_age = first_sight(c, cfg, s, m, mono, seen);
 		else if (job_finished(m->job.state) && pol->retention > 0)
@@ -547,7 +584,7 @@ tally(const struct scan *s, const struct config *cfg,
 {
 	long long due, mono = now_monotonic_ms();
 	long changes = 0;
-	double ttl, left;
+	double ttl, left, ret;
 	size_t i;
 
 	res->active = 0;
@@ -563,12 +600,17 @@ tally(const struct scan *s, const struct config *cfg,
 			res->finished++;
 		if (m->fate != FATE_KEEP) {
 			changes++;
+			/* A job marked now leaves a retention later. */
+			due = mono +
+			    (long long)(pol->mark_retention * MS_PER_S) + 1;
+			if (written(m, cfg) && pol->mark_retention > 0 &&
+			    due < *next_due)
+				*next_due = due;
 			continue;
 		}
-		if (job_finished(m->job.state) && pol->retention > 0) {
-			left = (m->age >= 0 ? pol->retention - m->age
-					    : pol->retention) *
-			    MS_PER_S;
+		ret = m->by_mark ? pol->mark_retention : pol->retention;
+		if (job_finished(m->job.state) && ret > 0) {
+			left = (m->age >= 0 ? ret - m->age : ret) * MS_PER_S;
 			/* rounded up: at its due time it is past retention */
 			due = mono + (long long)left;
 			if ((double)(long long)left < left)
@@ -628,6 +670,47 @@ marks_init(struct marks *mk, const struct config *cfg)
 	for (k = 0; k < 3; k++) {
 		config_reap_message(cfg, kinds[k], msg, sizeof(msg));
 		mk->msg[k] = quoted(msg);
+	}
+}
+
+/* Whether an "error" value's bytes are one of limpeza's marks. */
+static int
+is_mark(const struct marks *mk, const char *v, size_t n)
+{
+	int k;
+
+	if (mk == NULL)
+		return 0;
+	for (k = 0; k < 3; k++)
+		if (strlen(mk->msg[k]) == n && memcmp(mk->msg[k], v, n) == 0)
+			return 1;
+	return 0;
+}
+
+/*
+ * Jobs this pass marked are seen in the error status from now on: their
+ * retention counts from the mark.
+ */
+static void
+note_marks(const struct scan *s, const struct config *cfg, json_t *seen)
+{
+	long long mono = now_monotonic_ms();
+	size_t i;
+	char *sk;
+
+	for (i = 0; i < s->n; i++) {
+		const struct member *m = &s->m[i];
+
+		if (m->fate == FATE_KEEP || m->fate == FATE_RETIRED ||
+		    !written(m, cfg))
+			continue;
+		if ((sk = malloc(m->idlen + 1)) == NULL)
+			fatalx_oom();
+		sk[0] = '\n';
+		memcpy(sk + 1, s->ids + m->id, m->idlen);
+		json_object_setn_new_nocheck(
+		    seen, sk, m->idlen + 1, json_integer(mono));
+		free(sk);
 	}
 }
 
@@ -772,6 +855,8 @@ log_reaped(const struct scan *s, const struct config *cfg,
 			res->retired++;
 			if (m->job.state == JOB_ERROR)
 				res->retired_error++;
+			if (m->by_mark)
+				res->retired_marked++;
 			break;
 		case FATE_KEEP:
 			break;
@@ -789,10 +874,17 @@ log_reaped(const struct scan *s, const struct config *cfg,
 	config_format_duration(cfg->cache_retention, ret, sizeof(ret));
 	if (dry_run)
 		log_event(LVL_INFO, EV_CACHE_WOULD_RETIRE, res->retired, ret);
+	else if (res->retired == res->retired_marked)
+		;
 	else if (mode == RETENTION_ROWS)
-		log_event(LVL_INFO, EV_CACHE_RETIRED, res->retired);
+		log_event(LVL_INFO, EV_CACHE_RETIRED,
+		    res->retired - res->retired_marked);
 	else
-		log_event(LVL_INFO, EV_CACHE_RETIRED_SEEN, res->retired, ret);
+		log_event(LVL_INFO, EV_CACHE_RETIRED_SEEN,
+		    res->retired - res->retired_marked, ret);
+	if (!dry_run && res->retired_marked > 0)
+		log_event(LVL_INFO, EV_CACHE_RETIRED_MARKED,
+		    res->retired_marked, ret);
 }
 
 /*
@@ -808,7 +900,7 @@ cache_pass(struct cache *c, const struct config *cfg, struct store *store,
 {
 	const char *path = cfg->cache_file;
 	enum cache_retention mode = cache_retention_mode(cfg);
-	struct scan s = { cfg, NULL, 0, 0, NULL, 0, 0, 0 };
+	struct scan s = { cfg, NULL, 0, 0, NULL, 0, 0, 0, NULL };
 	struct safefile_out out = { NULL, 0, 0 };
 	struct marks mk = { NULL, { NULL, NULL, NULL } };
 	struct cache_policy pol;
@@ -834,6 +926,8 @@ cache_pass(struct cache *c, const struct config *cfg, struct store *store,
 		safefile_remove_leftovers(path);
 
 	/* Scan: every member, and what decides each job's fate. */
+	marks_init(&mk, cfg);
+	s.mk = &mk;
 	if ((r = scan_file(fd, path, &st, &s)) != 0) {
 		rc = r;
 		goto done;
@@ -858,7 +952,6 @@ cache_pass(struct cache *c, const struct config *cfg, struct store *store,
 
 	/* Commit: a new file only if something changes. */
 	if (changes > 0 && !dry_run) {
-		marks_init(&mk, cfg);
 		build_output(&s, cfg, &mk, &out);
 		r = safefile_replace(
 		    path, fd, &st, &out, &written_st, err, sizeof(err));
@@ -871,6 +964,7 @@ cache_pass(struct cache *c, const struct config *cfg, struct store *store,
 			goto done;
 		}
 		res->rewritten = 1;
+		note_marks(&s, cfg, seen);
 		version = &written_st;
 	}
 	if (changes > 0)

@@ -52,6 +52,14 @@ struct cycle {
 	/* During a forced cleanup: the id of every job it ends, once. */
 	json_t *forced_ids;
 	long long store_due; /* monotonic ms the first row falls due */
+	/* Stale rows another transaction held at this cycle's reaping. */
+	long held;
+	int follower; /* this cycle's reaping: another instance leads */
+	/* Holders warned about, and when: once per interval each. */
+	struct {
+		long pid;
+		long long at;
+	} warned[STORE_MAX_HOLDERS * 2];
 	char status[256];
 };
 
@@ -298,12 +306,64 @@ store_due_from_stats(struct cycle *c, const struct store_stats *st)
 			     : LLONG_MAX;
 }
 
+/* An age for a log line: 35s, 12min, 2h. */
+static void
+age_words(double secs, char *buf, size_t len)
+{
+	long long s = secs < 0 ? 0 : (long long)secs;
+
+	if (s >= 3600)
+		snprintf(buf, len, "%lldh", s / 3600);
+	else if (s >= 60)
+		snprintf(buf, len, "%lldmin", s / 60);
+	else
+		snprintf(buf, len, "%llds", s);
+}
+
+/*
+ * Stale rows the reaping could not end, another transaction holding
+ * them: the cycle's closing line counts them, and a warning names each
+ * holder (pid, state, age), at most once per interval per holder.
+ */
+static void
+store_held(struct cycle *c, const struct store_counts *n)
+{
+	long long now = now_monotonic_ms();
+	size_t i, slot, nslots = sizeof(c->warned) / sizeof(c->warned[0]);
+	char age[32];
+	int k;
+
+	c->held = n->held;
+	metrics_stale_left(n->held);
+	for (k = 0; k < n->nholders; k++) {
+		const struct store_holder *h = &n->holders[k];
+
+		slot = 0;
+		for (i = 0; i < nslots; i++) {
+			if (c->warned[i].pid == h->pid)
+				break;
+			if (c->warned[i].at < c->warned[slot].at)
+				slot = i;
+		}
+		if (i < nslots) {
+			if (now - c->warned[i].at < c->cfg->interval)
+				continue;
+			slot = i;
+		}
+		c->warned[slot].pid = h->pid;
+		c->warned[slot].at = now;
+		age_words(h->age_s, age, sizeof(age));
+		log_event(LVL_WARNING, EV_DB_HELD, h->rows, h->pid,
+		    *h->state != '\0' ? h->state : "?", age);
+	}
+}
+
 /* The database step: reap both rules, then the 24 h statistics. */
 static int
 step_store(struct cycle *c, long *reaped)
 {
 	const struct config *cfg = c->cfg;
-	struct store_counts n = { 0, 0, 0 };
+	struct store_counts n;
 	struct store_req req = { c->dry, c->elect, db_job, c };
 	struct store_stats st;
 	char rt[32], qt[32];
@@ -311,10 +371,14 @@ step_store(struct cycle *c, long *reaped)
 
 	if (c->store == NULL)
 		return 0;
+	memset(&n, 0, sizeof(n));
 	lead = c->store->ops->reap(c->store, &req, &n);
 	if (lead == -1)
 		goto fail;
 	store_role(c, lead);
+	c->follower = lead == 0;
+	if (lead == 1 && !c->dry)
+		store_held(c, &n);
 	if (lead == 1) {
 		config_format_duration(cfg->running_ttl, rt, sizeof(rt));
 		config_format_duration(cfg->queued_ttl, qt, sizeof(qt));
@@ -351,12 +415,13 @@ fail:
 static int
 step_force(struct cycle *c, long long jobs, long *ended)
 {
-	struct store_counts n = { 0, 0, 0 };
+	struct store_counts n;
 	struct store_req req = { c->dry, c->elect, db_job, c };
 	struct cache_result cr;
 	char msg[256];
 	int rc = 0, lead;
 
+	memset(&n, 0, sizeof(n));
 	if ((c->forced_ids = json_object()) == NULL)
 		fatalx_oom();
 	cache_collect_forced(c->cache, c->forced_ids);
@@ -460,13 +525,14 @@ cycle_next_due(const struct cycle *c)
 int
 cycle_reap_due(struct cycle *c)
 {
-	struct store_counts n = { 0, 0, 0 };
+	struct store_counts n;
 	struct store_req req = { 0, c->elect, db_job, c };
 	const struct config *cfg = c->cfg;
 	char rt[32], qt[32];
 	long reaped = 0;
 	int failed = 0, lead;
 
+	memset(&n, 0, sizeof(n));
 	c->dry = c->cfg->dry_run != 0;
 	req.dry_run = c->dry;
 	if (step_cache(c, &reaped) == -1)
@@ -536,6 +602,8 @@ cycle_run(struct cycle *c, int force, int (*stop)(void))
 
 	c->count++;
 	c->dry = cfg->dry_run != 0;
+	c->held = 0;
+	c->follower = 0;
 	localtime_r(&t, &tm);
 	strftime(when, sizeof(when), "%H:%M:%S", &tm);
 	log_event(LVL_INFO, EV_CYCLE, (long)c->count, when);
@@ -571,13 +639,19 @@ cycle_run(struct cycle *c, int force, int (*stop)(void))
 	/* What deadline wake-ups ended since the last closing line, too. */
 	reaped += c->due_reaped;
 	c->due_reaped = 0;
-	if (reaped > 0)
+	/*
+	 * Stale rows left behind a lock are no clean system; a follower
+	 * does not know what the database holds, and says who cleans it.
+	 */
+	if (c->held > 0)
+		log_event(LVL_WARNING, EV_SUMMARY_HELD, reaped, c->held);
+	else if (reaped > 0)
 		log_event(
 		    LVL_INFO, c->dry ? EV_SUMMARY_WOULD : EV_SUMMARY, reaped);
 	if (failed != 0)
 		log_event(LVL_WARNING, EV_CYCLE_INCOMPLETE, failed);
-	else if (reaped == 0)
-		log_event(LVL_INFO, EV_CLEAN);
+	else if (reaped == 0 && c->held == 0)
+		log_event(LVL_INFO, c->follower ? EV_CLEAN_FOLLOWER : EV_CLEAN);
 	if (c->count % cfg->report_every == 0) {
 		if (c->jobs_active >= 0)
 			log_event(LVL_INFO, EV_REPORT, (long)c->count,

@@ -144,6 +144,7 @@ enum log_event {
 	EV_CACHE_SWAP,
 	EV_CACHE_RETIRED,
 	EV_CACHE_RETIRED_SEEN,
+	EV_CACHE_RETIRED_MARKED,
 	EV_CACHE_WOULD_RETIRE,
 	EV_CACHE_RETIRED_JOB,
 	EV_CACHE_WOULD_RETIRE_JOB,
@@ -156,6 +157,7 @@ enum log_event {
 	EV_DB_BATCH,
 	EV_LEADER,
 	EV_FOLLOWER,
+	EV_DB_HELD,
 	EV_DB_CLEANED,
 	EV_DB_CLEANED_WOULD,
 	EV_DB_STATS,
@@ -174,6 +176,8 @@ enum log_event {
 	EV_SUMMARY_WOULD,
 	EV_CYCLE_INCOMPLETE,
 	EV_CLEAN,
+	EV_CLEAN_FOLLOWER,
+	EV_SUMMARY_HELD,
 	EV_REPORT,
 	EV_REPORT_NO_API,
 	EV_ALERT_FAILED,
@@ -236,6 +240,7 @@ struct cache_result {
 	long finished; /* finished jobs (done, error) in the file read */
 	long retired; /* of those, past their retention: removed */
 	long retired_error; /* of those, in the error status */
+	long retired_marked; /* of those, limpeza's own marks without a row */
 	off_t size; /* the file's size after the pass */
 	int rewritten;
 };
@@ -246,6 +251,8 @@ struct cache_policy {
 	int force_all;
 	double force_min_age;
 	double retention; /* seconds a finished job stays; 0: forever */
+	/* seconds a job limpeza marked stays without a row; 0: forever */
+	double mark_retention;
 };
 enum job_state { JOB_OTHER, JOB_RUNNING, JOB_QUEUED, JOB_DONE, JOB_ERROR };
 /* What decides a job's fate, decoded from its bytes (SPEC §1.1). */
@@ -295,6 +302,7 @@ void metrics_reaped(const char *, const char *, const char *, long);
 void metrics_step_failed(const char *);
 void metrics_cycle(double, int);
 void metrics_gauges(long long, int, int, long long);
+void metrics_stale_left(long);
 char *metrics_render(size_t *);
 int metrics_healthy(void);
 int metrics_start(const char *, char *, size_t);

@@ -153,6 +153,13 @@ static const struct log_def defs[EV_COUNT] = {
 	    "🗑️ Cache: %s finished jobs removed (finished more than %s "
 	    "ago)",
 	    "ls", { "count", "retention" } },
+	[EV_CACHE_RETIRED_MARKED] = { "cache_retired_marked",
+	    "🗑️ Cache: %s jobs marcados como erro removidos (marcados há "
+	    "mais de %s)",
+	    "🗑️ Cache: %s jobs marked as error removed (marked more than "
+	    "%s "
+	    "ago)",
+	    "ls", { "count", "retention" } },
 	[EV_CACHE_WOULD_RETIRE] = { "cache_retired_would",
 	    "🧪 Cache: %s jobs finalizados seriam removidos (retenção de "
 	    "%s)",
@@ -203,6 +210,13 @@ static const struct log_def defs[EV_COUNT] = {
 	    "👥 Outra instância é a líder: aqui só o cache é limpo",
 	    "👥 Another instance leads: only the cache is cleaned here", "",
 	    { NULL } },
+	[EV_DB_HELD] = { "db_held",
+	    "⚠️ %s jobs vencidos bloqueados por outra transação (pid %s, "
+	    "%s "
+	    "há %s)",
+	    "⚠️ %s stale jobs held by another transaction (pid %s, %s for "
+	    "%s)",
+	    "llss", { "count", "pid", "state", "age" } },
 	[EV_DB_CLEANED] = { "db_cleaned",
 	    "🧹 Limpeza banco executada: running > %s: %s, queued > %s: %s",
 	    "🧹 Database cleanup done: running > %s: %s, queued > %s: %s",
@@ -266,6 +280,18 @@ static const struct log_def defs[EV_COUNT] = {
 	    "⚠️ Cleanup incomplete - failed: %s", "F", { "failed_steps" } },
 	[EV_CLEAN] = { "clean", "✅ Sistema limpo - nenhum job órfão encontrado",
 	    "✅ System clean - no orphan job found", "", { NULL } },
+	[EV_CLEAN_FOLLOWER] = { "clean_follower",
+	    "✅ Nenhum job órfão no cache - o banco é limpo por outra "
+	    "instância",
+	    "✅ No orphan job in the cache - another instance cleans the "
+	    "database",
+	    "", { NULL } },
+	[EV_SUMMARY_HELD] = { "summary_held",
+	    "⚠️ Limpeza executada: %s jobs processados, %s jobs vencidos "
+	    "bloqueados no banco",
+	    "⚠️ Cleanup done: %s jobs processed, %s stale jobs held in the "
+	    "database",
+	    "ll", { "count", "held" } },
 	[EV_REPORT] = { "report",
 	    "📊 Relatório (Ciclo %s): %s jobs ativos na API",
 	    "📊 Report (Cycle %s): %s active jobs in the API", "ll",

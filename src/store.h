@@ -40,10 +40,25 @@ struct store_req {
 	void *arg;
 };
 
+/* A transaction that holds stale rows, as pg_stat_activity shows it. */
+#define STORE_MAX_HOLDERS 4
+struct store_holder {
+	long pid;
+	char state[32];
+	double age_s; /* since its transaction began */
+	long rows;
+};
+
 struct store_counts {
 	long running;
 	long queued;
 	long forced;
+	/* Stale rows the reaping looked at and could not end. */
+	long skipped;
+	/* Of those, rows another transaction holds, and who holds them. */
+	long held;
+	struct store_holder holders[STORE_MAX_HOLDERS];
+	int nholders;
 };
 
 #define STORE_MAX_STATUSES 32

@@ -737,6 +737,8 @@ end_by_address(struct store_pg *p, const struct by_address *q,
 				goto fail;
 			ended += rows;
 		}
+		/* The look's rows a batch skipped: locked, or changed. */
+		e->c->skipped = n - ended;
 		PQclear(found);
 		found = NULL;
 		/* A full look may have left more; one that ended none, stop. */
@@ -794,6 +796,52 @@ end_rows(struct store_pg *p, const char *status, const char *cond,
 }
 
 /*
+ * Who holds the stale rows a reaping skipped: the transactions whose id
+ * is a stale row's xmax (a row lock, or an update in flight), as
+ * pg_stat_activity shows them. Read-only, not elected, and asked only
+ * when a batch skipped rows. Returns 1, or -1.
+ */
+static int
+stale_holders(struct store_pg *p, const char *stale, const char **params,
+    struct store_counts *c)
+{
+	char sql[2048];
+	struct stmt q;
+	PGresult *res;
+	int i, n;
+
+	snprintf(sql, sizeof(sql),
+	    "SELECT a.pid, coalesce(a.state, ''), extract(epoch FROM now() - "
+	    "coalesce(a.xact_start, now()))::float8, count(*) FROM (SELECT "
+	    "xmax AS x FROM %s WHERE %s) s JOIN pg_stat_activity a ON "
+	    "a.backend_xid = s.x WHERE a.pid <> pg_backend_pid() GROUP BY 1, "
+	    "2, 3 ORDER BY 4 DESC",
+	    p->table, stale);
+	q = (struct stmt){ sql, 4, params };
+	if (pg_read(p, 0, 1, &q, &res) != 1)
+		return -1;
+	c->held = 0;
+	c->nholders = 0;
+	n = PQntuples(res);
+	for (i = 0; i < n; i++) {
+		long rows = strtol(PQgetvalue(res, i, 3), NULL, 10);
+		struct store_holder *h;
+
+		c->held += rows;
+		if (c->nholders == STORE_MAX_HOLDERS)
+			continue;
+		h = &c->holders[c->nholders++];
+		h->pid = strtol(PQgetvalue(res, i, 0), NULL, 10);
+		snprintf(
+		    h->state, sizeof(h->state), "%s", PQgetvalue(res, i, 1));
+		h->age_s = strtod(PQgetvalue(res, i, 2), NULL);
+		h->rows = rows;
+	}
+	PQclear(res);
+	return 1;
+}
+
+/*
  * Both rules in one look and one stream of batches: a cycle with nothing
  * stale costs one statement, not two. The message written tells which
  * rule ended each row. $1 running, $2 its TTL, $3 queued, $4 its TTL, $5
@@ -810,6 +858,7 @@ end_stale_rows(
 		qt, NULL, cfg->error_status, mr, mq };
 	struct ending e = { c, REAP_RUNNING, NULL, 1, 2, req };
 	struct by_address q = { look, stale, stale_t, set, ret, 5 };
+	int r;
 
 	config_reap_message(cfg, REAP_RUNNING, mr, sizeof(mr));
 	config_reap_message(cfg, REAP_QUEUED, mq, sizeof(mq));
@@ -833,7 +882,10 @@ end_stale_rows(
 	    p->status, p->error, p->status, p->updated);
 	snprintf(ret, sizeof(ret), "t.%s, t.%s = $7, " PG_AGE("t."), p->id,
 	    p->error, p->created, p->created);
-	return end_by_address(p, &q, params, 8, &e);
+	r = end_by_address(p, &q, params, 8, &e);
+	if (r == 1 && c->skipped > 0)
+		r = stale_holders(p, look, params, c);
+	return r;
 }
 
 static int

@@ -131,3 +131,101 @@ def test_every_path_sums_to_what_was_ended(store_env, health, daemons):
     for job in ("db-stale", "db-q", "db-due", "shared", "only-db"):
         assert re.search(r"- INFO - 🧹 Job \w+ encerrado no banco: %s \(criado há \d+s\)$" % job,
                          log, re.M), job
+
+
+def metric(port, name):
+    import urllib.request
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return None
+
+
+def test_stale_rows_behind_a_lock_are_told(tmp_path, pg, daemons):
+    """A stale row that a dead worker's session holds (idle in
+    transaction) is skipped: the closing line counts it and is no Sistema
+    limpo, one warning per interval names the holder, a metric counts it;
+    once the lock goes, the row is reaped."""
+    import socket
+    env = Env(tmp_path, PgStore(pg))
+    s = env.store
+    s.add("held", "running", 900)
+    s.add("free", "running", 900)
+    holder = s.connect()
+    holder.autocommit = False
+    holder.cursor().execute("SELECT 1 FROM scans WHERE job_id = 'held' FOR UPDATE")
+    pid = holder.get_backend_pid()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    try:
+        d = daemons(env, LIMPEZA_INTERVAL="60s", LIMPEZA_CACHE_FILE="",
+                    LIMPEZA_METRICS_ADDR="127.0.0.1:%d" % port)
+        d.wait_for("Stats banco")
+        d.signal(signal.SIGUSR1)
+        d.wait_for("Stats banco", count=2)
+        d.signal(signal.SIGUSR1)
+        log = d.wait_for(r"Ciclo 3 [\s\S]*bloqueados no banco")
+        assert metric(port, "limpeza_stale_rows_left") == 1
+        assert s.statuses() == {"held": "running", "free": "error"}
+    finally:
+        holder.rollback()
+        holder.close()
+    assert "Sistema limpo" not in log, log
+    assert re.search(r"- WARNING - ⚠️ Limpeza executada: 1 jobs processados, 1 jobs vencidos "
+                     r"bloqueados no banco$", log, re.M), log
+    assert len(re.findall(r"- WARNING - ⚠️ Limpeza executada: 0 jobs processados, 1 jobs vencidos "
+                          r"bloqueados no banco$", log, re.M)) == 2, log
+    warn = re.findall(r"- WARNING - ⚠️ 1 jobs vencidos bloqueados por outra transação "
+                      r"\(pid (\d+), idle in transaction há \d+s\)$", log, re.M)
+    assert warn == [str(pid)], log  # three cycles within one interval: said once
+    # the lock gone, the row is reaped and the metric falls to 0
+    d.signal(signal.SIGUSR1)
+    d.wait_for(r"Ciclo 4 [\s\S]*Limpeza executada: 1 jobs processados")
+    assert s.statuses() == {"held": "error", "free": "error"}
+    assert metric(port, "limpeza_stale_rows_left") == 0
+
+
+def test_a_follower_does_not_say_the_system_is_clean(tmp_path, pg, daemons):
+    """Another instance holds the leader's lock: this daemon cleans only
+    its cache and says that another instance cleans the database."""
+    env = Env(tmp_path, PgStore(pg))
+    env.store.add("stale", "running", 900)
+    env.write_cache({})
+    leader = env.store.connect()
+    leader.autocommit = True
+    leader.cursor().execute("SELECT pg_advisory_lock(7105573)")
+    try:
+        d = daemons(env, LIMPEZA_INTERVAL="60s")
+        log = d.wait_for(r"Ciclo 1 [\s\S]*(Sistema limpo|outra instância$)")
+    finally:
+        leader.close()
+    assert "Sistema limpo" not in log, log
+    assert re.search(r"- INFO - ✅ Nenhum job órfão no cache - o banco é limpo por outra instância$",
+                     log, re.M), log
+    assert env.store.statuses() == {"stale": "running"}
+
+
+def test_mark_mode_marked_jobs_without_a_row_leave(env, daemons):
+    """Mark mode: an expired queued job without a row is marked, kept for
+    LIMPEZA_CACHE_RETENTION from the mark, then removed; an error job the
+    API wrote itself, without a row, is kept (nothing vouches for it)."""
+    now = time.time()
+    env.write_cache({"q": {"status": "queued", "created_at": now - 900},
+                     "api-err": {"status": "error", "error": "Job órfão - sem start_time"},
+                     "live": {"status": "running", "start_time": now}})
+    d = daemons(env, LIMPEZA_INTERVAL="300ms", LIMPEZA_CACHE_ACTION="mark",
+                LIMPEZA_CACHE_RETENTION="3s")
+    d.wait_for("✅ Cache limpo: 1 jobs órfãos marcados como erro")
+    cache = env.read_cache()
+    assert '"q": {"status": "error"' in cache, cache
+    log = d.wait_for(r"🗑️ Cache: 1 jobs marcados como erro removidos \(marcados há mais de 3s\)",
+                     timeout=20)
+    cache = env.read_cache()
+    assert '"q"' not in cache and '"api-err"' in cache and '"live"' in cache, cache
+    # kept for the whole retention: several cycles between the mark and the removal
+    between = log[log.index("marcados como erro\n"):log.index("🗑️ Cache: 1 jobs marcados")]
+    assert between.count("🔄 Ciclo") >= 2, log
+    assert re.search(r"- INFO - 🗑️ Cache: 1 jobs marcados como erro removidos", log)
