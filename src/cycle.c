@@ -44,8 +44,10 @@ struct cycle {
 	int against; /* elections in a row that answered otherwise */
 	long long against_since; /* monotonic ms of the first of them */
 	int dry;
+	int health_asked; /* --health: a dry run requests the health URL */
 	long long count;
 	long long jobs_active; /* -1: unknown */
+	long long db_active; /* running + queued rows this cycle, -1 unknown */
 	long long reaped_total;
 	/* Jobs ended at deadline wake-ups since the last closing line. */
 	long due_reaped;
@@ -104,6 +106,16 @@ cycle_set_config(struct cycle *c, const struct config *cfg)
 	c->against = 0;
 	c->store_due = LLONG_MAX;
 	cache_invalidate(c->cache);
+}
+
+/*
+ * A dry run is read-only: it requests the health URL (whose route may
+ * write) only when asked to with --health.
+ */
+void
+cycle_ask_health(struct cycle *c, int asked)
+{
+	c->health_asked = asked;
 }
 
 long long
@@ -396,6 +408,7 @@ step_store(struct cycle *c, long *reaped)
 		goto fail;
 	}
 	log_event(LVL_INFO, EV_DB_STATS, st.by_status);
+	c->db_active = st.active;
 	json_decref(st.by_status);
 	/* A dry run ends nothing: deadline wake-ups would only spin. */
 	if (lead == 1 && !c->dry)
@@ -460,8 +473,9 @@ step_force(struct cycle *c, long long jobs, long *ended)
 		    LVL_WARNING, EV_FORCE_DONE, *ended, n.forced, cr.forced);
 	if (jobs >= 0)
 		snprintf(msg, sizeof(msg),
-		    "forced cleanup: the API reported %lld active jobs "
+		    "forced cleanup: the %s reported %lld active jobs "
 		    "(threshold %lld); %ld jobs ended",
+		    c->cfg->active_from == ACTIVE_DATABASE ? "database" : "API",
 		    jobs, c->cfg->force_threshold, *ended);
 	else
 		snprintf(msg, sizeof(msg),
@@ -469,6 +483,30 @@ step_force(struct cycle *c, long long jobs, long *ended)
 	if (!c->dry)
 		alert_send("forced_cleanup", *ended, msg);
 	return rc;
+}
+
+/*
+ * The active count from the database (LIMPEZA_ACTIVE_FROM=database): the
+ * table's running + queued rows, as the statistics just read them. No URL
+ * is requested.
+ */
+static int
+step_active_db(struct cycle *c, int force, long *ended)
+{
+	const struct config *cfg = c->cfg;
+
+	c->jobs_active = c->db_active;
+	if (c->db_active < 0)
+		return 0; /* no store, or its step failed (logged) */
+	log_event(LVL_INFO, EV_ACTIVE_DB, (long)c->db_active);
+	if (force || cfg->force_threshold == 0 ||
+	    c->db_active <= cfg->force_threshold)
+		return 0;
+	if (c->dry)
+		log_event(LVL_INFO, EV_FORCE_WARN_WOULD, (long)c->db_active);
+	else
+		log_event(LVL_WARNING, EV_FORCE_WARN, (long)c->db_active);
+	return step_force(c, c->db_active, ended);
 }
 
 /* The API step: how many jobs are active, and a forced cleanup if too many. */
@@ -479,8 +517,14 @@ step_health(struct cycle *c, int force, long *ended)
 	long long jobs;
 	char err[512];
 
+	if (cfg->active_from == ACTIVE_DATABASE)
+		return step_active_db(c, force, ended);
 	if (*cfg->health_url == '\0')
 		return 0;
+	if (c->dry && !c->health_asked) {
+		log_event(LVL_INFO, EV_HEALTH_NOT_ASKED);
+		return 0;
+	}
 	if (health_probe(cfg, &jobs, err, sizeof(err)) == -1) {
 		c->jobs_active = -1;
 		log_event(LVL_ERROR, EV_HEALTH_ERROR, err);
@@ -604,6 +648,7 @@ cycle_run(struct cycle *c, int force, int (*stop)(void))
 	c->dry = cfg->dry_run != 0;
 	c->held = 0;
 	c->follower = 0;
+	c->db_active = -1;
 	localtime_r(&t, &tm);
 	strftime(when, sizeof(when), "%H:%M:%S", &tm);
 	log_event(LVL_INFO, EV_CYCLE, (long)c->count, when);
@@ -653,7 +698,10 @@ cycle_run(struct cycle *c, int force, int (*stop)(void))
 	else if (reaped == 0 && c->held == 0)
 		log_event(LVL_INFO, c->follower ? EV_CLEAN_FOLLOWER : EV_CLEAN);
 	if (c->count % cfg->report_every == 0) {
-		if (c->jobs_active >= 0)
+		if (c->jobs_active >= 0 && cfg->active_from == ACTIVE_DATABASE)
+			log_event(LVL_INFO, EV_REPORT_DB, (long)c->count,
+			    (long)c->jobs_active);
+		else if (c->jobs_active >= 0)
 			log_event(LVL_INFO, EV_REPORT, (long)c->count,
 			    (long)c->jobs_active);
 		else

@@ -21,6 +21,7 @@ enum log_level { LVL_DEBUG, LVL_INFO, LVL_WARNING, LVL_ERROR };
 enum log_format { LOGF_TEXT, LOGF_JSON };
 enum lang { LANG_PT, LANG_EN };
 enum cache_action { CACHE_REMOVE, CACHE_MARK };
+enum active_from { ACTIVE_HEALTH, ACTIVE_DATABASE };
 enum force_cache { FORCE_ALL, FORCE_ACTIVE };
 
 /*
@@ -39,6 +40,7 @@ struct config {
 	long long interval;
 	long long error_backoff;
 	long long force_threshold;
+	long long active_from;
 	long long force_cache;
 	long long force_min_age;
 	long long report_every;
@@ -166,6 +168,8 @@ enum log_event {
 	EV_DB_UP,
 	EV_HEALTH,
 	EV_HEALTH_ERROR,
+	EV_HEALTH_NOT_ASKED,
+	EV_ACTIVE_DB,
 	EV_FORCE_WARN,
 	EV_FORCE_WARN_WOULD,
 	EV_FORCE_REQUESTED,
@@ -180,6 +184,7 @@ enum log_event {
 	EV_SUMMARY_HELD,
 	EV_REPORT,
 	EV_REPORT_NO_API,
+	EV_REPORT_DB,
 	EV_ALERT_FAILED,
 	EV_ALERTS_DROPPED,
 	EV_METRICS_ERROR,
@@ -324,10 +329,11 @@ long long cycle_count(const struct cycle *);
 const char *cycle_status(const struct cycle *);
 long long cycle_next_due(const struct cycle *);
 int cycle_reap_due(struct cycle *);
+void cycle_ask_health(struct cycle *, int);
 
 /* commands.c */
-int cmd_check(struct config *);
-int cmd_stats(struct config *, int);
+int cmd_check(struct config *, int);
+int cmd_stats(struct config *, int, int);
 
 /* notify.c */
 long long notify_watchdog_ms(void);

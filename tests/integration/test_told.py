@@ -3,6 +3,7 @@ ends is told in the seed's lines, whatever path ended it (a cycle, a
 deadline wake-up, a forced cleanup), and the forced cleanup counts
 distinct jobs."""
 
+import json
 import re
 import signal
 import time
@@ -229,3 +230,61 @@ def test_mark_mode_marked_jobs_without_a_row_leave(env, daemons):
     between = log[log.index("marcados como erro\n"):log.index("🗑️ Cache: 1 jobs marcados")]
     assert between.count("🔄 Ciclo") >= 2, log
     assert re.search(r"- INFO - 🗑️ Cache: 1 jobs marcados como erro removidos", log)
+
+
+def test_read_only_commands_do_not_request_the_health_url(env, health, daemons):
+    """check, stats (text and JSON) and any dry run request the health URL
+    only with --health, and say that the API was not asked."""
+    health.set_json({"status": "healthy", "jobs_active": 9})
+    env.write_cache({"c": {"status": "running", "start_time": time.time()}})
+    over = {"LIMPEZA_HEALTH_URL": health.url}
+    p = env.run("check", **over)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert re.search(r"^ok: health URL http://127\.0\.0\.1:\d+/api/health not asked "
+                     r"\(read-only: some APIs' health routes write; --health asks it\)$",
+                     p.stdout, re.M), p.stdout
+    p = env.run("stats", **over)
+    assert p.returncode == 0 and "api: not asked (read-only" in p.stdout, p.stdout
+    p = env.run("stats", "--json", **over)
+    assert p.returncode == 0 and json.loads(p.stdout)["api"] == {"asked": False}, p.stdout
+    p = env.run("once", "--dry-run", **over)
+    assert p.returncode == 0, p.stderr
+    assert "🧪 API Health não consultada: simulação" in p.stderr and "MUITOS JOBS" not in p.stderr
+    d = daemons(env, LIMPEZA_DRY_RUN="1", LIMPEZA_INTERVAL="200ms", **over)
+    d.wait_for("Ciclo 3 ")
+    assert d.stop() == 0
+    assert health.hits == 0
+    # --health asks it, each once
+    assert "ok: health URL" in env.run("check", "--health", **over).stdout
+    assert health.hits == 1
+    assert json.loads(env.run("stats", "--json", "--health", **over).stdout)["api"] == {"jobs_active": 9}
+    assert health.hits == 2
+    p = env.run("once", "--dry-run", "--health", **over)
+    assert "🧪 MUITOS JOBS ATIVOS: 9" in p.stderr and health.hits == 3
+    assert "--health" in env.run("--help").stdout
+
+
+def test_active_count_from_the_database(store_env, health):
+    """LIMPEZA_ACTIVE_FROM=database: the active count is the table's
+    running + queued rows, no URL is requested, and the forced cleanup
+    works from that count; with the default (health) a health route that
+    always answers 0, as Desfollow's does, never forces."""
+    env = store_env
+    for i in range(4):
+        env.store.add("r%d" % i, "running", 0)
+        env.store.add("q%d" % i, "queued", 0)
+    env.store.add("done", "done", 0)
+    health.set_json({"status": "healthy", "jobs_active": 0})
+    p = env.run("once", LIMPEZA_HEALTH_URL=health.url, LIMPEZA_CACHE_FILE="")
+    assert p.returncode == 0 and "MUITOS JOBS" not in p.stderr, p.stderr
+    assert health.hits == 1
+    p = env.run("once", LIMPEZA_HEALTH_URL=health.url, LIMPEZA_CACHE_FILE="",
+                LIMPEZA_ACTIVE_FROM="database")
+    assert p.returncode == 0, p.stderr
+    assert health.hits == 1  # not requested
+    assert "- INFO - 📊 Banco: 8 jobs ativos (running + queued)" in p.stderr, p.stderr
+    assert "WARNING - ⚠️ MUITOS JOBS ATIVOS: 8 - Executando limpeza forçada!" in p.stderr
+    assert "🚨 Limpeza forçada: 8 jobs terminados (8 no banco, 0 no cache)" in p.stderr
+    assert set(env.store.statuses().values()) == {"error", "done"}
+    p = env.run("check", LIMPEZA_ACTIVE_FROM="sometimes")
+    assert p.returncode == 2 and "LIMPEZA_ACTIVE_FROM" in p.stderr, p.stderr
