@@ -57,6 +57,7 @@ struct cycle {
 	/* Stale rows another transaction held at this cycle's reaping. */
 	long held;
 	int follower; /* this cycle's reaping: another instance leads */
+	long skipped; /* steps a stop left undone (enum step bits) */
 	/* Holders warned about, and when: once per interval each. */
 	struct {
 		long pid;
@@ -385,6 +386,8 @@ step_store(struct cycle *c, long *reaped)
 		return 0;
 	memset(&n, 0, sizeof(n));
 	lead = c->store->ops->reap(c->store, &req, &n);
+	if (lead == -1 && c->store->stopped)
+		goto stopped;
 	if (lead == -1)
 		goto fail;
 	store_role(c, lead);
@@ -405,6 +408,8 @@ step_store(struct cycle *c, long *reaped)
 		fatalx_oom();
 	if (c->store->ops->stats(c->store, &st) == -1) {
 		json_decref(st.by_status);
+		if (c->store->stopped)
+			goto stopped;
 		goto fail;
 	}
 	log_event(LVL_INFO, EV_DB_STATS, st.by_status);
@@ -418,6 +423,10 @@ step_store(struct cycle *c, long *reaped)
 fail:
 	store_result(c, 0);
 	return -1;
+stopped:
+	/* Abandoned for a stop: no outage, a step not run. */
+	c->skipped |= STEP_STORE;
+	return 0;
 }
 
 /*
@@ -516,6 +525,7 @@ step_health(struct cycle *c, int force, long *ended)
 	const struct config *cfg = c->cfg;
 	long long jobs;
 	char err[512];
+	int r;
 
 	if (cfg->active_from == ACTIVE_DATABASE)
 		return step_active_db(c, force, ended);
@@ -525,7 +535,12 @@ step_health(struct cycle *c, int force, long *ended)
 		log_event(LVL_INFO, EV_HEALTH_NOT_ASKED);
 		return 0;
 	}
-	if (health_probe(cfg, &jobs, err, sizeof(err)) == -1) {
+	r = health_probe(cfg, &jobs, err, sizeof(err));
+	if (r == -2) {
+		c->skipped |= STEP_HEALTH;
+		return 0;
+	}
+	if (r == -1) {
 		c->jobs_active = -1;
 		log_event(LVL_ERROR, EV_HEALTH_ERROR, err);
 		outage_update(&c->api_out, 0, "API", err, EV_COUNT, EV_COUNT,
@@ -585,7 +600,9 @@ cycle_reap_due(struct cycle *c)
 	if (c->store != NULL && c->store_due <= now_monotonic_ms() &&
 	    !c->store_out.down) {
 		lead = c->store->ops->reap(c->store, &req, &n);
-		if (lead == -1) {
+		if (lead == -1 && c->store->stopped) {
+			/* A stop: the loop ends next; nothing failed. */
+		} else if (lead == -1) {
 			store_result(c, 0);
 			c->store_due = LLONG_MAX;
 			failed = 1;
@@ -615,6 +632,15 @@ cycle_reap_due(struct cycle *c)
 	if (reaped > 0)
 		log_event(LVL_INFO, EV_DUE, reaped);
 	return failed ? -1 : 0;
+}
+
+/* Whether the cycle has a health step (the API, or the database's count). */
+static int
+has_health(const struct cycle *c)
+{
+	return c->cfg->active_from == ACTIVE_DATABASE
+	    ? c->store != NULL
+	    : *c->cfg->health_url != '\0';
 }
 
 /* Whether the daemon was told to stop; `once` passes no such question. */
@@ -649,6 +675,9 @@ cycle_run(struct cycle *c, int force, int (*stop)(void))
 	c->held = 0;
 	c->follower = 0;
 	c->db_active = -1;
+	c->skipped = 0;
+	if (c->store != NULL)
+		c->store->stopped = 0;
 	localtime_r(&t, &tm);
 	strftime(when, sizeof(when), "%H:%M:%S", &tm);
 	log_event(LVL_INFO, EV_CYCLE, (long)c->count, when);
@@ -656,14 +685,24 @@ cycle_run(struct cycle *c, int force, int (*stop)(void))
 	if (c->dry)
 		log_event(LVL_INFO, EV_DRY_RUN);
 
+	/*
+	 * A stop between steps, or one that abandoned a step's network
+	 * wait, leaves the rest undone: the closing line names them.
+	 */
 	if (step_cache(c, &reaped) == -1)
 		failed |= STEP_CACHE;
-	if (!stop_asked(stop) && step_store(c, &reaped) == -1)
+	if (c->store != NULL && (stop_asked(stop) || c->skipped))
+		c->skipped |= STEP_STORE;
+	else if (step_store(c, &reaped) == -1)
 		failed |= STEP_STORE;
 	/* The API answered (jobs_active known) if the forced cleanup failed. */
-	if (!stop_asked(stop) && step_health(c, force, &ended) == -1)
+	if (has_health(c) && (stop_asked(stop) || c->skipped))
+		c->skipped |= STEP_HEALTH;
+	else if (step_health(c, force, &ended) == -1)
 		failed |= c->jobs_active >= 0 ? STEP_FORCE : STEP_HEALTH;
-	if (!stop_asked(stop) && force) {
+	if (force && (stop_asked(stop) || c->skipped))
+		c->skipped |= STEP_FORCE;
+	else if (force) {
 		if (c->dry)
 			log_event(LVL_INFO, EV_FORCE_REQUESTED_WOULD);
 		else
@@ -695,7 +734,9 @@ cycle_run(struct cycle *c, int force, int (*stop)(void))
 		    LVL_INFO, c->dry ? EV_SUMMARY_WOULD : EV_SUMMARY, reaped);
 	if (failed != 0)
 		log_event(LVL_WARNING, EV_CYCLE_INCOMPLETE, failed);
-	else if (reaped == 0 && c->held == 0)
+	if (c->skipped != 0)
+		log_event(LVL_WARNING, EV_CYCLE_STOPPED, c->skipped);
+	else if (failed == 0 && reaped == 0 && c->held == 0)
 		log_event(LVL_INFO, c->follower ? EV_CLEAN_FOLLOWER : EV_CLEAN);
 	if (c->count % cfg->report_every == 0) {
 		if (c->jobs_active >= 0 && cfg->active_from == ACTIVE_DATABASE)

@@ -179,6 +179,7 @@ enum log_event {
 	EV_SUMMARY,
 	EV_SUMMARY_WOULD,
 	EV_CYCLE_INCOMPLETE,
+	EV_CYCLE_STOPPED,
 	EV_CLEAN,
 	EV_CLEAN_FOLLOWER,
 	EV_SUMMARY_HELD,
@@ -202,8 +203,11 @@ void fatal(const char *, ...) __attribute__((format(printf, 1, 2), noreturn));
 void fatalx_oom(void) __attribute__((noreturn));
 
 /* clock.c */
+/* How long a network wait goes on before it asks stop_pending() again. */
+#define STOP_SLICE_MS 100
 double now_realtime(void);
 long long now_monotonic_ms(void);
+int stop_pending(void);
 
 /* jobtime.c */
 int jobtime_iso8601(const char *, double *);

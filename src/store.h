@@ -17,6 +17,8 @@ struct store {
 	const struct store_ops *ops;
 	const struct config *cfg;
 	char err[512];
+	/* The last operation was abandoned for a stop, not failed. */
+	int stopped;
 };
 
 /*

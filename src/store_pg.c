@@ -138,6 +138,28 @@ pg_failed_connection(struct store_pg *p)
 		p->backoff = BACKOFF_MAX_MS;
 }
 
+/*
+ * A stop while a statement is in flight: the server is asked to cancel
+ * it (a batch's COMMIT travels with its UPDATE, which would otherwise
+ * commit once its row lock came free, unlogged), and the connection is
+ * dropped. A connect in progress is just dropped.
+ */
+static void
+pg_stopped(struct store_pg *p)
+{
+	PGcancel *cn;
+	char why[256];
+
+	if (PQstatus(p->conn) == CONNECTION_OK &&
+	    (cn = PQgetCancel(p->conn)) != NULL) {
+		(void)PQcancel(cn, why, sizeof(why));
+		PQfreeCancel(cn);
+	}
+	store_err(&p->s, "abandoned for a stop");
+	p->s.stopped = 1;
+	pg_disconnect(p);
+}
+
 /* One statement and its parameters. */
 struct stmt {
 	const char *sql;
@@ -147,7 +169,8 @@ struct stmt {
 
 /*
  * Waits until the connection's socket is ready for events or deadline
- * passes: 1, 0 at the deadline, -1 if poll() fails.
+ * passes: 1, 0 at the deadline, -1 if poll() fails, -2 when a stop is
+ * pending (asked every STOP_SLICE_MS).
  */
 static int
 pg_poll(PGconn *conn, short events, long long deadline)
@@ -163,10 +186,13 @@ pg_poll(PGconn *conn, short events, long long deadline)
 		return -1;
 	}
 	for (;;) {
+		if (stop_pending())
+			return -2;
 		left = deadline - now_monotonic_ms();
 		if (left <= 0)
 			return 0;
-		r = poll(&pfd, 1, (int)(left > 1000 ? 1000 : left));
+		r = poll(&pfd, 1,
+		    (int)(left > STOP_SLICE_MS ? STOP_SLICE_MS : left));
 		if (r > 0)
 			return 1;
 		if (r == -1 && errno != EINTR)
@@ -199,6 +225,10 @@ pg_wait(struct store_pg *p, long long deadline)
 			return 0;
 		r = pg_poll(
 		    p->conn, unsent ? POLLIN | POLLOUT : POLLIN, deadline);
+		if (r == -2) {
+			pg_stopped(p);
+			return -1;
+		}
 		if (r == 0) {
 			store_err(&p->s,
 			    unsent ? "the database took nothing more of what "
@@ -349,6 +379,10 @@ pg_connect(struct store_pg *p)
 			goto fail;
 		r = pg_poll(p->conn,
 		    st == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
+		if (r == -2) {
+			pg_stopped(p);
+			return -1;
+		}
 		if (r == 0) {
 			store_err(&p->s,
 			    "cannot connect: no answer from the database "

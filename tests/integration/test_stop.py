@@ -1,0 +1,123 @@
+"""A stop takes at most 1 s, whatever the network does (issue 21, item 8):
+a health server that accepts and never answers, a listener that accepts
+and never speaks PostgreSQL, a statement blocked on a lock. Each time
+SIGTERM gives exit 0 within 1 s (the daemon's own waits are sliced in
+100 ms), the stop line, the steps not run named, and no leftover file."""
+
+import os
+import signal
+import socket
+import threading
+import time
+
+from conftest import SLOW, Env, PgStore
+
+BOUND_S = 1.0
+
+
+def stop_within_a_second(d):
+    t0 = time.monotonic()
+    d.signal(signal.SIGTERM)
+    rc = d.p.wait(10 * SLOW)
+    took = time.monotonic() - t0
+    d.err.close()
+    assert rc == 0, d.stderr()[-2000:]
+    assert took <= BOUND_S * SLOW, (took, d.stderr()[-2000:])
+    log = d.stderr()
+    assert log.rstrip().endswith("- INFO - 🛑 Sistema de limpeza interrompido"), log[-2000:]
+    assert "Sistema limpo" not in log
+    return log
+
+
+def no_leftovers(env):
+    names = sorted(n for n in os.listdir(env.tmp) if not n.startswith("stderr-"))
+    assert all(n in ("desfollow_jobs.json", "log", "jobs.db") for n in names), names
+
+
+def wait_until(pred, what, timeout=10):
+    deadline = time.monotonic() + timeout * SLOW
+    while not pred():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_stop_while_the_health_request_hangs(env, health, daemons):
+    health.mode = "hang"
+    env.write_cache({})
+    d = daemons(env, LIMPEZA_HEALTH_URL=health.url, LIMPEZA_INTERVAL="60s")
+    wait_until(lambda: health.hits >= 1, "no health request")
+    time.sleep(0.3)
+    log = stop_within_a_second(d)
+    assert "- WARNING - 🛑 Parada no meio do ciclo - etapas não executadas: API health" in log, log
+    assert "Erro ao consultar API Health" not in log
+    no_leftovers(env)
+
+
+class SilentListener:
+    """Accepts connections and never sends a byte."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.stop = False
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def run(self):
+        while not self.stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+
+    def close(self):
+        self.stop = True
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_stop_while_the_database_connect_hangs(env, daemons):
+    lst = SilentListener()
+    try:
+        env.write_cache({})
+        d = daemons(env, DATABASE_URL="postgresql://app:pw@127.0.0.1:%d/scans" % lst.port,
+                    LIMPEZA_INTERVAL="60s")
+        wait_until(lambda: lst.conns, "no connection")
+        time.sleep(0.3)
+        log = stop_within_a_second(d)
+        assert "🛑 Parada no meio do ciclo - etapas não executadas: banco" in log, log
+        assert "Erro no banco" not in log
+        no_leftovers(env)
+    finally:
+        lst.close()
+
+
+def test_stop_while_a_statement_waits_for_a_lock(tmp_path, pg, daemons):
+    """The look waits on a lock another session holds: the stop cancels it
+    on the server, so no limpeza statement is left running after the exit."""
+    env = Env(tmp_path, PgStore(pg))
+    s = env.store
+    s.add("stale", "running", 900)
+    holder = s.connect()
+    holder.autocommit = False
+    holder.cursor().execute("LOCK TABLE scans IN ACCESS EXCLUSIVE MODE")
+    try:
+        d = daemons(env, LIMPEZA_INTERVAL="60s", LIMPEZA_CACHE_FILE="")
+
+        def waiting():
+            return int(s.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                             " AND application_name = 'limpeza' AND wait_event_type = 'Lock'")[0][0])
+
+        wait_until(waiting, "limpeza never waited on the lock")
+        log = stop_within_a_second(d)
+        assert "🛑 Parada no meio do ciclo - etapas não executadas: banco" in log, log
+        # cancelled on the server: nothing of limpeza's is left waiting
+        wait_until(lambda: not waiting(), "limpeza's statement still waits on the server", timeout=1)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert s.statuses() == {"stale": "running"}
