@@ -1,6 +1,7 @@
 /* cache.c: the cache-file pass: open and lock, scan, decide, commit. */
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -47,6 +48,7 @@ struct cache {
 	double oldest_since; /* wall clock start of the oldest active job */
 	int retention_down; /* the store did not answer: said once */
 	json_t *forced_ids; /* when set, each job a forced pass ends */
+	json_t *active_ids; /* the active jobs the last pass kept */
 };
 
 /*
@@ -129,6 +131,7 @@ cache_free(struct cache *c)
 	if (c == NULL)
 		return;
 	json_decref(c->seen);
+	json_decref(c->active_ids);
 	free(c);
 }
 
@@ -887,6 +890,69 @@ log_reaped(const struct scan *s, const struct config *cfg,
 		    res->retired_marked, ret);
 }
 
+/* The ids of the active jobs a pass keeps. */
+static json_t *
+kept_active(const struct scan *s)
+{
+	json_t *ids = json_object();
+	size_t i;
+
+	if (ids == NULL)
+		fatalx_oom();
+	for (i = 0; i < s->n; i++) {
+		const struct member *m = &s->m[i];
+
+		if (!m->superseded && m->fate == FATE_KEEP &&
+		    job_active(m->job.state))
+			json_object_setn_nocheck(
+			    ids, s->ids + m->id, m->idlen, json_true());
+	}
+	return ids;
+}
+
+/*
+ * After another process rewrote the file (the API's health route, say):
+ * how many of the active jobs the last pass kept are now in the error
+ * status with a message that is not limpeza's. The file is read without
+ * its lock and changes nothing. Returns the count, or -1 when it cannot
+ * be read whole (caught mid-write, say).
+ */
+long
+cache_ended_by_others(struct cache *c, const struct config *cfg)
+{
+	struct scan s = { cfg, NULL, 0, 0, NULL, 0, 0, 0, NULL };
+	struct marks mk = { NULL, { NULL, NULL, NULL } };
+	struct stat st;
+	long n = -1;
+	size_t i;
+	int fd;
+
+	if (c->active_ids == NULL || json_object_size(c->active_ids) == 0)
+		return 0;
+	if ((fd = open(cfg->cache_file, O_RDONLY | O_CLOEXEC)) == -1)
+		return -1;
+	marks_init(&mk, cfg);
+	s.mk = &mk;
+	if (fstat(fd, &st) == 0 &&
+	    scan_file(fd, cfg->cache_file, &st, &s) == 0) {
+		find_superseded(&s);
+		n = 0;
+		for (i = 0; i < s.n; i++) {
+			const struct member *m = &s.m[i];
+
+			if (!m->superseded && m->job.state == JOB_ERROR &&
+			    !m->ours &&
+			    json_object_getn(
+				c->active_ids, s.ids + m->id, m->idlen) != NULL)
+				n++;
+		}
+	}
+	scan_free(&s);
+	marks_free(&mk);
+	close(fd);
+	return n;
+}
+
 /*
  * One pass over the file, in five steps: open and lock, scan, look up
  * (retention's question to the store), decide, commit. Returns 0 when
@@ -972,6 +1038,8 @@ cache_pass(struct cache *c, const struct config *cfg, struct store *store,
 	json_decref(c->seen);
 	c->seen = seen;
 	seen = NULL;
+	json_decref(c->active_ids);
+	c->active_ids = kept_active(&s);
 	/* A dry run leaves its reapable jobs in place: read it again. */
 	c->known = !force && !(dry_run && changes > 0);
 	c->last = *version;

@@ -1,5 +1,7 @@
 /* cycle.c: one cleanup cycle, store-agnostic, top to bottom. */
 
+#include <sys/stat.h>
+
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +20,8 @@
  */
 #define ROLE_HOLD 3
 #define ROLE_HOLD_MS (5 * MS_PER_S)
+/* A health route that ends live jobs is said at most this often. */
+#define PROBE_WARN_MS (3600 * MS_PER_S)
 
 /* Tracks one dependency (store or API) for its log lines and alerts. */
 struct outage {
@@ -58,6 +62,7 @@ struct cycle {
 	long held;
 	int follower; /* this cycle's reaping: another instance leads */
 	long skipped; /* steps a stop left undone (enum step bits) */
+	long long probe_warned; /* monotonic ms of the last such warning */
 	/* Holders warned about, and when: once per interval each. */
 	struct {
 		long pid;
@@ -518,14 +523,45 @@ step_active_db(struct cycle *c, int force, long *ended)
 	return step_force(c, c->db_active, ended);
 }
 
+/*
+ * Whether the health request ended live jobs: the cache file was
+ * rewritten during it, and active jobs the cache step kept are now in
+ * the error status with a message that is not limpeza's (Desfollow's
+ * route marks every running job without start_time). Counted in a
+ * metric; one warning with the remedy, at most once an hour.
+ */
+static void
+health_side_effect(struct cycle *c, const struct stat *before)
+{
+	struct stat after;
+	long long now;
+	long n;
+
+	if (stat(c->cfg->cache_file, &after) == -1 ||
+	    (after.st_ino == before->st_ino &&
+		after.st_size == before->st_size &&
+		after.st_mtim.tv_sec == before->st_mtim.tv_sec &&
+		after.st_mtim.tv_nsec == before->st_mtim.tv_nsec))
+		return;
+	if ((n = cache_ended_by_others(c->cache, c->cfg)) <= 0)
+		return;
+	metrics_probe_ended(n);
+	now = now_monotonic_ms();
+	if (c->probe_warned != 0 && now - c->probe_warned < PROBE_WARN_MS)
+		return;
+	c->probe_warned = now;
+	log_event(LVL_WARNING, EV_HEALTH_ENDS_JOBS, n);
+}
+
 /* The API step: how many jobs are active, and a forced cleanup if too many. */
 static int
 step_health(struct cycle *c, int force, long *ended)
 {
 	const struct config *cfg = c->cfg;
+	struct stat before;
 	long long jobs;
 	char err[512];
-	int r;
+	int r, have;
 
 	if (cfg->active_from == ACTIVE_DATABASE)
 		return step_active_db(c, force, ended);
@@ -535,7 +571,11 @@ step_health(struct cycle *c, int force, long *ended)
 		log_event(LVL_INFO, EV_HEALTH_NOT_ASKED);
 		return 0;
 	}
+	have = *cfg->cache_file != '\0' && !c->dry &&
+	    stat(cfg->cache_file, &before) == 0;
 	r = health_probe(cfg, &jobs, err, sizeof(err));
+	if (have && r != -2)
+		health_side_effect(c, &before);
 	if (r == -2) {
 		c->skipped |= STEP_HEALTH;
 		return 0;

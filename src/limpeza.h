@@ -169,6 +169,7 @@ enum log_event {
 	EV_HEALTH,
 	EV_HEALTH_ERROR,
 	EV_HEALTH_NOT_ASKED,
+	EV_HEALTH_ENDS_JOBS,
 	EV_ACTIVE_DB,
 	EV_FORCE_WARN,
 	EV_FORCE_WARN_WOULD,
@@ -288,6 +289,7 @@ struct cache *cache_new(void);
 void cache_free(struct cache *);
 void cache_invalidate(struct cache *);
 void cache_collect_forced(struct cache *, json_t *);
+long cache_ended_by_others(struct cache *, const struct config *);
 long long cache_next_due(const struct cache *);
 enum cache_retention cache_retention_mode(const struct config *);
 int cache_reap(struct cache *, const struct config *, struct store *, int, int,
@@ -312,6 +314,7 @@ void metrics_step_failed(const char *);
 void metrics_cycle(double, int);
 void metrics_gauges(long long, int, int, long long);
 void metrics_stale_left(long);
+void metrics_probe_ended(long);
 char *metrics_render(size_t *);
 int metrics_healthy(void);
 int metrics_start(const char *, char *, size_t);

@@ -253,6 +253,15 @@ static const struct log_def defs[EV_COUNT] = {
 	    "📊 Banco: %s jobs ativos (running + queued)",
 	    "📊 Database: %s active jobs (running + queued)", "l",
 	    { "jobs_active" } },
+	[EV_HEALTH_ENDS_JOBS] = { "health_ends_jobs",
+	    "⚠️ A consulta à API Health terminou %s jobs ativos no cache "
+	    "(reescreveu o arquivo com outra mensagem de erro): use "
+	    "LIMPEZA_ACTIVE_FROM=database",
+	    "⚠️ The API health request ended %s active jobs in the cache "
+	    "(it "
+	    "rewrote the file with an error message of its own): use "
+	    "LIMPEZA_ACTIVE_FROM=database",
+	    "l", { "count" } },
 	[EV_FORCE_WARN] = { "force_warn",
 	    "⚠️ MUITOS JOBS ATIVOS: %s - Executando limpeza forçada!",
 	    "⚠️ TOO MANY ACTIVE JOBS: %s - Running forced cleanup!", "l",

@@ -4,6 +4,7 @@ deadline wake-up, a forced cleanup), and the forced cleanup counts
 distinct jobs."""
 
 import json
+import os
 import re
 import signal
 import time
@@ -288,3 +289,73 @@ def test_active_count_from_the_database(store_env, health):
     assert set(env.store.statuses().values()) == {"error", "done"}
     p = env.run("check", LIMPEZA_ACTIVE_FROM="sometimes")
     assert p.returncode == 2 and "LIMPEZA_ACTIVE_FROM" in p.stderr, p.stderr
+
+
+@pytest.fixture
+def api(env):
+    """The Desfollow API double (apidouble.py) on the test's cache file,
+    three worker processes, as the API runs under gunicorn."""
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = subprocess.Popen([sys.executable, os.path.join(here, "apidouble.py"), env.cache, "3"],
+                         stdout=subprocess.PIPE, text=True)
+    base = "http://127.0.0.1:%d" % int(p.stdout.readline())
+    yield base
+    p.terminate()
+    p.wait(10)
+
+
+def call(url, method="GET"):
+    import urllib.request
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_a_health_route_that_ends_live_jobs_is_noticed(env, api, daemons):
+    """Against the API double, whose health route marks every running job
+    (the API writes no start_time) and rewrites the file: the daemon warns
+    once, with the count and the remedy, and a metric counts the jobs."""
+    import socket
+    call(api + "/api/scan/j1", "POST")
+    call(api + "/api/scan/j1/running", "POST")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    d = daemons(env, LIMPEZA_HEALTH_URL=api + "/api/health", LIMPEZA_INTERVAL="60s",
+                DATABASE_URL=None, LIMPEZA_METRICS_ADDR="127.0.0.1:%d" % port)
+    d.wait_for("📊 API Health: 0 jobs ativos")
+    assert call(api + "/api/scan/j1")["error"] == "Job órfão - sem start_time"
+    log = d.wait_for("✅ Sistema limpo")
+    assert re.search(r"- WARNING - ⚠️ A consulta à API Health terminou 1 jobs ativos no cache "
+                     r"\(reescreveu o arquivo com outra mensagem de erro\): use "
+                     r"LIMPEZA_ACTIVE_FROM=database$", log, re.M), log
+    assert metric(port, "limpeza_health_ended_jobs_total") == 1
+    # again: counted, not said again within the hour
+    call(api + "/api/scan/j2", "POST")
+    call(api + "/api/scan/j2/running", "POST")
+    d.signal(signal.SIGUSR1)
+    log = d.wait_for("📊 API Health: 0 jobs ativos", count=2)
+    assert call(api + "/api/scan/j2")["status"] == "error"
+    d.wait_for(r"Ciclo 2 [\s\S]*Sistema limpo")
+    assert metric(port, "limpeza_health_ended_jobs_total") == 2
+    assert d.stderr().count("terminou 1 jobs ativos") == 1
+
+
+def test_against_the_api_double_active_from_database_leaves_live_scans(env, api):
+    """LIMPEZA_ACTIVE_FROM=database and read-only commands request no URL:
+    the double's live scan stays running."""
+    call(api + "/api/scan/live", "POST")
+    call(api + "/api/scan/live/running", "POST")
+    over = {"LIMPEZA_HEALTH_URL": api + "/api/health"}
+    assert env.run("check", **over).returncode == 0
+    assert env.run("stats", "--json", **over).returncode == 0
+    p = env.run("once", LIMPEZA_ACTIVE_FROM="database", **over)
+    assert p.returncode == 0, p.stderr
+    assert "📊 Banco: 0 jobs ativos" in p.stderr and "API Health" not in p.stderr
+    assert call(api + "/api/scan/live")["status"] == "running"
+    # the default asks the route, which ends it
+    env.run("once", **over)
+    assert call(api + "/api/scan/live")["status"] == "error"
