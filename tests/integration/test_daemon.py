@@ -322,7 +322,7 @@ def test_no_secret_in_usage_errors_bad_values_or_other_urls(env):
         assert p.returncode == 2 and "invalid DATABASE_URL (not shown" in p.stderr, p.stderr
         runs.append(p)
     hook = "https://hooks.example/services/T0SECRET/B0TOKEN"
-    for args in (["check"], ["once"], ["stats"]):
+    for args in (["check", "--health"], ["once"], ["stats", "--health"]):
         runs.append(env.run(*args, DATABASE_URL=None, LIMPEZA_ALERT_WEBHOOK=hook,
                             LIMPEZA_HEALTH_URL="http://admin:HealthPw9@127.0.0.1:9/api/health"))
     p = runs[-3]
