@@ -359,3 +359,30 @@ def test_against_the_api_double_active_from_database_leaves_live_scans(env, api)
     # the default asks the route, which ends it
     env.run("once", **over)
     assert call(api + "/api/scan/live")["status"] == "error"
+
+
+def test_against_the_api_double_every_job_ended_is_told(env, api, daemons):
+    """The API double writes its scans (no time in them) and their rows;
+    the daemon runs as in production (LIMPEZA_ACTIVE_FROM=database, as on
+    Desfollow): scans that hang are ended at their deadlines, in the cache
+    and in the table, and the seed's lines add up to what was ended."""
+    for j in ("h1", "h2", "h3"):
+        call(api + "/api/scan/" + j, "POST")
+        env.store.add(j, "queued", 0)
+    call(api + "/api/scan/h3/running", "POST")
+    d = daemons(env, LIMPEZA_INTERVAL="60s", LIMPEZA_QUEUED_TTL="2s", LIMPEZA_RUNNING_TTL="2s",
+                LIMPEZA_HEALTH_URL=api + "/api/health", LIMPEZA_ACTIVE_FROM="database")
+    d.wait_for("✅ Sistema limpo")  # first sight: nothing is due yet
+    wait_s = time.monotonic() + 20
+    while time.monotonic() < wait_s:
+        if set(env.store.statuses().values()) == {"error"} and json.loads(env.read_cache()) == {}:
+            break
+        time.sleep(0.05)
+    assert json.loads(env.read_cache()) == {}, d.stderr()[-2000:]
+    assert set(env.store.statuses().values()) == {"error"}
+    assert "Ciclo 2 " not in d.stderr()
+    d.signal(signal.SIGUSR1)
+    log = d.wait_for(r"Ciclo 2 [\s\S]*(Limpeza executada|Sistema limpo)")
+    assert seed_sum(log) == 6, log
+    assert closing_lines(log) == [0, 6], log
+    assert "API Health" not in log
