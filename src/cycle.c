@@ -20,8 +20,20 @@
  */
 #define ROLE_HOLD 3
 #define ROLE_HOLD_MS (5 * MS_PER_S)
+/*
+ * A daemon's cycle gives its database work (retention look-up, reaping,
+ * statistics, forced cleanup) at most twice the interval, within these
+ * bounds: well below the unit's WatchdogSec (120 s) however slowly a
+ * database answers each statement, and never less than a large backlog
+ * needs.
+ */
+#define CYCLE_DB_MIN_MS (10 * MS_PER_S)
+#define CYCLE_DB_MAX_MS (60 * MS_PER_S)
 /* A health route that ends live jobs is said at most this often. */
 #define PROBE_WARN_MS (3600 * MS_PER_S)
+
+struct cycle;
+static void store_budget(struct cycle *);
 
 /* Tracks one dependency (store or API) for its log lines and alerts. */
 struct outage {
@@ -633,6 +645,7 @@ cycle_reap_due(struct cycle *c)
 
 	memset(&n, 0, sizeof(n));
 	c->dry = c->cfg->dry_run != 0;
+	store_budget(c);
 	req.dry_run = c->dry;
 	if (step_cache(c, &reaped) == -1)
 		failed = 1;
@@ -683,6 +696,21 @@ has_health(const struct cycle *c)
 	    : *c->cfg->health_url != '\0';
 }
 
+/* Starts the cycle's clock for the database (daemons only). */
+static void
+store_budget(struct cycle *c)
+{
+	long long b = 2 * c->cfg->interval;
+
+	if (c->store == NULL)
+		return;
+	if (b < CYCLE_DB_MIN_MS)
+		b = CYCLE_DB_MIN_MS;
+	if (b > CYCLE_DB_MAX_MS)
+		b = CYCLE_DB_MAX_MS;
+	c->store->deadline = c->elect ? now_monotonic_ms() + b : 0;
+}
+
 /* Whether the daemon was told to stop; `once` passes no such question. */
 static int
 stop_asked(int (*stop)(void))
@@ -718,6 +746,7 @@ cycle_run(struct cycle *c, int force, int (*stop)(void))
 	c->skipped = 0;
 	if (c->store != NULL)
 		c->store->stopped = 0;
+	store_budget(c);
 	localtime_r(&t, &tm);
 	strftime(when, sizeof(when), "%H:%M:%S", &tm);
 	log_event(LVL_INFO, EV_CYCLE, (long)c->count, when);

@@ -19,6 +19,12 @@ struct store {
 	char err[512];
 	/* The last operation was abandoned for a stop, not failed. */
 	int stopped;
+	/*
+	 * Monotonic ms by which the current cycle's store work must end (0:
+	 * none): every wait stops there, however many statements a cycle
+	 * (its retention look-up included) sends to a slow database.
+	 */
+	long long deadline;
 };
 
 /*

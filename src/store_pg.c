@@ -167,6 +167,15 @@ struct stmt {
 	const char *const *params;
 };
 
+/* A wait's deadline, ms from now, within the cycle's (store.deadline). */
+static long long
+cycle_cap(const struct store_pg *p, long long ms)
+{
+	long long d = now_monotonic_ms() + ms;
+
+	return p->s.deadline != 0 && p->s.deadline < d ? p->s.deadline : d;
+}
+
 /*
  * Waits until the connection's socket is ready for events or deadline
  * passes: 1, 0 at the deadline, -1 if poll() fails, -2 when a stop is
@@ -229,6 +238,13 @@ pg_wait(struct store_pg *p, long long deadline)
 			pg_stopped(p);
 			return -1;
 		}
+		if (r == 0 && deadline == p->s.deadline) {
+			store_err(&p->s,
+			    "the cycle's time for the database "
+			    "is up");
+			pg_failed_connection(p);
+			return -1;
+		}
 		if (r == 0) {
 			store_err(&p->s,
 			    unsent ? "the database took nothing more of what "
@@ -267,7 +283,7 @@ static int
 pg_run(
     struct store_pg *p, int n, const struct stmt *q, PGresult **res, int *whole)
 {
-	long long deadline = now_monotonic_ms() + CLIENT_TIMEOUT_MS;
+	long long deadline = cycle_cap(p, CLIENT_TIMEOUT_MS);
 	PGresult *r;
 	ExecStatusType st;
 	int i, done = 0, bad = -1;
@@ -368,7 +384,7 @@ pg_connect(struct store_pg *p)
 	/* Within the backoff, the last reason stands in s.err. */
 	if (now < p->next_try)
 		return -1;
-	deadline = now + CONNECT_TIMEOUT_MS;
+	deadline = cycle_cap(p, CONNECT_TIMEOUT_MS);
 	if ((p->conn = PQconnectStartParams(kw, val, 1)) == NULL)
 		fatalx_oom();
 	/* Before the first PQconnectPoll(), libpq waits to write. */

@@ -121,3 +121,75 @@ def test_stop_while_a_statement_waits_for_a_lock(tmp_path, pg, daemons):
         holder.rollback()
         holder.close()
     assert s.statuses() == {"stale": "running"}
+
+
+class SlowProxy:
+    """A TCP proxy to PostgreSQL that holds back each chunk the server
+    sends by delay_s once the log-in is over (after the server's first
+    ReadyForQuery): a database that answers each statement slowly."""
+
+    def __init__(self, port, delay_s):
+        self.target = ("127.0.0.1", port)
+        self.delay = delay_s
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.closed = False
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while not self.closed:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            s = socket.create_connection(self.target)
+            threading.Thread(target=self.pump, args=(c, s, False), daemon=True).start()
+            threading.Thread(target=self.pump, args=(s, c, True), daemon=True).start()
+
+    def pump(self, src, dst, from_server):
+        ready = False
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if from_server and ready:
+                    time.sleep(self.delay)
+                elif from_server and b"Z\x00\x00\x00\x05" in data:
+                    ready = True
+                dst.sendall(data)
+        except OSError:
+            pass
+        for x in (src, dst):
+            try:
+                x.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
+
+
+def test_a_cycle_against_a_slow_database_is_bounded(tmp_path, pg, daemons):
+    """Each answer 4 s late: a daemon's cycle gives its database work at
+    most twice the interval (at least 10 s, at most 60 s, well below the
+    unit's WatchdogSec): it ends with the database step failed, saying
+    why, instead of waiting 35 s per statement."""
+    env = Env(tmp_path, PgStore(pg))
+    for i in range(3):
+        env.store.add("stale-%d" % i, "running", 900)
+    proxy = SlowProxy(pg.port, 4)
+    try:
+        url = env.store.url.replace(":%d/" % pg.port, ":%d/" % proxy.port)
+        assert url != env.store.url
+        d = daemons(env, DATABASE_URL=url, LIMPEZA_INTERVAL="1s", LIMPEZA_CACHE_FILE="")
+        log = d.wait_for(r"Ciclo 1 [\s\S]*(Limpeza incompleta|Sistema limpo|Limpeza executada)",
+                         timeout=40)
+        assert "the cycle's time for the database is up" in log, log
+        assert "⚠️ Limpeza incompleta - falha em: banco" in log, log
+        log = stop_within_a_second(d)
+    finally:
+        proxy.close()
