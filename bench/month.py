@@ -3,8 +3,10 @@
 
 The API (the original backend/app/routes.py) reloads its whole cache file on
 every request that touches a job, and never removes a finished one. This
-runs the API's own cache functions -- load_jobs, save_jobs and set_job,
-copied below as routes.py has them -- for DAYS simulated days of
+runs the API's cache functions -- its read of the whole file on a poll
+(load_jobs) and its read-and-rewrite on a job change (set_job), here
+through the test suite's API double, tests/integration/apidouble.py,
+which behaves as routes.py does -- for DAYS simulated days of
 SCANS_PER_DAY scans: each scan is written as the API writes it (`queued`,
 then `running` with the profile, then `done` with result lists of ~720-byte
 profile entries shaped after tests/fixtures/desfollow_jobs.example.json),
@@ -45,37 +47,25 @@ ROOT = os.path.dirname(HERE)
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "desfollow_jobs.example.json")
 PASSES_PER_DAY = 48  # a pass every 30 simulated minutes, for both cleaners
 
-# --- The API's cache functions: backend/app/routes.py, unchanged but for
-# --- the path, which the bench sets.
+# --- The API's cache, through the test suite's API double
+# --- (tests/integration/apidouble.py, written from reading routes.py): the
+# --- whole file read for every poll, read and written whole for every job
+# --- change, without a lock. The bench points it at its own path.
+
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+from apidouble import JobCache  # noqa: E402
 
 CACHE_FILE = "/tmp/desfollow_jobs.json"
 
 
 def load_jobs():
-    """Carrega jobs do arquivo JSON"""
-    try:
-        if os.path.exists(CACHE_FILE):
-            with open(CACHE_FILE, 'r') as f:
-                return json.load(f)
-    except Exception as e:
-        print(f"❌ Erro ao carregar jobs: {e}")
-    return {}
-
-
-def save_jobs(jobs):
-    """Salva jobs no arquivo JSON"""
-    try:
-        with open(CACHE_FILE, 'w') as f:
-            json.dump(jobs, f)
-    except Exception as e:
-        print(f"❌ Erro ao salvar jobs: {e}")
+    """The API's read of its cache (each status poll)."""
+    return JobCache(CACHE_FILE).read()
 
 
 def set_job(job_id, data):
-    """Define um job específico"""
-    jobs = load_jobs()
-    jobs[job_id] = data
-    save_jobs(jobs)
+    """The API's write of one job (each scan's state change)."""
+    JobCache(CACHE_FILE).put(job_id, data)
 
 
 # --- Scans: realistic, and the same on both sides (seeded by their number).

@@ -1,6 +1,7 @@
 /* cache.c: the cache-file pass: open and lock, scan, decide, commit. */
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -46,6 +47,8 @@ struct cache {
 	off_t size;
 	double oldest_since; /* wall clock start of the oldest active job */
 	int retention_down; /* the store did not answer: said once */
+	json_t *forced_ids; /* when set, each job a forced pass ends */
+	json_t *active_ids; /* the active jobs the last pass kept */
 };
 
 /*
@@ -63,6 +66,8 @@ struct member {
 	enum cache_fate fate;
 	double age;
 	size_t id, idlen; /* the decoded key, in scan.ids */
+	int ours; /* in the error status with limpeza's own mark */
+	int by_mark; /* its fate is decided as limpeza's mark */
 };
 
 /* What one pass learns from the file. */
@@ -73,7 +78,11 @@ struct scan {
 	char *ids;
 	size_t ids_len, ids_cap;
 	off_t size; /* the file's length */
+	const struct marks *mk; /* limpeza's marks, to know its own */
 };
+
+static int is_mark(const struct marks *, const char *, size_t);
+static int written(const struct member *, const struct config *);
 
 static size_t window_bytes; /* 0: the scanner's default */
 
@@ -85,6 +94,17 @@ cache_new(void)
 	if (c == NULL || (c->seen = json_object()) == NULL)
 		fatalx_oom();
 	return c;
+}
+
+/*
+ * With ids set, a forced pass notes the id of every job it ends (or would)
+ * in it, so the forced cleanup counts distinct jobs across the stores;
+ * NULL stops that.
+ */
+void
+cache_collect_forced(struct cache *c, json_t *ids)
+{
+	c->forced_ids = ids;
 }
 
 /* Forgets the file, so the next pass reads it (new settings, new TTLs). */
@@ -111,6 +131,7 @@ cache_free(struct cache *c)
 	if (c == NULL)
 		return;
 	json_decref(c->seen);
+	json_decref(c->active_ids);
 	free(c);
 }
 
@@ -287,6 +308,11 @@ on_member(void *arg, const struct jsonscan_member *jm)
 	s->ids_len += jm->key_len;
 	if (jm->object && jm->field[F_STATUS].value_end != 0)
 		read_job(s->cfg, m, jm);
+	if (m->job.state == JOB_ERROR && jm->field[F_ERROR].value_end != 0)
+		m->ours =
+		    is_mark(s->mk, jm->bytes + jm->field[F_ERROR].value_start,
+			jm->field[F_ERROR].value_end -
+			    jm->field[F_ERROR].value_start);
 	return 0;
 }
 
@@ -487,6 +513,25 @@ policy_init(struct cache_policy *pol, const struct config *cfg, int force,
 	pol->force_min_age = (double)cfg->force_min_age / MS_PER_S;
 	if (mode != RETENTION_OFF && !force)
 		pol->retention = (double)cfg->cache_retention / MS_PER_S;
+	if (!force)
+		pol->mark_retention = (double)cfg->cache_retention / MS_PER_S;
+}
+
+/*
+ * A job limpeza marked that no row vouches for: without a database, or
+ * when the store answered that it has no row. Its mark is all it holds,
+ * so it leaves LIMPEZA_CACHE_RETENTION after the mark (from first sight
+ * after a restart), or it would stay for ever.
+ */
+static int
+mark_unvouched(const struct cache *c, enum cache_retention mode,
+    const struct cache_policy *pol, const struct member *m)
+{
+	if (!m->ours || pol->mark_retention <= 0)
+		return 0;
+	if (mode != RETENTION_ROWS)
+		return 1;
+	return pol->retention > 0 && !c->retention_down && m->row == ROW_NONE;
 }
 
 /*
@@ -508,6 +553,13 @@ decide_all(struct cache *c, const struct config *cfg,
 
 		if (m->superseded)
 			continue;
+		if (mark_unvouched(c, mode, pol, m)) {
+			m->by_mark = 1;
+			m->age = first_sight(c, cfg, s, m, mono, seen);
+			m->fate = m->age > pol->mark_retention ? FATE_RETIRED
+							       : FATE_KEEP;
+			continue;
+		}
 		if (job_active(m->job.state))
 			first_age = first_sight(c, cfg, s, m, mono, seen);
 		else if (job_finished(m->job.state) && pol->retention > 0)
@@ -544,7 +596,7 @@ tally(const struct scan *s, const struct config *cfg,
 {
 	long long due, mono = now_monotonic_ms();
 	long changes = 0;
-	double ttl, left;
+	double ttl, left, ret;
 	size_t i;
 
 	res->active = 0;
@@ -560,12 +612,17 @@ tally(const struct scan *s, const struct config *cfg,
 			res->finished++;
 		if (m->fate != FATE_KEEP) {
 			changes++;
+			/* A job marked now leaves a retention later. */
+			due = mono +
+			    (long long)(pol->mark_retention * MS_PER_S) + 1;
+			if (written(m, cfg) && pol->mark_retention > 0 &&
+			    due < *next_due)
+				*next_due = due;
 			continue;
 		}
-		if (job_finished(m->job.state) && pol->retention > 0) {
-			left = (m->age >= 0 ? pol->retention - m->age
-					    : pol->retention) *
-			    MS_PER_S;
+		ret = m->by_mark ? pol->mark_retention : pol->retention;
+		if (job_finished(m->job.state) && ret > 0) {
+			left = (m->age >= 0 ? ret - m->age : ret) * MS_PER_S;
 			/* rounded up: at its due time it is past retention */
 			due = mono + (long long)left;
 			if ((double)(long long)left < left)
@@ -625,6 +682,47 @@ marks_init(struct marks *mk, const struct config *cfg)
 	for (k = 0; k < 3; k++) {
 		config_reap_message(cfg, kinds[k], msg, sizeof(msg));
 		mk->msg[k] = quoted(msg);
+	}
+}
+
+/* Whether an "error" value's bytes are one of limpeza's marks. */
+static int
+is_mark(const struct marks *mk, const char *v, size_t n)
+{
+	int k;
+
+	if (mk == NULL)
+		return 0;
+	for (k = 0; k < 3; k++)
+		if (strlen(mk->msg[k]) == n && memcmp(mk->msg[k], v, n) == 0)
+			return 1;
+	return 0;
+}
+
+/*
+ * Jobs this pass marked are seen in the error status from now on: their
+ * retention counts from the mark.
+ */
+static void
+note_marks(const struct scan *s, const struct config *cfg, json_t *seen)
+{
+	long long mono = now_monotonic_ms();
+	size_t i;
+	char *sk;
+
+	for (i = 0; i < s->n; i++) {
+		const struct member *m = &s->m[i];
+
+		if (m->fate == FATE_KEEP || m->fate == FATE_RETIRED ||
+		    !written(m, cfg))
+			continue;
+		if ((sk = malloc(m->idlen + 1)) == NULL)
+			fatalx_oom();
+		sk[0] = '\n';
+		memcpy(sk + 1, s->ids + m->id, m->idlen);
+		json_object_setn_new_nocheck(
+		    seen, sk, m->idlen + 1, json_integer(mono));
+		free(sk);
 	}
 }
 
@@ -721,7 +819,8 @@ build_output(const struct scan *s, const struct config *cfg,
  */
 static void
 log_reaped(const struct scan *s, const struct config *cfg,
-    enum cache_retention mode, int dry_run, struct cache_result *res)
+    enum cache_retention mode, int dry_run, json_t *ids,
+    struct cache_result *res)
 {
 	char ret[32];
 	size_t i;
@@ -752,6 +851,9 @@ log_reaped(const struct scan *s, const struct config *cfg,
 			    dry_run ? EV_CACHE_WOULD_FORCE : EV_CACHE_FORCED,
 			    id);
 			res->forced++;
+			if (ids != NULL)
+				json_object_setn_nocheck(
+				    ids, s->ids + m->id, m->idlen, json_true());
 			if (m->job.state == JOB_RUNNING)
 				res->forced_running++;
 			else if (m->job.state == JOB_QUEUED)
@@ -765,6 +867,8 @@ log_reaped(const struct scan *s, const struct config *cfg,
 			res->retired++;
 			if (m->job.state == JOB_ERROR)
 				res->retired_error++;
+			if (m->by_mark)
+				res->retired_marked++;
 			break;
 		case FATE_KEEP:
 			break;
@@ -782,10 +886,80 @@ log_reaped(const struct scan *s, const struct config *cfg,
 	config_format_duration(cfg->cache_retention, ret, sizeof(ret));
 	if (dry_run)
 		log_event(LVL_INFO, EV_CACHE_WOULD_RETIRE, res->retired, ret);
+	else if (res->retired == res->retired_marked)
+		;
 	else if (mode == RETENTION_ROWS)
-		log_event(LVL_INFO, EV_CACHE_RETIRED, res->retired);
+		log_event(LVL_INFO, EV_CACHE_RETIRED,
+		    res->retired - res->retired_marked);
 	else
-		log_event(LVL_INFO, EV_CACHE_RETIRED_SEEN, res->retired, ret);
+		log_event(LVL_INFO, EV_CACHE_RETIRED_SEEN,
+		    res->retired - res->retired_marked, ret);
+	if (!dry_run && res->retired_marked > 0)
+		log_event(LVL_INFO, EV_CACHE_RETIRED_MARKED,
+		    res->retired_marked, ret);
+}
+
+/* The ids of the active jobs a pass keeps. */
+static json_t *
+kept_active(const struct scan *s)
+{
+	json_t *ids = json_object();
+	size_t i;
+
+	if (ids == NULL)
+		fatalx_oom();
+	for (i = 0; i < s->n; i++) {
+		const struct member *m = &s->m[i];
+
+		if (!m->superseded && m->fate == FATE_KEEP &&
+		    job_active(m->job.state))
+			json_object_setn_nocheck(
+			    ids, s->ids + m->id, m->idlen, json_true());
+	}
+	return ids;
+}
+
+/*
+ * After another process rewrote the file (the API's health route, say):
+ * how many of the active jobs the last pass kept are now in the error
+ * status with a message that is not limpeza's. The file is read without
+ * its lock and changes nothing. Returns the count, or -1 when it cannot
+ * be read whole (caught mid-write, say).
+ */
+long
+cache_ended_by_others(struct cache *c, const struct config *cfg)
+{
+	struct scan s = { cfg, NULL, 0, 0, NULL, 0, 0, 0, NULL };
+	struct marks mk = { NULL, { NULL, NULL, NULL } };
+	struct stat st;
+	long n = -1;
+	size_t i;
+	int fd;
+
+	if (c->active_ids == NULL || json_object_size(c->active_ids) == 0)
+		return 0;
+	if ((fd = open(cfg->cache_file, O_RDONLY | O_CLOEXEC)) == -1)
+		return -1;
+	marks_init(&mk, cfg);
+	s.mk = &mk;
+	if (fstat(fd, &st) == 0 &&
+	    scan_file(fd, cfg->cache_file, &st, &s) == 0) {
+		find_superseded(&s);
+		n = 0;
+		for (i = 0; i < s.n; i++) {
+			const struct member *m = &s.m[i];
+
+			if (!m->superseded && m->job.state == JOB_ERROR &&
+			    !m->ours &&
+			    json_object_getn(
+				c->active_ids, s.ids + m->id, m->idlen) != NULL)
+				n++;
+		}
+	}
+	scan_free(&s);
+	marks_free(&mk);
+	close(fd);
+	return n;
 }
 
 /*
@@ -801,7 +975,7 @@ cache_pass(struct cache *c, const struct config *cfg, struct store *store,
 {
 	const char *path = cfg->cache_file;
 	enum cache_retention mode = cache_retention_mode(cfg);
-	struct scan s = { cfg, NULL, 0, 0, NULL, 0, 0, 0 };
+	struct scan s = { cfg, NULL, 0, 0, NULL, 0, 0, 0, NULL };
 	struct safefile_out out = { NULL, 0, 0 };
 	struct marks mk = { NULL, { NULL, NULL, NULL } };
 	struct cache_policy pol;
@@ -827,6 +1001,8 @@ cache_pass(struct cache *c, const struct config *cfg, struct store *store,
 		safefile_remove_leftovers(path);
 
 	/* Scan: every member, and what decides each job's fate. */
+	marks_init(&mk, cfg);
+	s.mk = &mk;
 	if ((r = scan_file(fd, path, &st, &s)) != 0) {
 		rc = r;
 		goto done;
@@ -851,7 +1027,6 @@ cache_pass(struct cache *c, const struct config *cfg, struct store *store,
 
 	/* Commit: a new file only if something changes. */
 	if (changes > 0 && !dry_run) {
-		marks_init(&mk, cfg);
 		build_output(&s, cfg, &mk, &out);
 		r = safefile_replace(
 		    path, fd, &st, &out, &written_st, err, sizeof(err));
@@ -864,13 +1039,16 @@ cache_pass(struct cache *c, const struct config *cfg, struct store *store,
 			goto done;
 		}
 		res->rewritten = 1;
+		note_marks(&s, cfg, seen);
 		version = &written_st;
 	}
 	if (changes > 0)
-		log_reaped(&s, cfg, mode, dry_run, res);
+		log_reaped(&s, cfg, mode, dry_run, c->forced_ids, res);
 	json_decref(c->seen);
 	c->seen = seen;
 	seen = NULL;
+	json_decref(c->active_ids);
+	c->active_ids = kept_active(&s);
 	/* A dry run leaves its reapable jobs in place: read it again. */
 	c->known = !force && !(dry_run && changes > 0);
 	c->last = *version;

@@ -1,5 +1,6 @@
 /* clock.c: the wall clock and the monotonic clock, for every module. */
 
+#include <signal.h>
 #include <time.h>
 
 #include "limpeza.h"
@@ -22,4 +23,21 @@ now_monotonic_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (long long)ts.tv_sec * MS_PER_S + ts.tv_nsec / 1000000;
+}
+
+/*
+ * Whether a stop (SIGTERM, SIGINT) is waiting. The daemon blocks these
+ * outside its waits (main.c), so one that came during a cycle is
+ * pending: every long network wait asks this between short slices
+ * (STOP_SLICE_MS), so that a stop never waits on the network.
+ */
+int
+stop_pending(void)
+{
+	sigset_t set;
+
+	if (sigpending(&set) == -1)
+		return 0;
+	return sigismember(&set, SIGTERM) == 1 ||
+	    sigismember(&set, SIGINT) == 1;
 }

@@ -95,18 +95,30 @@ check_cache(const struct config *cfg, struct store *store)
 	return 0;
 }
 
+/*
+ * The health URL, only when asked (--health): some APIs' health routes
+ * write (Desfollow's marks every running job as an error and rewrites
+ * its cache file), and check and stats are read-only. 0 answered, -1
+ * failed, 1 disabled, 2 not asked.
+ */
 static int
-check_health(
-    const struct config *cfg, long long *jobs, char *err, size_t errlen)
+check_health(const struct config *cfg, int asked, long long *jobs, char *err,
+    size_t errlen)
 {
 	if (*cfg->health_url == '\0')
 		return 1;
+	if (!asked)
+		return 2;
 	return health_probe(cfg, jobs, err, errlen);
 }
 
+#define NOT_ASKED                                                         \
+	"not asked (read-only: some APIs' health routes write; --health " \
+	"asks it)"
+
 /* `limpeza check`: is this configuration usable on this host right now? */
 int
-cmd_check(struct config *cfg)
+cmd_check(struct config *cfg, int health)
 {
 	struct store *s;
 	long long jobs;
@@ -136,10 +148,12 @@ cmd_check(struct config *cfg)
 		failed = 1;
 	store_close(s);
 
-	r = check_health(cfg, &jobs, err, sizeof(err));
+	r = check_health(cfg, health, &jobs, err, sizeof(err));
 	config_mask_http(cfg->health_url, 1, api, sizeof(api));
 	if (r == 1)
 		printf("ok: health check disabled\n");
+	else if (r == 2)
+		printf("ok: health URL %s " NOT_ASKED "\n", api);
 	else if (r == 0)
 		printf(
 		    "ok: health URL %s answers: %lld jobs active\n", api, jobs);
@@ -169,7 +183,7 @@ seconds_json(double secs)
 /* `limpeza stats`: jobs per status and what is active, for a person or a
  * script. */
 int
-cmd_stats(struct config *cfg, int as_json)
+cmd_stats(struct config *cfg, int as_json, int health)
 {
 	struct store_stats st = { NULL, 0, -1, -1, -1 };
 	struct cache_result cr = { 0 };
@@ -221,9 +235,11 @@ cmd_stats(struct config *cfg, int as_json)
 	cache_free(c);
 	store_close(s);
 
-	r = check_health(cfg, &jobs, err, sizeof(err));
+	r = check_health(cfg, health, &jobs, err, sizeof(err));
 	if (r == 1)
 		api = json_null();
+	else if (r == 2)
+		api = json_pack("{s:b}", "asked", 0);
 	else if (r == 0)
 		api = json_pack_ex(
 		    &e3, 0, "{s:I}", "jobs_active", (json_int_t)jobs);
@@ -283,6 +299,8 @@ cmd_stats(struct config *cfg, int as_json)
 			    cr.retired);
 		if (json_is_null(api))
 			printf("api: health check disabled\n");
+		else if (r == 2)
+			printf("api: " NOT_ASKED "\n");
 		else if (json_object_get(api, "error") != NULL)
 			printf("api: error: %s\n",
 			    json_string_value(json_object_get(api, "error")));

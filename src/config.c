@@ -93,6 +93,13 @@ static const struct setting settings[] = {
 	    OFF(force_threshold), NULL, 0, 1000000000,
 	    "force a full cleanup when the API reports more active jobs than "
 	    "this; 0 disables" },
+	{ "LIMPEZA_ACTIVE_FROM", "active-from", T_ENUM, "health",
+	    OFF(active_from), "health|database", 0, 0,
+	    "where the count of active jobs comes from: health (the API's "
+	    "jobs_active) or database (the table's running + queued rows; the "
+	    "health URL is not requested). Desfollow's health route marks "
+	    "every running job as an error and always answers 0: use database "
+	    "there" },
 	{ "LIMPEZA_FORCE_CACHE", "force-cache", T_ENUM, "all", OFF(force_cache),
 	    "all|active", 0, 0,
 	    "forced cleanup of the cache: all (empty it) or active (only "
@@ -1236,6 +1243,11 @@ config_load(
 	}
 	if (config_distinct(cfg, err, errlen) == -1)
 		goto fail;
+	if (cfg->active_from == ACTIVE_DATABASE && *cfg->database_url == '\0')
+		config_warn(cfg,
+		    "LIMPEZA_ACTIVE_FROM=database without "
+		    "DATABASE_URL: no active count, no forced "
+		    "cleanup");
 	json_decref(vars);
 	return 0;
 fail:
@@ -1347,11 +1359,15 @@ config_print_help(FILE *out)
 	fputs("usage: limpeza [run]                       run the daemon loop\n"
 	      "       limpeza once [--force] [--dry-run]  one full cycle, then "
 	      "exit\n"
-	      "       limpeza check                       verify configuration,"
-	      " database, cache, health\n"
-	      "       limpeza stats [--json]              jobs per status and "
+	      "       limpeza check [--health]            verify configuration,"
+	      " database, cache\n"
+	      "       limpeza stats [--json] [--health]   jobs per status and "
 	      "active jobs\n"
 	      "       limpeza --help | --version\n\n"
+	      "check, stats and any dry run are read-only: they request the "
+	      "health URL\nonly with --health. Some APIs' health routes write "
+	      "(Desfollow's marks every\nrunning job as an error and rewrites "
+	      "its cache file).\n\n"
 	      "Settings (option > environment > env files > default):\n",
 	    out);
 	for (k = 0; k < NSETTINGS; k++) {
@@ -1418,6 +1434,30 @@ duration_words(long long ms, enum lang lang, char *buf, size_t len)
 		unit = "ms";
 	}
 	snprintf(buf, len, "%lld %s", n, unit);
+}
+
+/*
+ * The running TTL as the start-up banner names it: "3 Minutos" (the
+ * seed's "Sistema de Limpeza 3 Minutos"), "20 Segundos"; "3-Minute".
+ */
+void
+config_banner_ttl(const struct config *cfg, char *buf, size_t len)
+{
+	long long ms = cfg->running_ttl;
+
+	size_t sp;
+
+	if (cfg->lang == LANG_PT) {
+		duration_words(ms, LANG_PT, buf, len);
+		sp = strcspn(buf, " ");
+		if (ms % MS_PER_S == 0 && buf[sp] == ' ')
+			buf[sp + 1] = (char)toupper((unsigned char)buf[sp + 1]);
+	} else if (ms % (60 * MS_PER_S) == 0)
+		snprintf(buf, len, "%lld-Minute", ms / (60 * MS_PER_S));
+	else if (ms % MS_PER_S == 0)
+		snprintf(buf, len, "%lld-Second", ms / MS_PER_S);
+	else
+		snprintf(buf, len, "%lld-ms", ms);
 }
 
 /* The error message written to a reaped job; the TTL follows the settings. */

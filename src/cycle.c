@@ -1,5 +1,7 @@
 /* cycle.c: one cleanup cycle, store-agnostic, top to bottom. */
 
+#include <sys/stat.h>
+
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
@@ -19,6 +21,20 @@
  */
 #define ROLE_HOLD 3
 #define ROLE_HOLD_MS (5 * MS_PER_S)
+/*
+ * A daemon's cycle gives its database work (retention look-up, reaping,
+ * statistics, forced cleanup) at most twice the interval, within these
+ * bounds: well below the unit's WatchdogSec (120 s) however slowly a
+ * database answers each statement, and never less than a large backlog
+ * needs.
+ */
+#define CYCLE_DB_MIN_MS (10 * MS_PER_S)
+#define CYCLE_DB_MAX_MS (60 * MS_PER_S)
+/* A health route that ends live jobs is said at most this often. */
+#define PROBE_WARN_MS (3600 * MS_PER_S)
+
+struct cycle;
+static void store_budget(struct cycle *);
 
 /* Tracks one dependency (store or API) for its log lines and alerts. */
 struct outage {
@@ -45,10 +61,26 @@ struct cycle {
 	int against; /* elections in a row that answered otherwise */
 	long long against_since; /* monotonic ms of the first of them */
 	int dry;
+	int health_asked; /* --health: a dry run requests the health URL */
 	long long count;
 	long long jobs_active; /* -1: unknown */
+	long long db_active; /* running + queued rows this cycle, -1 unknown */
 	long long reaped_total;
+	/* Jobs ended at deadline wake-ups since the last closing line. */
+	long due_reaped;
+	/* During a forced cleanup: the id of every job it ends, once. */
+	json_t *forced_ids;
 	long long store_due; /* monotonic ms the first row falls due */
+	/* Stale rows another transaction held at this cycle's reaping. */
+	long held;
+	int follower; /* this cycle's reaping: another instance leads */
+	long skipped; /* steps a stop left undone (enum step bits) */
+	long long probe_warned; /* monotonic ms of the last such warning */
+	/* Holders warned about, and when: once per interval each. */
+	struct {
+		long pid;
+		long long at;
+	} warned[STORE_MAX_HOLDERS * 2];
 	char status[256];
 };
 
@@ -95,6 +127,16 @@ cycle_set_config(struct cycle *c, const struct config *cfg)
 	cache_invalidate(c->cache);
 }
 
+/*
+ * A dry run is read-only: it requests the health URL (whose route may
+ * write) only when asked to with --health.
+ */
+void
+cycle_ask_health(struct cycle *c, int asked)
+{
+	c->health_asked = asked;
+}
+
 long long
 cycle_count(const struct cycle *c)
 {
@@ -116,19 +158,26 @@ reason_name(enum reap_kind kind)
 }
 
 /*
- * Each reaped row: a debug line with its id, and the metrics. A dry run
- * names every row it would end at info level, in "would" words.
+ * Each reaped row: an info line with its id and age, as the cache's jobs
+ * have, and the metrics. A dry run names every row it would end, in
+ * "would" words. A forced cleanup notes each id, to count jobs once.
  */
 static void
-db_job(void *arg, enum reap_kind kind, const char *status, const char *id)
+db_job(void *arg, enum reap_kind kind, const char *status, const char *id,
+    double age)
 {
 	struct cycle *c = arg;
 
+	if (c->forced_ids != NULL)
+		json_object_set_nocheck(c->forced_ids, id, json_true());
 	if (c->dry) {
 		log_event(LVL_INFO, EV_DB_WOULD_END, status, id);
 		return;
 	}
-	log_event(LVL_DEBUG, EV_DB_JOB, status, id);
+	if (age >= 0)
+		log_event(LVL_INFO, EV_DB_JOB, status, id, (long)age);
+	else
+		log_event(LVL_INFO, EV_DB_JOB_NO_AGE, status, id);
 	metrics_reaped(store_kind(c->cfg), status, reason_name(kind), 1);
 }
 
@@ -301,12 +350,64 @@ store_due_from_stats(struct cycle *c, const struct store_stats *st)
 	c->store_due = found ? due_in(secs) : LLONG_MAX;
 }
 
+/* An age for a log line: 35s, 12min, 2h. */
+static void
+age_words(double secs, char *buf, size_t len)
+{
+	long long s = secs < 0 ? 0 : (long long)secs;
+
+	if (s >= 3600)
+		snprintf(buf, len, "%lldh", s / 3600);
+	else if (s >= 60)
+		snprintf(buf, len, "%lldmin", s / 60);
+	else
+		snprintf(buf, len, "%llds", s);
+}
+
+/*
+ * Stale rows the reaping could not end, another transaction holding
+ * them: the cycle's closing line counts them, and a warning names each
+ * holder (pid, state, age), at most once per interval per holder.
+ */
+static void
+store_held(struct cycle *c, const struct store_counts *n)
+{
+	long long now = now_monotonic_ms();
+	size_t i, slot, nslots = sizeof(c->warned) / sizeof(c->warned[0]);
+	char age[32];
+	int k;
+
+	c->held = n->held;
+	metrics_stale_left(n->held);
+	for (k = 0; k < n->nholders; k++) {
+		const struct store_holder *h = &n->holders[k];
+
+		slot = 0;
+		for (i = 0; i < nslots; i++) {
+			if (c->warned[i].pid == h->pid)
+				break;
+			if (c->warned[i].at < c->warned[slot].at)
+				slot = i;
+		}
+		if (i < nslots) {
+			if (now - c->warned[i].at < c->cfg->interval)
+				continue;
+			slot = i;
+		}
+		c->warned[slot].pid = h->pid;
+		c->warned[slot].at = now;
+		age_words(h->age_s, age, sizeof(age));
+		log_event(LVL_WARNING, EV_DB_HELD, h->rows, h->pid,
+		    *h->state != '\0' ? h->state : "?", age);
+	}
+}
+
 /* The database step: reap both rules, then the 24 h statistics. */
 static int
 step_store(struct cycle *c, long *reaped)
 {
 	const struct config *cfg = c->cfg;
-	struct store_counts n = { 0, 0, 0 };
+	struct store_counts n;
 	struct store_req req = { c->dry, c->elect, db_job, c };
 	struct store_stats st;
 	char rt[32], qt[32];
@@ -314,10 +415,16 @@ step_store(struct cycle *c, long *reaped)
 
 	if (c->store == NULL)
 		return 0;
+	memset(&n, 0, sizeof(n));
 	lead = c->store->ops->reap(c->store, &req, &n);
+	if (lead == -1 && c->store->stopped)
+		goto stopped;
 	if (lead == -1)
 		goto fail;
 	store_role(c, lead);
+	c->follower = lead == 0;
+	if (lead == 1 && !c->dry)
+		store_held(c, &n);
 	if (lead == 1) {
 		config_format_duration(cfg->running_ttl, rt, sizeof(rt));
 		config_format_duration(cfg->queued_ttl, qt, sizeof(qt));
@@ -332,9 +439,12 @@ step_store(struct cycle *c, long *reaped)
 		fatalx_oom();
 	if (c->store->ops->stats(c->store, &st) == -1) {
 		json_decref(st.by_status);
+		if (c->store->stopped)
+			goto stopped;
 		goto fail;
 	}
 	log_event(LVL_INFO, EV_DB_STATS, st.by_status);
+	c->db_active = st.active;
 	json_decref(st.by_status);
 	/* A dry run ends nothing: deadline wake-ups would only spin. */
 	if (lead == 1 && !c->dry)
@@ -344,21 +454,30 @@ step_store(struct cycle *c, long *reaped)
 fail:
 	store_result(c, 0);
 	return -1;
+stopped:
+	/* Abandoned for a stop: no outage, a step not run. */
+	c->skipped |= STEP_STORE;
+	return 0;
 }
 
 /*
  * Forced cleanup: every active row (if this daemon leads) and the cache
- * file, sparing what is younger than LIMPEZA_FORCE_MIN_AGE.
+ * file, sparing what is younger than LIMPEZA_FORCE_MIN_AGE. A job ended
+ * in both counts once; the line also says how many in each.
  */
 static int
 step_force(struct cycle *c, long long jobs, long *ended)
 {
-	struct store_counts n = { 0, 0, 0 };
+	struct store_counts n;
 	struct store_req req = { c->dry, c->elect, db_job, c };
 	struct cache_result cr;
 	char msg[256];
 	int rc = 0, lead;
 
+	memset(&n, 0, sizeof(n));
+	if ((c->forced_ids = json_object()) == NULL)
+		fatalx_oom();
+	cache_collect_forced(c->cache, c->forced_ids);
 	if (c->store != NULL) {
 		lead = c->store->ops->force(c->store, &req, &n);
 		if (lead == -1) {
@@ -373,7 +492,10 @@ step_force(struct cycle *c, long long jobs, long *ended)
 		metrics_step_failed("cache");
 		rc = -1;
 	}
-	*ended = n.forced + cr.forced;
+	*ended = (long)json_object_size(c->forced_ids);
+	cache_collect_forced(c->cache, NULL);
+	json_decref(c->forced_ids);
+	c->forced_ids = NULL;
 	if (!c->dry) {
 		metrics_reaped("cache", c->cfg->running_status, "forced",
 		    cr.forced_running);
@@ -384,13 +506,16 @@ step_force(struct cycle *c, long long jobs, long *ended)
 	}
 	/* A dry run's words are "would", at info: no alert greps fire. */
 	if (c->dry)
-		log_event(LVL_INFO, EV_FORCE_DONE_WOULD, *ended);
+		log_event(
+		    LVL_INFO, EV_FORCE_DONE_WOULD, *ended, n.forced, cr.forced);
 	else
-		log_event(LVL_WARNING, EV_FORCE_DONE, *ended);
+		log_event(
+		    LVL_WARNING, EV_FORCE_DONE, *ended, n.forced, cr.forced);
 	if (jobs >= 0)
 		snprintf(msg, sizeof(msg),
-		    "forced cleanup: the API reported %lld active jobs "
+		    "forced cleanup: the %s reported %lld active jobs "
 		    "(threshold %lld); %ld jobs ended",
+		    c->cfg->active_from == ACTIVE_DATABASE ? "database" : "API",
 		    jobs, c->cfg->force_threshold, *ended);
 	else
 		snprintf(msg, sizeof(msg),
@@ -400,17 +525,88 @@ step_force(struct cycle *c, long long jobs, long *ended)
 	return rc;
 }
 
+/*
+ * The active count from the database (LIMPEZA_ACTIVE_FROM=database): the
+ * table's running + queued rows, as the statistics just read them. No URL
+ * is requested.
+ */
+static int
+step_active_db(struct cycle *c, int force, long *ended)
+{
+	const struct config *cfg = c->cfg;
+
+	c->jobs_active = c->db_active;
+	if (c->db_active < 0)
+		return 0; /* no store, or its step failed (logged) */
+	log_event(LVL_INFO, EV_ACTIVE_DB, (long)c->db_active);
+	if (force || cfg->force_threshold == 0 ||
+	    c->db_active <= cfg->force_threshold)
+		return 0;
+	if (c->dry)
+		log_event(LVL_INFO, EV_FORCE_WARN_WOULD, (long)c->db_active);
+	else
+		log_event(LVL_WARNING, EV_FORCE_WARN, (long)c->db_active);
+	return step_force(c, c->db_active, ended);
+}
+
+/*
+ * Whether the health request ended live jobs: the cache file was
+ * rewritten during it, and active jobs the cache step kept are now in
+ * the error status with a message that is not limpeza's (Desfollow's
+ * route marks every running job without start_time). Counted in a
+ * metric; one warning with the remedy, at most once an hour.
+ */
+static void
+health_side_effect(struct cycle *c, const struct stat *before)
+{
+	struct stat after;
+	long long now;
+	long n;
+
+	if (stat(c->cfg->cache_file, &after) == -1 ||
+	    (after.st_ino == before->st_ino &&
+		after.st_size == before->st_size &&
+		after.st_mtim.tv_sec == before->st_mtim.tv_sec &&
+		after.st_mtim.tv_nsec == before->st_mtim.tv_nsec))
+		return;
+	if ((n = cache_ended_by_others(c->cache, c->cfg)) <= 0)
+		return;
+	metrics_probe_ended(n);
+	now = now_monotonic_ms();
+	if (c->probe_warned != 0 && now - c->probe_warned < PROBE_WARN_MS)
+		return;
+	c->probe_warned = now;
+	log_event(LVL_WARNING, EV_HEALTH_ENDS_JOBS, n);
+}
+
 /* The API step: how many jobs are active, and a forced cleanup if too many. */
 static int
 step_health(struct cycle *c, int force, long *ended)
 {
 	const struct config *cfg = c->cfg;
+	struct stat before;
 	long long jobs;
 	char err[512];
+	int r, have;
 
+	if (cfg->active_from == ACTIVE_DATABASE)
+		return step_active_db(c, force, ended);
 	if (*cfg->health_url == '\0')
 		return 0;
-	if (health_probe(cfg, &jobs, err, sizeof(err)) == -1) {
+	if (c->dry && !c->health_asked) {
+		log_event(LVL_INFO, EV_HEALTH_NOT_ASKED);
+		return 0;
+	}
+	have = *cfg->cache_file != '\0' && !c->dry &&
+	    stat(cfg->cache_file, &before) == 0;
+	r = health_probe(cfg, &jobs, err, sizeof(err));
+	if (have && r != -2)
+		health_side_effect(c, &before);
+	if (r == -2) {
+		c->skipped |= STEP_HEALTH;
+		return 0;
+	}
+	if (r == -1) {
 		c->jobs_active = -1;
 		log_event(LVL_ERROR, EV_HEALTH_ERROR, err);
 		outage_update(&c->api_out, 0, "API", err, EV_COUNT, EV_COUNT,
@@ -454,24 +650,36 @@ cycle_next_due(const struct cycle *c)
 int
 cycle_reap_due(struct cycle *c)
 {
-	struct store_counts n = { 0, 0, 0 };
+	struct store_counts n;
 	struct store_req req = { 0, c->elect, db_job, c };
+	const struct config *cfg = c->cfg;
+	char rt[32], qt[32];
 	long reaped = 0;
 	int failed = 0, lead;
 
+	memset(&n, 0, sizeof(n));
 	c->dry = c->cfg->dry_run != 0;
+	store_budget(c);
 	req.dry_run = c->dry;
 	if (step_cache(c, &reaped) == -1)
 		failed = 1;
-	if (c->store != NULL && c->store_due != LLONG_MAX &&
+	/* Woken for the cache file, a row not yet due stays due. */
+	if (c->store != NULL && c->store_due <= now_monotonic_ms() &&
 	    !c->store_out.down) {
 		lead = c->store->ops->reap(c->store, &req, &n);
-		if (lead == -1) {
+		if (lead == -1 && c->store->stopped) {
+			/* A stop: the loop ends next; nothing failed. */
+		} else if (lead == -1) {
 			store_result(c, 0);
 			c->store_due = LLONG_MAX;
 			failed = 1;
 		} else if (n.running + n.queued > 0) {
 			store_role(c, lead);
+			config_format_duration(
+			    cfg->running_ttl, rt, sizeof(rt));
+			config_format_duration(cfg->queued_ttl, qt, sizeof(qt));
+			log_event(LVL_INFO, EV_DB_CLEANED, rt, n.running, qt,
+			    n.queued);
 			reaped += n.running + n.queued;
 			store_refresh_due(c);
 		} else {
@@ -486,9 +694,35 @@ cycle_reap_due(struct cycle *c)
 		}
 	}
 	c->reaped_total += reaped;
+	/* The next cycle's closing line counts them: no "Sistema limpo". */
+	c->due_reaped += reaped;
 	if (reaped > 0)
 		log_event(LVL_INFO, EV_DUE, reaped);
 	return failed ? -1 : 0;
+}
+
+/* Whether the cycle has a health step (the API, or the database's count). */
+static int
+has_health(const struct cycle *c)
+{
+	return c->cfg->active_from == ACTIVE_DATABASE
+	    ? c->store != NULL
+	    : *c->cfg->health_url != '\0';
+}
+
+/* Starts the cycle's clock for the database (daemons only). */
+static void
+store_budget(struct cycle *c)
+{
+	long long b = 2 * c->cfg->interval;
+
+	if (c->store == NULL)
+		return;
+	if (b < CYCLE_DB_MIN_MS)
+		b = CYCLE_DB_MIN_MS;
+	if (b > CYCLE_DB_MAX_MS)
+		b = CYCLE_DB_MAX_MS;
+	c->store->deadline = c->elect ? now_monotonic_ms() + b : 0;
 }
 
 /* Whether the daemon was told to stop; `once` passes no such question. */
@@ -520,6 +754,13 @@ cycle_run(struct cycle *c, int force, int (*stop)(void))
 
 	c->count++;
 	c->dry = cfg->dry_run != 0;
+	c->held = 0;
+	c->follower = 0;
+	c->db_active = -1;
+	c->skipped = 0;
+	if (c->store != NULL)
+		c->store->stopped = 0;
+	store_budget(c);
 	localtime_r(&t, &tm);
 	strftime(when, sizeof(when), "%H:%M:%S", &tm);
 	log_event(LVL_INFO, EV_CYCLE, (long)c->count, when);
@@ -527,14 +768,24 @@ cycle_run(struct cycle *c, int force, int (*stop)(void))
 	if (c->dry)
 		log_event(LVL_INFO, EV_DRY_RUN);
 
+	/*
+	 * A stop between steps, or one that abandoned a step's network
+	 * wait, leaves the rest undone: the closing line names them.
+	 */
 	if (step_cache(c, &reaped) == -1)
 		failed |= STEP_CACHE;
-	if (!stop_asked(stop) && step_store(c, &reaped) == -1)
+	if (c->store != NULL && (stop_asked(stop) || c->skipped))
+		c->skipped |= STEP_STORE;
+	else if (step_store(c, &reaped) == -1)
 		failed |= STEP_STORE;
 	/* The API answered (jobs_active known) if the forced cleanup failed. */
-	if (!stop_asked(stop) && step_health(c, force, &ended) == -1)
+	if (has_health(c) && (stop_asked(stop) || c->skipped))
+		c->skipped |= STEP_HEALTH;
+	else if (step_health(c, force, &ended) == -1)
 		failed |= c->jobs_active >= 0 ? STEP_FORCE : STEP_HEALTH;
-	if (!stop_asked(stop) && force) {
+	if (force && (stop_asked(stop) || c->skipped))
+		c->skipped |= STEP_FORCE;
+	else if (force) {
 		if (c->dry)
 			log_event(LVL_INFO, EV_FORCE_REQUESTED_WOULD);
 		else
@@ -552,15 +803,29 @@ cycle_run(struct cycle *c, int force, int (*stop)(void))
 		reaped = 0;
 	reaped += ended;
 	c->reaped_total += reaped;
-	if (reaped > 0)
+	/* What deadline wake-ups ended since the last closing line, too. */
+	reaped += c->due_reaped;
+	c->due_reaped = 0;
+	/*
+	 * Stale rows left behind a lock are no clean system; a follower
+	 * does not know what the database holds, and says who cleans it.
+	 */
+	if (c->held > 0)
+		log_event(LVL_WARNING, EV_SUMMARY_HELD, reaped, c->held);
+	else if (reaped > 0)
 		log_event(
 		    LVL_INFO, c->dry ? EV_SUMMARY_WOULD : EV_SUMMARY, reaped);
 	if (failed != 0)
 		log_event(LVL_WARNING, EV_CYCLE_INCOMPLETE, failed);
-	else if (reaped == 0)
-		log_event(LVL_INFO, EV_CLEAN);
+	if (c->skipped != 0)
+		log_event(LVL_WARNING, EV_CYCLE_STOPPED, c->skipped);
+	else if (failed == 0 && reaped == 0 && c->held == 0)
+		log_event(LVL_INFO, c->follower ? EV_CLEAN_FOLLOWER : EV_CLEAN);
 	if (c->count % cfg->report_every == 0) {
-		if (c->jobs_active >= 0)
+		if (c->jobs_active >= 0 && cfg->active_from == ACTIVE_DATABASE)
+			log_event(LVL_INFO, EV_REPORT_DB, (long)c->count,
+			    (long)c->jobs_active);
+		else if (c->jobs_active >= 0)
 			log_event(LVL_INFO, EV_REPORT, (long)c->count,
 			    (long)c->jobs_active);
 		else

@@ -113,6 +113,56 @@ done:
 }
 
 /* One GET of LIMPEZA_HEALTH_URL within LIMPEZA_HEALTH_TIMEOUT in total. */
+/*
+ * The request, through libcurl's multi interface so that it can be
+ * abandoned: every STOP_SLICE_MS it asks whether a stop is pending, and
+ * a stop ends it at once (CURLE_ABORTED_BY_CALLBACK). CURLE_FAILED_INIT
+ * with err set when libcurl cannot run it.
+ */
+static CURLcode
+perform(CURL *h, char *err, size_t errlen)
+{
+	CURLcode cc = CURLE_FAILED_INIT;
+	CURLM *m;
+	CURLMsg *msg;
+	int running = 1, left;
+
+	if ((m = curl_multi_init()) == NULL ||
+	    curl_multi_add_handle(m, h) != CURLM_OK) {
+		snprintf(err, errlen, "cannot start a request");
+		if (m != NULL)
+			curl_multi_cleanup(m);
+		return cc;
+	}
+	for (;;) {
+		if (curl_multi_perform(m, &running) != CURLM_OK) {
+			snprintf(err, errlen, "the request failed in libcurl");
+			break;
+		}
+		if (running == 0) {
+			while ((msg = curl_multi_info_read(m, &left)) != NULL)
+				if (msg->msg == CURLMSG_DONE)
+					cc = msg->data.result;
+			if (cc == CURLE_FAILED_INIT)
+				snprintf(err, errlen, "no answer from libcurl");
+			break;
+		}
+		if (stop_pending()) {
+			snprintf(err, errlen, "abandoned for a stop");
+			cc = CURLE_ABORTED_BY_CALLBACK;
+			break;
+		}
+		if (curl_multi_poll(m, NULL, 0, STOP_SLICE_MS, NULL) !=
+		    CURLM_OK) {
+			snprintf(err, errlen, "the request failed in libcurl");
+			break;
+		}
+	}
+	curl_multi_remove_handle(m, h);
+	curl_multi_cleanup(m);
+	return cc;
+}
+
 int
 health_probe(
     const struct config *cfg, long long *jobs, char *err, size_t errlen)
@@ -156,7 +206,12 @@ health_probe(
 	(void)curl_easy_setopt(
 	    h, CURLOPT_USERAGENT, "limpeza/" LIMPEZA_VERSION);
 
-	cc = curl_easy_perform(h);
+	if ((cc = perform(h, err, errlen)) == CURLE_ABORTED_BY_CALLBACK) {
+		rc = -2;
+		goto done;
+	}
+	if (cc == CURLE_FAILED_INIT)
+		goto done;
 	if (b.too_big || cc == CURLE_FILESIZE_EXCEEDED) {
 		snprintf(err, errlen, "answer larger than 1 MiB");
 		goto done;

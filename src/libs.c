@@ -34,6 +34,9 @@
 #define PQ_FUNCS(X)             \
 	X(PQconnectStartParams) \
 	X(PQconnectPoll)        \
+	X(PQgetCancel)          \
+	X(PQcancel)             \
+	X(PQfreeCancel)         \
 	X(PQsetnonblocking)     \
 	X(PQflush)              \
 	X(PQstatus)             \
@@ -60,16 +63,23 @@
 	X(PQconninfoParse)      \
 	X(PQconninfoFree)
 
-#define CURL_FUNCS(X)         \
-	X(curl_global_init)   \
-	X(curl_easy_init)     \
-	X(curl_easy_setopt)   \
-	X(curl_easy_perform)  \
-	X(curl_easy_getinfo)  \
-	X(curl_easy_cleanup)  \
-	X(curl_easy_strerror) \
-	X(curl_slist_append)  \
-	X(curl_slist_free_all)
+#define CURL_FUNCS(X)               \
+	X(curl_global_init)         \
+	X(curl_easy_init)           \
+	X(curl_easy_setopt)         \
+	X(curl_easy_perform)        \
+	X(curl_easy_getinfo)        \
+	X(curl_easy_cleanup)        \
+	X(curl_easy_strerror)       \
+	X(curl_slist_append)        \
+	X(curl_slist_free_all)      \
+	X(curl_multi_init)          \
+	X(curl_multi_add_handle)    \
+	X(curl_multi_remove_handle) \
+	X(curl_multi_perform)       \
+	X(curl_multi_poll)          \
+	X(curl_multi_info_read)     \
+	X(curl_multi_cleanup)
 
 #define POINTER(f) static __typeof__(f) *p_##f;
 #define ENTRY(f) { #f, (void **)&p_##f },
@@ -141,6 +151,24 @@ PostgresPollingStatusType
 PQconnectPoll(PGconn *conn)
 {
 	return p_PQconnectPoll(conn);
+}
+
+PGcancel *
+PQgetCancel(PGconn *conn)
+{
+	return p_PQgetCancel(conn);
+}
+
+int
+PQcancel(PGcancel *cancel, char *errbuf, int errbufsize)
+{
+	return p_PQcancel(cancel, errbuf, errbufsize);
+}
+
+void
+PQfreeCancel(PGcancel *cancel)
+{
+	p_PQfreeCancel(cancel);
 }
 
 int
@@ -386,4 +414,47 @@ void
 curl_slist_free_all(struct curl_slist *list)
 {
 	p_curl_slist_free_all(list);
+}
+
+CURLM *
+curl_multi_init(void)
+{
+	return p_curl_multi_init();
+}
+
+CURLMcode
+curl_multi_add_handle(CURLM *m, CURL *h)
+{
+	return p_curl_multi_add_handle(m, h);
+}
+
+CURLMcode
+curl_multi_remove_handle(CURLM *m, CURL *h)
+{
+	return p_curl_multi_remove_handle(m, h);
+}
+
+CURLMcode
+curl_multi_perform(CURLM *m, int *running)
+{
+	return p_curl_multi_perform(m, running);
+}
+
+CURLMcode
+curl_multi_poll(CURLM *m, struct curl_waitfd fds[], unsigned int nfds,
+    int timeout_ms, int *ret)
+{
+	return p_curl_multi_poll(m, fds, nfds, timeout_ms, ret);
+}
+
+CURLMsg *
+curl_multi_info_read(CURLM *m, int *left)
+{
+	return p_curl_multi_info_read(m, left);
+}
+
+CURLMcode
+curl_multi_cleanup(CURLM *m)
+{
+	return p_curl_multi_cleanup(m);
 }

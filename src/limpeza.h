@@ -21,6 +21,7 @@ enum log_level { LVL_DEBUG, LVL_INFO, LVL_WARNING, LVL_ERROR };
 enum log_format { LOGF_TEXT, LOGF_JSON };
 enum lang { LANG_PT, LANG_EN };
 enum cache_action { CACHE_REMOVE, CACHE_MARK };
+enum active_from { ACTIVE_HEALTH, ACTIVE_DATABASE };
 enum force_cache { FORCE_ALL, FORCE_ACTIVE };
 
 /*
@@ -39,6 +40,7 @@ struct config {
 	long long interval;
 	long long error_backoff;
 	long long force_threshold;
+	long long active_from;
 	long long force_cache;
 	long long force_min_age;
 	long long report_every;
@@ -106,6 +108,7 @@ int config_mask_http(const char *, int, char *, size_t);
 int dotenv_parse(const char *, size_t,
     int (*)(void *, const char *, const char *), void *, char *, size_t);
 void config_reap_message(const struct config *, enum reap_kind, char *, size_t);
+void config_banner_ttl(const struct config *, char *, size_t);
 
 /* log.c */
 enum log_event {
@@ -143,17 +146,20 @@ enum log_event {
 	EV_CACHE_SWAP,
 	EV_CACHE_RETIRED,
 	EV_CACHE_RETIRED_SEEN,
+	EV_CACHE_RETIRED_MARKED,
 	EV_CACHE_WOULD_RETIRE,
 	EV_CACHE_RETIRED_JOB,
 	EV_CACHE_WOULD_RETIRE_JOB,
 	EV_CACHE_RETENTION_DOWN,
 	EV_DUE,
 	EV_DB_JOB,
+	EV_DB_JOB_NO_AGE,
 	EV_DB_WOULD_END,
 	EV_DB_LOOK,
 	EV_DB_BATCH,
 	EV_LEADER,
 	EV_FOLLOWER,
+	EV_DB_HELD,
 	EV_DB_CLEANED,
 	EV_DB_CLEANED_WOULD,
 	EV_DB_STATS,
@@ -162,6 +168,9 @@ enum log_event {
 	EV_DB_UP,
 	EV_HEALTH,
 	EV_HEALTH_ERROR,
+	EV_HEALTH_NOT_ASKED,
+	EV_HEALTH_ENDS_JOBS,
+	EV_ACTIVE_DB,
 	EV_FORCE_WARN,
 	EV_FORCE_WARN_WOULD,
 	EV_FORCE_REQUESTED,
@@ -171,9 +180,13 @@ enum log_event {
 	EV_SUMMARY,
 	EV_SUMMARY_WOULD,
 	EV_CYCLE_INCOMPLETE,
+	EV_CYCLE_STOPPED,
 	EV_CLEAN,
+	EV_CLEAN_FOLLOWER,
+	EV_SUMMARY_HELD,
 	EV_REPORT,
 	EV_REPORT_NO_API,
+	EV_REPORT_DB,
 	EV_ALERT_FAILED,
 	EV_ALERTS_DROPPED,
 	EV_METRICS_ERROR,
@@ -200,8 +213,11 @@ json_t *text_json_cut(const char *, size_t);
 json_t *text_json(const char *);
 
 /* clock.c */
+/* How long a network wait goes on before it asks stop_pending() again. */
+#define STOP_SLICE_MS 100
 double now_realtime(void);
 long long now_monotonic_ms(void);
+int stop_pending(void);
 
 /* jobtime.c */
 int jobtime_iso8601(const char *, double *);
@@ -243,6 +259,7 @@ struct cache_result {
 	long finished; /* finished jobs (done, error) in the file read */
 	long retired; /* of those, past their retention: removed */
 	long retired_error; /* of those, in the error status */
+	long retired_marked; /* of those, limpeza's own marks without a row */
 	off_t size; /* the file's size after the pass */
 	int rewritten;
 };
@@ -253,6 +270,8 @@ struct cache_policy {
 	int force_all;
 	double force_min_age;
 	double retention; /* seconds a finished job stays; 0: forever */
+	/* seconds a job limpeza marked stays without a row; 0: forever */
+	double mark_retention;
 };
 enum job_state { JOB_OTHER, JOB_RUNNING, JOB_QUEUED, JOB_DONE, JOB_ERROR };
 /* What decides a job's fate, decoded from its bytes (SPEC §1.1). */
@@ -278,6 +297,8 @@ enum cache_retention {
 struct cache *cache_new(void);
 void cache_free(struct cache *);
 void cache_invalidate(struct cache *);
+void cache_collect_forced(struct cache *, json_t *);
+long cache_ended_by_others(struct cache *, const struct config *);
 long long cache_next_due(const struct cache *);
 enum cache_retention cache_retention_mode(const struct config *);
 int cache_reap(struct cache *, const struct config *, struct store *, int, int,
@@ -301,6 +322,8 @@ void metrics_reaped(const char *, const char *, const char *, long);
 void metrics_step_failed(const char *);
 void metrics_cycle(double, int);
 void metrics_gauges(long long, int, int, long long);
+void metrics_stale_left(long);
+void metrics_probe_ended(long);
 char *metrics_render(size_t *);
 int metrics_healthy(void);
 int metrics_start(const char *, char *, size_t);
@@ -323,10 +346,11 @@ long long cycle_count(const struct cycle *);
 const char *cycle_status(const struct cycle *);
 long long cycle_next_due(const struct cycle *);
 int cycle_reap_due(struct cycle *);
+void cycle_ask_health(struct cycle *, int);
 
 /* commands.c */
-int cmd_check(struct config *);
-int cmd_stats(struct config *, int);
+int cmd_check(struct config *, int);
+int cmd_stats(struct config *, int, int);
 
 /* notify.c */
 long long notify_watchdog_ms(void);

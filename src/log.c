@@ -30,8 +30,8 @@ struct log_def {
 };
 
 static const struct log_def defs[EV_COUNT] = {
-	[EV_START] = { "start", "🚀 Sistema de Limpeza 3 Minutos iniciado...",
-	    "🚀 3-Minute Cleanup System started...", "", { NULL } },
+	[EV_START] = { "start", "🚀 Sistema de Limpeza %s iniciado...",
+	    "🚀 %s Cleanup System started...", "s", { "running_ttl" } },
 	[EV_CONFIG] = { "config",
 	    "⏱️ Configuração: jobs > %s serão limpos a cada %s",
 	    "⏱️ Configuration: jobs > %s will be cleaned every %s", "ss",
@@ -153,6 +153,13 @@ static const struct log_def defs[EV_COUNT] = {
 	    "🗑️ Cache: %s finished jobs removed (finished more than %s "
 	    "ago)",
 	    "ls", { "count", "retention" } },
+	[EV_CACHE_RETIRED_MARKED] = { "cache_retired_marked",
+	    "🗑️ Cache: %s jobs marcados como erro removidos (marcados há "
+	    "mais de %s)",
+	    "🗑️ Cache: %s jobs marked as error removed (marked more than "
+	    "%s "
+	    "ago)",
+	    "ls", { "count", "retention" } },
 	[EV_CACHE_WOULD_RETIRE] = { "cache_retired_would",
 	    "🧪 Cache: %s jobs finalizados seriam removidos (retenção de "
 	    "%s)",
@@ -179,7 +186,11 @@ static const struct log_def defs[EV_COUNT] = {
 	[EV_DUE] = { "due", "⏰ Prazo atingido: %s jobs limpos fora do ciclo",
 	    "⏰ Deadline reached: %s jobs cleaned between cycles", "l",
 	    { "count" } },
-	[EV_DB_JOB] = { "db_job", "🧹 Job %s encerrado no banco: %s",
+	[EV_DB_JOB] = { "db_job",
+	    "🧹 Job %s encerrado no banco: %s (criado há %ss)",
+	    "🧹 Job %s ended in the database: %s (created %ss ago)", "ssl",
+	    { "status", "job_id", "age_s" } },
+	[EV_DB_JOB_NO_AGE] = { "db_job", "🧹 Job %s encerrado no banco: %s",
 	    "🧹 Job %s ended in the database: %s", "ss",
 	    { "status", "job_id" } },
 	[EV_DB_WOULD_END] = { "db_job_would",
@@ -199,6 +210,13 @@ static const struct log_def defs[EV_COUNT] = {
 	    "👥 Outra instância é a líder: aqui só o cache é limpo",
 	    "👥 Another instance leads: only the cache is cleaned here", "",
 	    { NULL } },
+	[EV_DB_HELD] = { "db_held",
+	    "⚠️ %s jobs vencidos bloqueados por outra transação (pid %s, "
+	    "%s "
+	    "há %s)",
+	    "⚠️ %s stale jobs held by another transaction (pid %s, %s for "
+	    "%s)",
+	    "llss", { "count", "pid", "state", "age" } },
 	[EV_DB_CLEANED] = { "db_cleaned",
 	    "🧹 Limpeza banco executada: running > %s: %s, queued > %s: %s",
 	    "🧹 Database cleanup done: running > %s: %s, queued > %s: %s",
@@ -225,6 +243,25 @@ static const struct log_def defs[EV_COUNT] = {
 	[EV_HEALTH_ERROR] = { "health_error",
 	    "❌ Erro ao consultar API Health: %s",
 	    "❌ API health check failed: %s", "s", { "detail" } },
+	[EV_HEALTH_NOT_ASKED] = { "health_not_asked",
+	    "🧪 API Health não consultada: simulação (a rota de health de "
+	    "algumas APIs grava; --health a consulta)",
+	    "🧪 API health not asked: dry run (some APIs' health routes "
+	    "write; --health asks it)",
+	    "", { NULL } },
+	[EV_ACTIVE_DB] = { "active_db",
+	    "📊 Banco: %s jobs ativos (running + queued)",
+	    "📊 Database: %s active jobs (running + queued)", "l",
+	    { "jobs_active" } },
+	[EV_HEALTH_ENDS_JOBS] = { "health_ends_jobs",
+	    "⚠️ A consulta à API Health terminou %s jobs ativos no cache "
+	    "(reescreveu o arquivo com outra mensagem de erro): use "
+	    "LIMPEZA_ACTIVE_FROM=database",
+	    "⚠️ The API health request ended %s active jobs in the cache "
+	    "(it "
+	    "rewrote the file with an error message of its own): use "
+	    "LIMPEZA_ACTIVE_FROM=database",
+	    "l", { "count" } },
 	[EV_FORCE_WARN] = { "force_warn",
 	    "⚠️ MUITOS JOBS ATIVOS: %s - Executando limpeza forçada!",
 	    "⚠️ TOO MANY ACTIVE JOBS: %s - Running forced cleanup!", "l",
@@ -241,11 +278,17 @@ static const struct log_def defs[EV_COUNT] = {
 	    "🧪 Limpeza forçada solicitada: seria executada",
 	    "🧪 Forced cleanup requested: it would run", "", { NULL } },
 	[EV_FORCE_DONE] = { "force_done",
-	    "🚨 Limpeza forçada: %s jobs terminados",
-	    "🚨 Forced cleanup: %s jobs ended", "l", { "count" } },
+	    "🚨 Limpeza forçada: %s jobs terminados (%s no banco, %s no cache)",
+	    "🚨 Forced cleanup: %s jobs ended (%s in the database, %s in the "
+	    "cache)",
+	    "lll", { "count", "store", "cache" } },
 	[EV_FORCE_DONE_WOULD] = { "force_done_would",
-	    "🧪 Limpeza forçada: %s jobs seriam terminados",
-	    "🧪 Forced cleanup: %s jobs would be ended", "l", { "count" } },
+	    "🧪 Limpeza forçada: %s jobs seriam terminados (%s no banco, %s "
+	    "no cache)",
+	    "🧪 Forced cleanup: %s jobs would be ended (%s in the database, "
+	    "%s "
+	    "in the cache)",
+	    "lll", { "count", "store", "cache" } },
 	[EV_SUMMARY] = { "summary", "✅ Limpeza executada: %s jobs processados",
 	    "✅ Cleanup done: %s jobs processed", "l", { "count" } },
 	[EV_SUMMARY_WOULD] = { "summary_would",
@@ -254,8 +297,24 @@ static const struct log_def defs[EV_COUNT] = {
 	[EV_CYCLE_INCOMPLETE] = { "cycle_incomplete",
 	    "⚠️ Limpeza incompleta - falha em: %s",
 	    "⚠️ Cleanup incomplete - failed: %s", "F", { "failed_steps" } },
+	[EV_CYCLE_STOPPED] = { "cycle_stopped",
+	    "🛑 Parada no meio do ciclo - etapas não executadas: %s",
+	    "🛑 Stopped mid-cycle - steps not run: %s", "F",
+	    { "skipped_steps" } },
 	[EV_CLEAN] = { "clean", "✅ Sistema limpo - nenhum job órfão encontrado",
 	    "✅ System clean - no orphan job found", "", { NULL } },
+	[EV_CLEAN_FOLLOWER] = { "clean_follower",
+	    "✅ Nenhum job órfão no cache - o banco é limpo por outra "
+	    "instância",
+	    "✅ No orphan job in the cache - another instance cleans the "
+	    "database",
+	    "", { NULL } },
+	[EV_SUMMARY_HELD] = { "summary_held",
+	    "⚠️ Limpeza executada: %s jobs processados, %s jobs vencidos "
+	    "bloqueados no banco",
+	    "⚠️ Cleanup done: %s jobs processed, %s stale jobs held in the "
+	    "database",
+	    "ll", { "count", "held" } },
 	[EV_REPORT] = { "report",
 	    "📊 Relatório (Ciclo %s): %s jobs ativos na API",
 	    "📊 Report (Cycle %s): %s active jobs in the API", "ll",
@@ -264,6 +323,10 @@ static const struct log_def defs[EV_COUNT] = {
 	    "📊 Relatório (Ciclo %s): %s jobs limpos desde o início",
 	    "📊 Report (Cycle %s): %s jobs cleaned since start", "ll",
 	    { "cycle", "reaped_total" } },
+	[EV_REPORT_DB] = { "report",
+	    "📊 Relatório (Ciclo %s): %s jobs ativos no banco",
+	    "📊 Report (Cycle %s): %s active jobs in the database", "ll",
+	    { "cycle", "jobs_active" } },
 	[EV_ALERT_FAILED] = { "alert_failed", "⚠️ Alerta não entregue: %s",
 	    "⚠️ Alert not delivered: %s", "s", { "detail" } },
 	[EV_ALERTS_DROPPED] = { "alerts_dropped",

@@ -114,14 +114,15 @@ shown_arg(const char *a, char *buf, size_t len)
 static void
 log_startup(const struct config *cfg)
 {
-	char rt[32], iv[32], db[512], api[512];
+	char rt[32], iv[32], db[512], api[512], words[64];
 	int i;
 
 	config_format_duration(cfg->running_ttl, rt, sizeof(rt));
 	config_format_duration(cfg->interval, iv, sizeof(iv));
 	config_mask_url(cfg->database_url, db, sizeof(db));
 	config_mask_http(cfg->health_url, 1, api, sizeof(api));
-	log_event(LVL_INFO, EV_START);
+	config_banner_ttl(cfg, words, sizeof(words));
+	log_event(LVL_INFO, EV_START, words);
 	log_event(LVL_INFO, EV_CONFIG, rt, iv);
 	log_event(LVL_INFO, EV_CONFIG_DETAIL,
 	    *cfg->cache_file != '\0' ? cfg->cache_file : "-",
@@ -196,7 +197,7 @@ reload(struct config *cfg, const struct config_args *args, struct cycle *cy)
  * worker still has to send gets what is left of STOP_BUDGET_MS.
  */
 static int
-cmd_run(struct config *cfg, const struct config_args *args)
+cmd_run(struct config *cfg, const struct config_args *args, int health)
 {
 	struct cycle *cy;
 	long long next, start, wait, wd_ms, due, last_due = 0, stopped;
@@ -207,6 +208,7 @@ cmd_run(struct config *cfg, const struct config_args *args)
 	log_startup(cfg);
 	start_services(cfg);
 	cy = cycle_new(cfg, 1);
+	cycle_ask_health(cy, health);
 	next = now_monotonic_ms();
 	for (;;) {
 		if (wd_ms > 0)
@@ -267,11 +269,12 @@ cmd_run(struct config *cfg, const struct config_args *args)
 
 /* One cycle; the alerts it queued get the time one post may take. */
 static int
-cmd_once(struct config *cfg, int force)
+cmd_once(struct config *cfg, int force, int health)
 {
 	struct cycle *cy = cycle_new(cfg, 0);
 	int rc;
 
+	cycle_ask_health(cy, health);
 	alert_start(cfg->alert_webhook);
 	rc = cycle_run(cy, force, NULL);
 	alert_stop(ALERT_TIMEOUT_MS + MS_PER_S);
@@ -285,7 +288,7 @@ main(int argc, char *argv[])
 	struct config_args args;
 	struct config *cfg;
 	enum command cmd = CMD_RUN;
-	int i, r, have_cmd = 0, force = 0, as_json = 0, rc;
+	int i, r, have_cmd = 0, force = 0, as_json = 0, health = 0, rc;
 	char err[512], shown[512];
 
 	if (config_args_init(&args) == -1)
@@ -311,6 +314,10 @@ main(int argc, char *argv[])
 		}
 		if (strcmp(a, "--json") == 0) {
 			as_json = 1;
+			continue;
+		}
+		if (strcmp(a, "--health") == 0) {
+			health = 1;
 			continue;
 		}
 		if (a[0] == '-') {
@@ -364,20 +371,20 @@ main(int argc, char *argv[])
 	switch (cmd) {
 	case CMD_RUN:
 		log_setup(cfg);
-		rc = cmd_run(cfg, &args);
+		rc = cmd_run(cfg, &args, health);
 		cfg = NULL;
 		break;
 	case CMD_ONCE:
 		log_setup(cfg);
-		rc = cmd_once(cfg, force);
+		rc = cmd_once(cfg, force, health);
 		break;
 	case CMD_CHECK:
 		log_stderr_only(LVL_ERROR, LOGF_TEXT, (enum lang)cfg->lang);
-		rc = cmd_check(cfg);
+		rc = cmd_check(cfg, health);
 		break;
 	default:
 		log_stderr_only(LVL_ERROR, LOGF_TEXT, (enum lang)cfg->lang);
-		rc = cmd_stats(cfg, as_json);
+		rc = cmd_stats(cfg, as_json, health);
 		break;
 	}
 	if (cfg != NULL) {

@@ -45,6 +45,8 @@ static struct {
 	long long jobs_active; /* -1: unknown */
 	int store_up; /* -1: no store */
 	int leader; /* -1: no election */
+	long stale_left; /* stale rows the last reaping could not end */
+	double probe_ended; /* active jobs the health route ended */
 } m = { .mu = PTHREAD_MUTEX_INITIALIZER,
 	.jobs_active = -1,
 	.store_up = -1,
@@ -184,6 +186,24 @@ metrics_gauges(
 	pthread_mutex_unlock(&m.mu);
 }
 
+/* Stale rows that another transaction held at the last reaping. */
+void
+metrics_stale_left(long n)
+{
+	pthread_mutex_lock(&m.mu);
+	m.stale_left = n;
+	pthread_mutex_unlock(&m.mu);
+}
+
+/* Active cache jobs a health request ended (its route writes). */
+void
+metrics_probe_ended(long n)
+{
+	pthread_mutex_lock(&m.mu);
+	m.probe_ended += (double)n;
+	pthread_mutex_unlock(&m.mu);
+}
+
 /* A growing text buffer for the exposition. */
 struct text {
 	char *buf;
@@ -281,6 +301,18 @@ metrics_render(size_t *len)
 		    "# TYPE limpeza_store_up gauge\n"
 		    "limpeza_store_up %d\n",
 		    m.store_up);
+	put(&t,
+	    "# HELP limpeza_health_ended_jobs_total Active cache jobs that "
+	    "a health request ended (the API's health route writes).\n"
+	    "# TYPE limpeza_health_ended_jobs_total counter\n"
+	    "limpeza_health_ended_jobs_total %.0f\n",
+	    m.probe_ended);
+	put(&t,
+	    "# HELP limpeza_stale_rows_left Stale rows the last reaping "
+	    "could not end: another transaction holds them.\n"
+	    "# TYPE limpeza_stale_rows_left gauge\n"
+	    "limpeza_stale_rows_left %ld\n",
+	    m.stale_left);
 	if (m.leader >= 0)
 		put(&t,
 		    "# HELP limpeza_leader 1 if this instance reaps the "

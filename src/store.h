@@ -17,11 +17,23 @@ struct store {
 	const struct store_ops *ops;
 	const struct config *cfg;
 	char err[512];
+	/* The last operation was abandoned for a stop, not failed. */
+	int stopped;
+	/*
+	 * Monotonic ms by which the current cycle's store work must end (0:
+	 * none): every wait stops there, however many statements a cycle
+	 * (its retention look-up included) sends to a slow database.
+	 */
+	long long deadline;
 };
 
-/* Called for every reaped row: its kind, the status it had, its job id. */
+/*
+ * Called for every reaped row: its kind, the status it had, its job id,
+ * and its age in seconds since its created time by the store's clock (-1
+ * when that time is NULL).
+ */
 typedef void (*store_job_fn)(
-    void *, enum reap_kind, const char *, const char *);
+    void *, enum reap_kind, const char *, const char *, double);
 
 /*
  * What a reaping operation (reap, force) is asked to do. With elect, a
@@ -36,10 +48,25 @@ struct store_req {
 	void *arg;
 };
 
+/* A transaction that holds stale rows, as pg_stat_activity shows it. */
+#define STORE_MAX_HOLDERS 4
+struct store_holder {
+	long pid;
+	char state[32];
+	double age_s; /* since its transaction began */
+	long rows;
+};
+
 struct store_counts {
 	long running;
 	long queued;
 	long forced;
+	/* Stale rows the reaping looked at and could not end. */
+	long skipped;
+	/* Of those, rows another transaction holds, and who holds them. */
+	long held;
+	struct store_holder holders[STORE_MAX_HOLDERS];
+	int nholders;
 };
 
 #define STORE_MAX_STATUSES 32

@@ -138,6 +138,28 @@ pg_failed_connection(struct store_pg *p)
 		p->backoff = BACKOFF_MAX_MS;
 }
 
+/*
+ * A stop while a statement is in flight: the server is asked to cancel
+ * it (a batch's COMMIT travels with its UPDATE, which would otherwise
+ * commit once its row lock came free, unlogged), and the connection is
+ * dropped. A connect in progress is just dropped.
+ */
+static void
+pg_stopped(struct store_pg *p)
+{
+	PGcancel *cn;
+	char why[256];
+
+	if (PQstatus(p->conn) == CONNECTION_OK &&
+	    (cn = PQgetCancel(p->conn)) != NULL) {
+		(void)PQcancel(cn, why, sizeof(why));
+		PQfreeCancel(cn);
+	}
+	store_err(&p->s, "abandoned for a stop");
+	p->s.stopped = 1;
+	pg_disconnect(p);
+}
+
 /* One statement and its parameters. */
 struct stmt {
 	const char *sql;
@@ -145,9 +167,19 @@ struct stmt {
 	const char *const *params;
 };
 
+/* A wait's deadline, ms from now, within the cycle's (store.deadline). */
+static long long
+cycle_cap(const struct store_pg *p, long long ms)
+{
+	long long d = now_monotonic_ms() + ms;
+
+	return p->s.deadline != 0 && p->s.deadline < d ? p->s.deadline : d;
+}
+
 /*
  * Waits until the connection's socket is ready for events or deadline
- * passes: 1, 0 at the deadline, -1 if poll() fails.
+ * passes: 1, 0 at the deadline, -1 if poll() fails, -2 when a stop is
+ * pending (asked every STOP_SLICE_MS).
  */
 static int
 pg_poll(PGconn *conn, short events, long long deadline)
@@ -163,10 +195,13 @@ pg_poll(PGconn *conn, short events, long long deadline)
 		return -1;
 	}
 	for (;;) {
+		if (stop_pending())
+			return -2;
 		left = deadline - now_monotonic_ms();
 		if (left <= 0)
 			return 0;
-		r = poll(&pfd, 1, (int)(left > 1000 ? 1000 : left));
+		r = poll(&pfd, 1,
+		    (int)(left > STOP_SLICE_MS ? STOP_SLICE_MS : left));
 		if (r > 0)
 			return 1;
 		if (r == -1 && errno != EINTR)
@@ -199,6 +234,17 @@ pg_wait(struct store_pg *p, long long deadline)
 			return 0;
 		r = pg_poll(
 		    p->conn, unsent ? POLLIN | POLLOUT : POLLIN, deadline);
+		if (r == -2) {
+			pg_stopped(p);
+			return -1;
+		}
+		if (r == 0 && deadline == p->s.deadline) {
+			store_err(&p->s,
+			    "the cycle's time for the database "
+			    "is up");
+			pg_failed_connection(p);
+			return -1;
+		}
 		if (r == 0) {
 			store_err(&p->s,
 			    unsent ? "the database took nothing more of what "
@@ -237,7 +283,7 @@ static int
 pg_run(
     struct store_pg *p, int n, const struct stmt *q, PGresult **res, int *whole)
 {
-	long long deadline = now_monotonic_ms() + CLIENT_TIMEOUT_MS;
+	long long deadline = cycle_cap(p, CLIENT_TIMEOUT_MS);
 	PGresult *r;
 	ExecStatusType st;
 	int i, done = 0, bad = -1;
@@ -338,7 +384,7 @@ pg_connect(struct store_pg *p)
 	/* Within the backoff, the last reason stands in s.err. */
 	if (now < p->next_try)
 		return -1;
-	deadline = now + CONNECT_TIMEOUT_MS;
+	deadline = cycle_cap(p, CONNECT_TIMEOUT_MS);
 	if ((p->conn = PQconnectStartParams(kw, val, 1)) == NULL)
 		fatalx_oom();
 	/* Before the first PQconnectPoll(), libpq waits to write. */
@@ -349,6 +395,10 @@ pg_connect(struct store_pg *p)
 			goto fail;
 		r = pg_poll(p->conn,
 		    st == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
+		if (r == -2) {
+			pg_stopped(p);
+			return -1;
+		}
 		if (r == 0) {
 			store_err(&p->s,
 			    "cannot connect: no answer from the database "
@@ -549,12 +599,21 @@ pg_in_tx(struct store_pg *p, int (*fn)(struct store_pg *, void *), void *arg)
 	return rc;
 }
 
+/*
+ * A row's age for its log line, seconds since its created time: NULL
+ * when that is NULL or infinite (subtracting infinity is an error).
+ */
+#define PG_AGE(t)                                                        \
+	"CASE WHEN isfinite(" t "%s) THEN extract(epoch FROM now() - " t \
+	"%s)::float8 END"
+
 /* Where the rows a batch ended are counted and told. */
 struct ending {
 	struct store_counts *c;
 	enum reap_kind kind;
 	const char *status;
 	int by_rule; /* the rule is each row's second column: running? */
+	int age_col; /* the column of the row's age (seconds, or NULL) */
 	const struct store_req *req;
 };
 
@@ -590,8 +649,11 @@ tell_rows(struct store_pg *p, PGresult *res, const struct ending *e)
 		}
 		count_kind(e->c, kind);
 		if (e->req->fn != NULL)
-			e->req->fn(
-			    e->req->arg, kind, status, PQgetvalue(res, i, 0));
+			e->req->fn(e->req->arg, kind, status,
+			    PQgetvalue(res, i, 0),
+			    PQgetisnull(res, i, e->age_col)
+				? -1
+				: strtod(PQgetvalue(res, i, e->age_col), NULL));
 	}
 }
 
@@ -728,6 +790,8 @@ end_by_address(struct store_pg *p, const struct by_address *q,
 				goto fail;
 			ended += rows;
 		}
+		/* The look's rows a batch skipped: locked, or changed. */
+		e->c->skipped = n - ended;
 		PQclear(found);
 		found = NULL;
 		/* A full look may have left more; one that ended none, stop. */
@@ -753,10 +817,10 @@ end_rows(struct store_pg *p, const char *status, const char *cond,
     const struct store_req *req)
 {
 	const struct config *cfg = p->s.cfg;
-	char sql[1024], where[512], recheck[512], set[512], ret[256];
+	char sql[1024], where[512], recheck[512], set[512], ret[512];
 	char age[64], msg[256];
 	const char *params[5] = { status, age, NULL, cfg->error_status, msg };
-	struct ending e = { c, kind, status, 0, req };
+	struct ending e = { c, kind, status, 0, 1, req };
 	struct by_address by = { where, where, recheck, set, ret, 3 };
 	struct stmt q;
 	PGresult *res;
@@ -766,8 +830,9 @@ end_rows(struct store_pg *p, const char *status, const char *cond,
 	snprintf(age, sizeof(age), "%lld milliseconds", age_ms);
 	snprintf(where, sizeof(where), "%s = $1 AND %s", p->status, cond);
 	if (req->dry_run) {
-		snprintf(sql, sizeof(sql), "SELECT %s FROM %s WHERE %s", p->id,
-		    p->table, where);
+		snprintf(sql, sizeof(sql),
+		    "SELECT %s, " PG_AGE("") " FROM %s WHERE %s", p->id,
+		    p->created, p->created, p->table, where);
 		q = (struct stmt){ sql, 2, params };
 		if ((r = pg_read(p, req->elect, 1, &q, &res)) != 1)
 			return r;
@@ -778,8 +843,55 @@ end_rows(struct store_pg *p, const char *status, const char *cond,
 	snprintf(recheck, sizeof(recheck), "t.%s = $1 AND %s", p->status, cond);
 	snprintf(set, sizeof(set), "%s = $4, %s = $5, %s = now()", p->status,
 	    p->error, p->updated);
-	snprintf(ret, sizeof(ret), "t.%s", p->id);
+	snprintf(ret, sizeof(ret), "t.%s, " PG_AGE("t."), p->id, p->created,
+	    p->created);
 	return end_by_address(p, &by, params, 5, &e);
+}
+
+/*
+ * Who holds the stale rows a reaping skipped: the transactions whose id
+ * is a stale row's xmax (a row lock, or an update in flight), as
+ * pg_stat_activity shows them. Read-only, not elected, and asked only
+ * when a batch skipped rows. Returns 1, or -1.
+ */
+static int
+stale_holders(struct store_pg *p, const char *stale, const char **params,
+    struct store_counts *c)
+{
+	char sql[2048];
+	struct stmt q;
+	PGresult *res;
+	int i, n;
+
+	snprintf(sql, sizeof(sql),
+	    "SELECT a.pid, coalesce(a.state, ''), extract(epoch FROM now() - "
+	    "coalesce(a.xact_start, now()))::float8, count(*) FROM (SELECT "
+	    "xmax AS x FROM %s WHERE %s) s JOIN pg_stat_activity a ON "
+	    "a.backend_xid = s.x WHERE a.pid <> pg_backend_pid() GROUP BY 1, "
+	    "2, 3 ORDER BY 4 DESC",
+	    p->table, stale);
+	q = (struct stmt){ sql, 4, params };
+	if (pg_read(p, 0, 1, &q, &res) != 1)
+		return -1;
+	c->held = 0;
+	c->nholders = 0;
+	n = PQntuples(res);
+	for (i = 0; i < n; i++) {
+		long rows = strtol(PQgetvalue(res, i, 3), NULL, 10);
+		struct store_holder *h;
+
+		c->held += rows;
+		if (c->nholders == STORE_MAX_HOLDERS)
+			continue;
+		h = &c->holders[c->nholders++];
+		h->pid = strtol(PQgetvalue(res, i, 0), NULL, 10);
+		snprintf(
+		    h->state, sizeof(h->state), "%s", PQgetvalue(res, i, 1));
+		h->age_s = strtod(PQgetvalue(res, i, 2), NULL);
+		h->rows = rows;
+	}
+	PQclear(res);
+	return 1;
 }
 
 /*
@@ -793,12 +905,13 @@ end_stale_rows(
     struct store_pg *p, const struct store_req *req, struct store_counts *c)
 {
 	const struct config *cfg = p->s.cfg;
-	char look[1024], stale[512], stale_t[512], set[512], ret[256];
+	char look[1024], stale[512], stale_t[512], set[512], ret[512];
 	char rt[64], qt[64], mr[256], mq[256];
 	const char *params[8] = { cfg->running_status, rt, cfg->queued_status,
 		qt, NULL, cfg->error_status, mr, mq };
-	struct ending e = { c, REAP_RUNNING, NULL, 1, req };
+	struct ending e = { c, REAP_RUNNING, NULL, 1, 2, req };
 	struct by_address q = { look, stale, stale_t, set, ret, 5 };
+	int r;
 
 	config_reap_message(cfg, REAP_RUNNING, mr, sizeof(mr));
 	config_reap_message(cfg, REAP_QUEUED, mq, sizeof(mq));
@@ -821,8 +934,12 @@ end_stale_rows(
 	snprintf(set, sizeof(set),
 	    "%s = $6, %s = CASE WHEN t.%s = $1 THEN $7 ELSE $8 END, %s = now()",
 	    p->status, p->error, p->status, p->updated);
-	snprintf(ret, sizeof(ret), "t.%s, t.%s = $7", p->id, p->error);
-	return end_by_address(p, &q, params, 8, &e);
+	snprintf(ret, sizeof(ret), "t.%s, t.%s = $7, " PG_AGE("t."), p->id,
+	    p->error, p->created, p->created);
+	r = end_by_address(p, &q, params, 8, &e);
+	if (r == 1 && c->skipped > 0)
+		r = stale_holders(p, look, params, c);
+	return r;
 }
 
 static int

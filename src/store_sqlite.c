@@ -9,6 +9,8 @@
 
 #define BUSY_TIMEOUT_MS 5000
 /* SQLAlchemy writes UTC text with microseconds; so do we. */
+/* A row's age in seconds since its created time, for its log line. */
+#define SQL_AGE "(julianday('now') - julianday(%s)) * 86400.0"
 #define SQL_NOW "strftime('%%Y-%%m-%%d %%H:%%M:%%f000', 'now')"
 
 struct store_sqlite {
@@ -125,15 +127,15 @@ end_rows(struct store_sqlite *q, const char *status, const char *cond,
 	config_reap_message(cfg, kind, msg, sizeof(msg));
 	if (dry_run)
 		snprintf(sql, sizeof(sql),
-		    "SELECT %s FROM %s WHERE %s = ?3 AND (%s)", q->id, q->table,
-		    q->status, cond);
+		    "SELECT %s, " SQL_AGE " FROM %s WHERE %s = ?3 AND (%s)",
+		    q->id, q->created, q->table, q->status, cond);
 	else
 		snprintf(sql, sizeof(sql),
 		    "UPDATE %s SET %s = ?1, %s = ?2, %s = " SQL_NOW
 		    " WHERE rowid IN (SELECT rowid FROM %s WHERE %s = ?3 AND "
-		    "(%s) LIMIT ?5) RETURNING %s",
+		    "(%s) LIMIT ?5) RETURNING %s, " SQL_AGE,
 		    q->table, q->status, q->error, q->updated, q->table,
-		    q->status, cond, q->id);
+		    q->status, cond, q->id, q->created);
 	if (prepare(q, sql, &st) == -1)
 		return -1;
 	do {
@@ -155,7 +157,10 @@ end_rows(struct store_sqlite *q, const char *status, const char *cond,
 
 			batch_rows++;
 			if (fn != NULL)
-				fn(arg, kind, status, id != NULL ? id : "");
+				fn(arg, kind, status, id != NULL ? id : "",
+				    sqlite3_column_type(st, 1) == SQLITE_NULL
+					? -1
+					: sqlite3_column_double(st, 1));
 		}
 		if (rc != SQLITE_DONE) {
 			store_err(

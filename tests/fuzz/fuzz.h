@@ -26,6 +26,12 @@ now_monotonic_ms(void)
 	return 5000000;
 }
 
+int
+stop_pending(void)
+{
+	return 0;
+}
+
 /* A NUL-terminated copy of the input. */
 static inline char *
 fuzz_str(const uint8_t *data, size_t size)

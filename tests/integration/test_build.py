@@ -208,7 +208,8 @@ def test_32_bit_build_sends_alerts_and_stats(env, health):
 
         env.store.add("db-new", "running", 0)
         env.write_cache({"c2": {"status": "queued"}})
-        p = subprocess.run(m32 + ["stats", "--json"], env=env.env(LIMPEZA_HEALTH_URL=health.url),
+        p = subprocess.run(m32 + ["stats", "--json", "--health"],
+                           env=env.env(LIMPEZA_HEALTH_URL=health.url),
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stderr
         st = json.loads(p.stdout)

@@ -26,7 +26,7 @@ def test_daemon_reaps_and_logs_every_step(env, health, daemons):
                 LIMPEZA_RUNNING_TTL="2s", LIMPEZA_REPORT_EVERY="3")
     log = d.wait_for(r"📊 Relatório \(Ciclo 3\): 2 jobs ativos na API")
     for line in [
-        r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d - INFO - 🚀 Sistema de Limpeza 3 Minutos iniciado\.\.\.$",
+        r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d - INFO - 🚀 Sistema de Limpeza 2 Segundos iniciado\.\.\.$",
         r"- INFO - ⏱️ Configuração: jobs > 2s serão limpos a cada 300ms$",
         r"- INFO - 🔄 Ciclo 1 - \d\d:\d\d:\d\d$",
         r"- INFO - 🚀 Iniciando limpeza completa\.\.\.$",
@@ -322,7 +322,7 @@ def test_no_secret_in_usage_errors_bad_values_or_other_urls(env):
         assert p.returncode == 2 and "invalid DATABASE_URL (not shown" in p.stderr, p.stderr
         runs.append(p)
     hook = "https://hooks.example/services/T0SECRET/B0TOKEN"
-    for args in (["check"], ["once"], ["stats"]):
+    for args in (["check", "--health"], ["once"], ["stats", "--health"]):
         runs.append(env.run(*args, DATABASE_URL=None, LIMPEZA_ALERT_WEBHOOK=hook,
                             LIMPEZA_HEALTH_URL="http://admin:HealthPw9@127.0.0.1:9/api/health"))
     p = runs[-3]

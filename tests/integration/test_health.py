@@ -60,7 +60,7 @@ def test_threshold_is_strict_and_zero_disables(env, health):
     assert "MUITOS JOBS" not in p.stderr and "Limpeza forçada" not in p.stderr
     # 6 is: the same setting forces
     health.set_json({"jobs_active": 6})
-    p = env.run("once", LIMPEZA_HEALTH_URL=health.url, LIMPEZA_DRY_RUN="1")
+    p = env.run("once", "--health", LIMPEZA_HEALTH_URL=health.url, LIMPEZA_DRY_RUN="1")
     assert p.returncode == 0, p.stderr
     assert "MUITOS JOBS ATIVOS: 6" in p.stderr
     # 0 disables forced cleanup, however many jobs the API reports

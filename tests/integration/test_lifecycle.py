@@ -274,7 +274,8 @@ def test_dry_run_names_every_job_it_would_end(senv):
     # in "would" words at info, each job counted once: 3 rows, and all 4
     # cache jobs (LIMPEZA_FORCE_CACHE=all empties the file)
     assert re.search(r"- INFO - 🧪 Limpeza forçada solicitada: seria executada$", p.stderr, re.M)
-    assert re.search(r"- INFO - 🧪 Limpeza forçada: 7 jobs seriam terminados$", p.stderr, re.M)
+    assert re.search(r"- INFO - 🧪 Limpeza forçada: 7 jobs seriam terminados \(3 no banco, 4 no cache\)$",
+                     p.stderr, re.M), p.stderr
     assert re.search(r"- INFO - 🧪 Simulação: 7 jobs seriam encerrados$", p.stderr, re.M), p.stderr
     assert " - WARNING - " not in p.stderr and "🚨" not in p.stderr
     assert "Limpeza banco executada" not in p.stderr

@@ -334,7 +334,7 @@ def test_a_follower_prunes_its_own_cache_file(tmp_path, pg, daemons, via):
     holder = take_leader_lock(env.store)
     try:
         d = daemons(env, LIMPEZA_INTERVAL="30s")
-        log = d.wait_for("Sistema limpo")
+        log = d.wait_for("o banco é limpo por outra instância")  # a follower: no Sistema limpo
         assert "👥 Outra instância é a líder" in log
         assert retired_lines(log) == ["1"]
         assert list(json.loads(env.read_cache())) == ["new"]

@@ -27,4 +27,10 @@ now_monotonic_ms(void)
 	return test_mono;
 }
 
+int
+stop_pending(void)
+{
+	return 0;
+}
+
 #endif

@@ -680,7 +680,7 @@ static void
 test_retention_rows(void **state)
 {
 	struct config *cfg = cache_config();
-	struct store st = { &fake_ops, cfg, "" };
+	struct store st = { &fake_ops, cfg, "", 0, 0 };
 	struct cache *c = cache_new();
 	struct cache_result r;
 	long long t0;
@@ -756,7 +756,7 @@ static void
 test_retention_pending(void **state)
 {
 	struct config *cfg = cache_config();
-	struct store st = { &fake_ops, cfg, "" };
+	struct store st = { &fake_ops, cfg, "", 0, 0 };
 	struct cache *c = cache_new();
 	struct cache_result r;
 	long long t0;
@@ -898,7 +898,7 @@ static void
 test_retention_mark_and_dry_run(void **state)
 {
 	struct config *cfg = cache_config();
-	struct store st = { &fake_ops, cfg, "" };
+	struct store st = { &fake_ops, cfg, "", 0, 0 };
 	struct cache *c = cache_new();
 	struct cache_result r;
 	const char *text = "{\"old\": {\"status\": \"done\", \"n\": NaN}, "
