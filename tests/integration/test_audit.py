@@ -398,7 +398,8 @@ def test_dry_run_has_no_side_effect(senv, health, daemons):
         assert "🧪 Simulação" in p.stderr
         p = env.run("stats", **over)
         assert p.returncode == 0, p.stderr
-        d = daemons(env, LIMPEZA_INTERVAL="100ms", LIMPEZA_DRY_RUN="1", **over)
+        # a dry run asks the API only with --health (issue 21)
+        d = daemons(env, "--health", LIMPEZA_INTERVAL="100ms", LIMPEZA_DRY_RUN="1", **over)
         d.wait_for("🔄 Ciclo 4 ")
         assert d.stop() == 0
         assert "seria terminado no cache (limpeza forçada)" in d.stderr()
