@@ -232,6 +232,12 @@ mutants: test-deps
 mutants-fast: test-deps
 	$(PYTHON) tests/mutants/run.py --fast
 
+# The build, unit and integration tests again in a Debian 13 (trixie) root
+# made with mmdebstrap and kept in build/trixie (scripts/trixie.sh).
+.PHONY: trixie
+trixie: test-deps
+	TRIXIE_PYTEST="$(TRIXIE_PYTEST)" sh scripts/trixie.sh
+
 # Everything, in order: unit, integration (real files, SQLite, HTTP, the
 # daemon end to end), then both again under ASan and UBSan.
 test: test-deps
@@ -245,6 +251,7 @@ test: test-deps
 	$(MAKE) asan
 	$(MAKE) fuzz-smoke
 	$(MAKE) mutants-fast
+	$(MAKE) trixie
 
 # Benchmarks print figures; they are not tests and make test does not run them.
 bench: all test-deps
