@@ -240,6 +240,12 @@ prom-test: test-deps
 	promtool check rules etc/prometheus/limpeza-rules.yml
 	promtool test rules tests/prometheus/limpeza-rules.test.yml
 
+# The build, unit and integration tests again in a Debian 13 (trixie) root
+# made with mmdebstrap and kept in build/trixie (scripts/trixie.sh).
+.PHONY: trixie
+trixie: test-deps
+	TRIXIE_PYTEST="$(TRIXIE_PYTEST)" sh scripts/trixie.sh
+
 # Everything, in order: unit, integration (real files, SQLite, HTTP, the
 # daemon end to end), then both again under ASan and UBSan.
 test: test-deps
@@ -255,6 +261,7 @@ test: test-deps
 	$(MAKE) fuzz-smoke
 	$(MAKE) mutants-fast
 	$(MAKE) deb-test
+	$(MAKE) trixie
 
 # Benchmarks print figures; they are not tests and make test does not run them.
 bench: all test-deps

@@ -11,7 +11,7 @@ SCANS_PER_DAY scans: each scan is written as the API writes it (`queued`,
 then `running` with the profile, then `done` with result lists of ~720-byte
 profile entries shaped after tests/fixtures/desfollow_jobs.example.json),
 with its row in the `scans` table written as database.py's save_scan_result
-writes it (PostgreSQL 15, the real table shape, a throwaway cluster).
+writes it (PostgreSQL as Debian ships it, the real table shape, a throwaway cluster).
 
 limpeza runs beside it on a compressed clock: a simulated day lasts
 DAY_SECONDS real seconds; the real daemon runs with its interval and its

@@ -61,7 +61,8 @@ def logged_statements(c, dbname, run):
         log = f.read()
     found = []
     for head in ("SELECT ctid", "UPDATE"):
-        m = re.search(r"execute <unnamed>: (%s .*)\n.*DETAIL:  parameters: (.*)\n" % head, log)
+        # "parameters:" up to PostgreSQL 15, "Parameters:" from 16 on
+        m = re.search(r"execute <unnamed>: (%s .*)\n.*DETAIL:  [Pp]arameters: (.*)\n" % head, log)
         if m is None:
             raise SystemExit("limpeza's reaping statements not found in the server log")
         params = {int(n): v.replace("''", "'") for n, v in

@@ -3,12 +3,23 @@
 # Usage: scripts/deps.sh [build|deb|test|all]   (default: all)
 set -eu
 
-build_pkgs="build-essential pkg-config libsqlite3-dev libcurl4-openssl-dev libjansson-dev libpq-dev libsystemd-dev libmicrohttpd-dev"
-test_pkgs="libcmocka-dev libcurl3-gnutls sqlite3 python3 python3-pytest python3-psycopg2 postgresql-15 clang-format man-db systemd shellcheck python3-prometheus-client logrotate openssl clang libclang-rt-14-dev valgrind cppcheck clang-tidy time pgbouncer prometheus debhelper lintian mmdebstrap"
+# Names that differ between the releases tested: Debian 12 (bookworm) and
+# Debian 13 (trixie, see scripts/trixie.sh). Each has one PostgreSQL and
+# one clang; trixie's 64-bit time_t transition renamed libcurl3-gnutls.
+codename=$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release)
+case "$codename" in
+trixie) pg=17 clang_rt=19 curl_gnutls=libcurl3t64-gnutls ;;
+*) pg=15 clang_rt=14 curl_gnutls=libcurl3-gnutls ;;
+esac
 
-# The 32-bit build that make test runs (Debian's i386 architecture).
+build_pkgs="build-essential pkg-config libsqlite3-dev libcurl4-openssl-dev libjansson-dev libpq-dev libsystemd-dev libmicrohttpd-dev"
+test_pkgs="libcmocka-dev $curl_gnutls sqlite3 python3 python3-pytest python3-psycopg2 postgresql-$pg clang-format man-db systemd shellcheck python3-prometheus-client logrotate openssl clang libclang-rt-$clang_rt-dev valgrind cppcheck clang-tidy time pgbouncer curl ca-certificates prometheus strace debhelper lintian mmdebstrap debian-archive-keyring"
+
+# The 32-bit build that make test runs (Debian's i386 architecture);
 # qemu-user runs it where the kernel cannot exec i386 binaries.
+# LIMPEZA_NO_M32=1 leaves it out (the Debian 13 root builds no m32).
 m32_pkgs="gcc-multilib qemu-user libjansson-dev:i386 libsqlite3-dev:i386 libcurl4-openssl-dev:i386"
+[ "${LIMPEZA_NO_M32:-0}" = 1 ] && m32_pkgs=""
 
 case "${1:-all}" in
 build) want="$build_pkgs" ;;

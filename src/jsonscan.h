@@ -11,8 +11,11 @@
  * read as UTF-8: RFC 8259 plus NaN, Infinity and -Infinity, integers of
  * any length up to Python's int conversion limit, and \u escapes of lone
  * surrogates; NUL is a valid character in keys too. Python's nesting limit
- * is its recursion limit, which depends on the caller's stack: the scanner
- * takes the limit itself (1000) and refuses deeper nesting.
+ * depends on its version and on the caller's stack: up to 3.11 it is the
+ * recursion limit (1000) less the frames in use, from 3.12 on the C
+ * recursion limit (10000) less the same. The scanner takes the larger
+ * limit itself (10000) and refuses deeper nesting, so it never refuses a
+ * file the API's Python reads.
  *
  * The file is read through a window that holds one member of the top-level
  * object at a time, so the scanner's memory follows the largest member,
@@ -21,7 +24,7 @@
  * wants located inside each member's object value, and gets each member,
  * with those keys' spans, through a callback.
  */
-#define JSONSCAN_MAX_DEPTH 1000
+#define JSONSCAN_MAX_DEPTH 10000
 #define JSONSCAN_MAX_INT_DIGITS 4300 /* sys.get_int_max_str_digits() */
 #define JSONSCAN_MAX_FIELDS 8
 #define JSONSCAN_WINDOW ((size_t)1024 * 1024)

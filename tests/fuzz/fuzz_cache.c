@@ -207,13 +207,17 @@ depth_of(json_t *v)
 	return json_is_object(v) || json_is_array(v) ? d + 1 : 0;
 }
 
-/* Does jansson refuse t for what only Python reads? */
+/*
+ * Does jansson refuse t for what only Python reads? Its nesting limit
+ * (2048) is below Python 3.12's, which the scanner takes.
+ */
 static int
 python_only(const char *t, size_t n, const json_error_t *e)
 {
 	static const char *const excuses[] = { "too big integer",
 		"too big negative integer", "real number overflow",
-		"invalid Unicode '\\uD", "NUL byte in object key" };
+		"invalid Unicode '\\uD", "NUL byte in object key",
+		"maximum parsing depth reached" };
 	size_t i;
 
 	if (strcmp(e->text, "invalid token near 'NaN'") == 0 ||

@@ -1,7 +1,9 @@
-"""A throwaway PostgreSQL 15 cluster under a temporary directory, for tests and benchmarks.
+"""A throwaway PostgreSQL cluster under a temporary directory, for tests and benchmarks.
 
+The server is the newest installed under /usr/lib/postgresql (Debian 12's
+15, Debian 13's 17), or the one whose bin directory LIMPEZA_PG_BIN names.
 initdb refuses to run as root, so as root the cluster belongs to the
-`postgres` user that Debian's postgresql-15 package creates.
+`postgres` user that Debian's postgresql-N package creates.
 """
 
 import os
@@ -14,10 +16,21 @@ import time
 
 import psycopg2
 
-PG_BIN = "/usr/lib/postgresql/15/bin"
 ADMIN = "admin"
 APP_USER = "app"
 APP_PASSWORD = "hunter2-Secret"
+
+
+def pg_bin():
+    """The bin directory of the PostgreSQL server the tests run."""
+    if os.environ.get("LIMPEZA_PG_BIN"):
+        return os.environ["LIMPEZA_PG_BIN"]
+    top = "/usr/lib/postgresql"
+    majors = [int(v) for v in (os.listdir(top) if os.path.isdir(top) else [])
+              if v.isdigit() and os.path.exists(os.path.join(top, v, "bin", "initdb"))]
+    if not majors:
+        raise RuntimeError("no PostgreSQL server under /usr/lib/postgresql")
+    return os.path.join(top, str(max(majors)), "bin")
 
 
 def free_port():
@@ -53,7 +66,7 @@ class PgCluster:
         self.sql("CREATE ROLE %s LOGIN PASSWORD %%s" % APP_USER, (APP_PASSWORD,))
 
     def _pg(self, tool, *args, check=True):
-        cmd = [os.path.join(PG_BIN, tool), *args]
+        cmd = [os.path.join(pg_bin(), tool), *args]
         if self.user:
             cmd = ["runuser", "-u", self.user, "--", *cmd]
         return subprocess.run(cmd, check=check, capture_output=True, text=True)

@@ -637,7 +637,7 @@ ODD = [
     ("escaped status and NUL key", '{"\\u0000": {"st\\u0061tus": "run\\u006eing", "start_time": 1e9}, "k": {"status": "done"}}', "\u0000"),
     ("error member after status", '{"o": {"status": "running", "start_time": 1e9, "error": NaN}, "k": 1}', "o"),
     ("deep value", '{"o": {"status": "running", "start_time": 1e9, "d": %s1%s}}' % ("[" * 500, "]" * 500), "o"),
-    ("too deep", '{"o": {"status": "running", "start_time": 1e9, "d": %s1%s}}' % ("[" * 3000, "]" * 3000), None),
+    ("too deep", '{"o": {"status": "running", "start_time": 1e9, "d": %s1%s}}' % ("[" * 12000, "]" * 12000), None),
     ("integer past Python's limit", '{"o": {"status": "running", "start_time": %s}}' % ("1" * 4301), None),
     ("raw NUL after a number", '{"o": {"status": "running", "start_time": 1e9\x00}}', None),
     ("not UTF-8", '{"o": {"status": "running", "start_time": 1e9, "n": "\udcff"}}', None),

@@ -9,6 +9,7 @@ SPEC §1.1's rules, written out in pyoracle.fate, say which jobs are stale.
 import json
 import os
 import random
+import re
 import subprocess
 import tempfile
 import time
@@ -286,7 +287,7 @@ def damage(rng, data):
             sep = b", " if data[:e].strip() not in (b"{", b"") else b""
             return data[:e] + sep + b'"lit": ' + lit + data[e:], "bad number"
     if op == 9:
-        d = rng.choice([400, 1500, 5000])
+        d = rng.choice([400, 1500, 5000, 9990, 12000])
         return b'{"deep": ' + b"[" * d + b"]" * d + b"}", "nesting %d" % d
     if op == 10:
         return rng.choice([b"[]", b'[{"a": 1}]', b'"text"', b"12", b"null", b"NaN", b"true",
@@ -364,6 +365,13 @@ def check_one(drv, data, how, rng):
     now = NOW()
     what = "%s doc (%s), action %s, force %d, window %d: %r" % (
         kind, how, action, force, window, data[:300])
+    nesting = re.fullmatch(r"nesting (\d+)", how)
+    if kind == "invalid" and "recursion" in obj and int(nesting.group(1)) <= MAX_DEPTH:
+        # Deeper than this Python reads (3.11: about 990 levels), not than
+        # the limit limpeza takes (3.12's, for the API's newer Python): read,
+        # and with no job in it, left as it is.
+        assert rc == 0 and rewritten == 0 and out == data, what + "\n" + str(events)
+        return "dict"
     if kind == "invalid":
         assert rc == -1 and "cache_invalid" in events, what + "\n" + str(events)
         assert out == data, what
@@ -401,6 +409,8 @@ def check_one(drv, data, how, rng):
 
 
 DOCS = int(os.environ.get("DIALECT_DOCS", "12000"))
+with open(os.path.join(ROOT, "src", "jsonscan.h")) as _f:
+    MAX_DEPTH = int(re.search(r"#define JSONSCAN_MAX_DEPTH (\d+)", _f.read()).group(1))
 
 
 def test_agrees_with_python_on_generated_documents(tmp_path):

@@ -1,5 +1,5 @@
 """The job-store contract (SPEC §1.2): every test taking `senv` runs unchanged
-against SQLite and against a real PostgreSQL 15 server."""
+against SQLite and against a real PostgreSQL server (15 on Debian 12, 17 on Debian 13)."""
 
 import os
 import re

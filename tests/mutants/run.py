@@ -105,8 +105,9 @@ def run_test(tree, spec, timeout, extra_env=None):
         cmd = [PYTHON, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                *rest.split()]
     elif kind == "make":
-        # make:TARGET: a gate of make test itself (lint, format-check).
-        cmd = ["make", "-s", rest]
+        # make:TARGET [VAR=VALUE...]: a gate of make test itself
+        # (lint, format-check, trixie).
+        cmd = ["make", "-s", *rest.split()]
     elif kind == "fuzz":
         # fuzz:TARGET INPUT-FILE...: replays fixed inputs, no search.
         name, *inputs = rest.split()
