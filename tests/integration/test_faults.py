@@ -41,10 +41,8 @@ ERRNO = {
     "newfstatat": "EIO", "fstat": "EIO", "statx": "EIO", "lseek": "EIO",
     "copy_file_range": "EIO", "ftruncate": "EIO", "fchmod": "EPERM", "fchown": "EPERM",
     "close": "EIO", "mkdir": "EACCES",
-    # sendto: a full queue. ECONNRESET there makes libpq wait to read the
-    # server's last words (pqSendSome), which a healthy socket whose one
-    # send was faked never brings: the 35 s client deadline, not a bug.
-    "socket": "EMFILE", "connect": "ECONNREFUSED", "sendto": "ENOBUFS",
+    # sendto: the connection broken from that send on (see run_points).
+    "socket": "EMFILE", "connect": "ECONNREFUSED", "sendto": "EPIPE",
     "recvfrom": "ECONNRESET", "poll": "ENOMEM", "ppoll": "ENOMEM",
     "getsockopt": "ENOBUFS", "setsockopt": "ENOBUFS", "getsockname": "ENOBUFS",
     "getpeername": "ENOTCONN",
@@ -68,9 +66,10 @@ def trace(cmd, env, out):
 
 
 def points(calls, main_pid, first_log):
-    """(name, n, args) for each call that the chosen thread makes from the
-    first one that satisfies first_log on: n is the call's number among
-    that thread's calls of that name, as strace's when= counts."""
+    """(name, n, args, before) for each call that the chosen thread makes
+    from the first one that satisfies first_log on: n is the call's number
+    among that thread's calls of that name, as strace's when= counts, and
+    before how many of each other call the thread had made until then."""
     seen, out, started = {}, [], False
     for pid, name, args in calls:
         if pid != main_pid:
@@ -78,7 +77,7 @@ def points(calls, main_pid, first_log):
         seen[name] = seen.get(name, 0) + 1
         started = started or first_log(name, args)
         if started:
-            out.append((name, seen[name], args))
+            out.append((name, seen[name], args, dict(seen)))
     return out
 
 
@@ -127,16 +126,25 @@ def run_points(scenario, cmd, env, pts, tmp):
     point's log, by point."""
     failed_steps = 0
     slow, logs = [], {}
-    for name, n, args in pts:
+    for name, n, args, before in pts:
         t0 = time.monotonic()
         where = "%s #%d (%s...)" % (name, n, args[:60])
         scenario.reset()
-        inject = "inject=%s:error=%s:when=%d" % (name, ERRNO[name], n)
+        injects = ["inject=%s:error=%s:when=%d" % (name, ERRNO[name], n)]
+        if name == "sendto":
+            # A send fails on a broken connection, and the waits after it
+            # fail too: libpq, after a failed send, waits on for the
+            # server's last words (pqSendSome), which a healthy socket
+            # whose one send was faked would never bring (limpeza's 35 s
+            # client deadline, every time).
+            injects.append("inject=poll:error=ENOMEM:when=%d+"
+                           % (before.get("poll", 0) + 1))
+        traced = ",".join(i.split("=")[1].split(":")[0] for i in injects)
         # (strace injects only into calls it traces: trace=none would
         # silently inject nothing)
-        p = subprocess.run([STRACE, "-f", "-qq", "-o", os.devnull, "-e", "trace=" + name,
-                            "-e", inject, *cmd], env=env, capture_output=True, text=True,
-                           timeout=120)
+        p = subprocess.run([STRACE, "-f", "-qq", "-o", os.devnull, "-e", "trace=" + traced,
+                            *[x for i in injects for x in ("-e", i)], *cmd], env=env,
+                           capture_output=True, text=True, timeout=120)
         log = logs[(name, n)] = p.stderr
         oom = p.returncode == 1 and "out of memory" in log
         assert p.returncode in (0, 1), (where, p.returncode, log[-2000:])
@@ -179,7 +187,7 @@ def test_a_fault_at_each_call_of_a_cycle(tmp_path, health):
     p, calls = trace([BIN, "once"], e, str(tmp_path / "trace"))
     assert p.returncode == 0 and sc.complete(), p.stderr
     pts = points(calls, calls[0][0], first_cycle_line)
-    kinds = {name for name, _, _ in pts}
+    kinds = {pt[0] for pt in pts}
     # the cycle's path as the issue names it: the cache file's calls,
     # libpq's and libcurl's
     for want in ("openat", "read", "fsync", "flock", "renameat2", "unlink", "fcntl",
@@ -224,7 +232,7 @@ def test_a_fault_at_each_call_of_the_webhook(tmp_path):
         main_names = {name for pid, name, _ in calls if pid == main}
         pts = [pt for pt in points(calls, threads[0], lambda name, args: True)
                if pt[0] not in main_names]
-        assert {"socket", "connect", "sendto"} <= {name for name, _, _ in pts}, pts
+        assert {"socket", "connect", "sendto"} <= {pt[0] for pt in pts}, pts
 
         def reset():
             Scenario.reset(sc)
