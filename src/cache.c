@@ -73,6 +73,7 @@ struct scan {
 	char *ids;
 	size_t ids_len, ids_cap;
 	off_t size; /* the file's length */
+	uint64_t hash[2]; /* of the bytes read (jsonscan_hash) */
 };
 
 static size_t window_bytes; /* 0: the scanner's default */
@@ -298,12 +299,14 @@ static int
 scan_file(int fd, const char *path, const struct stat *st, struct scan *s)
 {
 	struct jsonscan js = { fd, window_bytes, field_names, NFIELDS,
-		on_member, s, 0, 0, NULL, 0 };
+		on_member, s, 0, 0, NULL, 0, { 0, 0 } };
 	long line, col;
 
 	switch (jsonscan_file(&js)) {
 	case JSONSCAN_OBJECT:
 		s->size = js.size;
+		s->hash[0] = js.hash[0];
+		s->hash[1] = js.hash[1];
 		return 0;
 	case JSONSCAN_INVALID:
 		if (safefile_settling(fd, st))
@@ -792,7 +795,7 @@ cache_pass(struct cache *c, const struct config *cfg, struct store *store,
 {
 	const char *path = cfg->cache_file;
 	enum cache_retention mode = cache_retention_mode(cfg);
-	struct scan s = { cfg, NULL, 0, 0, NULL, 0, 0, 0 };
+	struct scan s = { cfg, NULL, 0, 0, NULL, 0, 0, 0, { 0, 0 } };
 	struct safefile_out out = { NULL, 0, 0 };
 	struct marks mk = { NULL, { NULL, NULL, NULL } };
 	struct cache_policy pol;
@@ -845,7 +848,7 @@ cache_pass(struct cache *c, const struct config *cfg, struct store *store,
 		marks_init(&mk, cfg);
 		build_output(&s, cfg, &mk, &out);
 		r = safefile_replace(
-		    path, fd, &st, &out, &written_st, err, sizeof(err));
+		    path, fd, &st, s.hash, &out, &written_st, err, sizeof(err));
 		if (r == 1) {
 			rc = 1;
 			goto done;

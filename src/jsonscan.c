@@ -44,7 +44,87 @@ struct window {
 	size_t len, cap;
 	off_t base;
 	int eof;
+	struct jsonscan_hash hash; /* of every byte read */
 };
+
+#define HASH_K0 0x9e3779b97f4a7c15ULL
+#define HASH_K1 0xc2b2ae3d27d4eb4fULL
+
+static uint64_t
+rotl64(uint64_t x, int r)
+{
+	return (x << r) | (x >> (64 - r));
+}
+
+/*
+ * Each word goes into two lanes, each step a bijection of the lane for a
+ * given word and of the word for a given lane: one word changed always
+ * changes both lanes, whatever comes after it.
+ */
+static void
+hash_word(struct jsonscan_hash *hs, uint64_t w)
+{
+	hs->h[0] = rotl64(hs->h[0] ^ w, 27) * HASH_K0;
+	hs->h[1] = rotl64(hs->h[1] + w, 31) * HASH_K1;
+}
+
+void
+jsonscan_hash_init(struct jsonscan_hash *hs)
+{
+	memset(hs, 0, sizeof(*hs));
+	hs->h[0] = 0x243f6a8885a308d3ULL;
+	hs->h[1] = 0x13198a2e03707344ULL;
+}
+
+void
+jsonscan_hash_add(struct jsonscan_hash *hs, const void *mem, size_t n)
+{
+	const unsigned char *p = mem;
+	uint64_t w;
+
+	hs->len += n;
+	while (hs->ntail > 0 && hs->ntail < 8 && n > 0) {
+		hs->tail[hs->ntail++] = *p++;
+		n--;
+	}
+	if (hs->ntail == 8) {
+		memcpy(&w, hs->tail, 8);
+		hash_word(hs, w);
+		hs->ntail = 0;
+	}
+	if (hs->ntail > 0)
+		return;
+	for (; n >= 8; p += 8, n -= 8) {
+		memcpy(&w, p, 8);
+		hash_word(hs, w);
+	}
+	memcpy(hs->tail, p, n);
+	hs->ntail = n;
+}
+
+/* murmur3's finaliser. */
+static uint64_t
+fmix64(uint64_t x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ULL;
+	x ^= x >> 33;
+	return x;
+}
+
+void
+jsonscan_hash_end(struct jsonscan_hash *hs, uint64_t out[2])
+{
+	uint64_t w = 0;
+
+	memcpy(&w, hs->tail, hs->ntail);
+	hash_word(hs, w);
+	hash_word(hs, hs->len);
+	out[0] = fmix64(hs->h[0] + hs->h[1]);
+	out[1] = fmix64(hs->h[1] ^ rotl64(out[0], 17));
+}
 
 static int scan_value(struct scanner *, int, struct jsonscan_field *);
 
@@ -600,6 +680,7 @@ refill(struct window *w, struct scanner *z, size_t keep)
 		return -1;
 	if (n == 0)
 		w->eof = 1;
+	jsonscan_hash_add(&w->hash, w->buf + w->len, (size_t)n);
 	w->len += (size_t)n;
 	z->b = (const unsigned char *)w->buf;
 	z->len = w->len;
@@ -787,14 +868,18 @@ scan_scalar(struct window *w, struct scanner *z)
 enum jsonscan_result
 jsonscan_file(struct jsonscan *js)
 {
-	struct window w = { js->fd, NULL, 0, 0, 0, 0 };
+	struct window w;
 	struct scanner z;
 	enum jsonscan_result rc = JSONSCAN_FAILED;
 	size_t f;
 	int r, object;
 
+	memset(&w, 0, sizeof(w));
+	w.fd = js->fd;
+	jsonscan_hash_init(&w.hash);
 	memset(&z, 0, sizeof(z));
 	z.js = js;
+	js->hash[0] = js->hash[1] = 0;
 	js->size = js->value_at = js->err_at = 0;
 	js->err = NULL;
 	if (js->nfields > JSONSCAN_MAX_FIELDS) {
@@ -852,6 +937,7 @@ jsonscan_file(struct jsonscan *js)
 			goto done;
 	}
 	js->size = w.base + (off_t)w.len;
+	jsonscan_hash_end(&w.hash, js->hash);
 	rc = object ? JSONSCAN_OBJECT : JSONSCAN_OTHER;
 done:
 	if (rc == JSONSCAN_INVALID) {
