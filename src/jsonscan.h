@@ -84,9 +84,9 @@ struct jsonscan {
  * another written by a writer that is no adversary.
  */
 struct jsonscan_hash {
-	uint64_t h[2];
+	uint64_t h[4];
 	uint64_t len;
-	unsigned char tail[8];
+	unsigned char tail[32];
 	size_t ntail;
 };
 

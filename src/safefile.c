@@ -43,6 +43,46 @@
 /* The hex digits of a hash (jsonscan_hash): 2 x 64 bits. */
 #define HASH_HEX 32
 
+/*
+ * The cache file's descriptor while it holds an early lease: one taken as
+ * the file is opened, so that no writer can change it, unseen, between
+ * the read and the swap (see safefile_open()). A writer's open() breaks
+ * it, and the SIGIO handler lets go at once: the writer waits only for
+ * the signal, and the pass sees the lease gone. -1: none, or the swap
+ * has begun and a break must wait for its answer (swap_in()).
+ */
+static volatile sig_atomic_t early_fd = -1;
+
+static void
+on_sigio(int sig)
+{
+	int saved = errno, fd = early_fd;
+
+	(void)sig;
+	if (fd != -1)
+		(void)fcntl(fd, F_SETLEASE, F_UNLCK);
+	errno = saved;
+}
+
+/*
+ * The kernel tells a lease holder of a break with SIGIO, whose default
+ * action ends the process: limpeza takes it (on_sigio()) and otherwise
+ * asks F_GETLEASE.
+ */
+static void
+handle_sigio(void)
+{
+	struct sigaction sa;
+
+	if (sigaction(SIGIO, NULL, &sa) == 0 && sa.sa_handler != on_sigio) {
+		memset(&sa, 0, sizeof(sa));
+		sa.sa_handler = on_sigio;
+		sigfillset(&sa.sa_mask);
+		sa.sa_flags = SA_RESTART;
+		(void)sigaction(SIGIO, &sa, NULL);
+	}
+}
+
 int
 safefile_same_version(const struct stat *a, const struct stat *b)
 {
@@ -109,6 +149,7 @@ safefile_open(
 	int fd;
 
 	*fdp = -1;
+	early_fd = -1;
 	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (fd == -1) {
 		snprintf(err, errlen, "%s",
@@ -138,6 +179,16 @@ safefile_open(
 		snprintf(err, errlen, "%s", strerror(errno));
 		goto fail;
 	}
+	/*
+	 * The early lease: granted only while nobody has the file open for
+	 * writing, and broken by the first open() for writing after, so
+	 * while it holds, the bytes are those read. Not granted (a writer
+	 * at work, no leases here): the bytes are compared before the swap.
+	 */
+	handle_sigio();
+	early_fd = fd;
+	if (fcntl(fd, F_SETLEASE, F_RDLCK) == -1)
+		early_fd = -1;
 	*fdp = fd;
 	return 0;
 fail:
@@ -333,23 +384,6 @@ same_bytes(int fd, const uint64_t h[2])
 }
 
 /*
- * The kernel tells a lease holder of a break with SIGIO, whose default
- * action ends the process; limpeza asks F_GETLEASE instead.
- */
-static void
-ignore_sigio(void)
-{
-	struct sigaction sa;
-
-	if (sigaction(SIGIO, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
-		sa.sa_handler = SIG_IGN;
-		sigemptyset(&sa.sa_mask);
-		sa.sa_flags = 0;
-		(void)sigaction(SIGIO, &sa, NULL);
-	}
-}
-
-/*
  * Takes a read lease on the old file: from then on an open() of it for
  * writing (or a truncate) waits in the kernel until limpeza lets go,
  * while readers come and go untouched (the API reads the whole file on
@@ -368,7 +402,7 @@ lease_take(int fd, const char *path, const struct stat *was)
 	struct stat now;
 	int i;
 
-	ignore_sigio();
+	handle_sigio();
 	for (i = 0; i < LEASE_TRIES; i++) {
 		if (fcntl(fd, F_SETLEASE, F_RDLCK) == 0)
 			return 0;
@@ -418,7 +452,7 @@ holds(const char *file, const uint64_t a[2], const uint64_t b[2], int *fdp)
 	*fdp = fd;
 	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode))
 		return 0;
-	ignore_sigio();
+	handle_sigio();
 	leased = fcntl(fd, F_SETLEASE, F_RDLCK) == 0;
 	if (!leased && errno == EAGAIN)
 		return -1;
@@ -511,12 +545,23 @@ swap_in(const char *tmp, const char *path, int oldfd, const struct stat *was,
 	struct timespec settle = { 0, LEASE_SETTLE_NS };
 	struct stat now;
 	long long t0;
-	int leased, broken = 0, e, fd;
+	int leased, broken = 0, e, fd, early = early_fd == oldfd;
 
-	leased = lease_take(oldfd, path, was);
-	e = errno;
-	if (leased == 1)
+	/* From here a break waits for the swap's answer. */
+	early_fd = -1;
+	if (early) {
+		/* Held since the read unless a writer opened the file. */
+		leased = lease_broken(oldfd) ? 1 : 0;
+		e = 0;
+	} else {
+		leased = lease_take(oldfd, path, was);
+		e = errno;
+	}
+	if (leased == 1) {
+		if (early)
+			lease_release(oldfd);
 		goto changed;
+	}
 	/*
 	 * Open for writing all along: a writer is at it right now, perhaps
 	 * one whose open() has reached the file but not yet truncated it.
@@ -536,7 +581,8 @@ swap_in(const char *tmp, const char *path, int oldfd, const struct stat *was,
 		warned_errno = e;
 	}
 	if (lstat(path, &now) == -1 || !safefile_same_version(was, &now) ||
-	    !same_bytes(oldfd, read_hash) || (leased && lease_broken(oldfd))) {
+	    (!early && !same_bytes(oldfd, read_hash)) ||
+	    (leased && lease_broken(oldfd))) {
 		if (leased)
 			lease_release(oldfd);
 		goto changed;

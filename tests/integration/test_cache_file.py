@@ -351,11 +351,25 @@ COARSE_SHIM = r"""
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <sys/file.h>
 /* Plays the API on a file system with coarse timestamps: right after
    limpeza has written its temporary file and before it swaps it in, the
    file is rewritten in place with the same size ("count": 10 becomes 11),
    and its times are set back to what they were, as a clock that has not
-   ticked since the last write would leave them. */
+   ticked since the last write would leave them. With COARSE_HOLD the
+   writer has the file open for writing from limpeza's lock on (so no
+   lease is granted at the read), and closes it after its write. */
+static int held = -1;
+
+int flock(int fd, int op) {
+	static int done;
+	int (*real)(int, int) = (int (*)(int, int))dlsym(RTLD_NEXT, "flock");
+	int r = real(fd, op);
+	if (!done++ && getenv("COARSE_HOLD") != NULL)
+		held = open(getenv("COARSE_FILE"), O_WRONLY);
+	return r;
+}
+
 int fsync(int fd) {
 	static int done;
 	int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
@@ -376,19 +390,24 @@ int fsync(int fd) {
 		ts[0] = st.st_atim;
 		ts[1] = st.st_mtim;
 		utimensat(AT_FDCWD, path, ts, 0);
+		if (held != -1)
+			close(held);
 	}
 	return real(fd);
 }
 """
 
 
-def test_same_size_rewrite_within_one_clock_tick_is_not_overwritten(env, tmp_path):
+@pytest.mark.parametrize("hold", [False, True], ids=["lease-from-the-read", "open-at-the-read"])
+def test_same_size_rewrite_within_one_clock_tick_is_not_overwritten(env, tmp_path, hold):
     """Issue 22, item 4: on a file system with 1 s timestamps a same-size
     rewrite within the same second leaves inode, size and mtime as they
     were (an API progress update from "count": 10 to 11). The shim makes
-    one between limpeza's read and its swap and sets the times back; the
-    bytes compared under the lease see it: the pass is retried and the
-    update kept."""
+    one between limpeza's read and its swap and sets the times back. The
+    lease taken at the read sees the writer's open(); where none could be
+    had at the read (the writer had the file open), the bytes compared
+    under the swap's lease see the change. Either way the pass is retried
+    and the update kept."""
     src = tmp_path / "coarse.c"
     src.write_text(COARSE_SHIM)
     so = str(tmp_path / "coarse.so")
@@ -401,6 +420,8 @@ def test_same_size_rewrite_within_one_clock_tick_is_not_overwritten(env, tmp_pat
     extra = {}
     if SANITIZED:
         extra["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
+    if hold:
+        extra["COARSE_HOLD"] = "1"
     p = once(env, LD_PRELOAD=so, COARSE_FILE=env.cache, LIMPEZA_LOG_LEVEL="debug", **extra)
     assert p.returncode == 0, p.stderr
     assert json.loads(env.read_cache()) == {
