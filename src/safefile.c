@@ -792,7 +792,7 @@ static int
 own_copy(const char *full, const char *hex, int *fdp)
 {
 	uint64_t want[4];
-	int i;
+	size_t i;
 
 	*fdp = -1;
 	for (i = 0; i < 4; i++)
