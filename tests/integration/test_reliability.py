@@ -891,7 +891,7 @@ def pass_syscalls(trace, cache):
     return calls
 
 
-def test_sigkill_at_every_syscall_of_a_rewrite_with_a_writer_waiting(env, tmp_path):
+def test_sigkill_at_every_syscall_of_a_rewrite_with_a_writer_waiting(env, tmp_path, capsys):
     """Issue 22, item 2. SIGKILL at the entry of each system call of a
     rewriting pass, in turn (strace --inject, every call from the cache
     file's open to the end of the step: the first pass, whose swap a
@@ -953,10 +953,11 @@ def test_sigkill_at_every_syscall_of_a_rewrite_with_a_writer_waiting(env, tmp_pa
             assert recovered, (name, n, data, r.stderr)  # the writer's job: kept
         recovered_runs += bool(recovered)
     took = time.monotonic() - t0
-    print("\ncrash enumeration: %d points (SIGKILL at each system call of a rewriting "
-          "pass, a writer waiting on the lease), %d left the writer's job in the "
-          "file, %d in a recovered file, 0 lost; %.1f s"
-          % (len(points), in_file, recovered_runs, took))
+    with capsys.disabled():  # shown in `make test` too, not only with -s
+        print("\ncrash enumeration: %d points (SIGKILL at each system call of a rewriting "
+              "pass, a writer waiting on the lease), %d left the writer's job in the "
+              "file, %d in a recovered file, 0 lost; %.1f s"
+              % (len(points), in_file, recovered_runs, took))
     # Killed with the old file swapped out and the writer let in: kept.
     assert recovered_runs >= 1
 
