@@ -660,7 +660,7 @@ safefile_replace(const char *path, int oldfd, const struct stat *was,
 	char tmp[4096], dir[4096], named[4200], *slash;
 	uint64_t new_hash[2];
 	const char *base;
-	int fd = -1, dfd, r;
+	int fd = -1, lk = -1, dfd, r;
 
 	snprintf(dir, sizeof(dir), "%s", path);
 	slash = strrchr(dir, '/');
@@ -686,6 +686,14 @@ safefile_replace(const char *path, int oldfd, const struct stat *was,
 		    strerror(errno));
 		return -1;
 	}
+	/*
+	 * Locked until the swap is over, on a descriptor of its own that
+	 * does not write (a lease on the file is then still to be had):
+	 * another limpeza does not take it for a leftover.
+	 */
+	lk = open(tmp, O_RDONLY | O_CLOEXEC);
+	if (lk != -1)
+		(void)flock(lk, LOCK_EX | LOCK_NB);
 	if (fchmod(fd, was->st_mode & 07777) == -1) {
 		snprintf(
 		    err, errlen, "cannot keep the mode: %s", strerror(errno));
@@ -704,6 +712,8 @@ safefile_replace(const char *path, int oldfd, const struct stat *was,
 	if ((r = write_output(fd, oldfd, data)) == 1) {
 		close(fd);
 		unlink(tmp);
+		if (lk != -1)
+			close(lk);
 		return 1;
 	}
 	if (r == -1 || fsync(fd) == -1 || fstat(fd, written) == -1 ||
@@ -734,8 +744,10 @@ safefile_replace(const char *path, int oldfd, const struct stat *was,
 		goto fail;
 	}
 	/* From here the temporary file is swap_in()'s to remove. */
-	if ((r = swap_in(named, path, oldfd, was, read_hash, new_hash, err,
-		 errlen)) != 0)
+	r = swap_in(named, path, oldfd, was, read_hash, new_hash, err, errlen);
+	if (lk != -1)
+		close(lk);
+	if (r != 0)
 		return r;
 	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd != -1) {
@@ -747,6 +759,8 @@ fail:
 	if (fd != -1)
 		close(fd);
 	unlink(tmp);
+	if (lk != -1)
+		close(lk);
 	return -1;
 }
 
