@@ -83,6 +83,17 @@ handle_sigio(void)
 	}
 }
 
+/*
+ * A read lease: granted while nobody has the file open for writing,
+ * broken by an open() for writing; readers neither break it nor keep it
+ * away. Every lease limpeza takes is this one.
+ */
+static int
+read_lease(int fd)
+{
+	return fcntl(fd, F_SETLEASE, F_RDLCK);
+}
+
 int
 safefile_same_version(const struct stat *a, const struct stat *b)
 {
@@ -187,7 +198,7 @@ safefile_open(
 	 */
 	handle_sigio();
 	early_fd = fd;
-	if (fcntl(fd, F_SETLEASE, F_RDLCK) == -1)
+	if (read_lease(fd) == -1)
 		early_fd = -1;
 	*fdp = fd;
 	return 0;
@@ -404,7 +415,7 @@ lease_take(int fd, const char *path, const struct stat *was)
 
 	handle_sigio();
 	for (i = 0; i < LEASE_TRIES; i++) {
-		if (fcntl(fd, F_SETLEASE, F_RDLCK) == 0)
+		if (read_lease(fd) == 0)
 			return 0;
 		if (errno != EAGAIN)
 			return -1;
@@ -453,7 +464,7 @@ holds(const char *file, const uint64_t a[2], const uint64_t b[2], int *fdp)
 	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode))
 		return 0;
 	handle_sigio();
-	leased = fcntl(fd, F_SETLEASE, F_RDLCK) == 0;
+	leased = read_lease(fd) == 0;
 	if (!leased && errno == EAGAIN)
 		return -1;
 	if (hash_fd(fd, h) == -1)
@@ -688,12 +699,17 @@ safefile_replace(const char *path, int oldfd, const struct stat *was,
 	}
 	/*
 	 * Locked until the swap is over, on a descriptor of its own that
-	 * does not write (a lease on the file is then still to be had):
-	 * another limpeza does not take it for a leftover.
+	 * does not write (a lease on the file is then still to be had). So
+	 * whatever the path names during the swap is locked, and no other
+	 * limpeza can be removing leftovers then (it does that under the
+	 * lock) and take this file, or the old one, for one.
 	 */
 	lk = open(tmp, O_RDONLY | O_CLOEXEC);
-	if (lk != -1)
-		(void)flock(lk, LOCK_EX | LOCK_NB);
+	if (lk == -1 || flock(lk, LOCK_EX | LOCK_NB) == -1) {
+		snprintf(err, errlen, "cannot lock the temporary file: %s",
+		    strerror(errno));
+		goto fail;
+	}
 	if (fchmod(fd, was->st_mode & 07777) == -1) {
 		snprintf(
 		    err, errlen, "cannot keep the mode: %s", strerror(errno));
@@ -764,20 +780,6 @@ fail:
 	return -1;
 }
 
-/* Whether another process holds the flock on file. */
-static int
-held_by_another(const char *file)
-{
-	int fd, held;
-
-	fd = open(file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-	if (fd == -1)
-		return 0;
-	held = flock(fd, LOCK_EX | LOCK_NB) == -1 && errno == EWOULDBLOCK;
-	close(fd);
-	return held;
-}
-
 /* The 16 hex digits at s as a number; -1 if one is not a digit. */
 static int
 hex64(const char *s, uint64_t *v)
@@ -817,11 +819,10 @@ own_copy(const char *full, const char *hex, int *fdp)
 
 /*
  * Deals with temporary files that a limpeza killed mid-rewrite left next
- * to the file. Called with the lock held, so no other limpeza is writing
- * one now; but one that has just swapped the names still holds its lock
- * on the old file, now at the temporary name, and may yet put it back
- * (a writer opened it): a file someone holds the lock on is not a
- * leftover. A killed limpeza's lock died with it.
+ * to the file. Called with the lock held, so no other limpeza is in a
+ * rewrite now: from the temporary file's creation to the end of its swap
+ * a limpeza holds the lock on whatever the path names (the old file, then
+ * the new one, safefile_replace()). A killed limpeza's locks died with it.
  *
  * A leftover is removed only if it is provably limpeza's own copy:
  * - .NAME.limpeza-XXXXXX.new was being written and never swapped in
@@ -863,8 +864,6 @@ safefile_remove_leftovers(const char *path)
 		    !(len == 7 + 4 * 16 && rest[6] == '.'))
 			continue;
 		snprintf(full, sizeof(full), "%s/%s", dir, de->d_name);
-		if (held_by_another(full))
-			continue;
 		fd = -1;
 		if (len == 10)
 			own = 1;

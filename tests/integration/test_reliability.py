@@ -1110,3 +1110,75 @@ def test_no_swap_while_a_writer_holds_the_file_open_even_with_a_flock_waiter(env
     assert p.returncode == 0, p.stderr
     assert json.loads(env.read_cache()) == {"keep": {"status": "done"},
                                             "written-while-open": {"status": "done"}}
+
+
+HOLD_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+/* After limpeza's first swap of the names: SWAP_MARK is made, and limpeza
+   waits (up to 60 s) until SWAP_RESUME exists. */
+int
+renameat2(int od, const char *op, int nd, const char *np, unsigned flags)
+{
+	static int done;
+	int (*real)(int, const char *, int, const char *, unsigned) =
+	    (int (*)(int, const char *, int, const char *, unsigned))dlsym(
+		RTLD_NEXT, "renameat2");
+	struct timespec pause = { 0, 1000L * 1000 };
+	int r = real(od, op, nd, np, flags), i;
+
+	if (r == 0 && !done++) {
+		close(open(getenv("SWAP_MARK"), O_CREAT | O_WRONLY, 0600));
+		for (i = 0; i < 60000 && access(getenv("SWAP_RESUME"), F_OK) != 0; i++)
+			nanosleep(&pause, NULL);
+	}
+	return r;
+}
+"""
+
+
+def test_a_second_limpeza_leaves_the_old_file_at_the_temporary_name_alone(env, tmp_path):
+    """A second limpeza (the operator's `once` beside the daemon) runs while
+    the first holds the old file at the temporary name, between its swap
+    and what follows. The old file's bytes are exactly the version read,
+    so it would pass for a leftover of limpeza's own. The first limpeza
+    holds the lock on its new file, now at the path, until the swap is
+    over: the second waits for it (2 s, then gives up: exit 1) and
+    removes nothing. The first then finishes."""
+    src = tmp_path / "hold.c"
+    src.write_text(HOLD_SHIM)
+    so = str(tmp_path / "hold.so")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", so, str(src), "-ldl"], check=True)
+    mark, resume = str(tmp_path / "mark"), str(tmp_path / "resume")
+    env.write_cache({"stale": {"status": "queued", "created_at": 1e9},
+                     "keep": {"status": "done"}})
+    extra = {}
+    if SANITIZED:
+        extra["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
+    p = subprocess.Popen([BIN, "once"], env=env.env(DATABASE_URL=None, LD_PRELOAD=so,
+                                                    SWAP_MARK=mark, SWAP_RESUME=resume,
+                                                    **extra),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30 * SLOW
+        while not os.path.exists(mark):
+            assert p.poll() is None and time.monotonic() < deadline, "no swap came"
+            time.sleep(0.001)
+        held = temp_files(env)
+        assert len(held) == 1, held
+        second = env.run("once", DATABASE_URL=None)
+        assert second.returncode == 1, second.stderr
+        assert "locked by another process" in second.stderr, second.stderr
+        assert temp_files(env) == held, second.stderr
+        assert "deixado por uma execução interrompida" not in second.stderr
+    finally:
+        open(resume, "w").close()
+        _, err = p.communicate(timeout=30 * SLOW)
+    assert p.returncode == 0, err
+    assert json.loads(env.read_cache()) == {"keep": {"status": "done"}}
+    assert temp_files(env) == []
