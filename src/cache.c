@@ -79,6 +79,7 @@ struct scan {
 	size_t ids_len, ids_cap;
 	off_t size; /* the file's length */
 	const struct marks *mk; /* limpeza's marks, to know its own */
+	uint64_t hash[2]; /* of the bytes read (jsonscan_hash) */
 };
 
 static int is_mark(const struct marks *, const char *, size_t);
@@ -324,12 +325,14 @@ static int
 scan_file(int fd, const char *path, const struct stat *st, struct scan *s)
 {
 	struct jsonscan js = { fd, window_bytes, field_names, NFIELDS,
-		on_member, s, 0, 0, NULL, 0 };
+		on_member, s, 0, 0, NULL, 0, { 0, 0 } };
 	long line, col;
 
 	switch (jsonscan_file(&js)) {
 	case JSONSCAN_OBJECT:
 		s->size = js.size;
+		s->hash[0] = js.hash[0];
+		s->hash[1] = js.hash[1];
 		return 0;
 	case JSONSCAN_INVALID:
 		if (safefile_settling(fd, st))
@@ -929,7 +932,7 @@ kept_active(const struct scan *s)
 long
 cache_ended_by_others(struct cache *c, const struct config *cfg)
 {
-	struct scan s = { cfg, NULL, 0, 0, NULL, 0, 0, 0, NULL };
+	struct scan s = { cfg, NULL, 0, 0, NULL, 0, 0, 0, NULL, { 0, 0 } };
 	struct marks mk = { NULL, { NULL, NULL, NULL } };
 	struct stat st;
 	long n = -1;
@@ -975,7 +978,7 @@ cache_pass(struct cache *c, const struct config *cfg, struct store *store,
 {
 	const char *path = cfg->cache_file;
 	enum cache_retention mode = cache_retention_mode(cfg);
-	struct scan s = { cfg, NULL, 0, 0, NULL, 0, 0, 0, NULL };
+	struct scan s = { cfg, NULL, 0, 0, NULL, 0, 0, 0, NULL, { 0, 0 } };
 	struct safefile_out out = { NULL, 0, 0 };
 	struct marks mk = { NULL, { NULL, NULL, NULL } };
 	struct cache_policy pol;
@@ -1029,7 +1032,7 @@ cache_pass(struct cache *c, const struct config *cfg, struct store *store,
 	if (changes > 0 && !dry_run) {
 		build_output(&s, cfg, &mk, &out);
 		r = safefile_replace(
-		    path, fd, &st, &out, &written_st, err, sizeof(err));
+		    path, fd, &st, s.hash, &out, &written_st, err, sizeof(err));
 		if (r == 1) {
 			rc = 1;
 			goto done;

@@ -44,7 +44,91 @@ struct window {
 	size_t len, cap;
 	off_t base;
 	int eof;
+	struct jsonscan_hash hash; /* of every byte read */
 };
+
+#define HASH_K 0x9e3779b97f4a7c15ULL
+
+static uint64_t
+rotl64(uint64_t x, int r)
+{
+	return (x << r) | (x >> (64 - r));
+}
+
+/*
+ * 32 bytes at a time, a word to each of four lanes, each step a bijection
+ * of the lane for a given word and of the word for a given lane: one word
+ * changed always changes its lane, whatever comes after it. The lanes
+ * run side by side, so the hash goes about as fast as memory.
+ */
+static void
+hash_block(struct jsonscan_hash *hs, const unsigned char *p)
+{
+	uint64_t w[4];
+	int i;
+
+	memcpy(w, p, sizeof(w));
+	for (i = 0; i < 4; i++)
+		hs->h[i] = rotl64(hs->h[i] ^ w[i], 29 + 2 * i) * HASH_K;
+}
+
+void
+jsonscan_hash_init(struct jsonscan_hash *hs)
+{
+	memset(hs, 0, sizeof(*hs));
+	hs->h[0] = 0x243f6a8885a308d3ULL;
+	hs->h[1] = 0x13198a2e03707344ULL;
+	hs->h[2] = 0xa4093822299f31d0ULL;
+	hs->h[3] = 0x082efa98ec4e6c89ULL;
+}
+
+void
+jsonscan_hash_add(struct jsonscan_hash *hs, const void *mem, size_t n)
+{
+	const unsigned char *p = mem;
+	size_t k;
+
+	hs->len += n;
+	if (hs->ntail > 0) {
+		k = sizeof(hs->tail) - hs->ntail;
+		if (k > n)
+			k = n;
+		memcpy(hs->tail + hs->ntail, p, k);
+		hs->ntail += k;
+		p += k;
+		n -= k;
+		if (hs->ntail < sizeof(hs->tail))
+			return;
+		hash_block(hs, hs->tail);
+		hs->ntail = 0;
+	}
+	for (; n >= sizeof(hs->tail);
+	     p += sizeof(hs->tail), n -= sizeof(hs->tail))
+		hash_block(hs, p);
+	memcpy(hs->tail, p, n);
+	hs->ntail = n;
+}
+
+/* murmur3's finaliser. */
+static uint64_t
+fmix64(uint64_t x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ULL;
+	x ^= x >> 33;
+	return x;
+}
+
+void
+jsonscan_hash_end(struct jsonscan_hash *hs, uint64_t out[2])
+{
+	memset(hs->tail + hs->ntail, 0, sizeof(hs->tail) - hs->ntail);
+	hash_block(hs, hs->tail);
+	out[0] = fmix64(hs->h[0] ^ fmix64(hs->h[1] + hs->len));
+	out[1] = fmix64(hs->h[2] ^ fmix64(hs->h[3] + out[0]));
+}
 
 static int scan_value(struct scanner *, int, struct jsonscan_field *);
 
@@ -600,6 +684,7 @@ refill(struct window *w, struct scanner *z, size_t keep)
 		return -1;
 	if (n == 0)
 		w->eof = 1;
+	jsonscan_hash_add(&w->hash, w->buf + w->len, (size_t)n);
 	w->len += (size_t)n;
 	z->b = (const unsigned char *)w->buf;
 	z->len = w->len;
@@ -787,14 +872,18 @@ scan_scalar(struct window *w, struct scanner *z)
 enum jsonscan_result
 jsonscan_file(struct jsonscan *js)
 {
-	struct window w = { js->fd, NULL, 0, 0, 0, 0 };
+	struct window w;
 	struct scanner z;
 	enum jsonscan_result rc = JSONSCAN_FAILED;
 	size_t f;
 	int r, object;
 
+	memset(&w, 0, sizeof(w));
+	w.fd = js->fd;
+	jsonscan_hash_init(&w.hash);
 	memset(&z, 0, sizeof(z));
 	z.js = js;
+	js->hash[0] = js->hash[1] = 0;
 	js->size = js->value_at = js->err_at = 0;
 	js->err = NULL;
 	if (js->nfields > JSONSCAN_MAX_FIELDS) {
@@ -852,6 +941,7 @@ jsonscan_file(struct jsonscan *js)
 			goto done;
 	}
 	js->size = w.base + (off_t)w.len;
+	jsonscan_hash_end(&w.hash, js->hash);
 	rc = object ? JSONSCAN_OBJECT : JSONSCAN_OTHER;
 done:
 	if (rc == JSONSCAN_INVALID) {

@@ -4,6 +4,7 @@
 #define JSONSCAN_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 /*
@@ -77,7 +78,24 @@ struct jsonscan {
 	off_t value_at; /* where the top-level value starts */
 	const char *err;
 	off_t err_at;
+	uint64_t hash[2]; /* of the bytes read: whole file if OBJECT/OTHER */
 };
+
+/*
+ * A 128-bit hash of a stream of bytes, the same however the stream is cut
+ * into pieces. Not cryptographic: it tells one version of a file from
+ * another written by a writer that is no adversary.
+ */
+struct jsonscan_hash {
+	uint64_t h[4];
+	uint64_t len;
+	unsigned char tail[32];
+	size_t ntail;
+};
+
+void jsonscan_hash_init(struct jsonscan_hash *);
+void jsonscan_hash_add(struct jsonscan_hash *, const void *, size_t);
+void jsonscan_hash_end(struct jsonscan_hash *, uint64_t[2]);
 
 enum jsonscan_result jsonscan_file(struct jsonscan *);
 size_t jsonscan_string(const char *, size_t, char *);

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -141,6 +142,7 @@ enum log_event {
 	EV_CACHE_CHANGED,
 	EV_CACHE_GAVE_UP,
 	EV_CACHE_LEFTOVER,
+	EV_CACHE_RECOVERED,
 	EV_CACHE_UNCHANGED,
 	EV_CACHE_NO_LEASE,
 	EV_CACHE_SWAP,
@@ -239,7 +241,7 @@ int safefile_same_version(const struct stat *, const struct stat *);
 int safefile_settling(int, const struct stat *);
 void safefile_put(struct safefile_out *, const char *, off_t, size_t);
 void safefile_out_free(struct safefile_out *);
-int safefile_replace(const char *, int, const struct stat *,
+int safefile_replace(const char *, int, const struct stat *, const uint64_t[2],
     const struct safefile_out *, struct stat *, char *, size_t);
 void safefile_remove_leftovers(const char *);
 

@@ -127,6 +127,15 @@ static const struct log_def defs[EV_COUNT] = {
 	    "removido: %s",
 	    "🧹 Temporary file left by an interrupted run removed: %s", "s",
 	    { "path" } },
+	[EV_CACHE_RECOVERED] = { "cache_recovered",
+	    "⚠️ Arquivo temporário deixado por uma execução "
+	    "interrompida "
+	    "com bytes que não são do limpeza (talvez um job da API): "
+	    "guardado como %s (era %s); confira e junte ao cache à mão",
+	    "⚠️ A temporary file left by an interrupted run holds bytes "
+	    "limpeza did not write (perhaps an API job): kept as %s (was %s); "
+	    "check it and merge it into the cache by hand",
+	    "ss", { "path", "from" } },
 	[EV_CACHE_UNCHANGED] = { "cache_unchanged",
 	    "Cache sem mudanças e nenhum job vencido: leitura dispensada (%s)",
 	    "Cache unchanged and nothing due: not read (%s)", "s", { "path" } },

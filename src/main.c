@@ -267,6 +267,18 @@ cmd_run(struct config *cfg, const struct config_args *args, int health)
 	return 0;
 }
 
+/*
+ * For `once`, SIGINT, SIGTERM and SIGHUP (a closed terminal) all stop:
+ * like the daemon's, they are taken between steps, so a rewrite of the
+ * cache file is finished (or given up) cleanly, never cut mid-swap.
+ */
+static int
+once_stop_requested(void)
+{
+	signals_wait(0);
+	return sig_stop || sig_reload;
+}
+
 /* One cycle; the alerts it queued get the time one post may take. */
 static int
 cmd_once(struct config *cfg, int force, int health)
@@ -276,7 +288,9 @@ cmd_once(struct config *cfg, int force, int health)
 
 	cycle_ask_health(cy, health);
 	alert_start(cfg->alert_webhook);
-	rc = cycle_run(cy, force, NULL);
+	rc = cycle_run(cy, force, once_stop_requested);
+	if (sig_stop || sig_reload)
+		rc = -1;
 	alert_stop(ALERT_TIMEOUT_MS + MS_PER_S);
 	cycle_free(cy);
 	return rc == 0 ? 0 : 1;
@@ -353,7 +367,7 @@ main(int argc, char *argv[])
 		usage_error("%s", "--json goes with 'stats'");
 
 	/* Before any thread exists, so that every thread inherits it. */
-	if (cmd == CMD_RUN)
+	if (cmd == CMD_RUN || cmd == CMD_ONCE)
 		signals_block();
 
 	cfg = calloc(1, sizeof(*cfg));

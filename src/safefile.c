@@ -14,6 +14,7 @@
  * the last check and the swap: see swap_in().
  */
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -23,10 +24,10 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "jsonscan.h"
 #include "limpeza.h"
 
 #define LOCK_WAIT_MS 2000
@@ -38,6 +39,60 @@
 #define LEASE_SETTLE_NS (3000L * 1000)
 #define FLUSH_CHUNK (4L * 1024 * 1024)
 #define COPY_BUF ((size_t)64 * 1024)
+#define HASH_BUF ((size_t)256 * 1024)
+/* The hex digits of a hash (jsonscan_hash): 2 x 64 bits. */
+#define HASH_HEX 32
+
+/*
+ * The cache file's descriptor while it holds an early lease: one taken as
+ * the file is opened, so that no writer can change it, unseen, between
+ * the read and the swap (see safefile_open()). A writer's open() breaks
+ * it, and the SIGIO handler lets go at once: the writer waits only for
+ * the signal, and the pass sees the lease gone. -1: none, or the swap
+ * has begun and a break must wait for its answer (swap_in()).
+ */
+static volatile sig_atomic_t early_fd = -1;
+
+static void
+on_sigio(int sig)
+{
+	int saved = errno, fd = early_fd;
+
+	(void)sig;
+	if (fd != -1)
+		(void)fcntl(fd, F_SETLEASE, F_UNLCK);
+	errno = saved;
+}
+
+/*
+ * The kernel tells a lease holder of a break with SIGIO, whose default
+ * action ends the process: limpeza takes it (on_sigio()) and otherwise
+ * asks F_GETLEASE.
+ */
+static void
+handle_sigio(void)
+{
+	struct sigaction sa;
+
+	if (sigaction(SIGIO, NULL, &sa) == 0 && sa.sa_handler != on_sigio) {
+		memset(&sa, 0, sizeof(sa));
+		sa.sa_handler = on_sigio;
+		sigfillset(&sa.sa_mask);
+		sa.sa_flags = SA_RESTART;
+		(void)sigaction(SIGIO, &sa, NULL);
+	}
+}
+
+/*
+ * A read lease: granted while nobody has the file open for writing,
+ * broken by an open() for writing; readers neither break it nor keep it
+ * away. Every lease limpeza takes is this one.
+ */
+static int
+read_lease(int fd)
+{
+	return fcntl(fd, F_SETLEASE, F_RDLCK);
+}
 
 int
 safefile_same_version(const struct stat *a, const struct stat *b)
@@ -105,6 +160,7 @@ safefile_open(
 	int fd;
 
 	*fdp = -1;
+	early_fd = -1;
 	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (fd == -1) {
 		snprintf(err, errlen, "%s",
@@ -134,6 +190,16 @@ safefile_open(
 		snprintf(err, errlen, "%s", strerror(errno));
 		goto fail;
 	}
+	/*
+	 * The early lease: granted only while nobody has the file open for
+	 * writing, and broken by the first open() for writing after, so
+	 * while it holds, the bytes are those read. Not granted (a writer
+	 * at work, no leases here): the bytes are compared before the swap.
+	 */
+	handle_sigio();
+	early_fd = fd;
+	if (read_lease(fd) == -1)
+		early_fd = -1;
 	*fdp = fd;
 	return 0;
 fail:
@@ -291,21 +357,41 @@ done:
 	return rc;
 }
 
-/*
- * The kernel tells a lease holder of a break with SIGIO, whose default
- * action ends the process; limpeza asks F_GETLEASE instead.
- */
-static void
-ignore_sigio(void)
+/* The hash (jsonscan_hash) of the file open as fd, start to end. */
+static int
+hash_fd(int fd, uint64_t out[2])
 {
-	struct sigaction sa;
+	struct jsonscan_hash hs;
+	off_t off = 0;
+	ssize_t n;
+	char *buf;
 
-	if (sigaction(SIGIO, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
-		sa.sa_handler = SIG_IGN;
-		sigemptyset(&sa.sa_mask);
-		sa.sa_flags = 0;
-		(void)sigaction(SIGIO, &sa, NULL);
+	if ((buf = malloc(HASH_BUF)) == NULL)
+		fatalx_oom();
+	jsonscan_hash_init(&hs);
+	for (;;) {
+		n = pread(fd, buf, HASH_BUF, off);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		jsonscan_hash_add(&hs, buf, (size_t)n);
+		off += n;
 	}
+	free(buf);
+	if (n == -1)
+		return -1;
+	jsonscan_hash_end(&hs, out);
+	return 0;
+}
+
+/* True if the file open as fd holds exactly the bytes hashed as h. */
+static int
+same_bytes(int fd, const uint64_t h[2])
+{
+	uint64_t now[2];
+
+	return hash_fd(fd, now) == 0 && now[0] == h[0] && now[1] == h[1];
 }
 
 /*
@@ -327,9 +413,9 @@ lease_take(int fd, const char *path, const struct stat *was)
 	struct stat now;
 	int i;
 
-	ignore_sigio();
+	handle_sigio();
 	for (i = 0; i < LEASE_TRIES; i++) {
-		if (fcntl(fd, F_SETLEASE, F_RDLCK) == 0)
+		if (read_lease(fd) == 0)
 			return 0;
 		if (errno != EAGAIN)
 			return -1;
@@ -357,26 +443,83 @@ lease_release(int fd)
 }
 
 /*
- * True if some process waits for an flock on the file (a "->" line of
- * /proc/locks on its device and inode): a writer that follows limpeza's
- * own protocol, blocked on the lock limpeza holds.
+ * Whether file holds exactly the bytes hashed as a or as b: 1 if so, 0 if
+ * not, -1 if a writer has it open right now (its write may be yet to
+ * come). Read under a lease, so no writer can change it meanwhile; the
+ * file stays open as *fdp, the lease held, for the caller to remove it
+ * before any writer can open it, and then let go.
  */
 static int
-flock_waiter(const struct stat *st)
+holds(const char *file, const uint64_t a[2], const uint64_t b[2], int *fdp)
 {
-	char line[256], want[64];
-	FILE *f;
-	int found = 0;
+	uint64_t h[2];
+	struct stat st;
+	int fd, own, leased;
 
-	snprintf(want, sizeof(want), " %02x:%02x:%llu ", major(st->st_dev),
-	    minor(st->st_dev), (unsigned long long)st->st_ino);
-	if ((f = fopen("/proc/locks", "re")) == NULL)
+	*fdp = -1;
+	fd = open(file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd == -1)
+		return -1;
+	*fdp = fd;
+	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode))
 		return 0;
-	while (!found && fgets(line, sizeof(line), f) != NULL)
-		found = strstr(line, " -> FLOCK ") != NULL &&
-		    strstr(line, want) != NULL;
-	fclose(f);
-	return found;
+	handle_sigio();
+	leased = read_lease(fd) == 0;
+	if (!leased && errno == EAGAIN)
+		return -1;
+	if (hash_fd(fd, h) == -1)
+		return 0;
+	own = (h[0] == a[0] && h[1] == a[1]) || (h[0] == b[0] && h[1] == b[1]);
+	/* A writer opened it meanwhile: its write is yet to come. */
+	if (own && leased && lease_broken(fd))
+		return -1;
+	return own;
+}
+
+/* Lets go of a file holds() left open. */
+static void
+holds_done(int fd)
+{
+	if (fd != -1) {
+		lease_release(fd);
+		close(fd);
+	}
+}
+
+/*
+ * Gives a leftover that may hold a writer's job a name of its own next to
+ * the cache file, NAME.limpeza-recovered-<UTC time>-<its random part>,
+ * which no pass removes; the log names it. Returns where it is now.
+ */
+static const char *
+recover(const char *leftover)
+{
+	static char to[4608];
+	char when[32];
+	const char *base, *rnd, *p, *slash;
+	struct tm tm;
+	time_t t = time(NULL);
+	size_t dlen;
+
+	slash = strrchr(leftover, '/');
+	dlen = slash == NULL ? 0 : (size_t)(slash - leftover) + 1;
+	base = leftover + dlen + 1; /* past the dot */
+	for (rnd = NULL, p = base; (p = strstr(p, ".limpeza-")) != NULL; p++)
+		rnd = p;
+	if (rnd == NULL)
+		return leftover;
+	gmtime_r(&t, &tm);
+	strftime(when, sizeof(when), "%Y%m%dT%H%M%SZ", &tm);
+	snprintf(to, sizeof(to), "%.*s%.*s.limpeza-recovered-%s-%.6s",
+	    (int)dlen, leftover, (int)(rnd - base), base, when,
+	    rnd + strlen(".limpeza-"));
+	if (renameat2(AT_FDCWD, leftover, AT_FDCWD, to, RENAME_NOREPLACE) ==
+	    -1) {
+		log_event(LVL_ERROR, EV_CACHE_ERROR, leftover, strerror(errno));
+		return leftover;
+	}
+	log_event(LVL_WARNING, EV_CACHE_RECOVERED, to, leftover);
+	return to;
 }
 
 /*
@@ -396,44 +539,60 @@ flock_waiter(const struct stat *st)
  * where no lease can be had at all (not the owner, a file system without
  * leases), the names are swapped without one, as before leases, and the
  * log says why, once.
+ * The version (inode, size, mtime) does not see a rewrite of the same
+ * size within one tick of a coarse file system clock: the old file's
+ * bytes are compared with those read (read_hash) too, under the lease,
+ * so no writer can change them between the comparison and the swap.
  * Returns 0 when swapped, 1 when the file is not the version read, -1
  * with err set; tmp is gone in every case but one: when the writer's
- * version could not be put back, it stays at tmp rather than be lost.
+ * version could not be put back, it is kept as a recovered file.
  */
 static int
 swap_in(const char *tmp, const char *path, int oldfd, const struct stat *was,
-    char *err, size_t errlen)
+    const uint64_t read_hash[2], const uint64_t new_hash[2], char *err,
+    size_t errlen)
 {
 	static int warned_errno;
 	struct timespec settle = { 0, LEASE_SETTLE_NS };
 	struct stat now;
 	long long t0;
-	int leased, broken = 0;
+	int leased, broken = 0, e, fd, early = early_fd == oldfd;
 
-	if ((leased = lease_take(oldfd, path, was)) == 1)
+	/* From here a break waits for the swap's answer. */
+	early_fd = -1;
+	if (early) {
+		/* Held since the read unless a writer opened the file. */
+		leased = lease_broken(oldfd) ? 1 : 0;
+		e = 0;
+	} else {
+		leased = lease_take(oldfd, path, was);
+		e = errno;
+	}
+	if (leased == 1) {
+		if (early)
+			lease_release(oldfd);
 		goto changed;
+	}
 	/*
 	 * Open for writing all along: a writer is at it right now, perhaps
 	 * one whose open() has reached the file but not yet truncated it.
 	 * This is the very moment a swap would lose its job: the pass is
-	 * tried again instead. Unless the one holding it open is waiting for
-	 * limpeza's own lock: a cooperating writer, which checks after the
-	 * lock that the path still names the file, so the swap is safe and
-	 * waiting would only starve it.
+	 * tried again instead, whoever else waits (a cooperating writer
+	 * waiting for limpeza's lock gets it when this pass lets go).
 	 */
-	if (leased == -1 && errno == EAGAIN && !flock_waiter(was)) {
+	if (leased == -1 && e == EAGAIN) {
 		log_event(LVL_DEBUG, EV_CACHE_CHANGED, path);
 		goto changed;
 	}
 	t0 = now_monotonic_ms();
 	leased = leased == 0;
 	/* No lease to be had here at all: said once, then as before leases. */
-	if (!leased && errno != warned_errno) {
-		log_event(
-		    LVL_WARNING, EV_CACHE_NO_LEASE, path, strerror(errno));
-		warned_errno = errno;
+	if (!leased && e != warned_errno) {
+		log_event(LVL_WARNING, EV_CACHE_NO_LEASE, path, strerror(e));
+		warned_errno = e;
 	}
 	if (lstat(path, &now) == -1 || !safefile_same_version(was, &now) ||
+	    (!early && !same_bytes(oldfd, read_hash)) ||
 	    (leased && lease_broken(oldfd))) {
 		if (leased)
 			lease_release(oldfd);
@@ -462,20 +621,29 @@ swap_in(const char *tmp, const char *path, int oldfd, const struct stat *was,
 		if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_EXCHANGE) ==
 		    -1) {
 			/* The old file keeps the path's version only if we
-			 * cannot put it back; keep both rather than lose. */
+			 * cannot put it back; keep both rather than lose,
+			 * under a name no pass takes for a leftover. */
+			e = errno;
 			if (leased)
 				lease_release(oldfd);
 			snprintf(err, errlen,
 			    "cannot put the writer's version back (it is at "
 			    "%.200s): %s",
-			    tmp, strerror(errno));
+			    recover(tmp), strerror(e));
 			return -1;
 		}
 		if (leased)
 			lease_release(oldfd);
 		log_event(LVL_DEBUG, EV_CACHE_SWAP, path,
 		    (long)(now_monotonic_ms() - t0), "undone");
-		goto changed;
+		/* The new file was at path for a moment: a writer that opened
+		 * it then wrote into it; kept rather than lost. */
+		if (holds(tmp, new_hash, new_hash, &fd) == 1)
+			unlink(tmp);
+		else
+			(void)recover(tmp);
+		holds_done(fd);
+		return 1;
 	}
 	if (leased)
 		lease_release(oldfd);
@@ -497,12 +665,13 @@ changed:
  */
 int
 safefile_replace(const char *path, int oldfd, const struct stat *was,
-    const struct safefile_out *data, struct stat *written, char *err,
-    size_t errlen)
+    const uint64_t read_hash[2], const struct safefile_out *data,
+    struct stat *written, char *err, size_t errlen)
 {
-	char tmp[4096], dir[4096], *slash;
+	char tmp[4096], dir[4096], named[4200], *slash;
+	uint64_t new_hash[2];
 	const char *base;
-	int fd = -1, dfd, r;
+	int fd = -1, lk = -1, dfd, r;
 
 	snprintf(dir, sizeof(dir), "%s", path);
 	slash = strrchr(dir, '/');
@@ -516,17 +685,30 @@ safefile_replace(const char *path, int oldfd, const struct stat *was,
 		else
 			*slash = '\0';
 	}
-	if (snprintf(tmp, sizeof(tmp), "%s/.%s.limpeza-XXXXXX", dir, base) >=
-	    (int)sizeof(tmp)) {
+	if (snprintf(tmp, sizeof(tmp), "%s/.%s.limpeza-XXXXXX.new", dir,
+		base) >= (int)sizeof(tmp)) {
 		snprintf(err, errlen, "path too long");
 		return -1;
 	}
-	fd = mkstemp(tmp);
+	fd = mkstemps(tmp, 4);
 	if (fd == -1) {
 		snprintf(err, errlen,
 		    "cannot create a temporary file in %.200s: %s", dir,
 		    strerror(errno));
 		return -1;
+	}
+	/*
+	 * Locked until the swap is over, on a descriptor of its own that
+	 * does not write (a lease on the file is then still to be had). So
+	 * whatever the path names during the swap is locked, and no other
+	 * limpeza can be removing leftovers then (it does that under the
+	 * lock) and take this file, or the old one, for one.
+	 */
+	lk = open(tmp, O_RDONLY | O_CLOEXEC);
+	if (lk == -1 || flock(lk, LOCK_EX | LOCK_NB) == -1) {
+		snprintf(err, errlen, "cannot lock the temporary file: %s",
+		    strerror(errno));
+		goto fail;
 	}
 	if (fchmod(fd, was->st_mode & 07777) == -1) {
 		snprintf(
@@ -546,9 +728,12 @@ safefile_replace(const char *path, int oldfd, const struct stat *was,
 	if ((r = write_output(fd, oldfd, data)) == 1) {
 		close(fd);
 		unlink(tmp);
+		if (lk != -1)
+			close(lk);
 		return 1;
 	}
-	if (r == -1 || fsync(fd) == -1 || fstat(fd, written) == -1) {
+	if (r == -1 || fsync(fd) == -1 || fstat(fd, written) == -1 ||
+	    hash_fd(fd, new_hash) == -1) {
 		snprintf(err, errlen, "cannot write the new file: %s",
 		    strerror(errno));
 		goto fail;
@@ -559,8 +744,26 @@ safefile_replace(const char *path, int oldfd, const struct stat *was,
 		    strerror(errno));
 		goto fail;
 	}
+	/*
+	 * Before it can ever be swapped, the temporary file's name says what
+	 * it may hold: the bytes read (the old file, once swapped) or the
+	 * bytes written. A leftover holding anything else holds a writer's
+	 * job (safefile_remove_leftovers()).
+	 */
+	snprintf(named, sizeof(named), "%.*s.%016llx%016llx%016llx%016llx",
+	    (int)(strlen(tmp) - strlen(".new")), tmp,
+	    (unsigned long long)read_hash[0], (unsigned long long)read_hash[1],
+	    (unsigned long long)new_hash[0], (unsigned long long)new_hash[1]);
+	if (rename(tmp, named) == -1) {
+		snprintf(err, errlen, "cannot name the temporary file: %s",
+		    strerror(errno));
+		goto fail;
+	}
 	/* From here the temporary file is swap_in()'s to remove. */
-	if ((r = swap_in(tmp, path, oldfd, was, err, errlen)) != 0)
+	r = swap_in(named, path, oldfd, was, read_hash, new_hash, err, errlen);
+	if (lk != -1)
+		close(lk);
+	if (r != 0)
 		return r;
 	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd != -1) {
@@ -572,38 +775,74 @@ fail:
 	if (fd != -1)
 		close(fd);
 	unlink(tmp);
+	if (lk != -1)
+		close(lk);
 	return -1;
 }
 
-/* Whether another process holds the flock on file. */
+/* The 16 hex digits at s as a number; -1 if one is not a digit. */
 static int
-held_by_another(const char *file)
+hex64(const char *s, uint64_t *v)
 {
-	int fd, held;
+	int i;
 
-	fd = open(file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-	if (fd == -1)
-		return 0;
-	held = flock(fd, LOCK_EX | LOCK_NB) == -1 && errno == EWOULDBLOCK;
-	close(fd);
-	return held;
+	*v = 0;
+	for (i = 0; i < 16; i++) {
+		if (!isxdigit((unsigned char)s[i]) ||
+		    isupper((unsigned char)s[i]))
+			return -1;
+		*v = *v << 4 |
+		    (uint64_t)(isdigit((unsigned char)s[i]) ? s[i] - '0'
+							    : s[i] - 'a' + 10);
+	}
+	return 0;
 }
 
 /*
- * Removes temporary files that a limpeza killed mid-rewrite left next to
- * the file. Called with the lock held, so no other limpeza is writing
- * one now; but one that has just swapped the names still holds its lock
- * on the old file, now at the temporary name, and may yet put it back
- * (a writer opened it): a file someone holds the lock on is not a
- * leftover. A killed limpeza's lock died with it.
+ * Whether the leftover at full, named with the hashes of the bytes read
+ * and written (hex, 4 x 16 digits), holds exactly one of them: 1 if so,
+ * 0 if not, -1 if a writer has it open right now (ask again next pass).
+ * Under a lease, so no writer can change it while it is read.
+ */
+static int
+own_copy(const char *full, const char *hex, int *fdp)
+{
+	uint64_t want[4];
+	size_t i;
+
+	*fdp = -1;
+	for (i = 0; i < 4; i++)
+		if (hex64(hex + 16 * i, &want[i]) == -1)
+			return 0;
+	return holds(full, want, want + 2, fdp);
+}
+
+/*
+ * Deals with temporary files that a limpeza killed mid-rewrite left next
+ * to the file. Called with the lock held, so no other limpeza is in a
+ * rewrite now: from the temporary file's creation to the end of its swap
+ * a limpeza holds the lock on whatever the path names (the old file, then
+ * the new one, safefile_replace()). A killed limpeza's locks died with it.
+ *
+ * A leftover is removed only if it is provably limpeza's own copy:
+ * - .NAME.limpeza-XXXXXX.new was being written and never swapped in
+ *   (it is renamed before any swap), so no writer ever saw it;
+ * - .NAME.limpeza-XXXXXX.<hashes> holds, byte for byte, the version
+ *   limpeza read (the old file, swapped out) or the one it wrote (its
+ *   new file, not yet swapped in or swapped back): read under a lease.
+ * Anything else (a writer's open() that was waiting on the lease wrote
+ * into the old file after limpeza died; a leftover of an older limpeza)
+ * is kept under a recovered name and the log names it: never unlinked.
  */
 void
 safefile_remove_leftovers(const char *path)
 {
 	char dir[4096], prefix[512], full[4608];
-	const char *base, *slash = strrchr(path, '/');
+	const char *base, *rest, *slash = strrchr(path, '/');
 	struct dirent *de;
+	size_t len;
 	DIR *d;
+	int own, fd;
 
 	if (slash == NULL) {
 		snprintf(dir, sizeof(dir), ".");
@@ -617,14 +856,26 @@ safefile_remove_leftovers(const char *path)
 	if ((d = opendir(dir)) == NULL)
 		return;
 	while ((de = readdir(d)) != NULL) {
-		if (strncmp(de->d_name, prefix, strlen(prefix)) != 0 ||
-		    strlen(de->d_name) != strlen(prefix) + 6)
+		if (strncmp(de->d_name, prefix, strlen(prefix)) != 0)
+			continue;
+		rest = de->d_name + strlen(prefix);
+		len = strlen(rest);
+		if (len != 6 && !(len == 10 && strcmp(rest + 6, ".new") == 0) &&
+		    !(len == 7 + 4 * 16 && rest[6] == '.'))
 			continue;
 		snprintf(full, sizeof(full), "%s/%s", dir, de->d_name);
-		if (held_by_another(full))
-			continue;
-		if (unlink(full) == 0)
+		fd = -1;
+		if (len == 10)
+			own = 1;
+		else if (len == 6)
+			own = 0; /* an older limpeza's: no proof */
+		else
+			own = own_copy(full, rest + 7, &fd);
+		if (own == 1 && unlink(full) == 0)
 			log_event(LVL_INFO, EV_CACHE_LEFTOVER, full);
+		else if (own == 0)
+			(void)recover(full);
+		holds_done(fd);
 	}
 	closedir(d);
 }

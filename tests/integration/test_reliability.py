@@ -53,16 +53,31 @@ def race_writes(path, write, writes):
     return i, raced
 
 
-def locked_open(path):
+class LockedFile:
     """The protocol limpeza follows: lock, then check that the path still
     names the locked file (limpeza may have swapped a new one in); the
-    file is then written in place."""
-    while True:
-        f = open(path, "r+")
-        fcntl.flock(f, fcntl.LOCK_EX)
-        if os.fstat(f.fileno()).st_ino == os.stat(path).st_ino:
-            return f
-        f.close()
+    file is then written in place. The lock is taken on a descriptor
+    opened for reading, and the file opened for writing only once it is
+    held: a writer waiting with the file open for writing would look, to
+    the kernel's lease, just like the API writing, and limpeza does not
+    swap beside that (issue 22, item 5)."""
+
+    def __init__(self, path):
+        while True:
+            self.lock = open(path)
+            fcntl.flock(self.lock, fcntl.LOCK_EX)
+            if os.fstat(self.lock.fileno()).st_ino == os.stat(path).st_ino:
+                break
+            self.lock.close()
+        self.f = open(path, "r+")
+
+    def close(self):
+        self.f.close()
+        self.lock.close()
+
+
+def locked_open(path):
+    return LockedFile(path)
 
 
 def backend_write(path, i, cooperate):
@@ -72,8 +87,8 @@ def backend_write(path, i, cooperate):
     running job, so limpeza has work and rewrites the file often.
     """
     if cooperate:
-        f = locked_open(path)
-        data = json.load(f)
+        lf = locked_open(path)
+        data = json.load(lf.f)
     else:
         with open(path) as f:
             data = json.load(f)
@@ -81,11 +96,11 @@ def backend_write(path, i, cooperate):
     if i % 4 == 0:
         data["stale-%d" % i] = {"status": "running", "start_time": time.time() - 9999}
     if cooperate:
-        f.seek(0)
-        f.truncate()
-        json.dump(data, f)
-        f.flush()
-        f.close()
+        lf.f.seek(0)
+        lf.f.truncate()
+        json.dump(data, lf.f)
+        lf.f.flush()
+        lf.close()
     else:
         with open(path, "w") as f:
             json.dump(data, f)
@@ -131,13 +146,13 @@ def retention_write(path, i, cooperate, old):
     writer."""
     backend_write(path, i, cooperate)
     if old and cooperate:
-        f = locked_open(path)
-        data = json.load(f)
+        lf = locked_open(path)
+        data = json.load(lf.f)
         data["old-%d" % i] = {"status": "done", "all": list(range(20)), "count": 20}
-        f.seek(0)
-        f.truncate()
-        json.dump(data, f)
-        f.close()
+        lf.f.seek(0)
+        lf.f.truncate()
+        json.dump(data, lf.f)
+        lf.close()
         return
     if old:
         with open(path) as f:
@@ -751,3 +766,464 @@ def test_odd_file_then_recovery_in_the_daemon(env, daemons):
     env.write_cache({"stale": {"status": "queued", "created_at": 1e9}})
     d.wait_for("Job queued expirado no cache: stale")
     assert d.p.poll() is None
+
+
+CRASH_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+/*
+ * Two moments of a rewriting pass are handed to the test, one byte each
+ * way over CRASH_SYNC ("WFD,RFD"), so that every run makes the same
+ * system calls: right after limpeza's first swap of the names ('s': the
+ * test starts a writer's open() of the old file, which waits on the
+ * lease), and once the swap is undone and the lease let go ('u': the
+ * writer has written, a while ago). The SIGIO of the lease break
+ * (ignored by limpeza, but a traced process stops for it wherever it
+ * comes) is taken here, at one known call.
+ */
+static int swapped, released;
+
+static void
+sync_test(char what)
+{
+	struct timespec wait = { 10, 0 };
+	sigset_t io;
+	int wfd, rfd;
+	char c;
+
+	if (sscanf(getenv("CRASH_SYNC"), "%d,%d", &wfd, &rfd) != 2)
+		abort();
+	sigemptyset(&io);
+	sigaddset(&io, SIGIO);
+	if (what == 's')
+		sigprocmask(SIG_BLOCK, &io, NULL);
+	if (write(wfd, &what, 1) != 1 || read(rfd, &c, 1) != 1)
+		_exit(99);
+	if (what == 's') {
+		sigtimedwait(&io, NULL, &wait);
+		sigprocmask(SIG_UNBLOCK, &io, NULL);
+	}
+}
+
+int
+renameat2(int od, const char *op, int nd, const char *np, unsigned flags)
+{
+	int (*real)(int, const char *, int, const char *, unsigned) =
+	    (int (*)(int, const char *, int, const char *, unsigned))dlsym(
+		RTLD_NEXT, "renameat2");
+	int r = real(od, op, nd, np, flags);
+
+	if (r == 0 && !swapped++)
+		sync_test('s');
+	return r;
+}
+
+int
+unlink(const char *path)
+{
+	int (*real)(const char *) =
+	    (int (*)(const char *))dlsym(RTLD_NEXT, "unlink");
+
+	if (swapped && !released++)
+		sync_test('u');
+	return real(path);
+}
+"""
+
+WRITER_JOB = "written-as-limpeza-died"
+
+
+def lease_breaking(ino):
+    """True while a lease on inode ino is being broken: an open() waits on it."""
+    with open("/proc/locks") as f:
+        for line in f:
+            w = line.split()
+            if (len(w) > 5 and w[1] == "LEASE" and w[2] == "BREAKING"
+                    and w[5].rsplit(":", 1)[-1] == str(ino)):
+                return True
+    return False
+
+
+def crash_run(env, so, e, old_text, inject=None, trace=None):
+    """One rewriting `limpeza once` under strace, with CRASH_SHIM and an
+    unlocked writer that looked the path up before the swap (an O_PATH
+    handle on the old file) and opens it for writing right after limpeza's
+    first swap of the names: its open() waits on the lease, and it writes
+    (truncate, its whole version) as soon as the lease goes, whether
+    limpeza let go or died. inject = (syscall, n): SIGKILL at the entry of
+    the n-th call of syscall. If limpeza died before the swap, the writer
+    writes afterwards. Returns (the strace process, the writer's version)."""
+    env.write_cache(old_text)
+    past = time.time() - 10  # no fresh-file pause: the same calls every run
+    os.utime(env.cache, (past, past))
+    ino = os.stat(env.cache).st_ino
+    mine = dict(json.loads(old_text), **{WRITER_JOB: {"status": "done", "count": 1}})
+    handle = os.open(env.cache, os.O_PATH)
+
+    def write():
+        fd = os.open("/proc/self/fd/%d" % handle, os.O_WRONLY | os.O_TRUNC)
+        os.write(fd, json.dumps(mine).encode())
+        os.close(fd)
+
+    writer = threading.Thread(target=write)
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    cmd = ["strace", "-f", "-qq", "-s", "200", "-o", trace or os.devnull]
+    if inject:
+        name, n = inject
+        cmd += ["-e", "trace=" + name,
+                "-e", "inject=%s:signal=SIGKILL:when=%d" % (name, n)]
+    p = subprocess.Popen(cmd + [BIN, "once"],
+                         env=dict(e, LD_PRELOAD=so, CRASH_SYNC="%d,%d" % (w1, r2)),
+                         pass_fds=(w1, r2), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    os.close(w1)
+    os.close(r2)
+    with os.fdopen(r1, "rb", buffering=0) as rin, os.fdopen(w2, "wb", buffering=0) as wout:
+        while True:
+            c = rin.read(1)
+            if not c:
+                break
+            if c == b"s":
+                writer.start()
+                while writer.is_alive() and not lease_breaking(ino):
+                    time.sleep(0.0005)
+            elif c == b"u":
+                writer.join()
+                time.sleep(0.05)  # older than limpeza's fresh-file pause
+            try:
+                wout.write(b"g")
+            except BrokenPipeError:
+                break
+        p.stderr_text = p.stderr.read()
+    p.wait()
+    if writer.ident is None:
+        writer.start()
+    writer.join()
+    os.close(handle)
+    return p, mine
+
+
+def pass_syscalls(trace, cache):
+    """The system calls of the cache step in an strace -f log: from the
+    cache file's first open to the log line that ends the step, each as
+    (name, n): the n-th call of that name by that thread, strace's count.
+    getrandom is left out: mkstemp's name makes a varying number of calls
+    (it draws again when a draw is out of range), and a kill there is a
+    kill before the temporary file's open(), the next point."""
+    seen, calls, pid, inside = {}, [], None, False
+    with open(trace) as f:
+        for line in f:
+            m = re.match(r"^(\d+)\s+([a-z_0-9]+)\(", line)
+            if not m:
+                continue
+            if pid is None and 'openat(AT_FDCWD, "%s"' % cache in line:
+                pid, inside = m.group(1), True
+            if pid is not None and m.group(1) != pid:
+                continue
+            key = (m.group(1), m.group(2))
+            seen[key] = seen.get(key, 0) + 1
+            if inside and m.group(2) != "getrandom":
+                calls.append((m.group(2), seen[key]))
+                if "Cache limpo" in line:
+                    break
+    return calls
+
+
+def test_sigkill_at_every_syscall_of_a_rewrite_with_a_writer_waiting(env, tmp_path, capsys):
+    """Issue 22, item 2. SIGKILL at the entry of each system call of a
+    rewriting pass, in turn (strace --inject, every call from the cache
+    file's open to the end of the step: the first pass, whose swap a
+    writer's open() breaks and which is undone, and the second, which
+    swaps), while an unlocked writer that looked the path up before the
+    swap waits on the lease and writes when it is released. Then limpeza
+    runs again. Nothing the writer wrote is lost: its job is in the cache
+    file, or in a recovered file (NAME.limpeza-recovered-*) that the log
+    names; no temporary file is left; the file is valid and clean."""
+    if shutil.which("strace") is None:
+        cannot_set_up("strace is not installed")
+    if SANITIZED:
+        pytest.skip("the shim's system calls differ under ASan; the plain build runs it")
+    src = tmp_path / "crash.c"
+    src.write_text(CRASH_SHIM)
+    so = str(tmp_path / "crash.so")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", so, str(src), "-ldl"], check=True)
+    old = {"stale": {"status": "queued", "created_at": 1e9}, "keep": {"status": "done"}}
+    old_text = json.dumps(old)
+    e = env.env(DATABASE_URL=None, LIMPEZA_LOG_FILE="", LIMPEZA_LOG_LEVEL="debug")
+    t0 = time.monotonic()
+    traces = []
+    for i in range(2):
+        trace = str(tmp_path / ("trace%d" % i))
+        p, mine = crash_run(env, so, e, old_text, trace=trace)
+        assert p.returncode == 0, p.stderr_text
+        # The writer's open() came between the swap and its check: undone.
+        assert "troca undone" in p.stderr_text, p.stderr_text
+        assert json.loads(env.read_cache()) == {k: v for k, v in mine.items() if k != "stale"}
+        traces.append(pass_syscalls(trace, env.cache))
+    # Every run makes the same calls, so the n-th call of a name is one
+    # point of the pass.
+    assert traces[0] == traces[1], (traces[0], traces[1])
+    points = traces[0]
+    names = [n for n, _ in points]
+    for must in ("flock", "fcntl", "renameat2", "fsync", "unlink", "write"):
+        assert must in names, names
+    assert names.count("renameat2") == 3, names  # swap, swap back, swap
+    recovered_runs = in_file = 0
+    for name, n in points:
+        p, mine = crash_run(env, so, e, old_text, inject=(name, n))
+        assert p.returncode == -signal.SIGKILL, (name, n, p.returncode, p.stderr_text)
+        r = env.run("once", DATABASE_URL=None, LIMPEZA_LOG_FILE="")
+        assert r.returncode == 0, (name, n, r.stderr)
+        data = json.loads(env.read_cache())
+        assert "stale" not in data and data.get("keep") == {"status": "done"}, (name, n, data)
+        files = os.listdir(env.tmp)
+        assert [f for f in files if f.startswith(".desfollow_jobs.json.limpeza-")] == [], \
+            (name, n, files, r.stderr)
+        recovered = [f for f in files if ".limpeza-recovered-" in f]
+        for f in recovered:
+            with open(os.path.join(env.tmp, f)) as fh:
+                assert json.load(fh) == mine, (name, n)
+            assert f in r.stderr and "junte ao cache à mão" in r.stderr, (name, n, r.stderr)
+            os.unlink(os.path.join(env.tmp, f))
+        if WRITER_JOB in data:
+            in_file += 1
+        else:
+            assert recovered, (name, n, data, r.stderr)  # the writer's job: kept
+        recovered_runs += bool(recovered)
+    took = time.monotonic() - t0
+    with capsys.disabled():  # shown in `make test` too, not only with -s
+        print("\ncrash enumeration: %d points (SIGKILL at each system call of a rewriting "
+              "pass, a writer waiting on the lease), %d left the writer's job in the "
+              "file, %d in a recovered file, 0 lost; %.1f s"
+              % (len(points), in_file, recovered_runs, took))
+    # Killed with the old file swapped out and the writer let in: kept.
+    assert recovered_runs >= 1
+
+
+SIGNAL_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+/* A pause right after limpeza's first swap of the names: SWAP_MARK tells
+   the test that the old file sits at the temporary name now. */
+int
+renameat2(int od, const char *op, int nd, const char *np, unsigned flags)
+{
+	static int done;
+	int (*real)(int, const char *, int, const char *, unsigned) =
+	    (int (*)(int, const char *, int, const char *, unsigned))dlsym(
+		RTLD_NEXT, "renameat2");
+	struct timespec pause = { 0, 300L * 1000 * 1000 };
+	int r = real(od, op, nd, np, flags);
+
+	if (r == 0 && !done++) {
+		close(open(getenv("SWAP_MARK"), O_CREAT | O_WRONLY, 0600));
+		nanosleep(&pause, NULL);
+	}
+	return r;
+}
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
+def test_once_stopped_mid_swap_finishes_the_pass(env, tmp_path, sig):
+    """Issue 22, item 2: `limpeza once` takes SIGINT, SIGTERM and SIGHUP as
+    the daemon takes its stop signals, between steps: one that comes in the
+    middle of the swap (the old file at the temporary name) lets the pass
+    finish, so the file is the new version and nothing is left behind; the
+    rest of the cycle is skipped and the exit status says so (1)."""
+    src = tmp_path / "pause.c"
+    src.write_text(SIGNAL_SHIM)
+    so = str(tmp_path / "pause.so")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", so, str(src), "-ldl"], check=True)
+    mark = str(tmp_path / "mark")
+    env.write_cache({"stale": {"status": "queued", "created_at": 1e9},
+                     "keep": {"status": "done"}})
+    extra = {}
+    if SANITIZED:
+        extra["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
+    p = subprocess.Popen([BIN, "once"], env=env.env(DATABASE_URL=None, LD_PRELOAD=so,
+                                                    SWAP_MARK=mark, **extra),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30 * SLOW
+    while not os.path.exists(mark):
+        assert p.poll() is None and time.monotonic() < deadline, "no swap came"
+        time.sleep(0.001)
+    assert temp_files(env) != []  # the old file, at the temporary name
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=30 * SLOW)
+    assert p.returncode == 1, (p.returncode, err)
+    assert json.loads(env.read_cache()) == {"keep": {"status": "done"}}
+    assert temp_files(env) == []
+
+
+FLOCK_WAITER_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
+
+/*
+ * Right after limpeza has written its temporary file (its first fsync), a
+ * process starts waiting for the flock that limpeza holds on the cache
+ * file (FLOCK_FILE), and limpeza goes on once /proc/locks shows it
+ * waiting: a cooperating writer in line while another holds the file open.
+ */
+int
+fsync(int fd)
+{
+	static int done;
+	int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+	const char *path = getenv("FLOCK_FILE");
+	struct timespec pause = { 0, 1000L * 1000 };
+	char line[256];
+	int found = 0, i;
+
+	if (!done++ && path != NULL) {
+		if (fork() == 0) {
+			/* Nothing of limpeza's: not its lock's descriptor, not
+			   the test's pipes. */
+			for (i = 0; i < 1024; i++)
+				close(i);
+			flock(open(path, O_RDONLY), LOCK_EX);
+			_exit(0);
+		}
+		for (i = 0; i < 30000 && !found; i++) {
+			FILE *l = fopen("/proc/locks", "r");
+
+			while (l != NULL && fgets(line, sizeof(line), l) != NULL)
+				found |= strstr(line, " -> FLOCK ") != NULL;
+			if (l != NULL)
+				fclose(l);
+			nanosleep(&pause, NULL);
+		}
+		if (!found)
+			fprintf(stderr, "shim: no flock waiter seen\n");
+	}
+	return real(fd);
+}
+"""
+
+
+def test_no_swap_while_a_writer_holds_the_file_open_even_with_a_flock_waiter(env, tmp_path):
+    """Issue 22, item 5: the kernel refuses the lease because someone has
+    the file open for writing, here the API's unlocked writer, while a
+    cooperating writer happens to wait for limpeza's flock. Swapping then
+    (the old flock-waiter exception) would lose what the unlocked writer
+    writes a moment later; limpeza must not swap: the step is postponed
+    (exit 1), and the writer's job is in the file."""
+    src = tmp_path / "waiter.c"
+    src.write_text(FLOCK_WAITER_SHIM)
+    so = str(tmp_path / "waiter.so")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", so, str(src), "-ldl"], check=True)
+    env.write_cache({"stale": {"status": "queued", "created_at": 1e9},
+                     "keep": {"status": "done"}})
+    data = json.loads(env.read_cache())
+    data["written-while-open"] = {"status": "done"}
+    extra = {}
+    if SANITIZED:
+        extra["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
+    fd = os.open(env.cache, os.O_WRONLY)
+    try:
+        p = env.run("once", DATABASE_URL=None, LIMPEZA_LOG_LEVEL="debug", LD_PRELOAD=so,
+                    FLOCK_FILE=env.cache, **extra)
+    finally:
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(data).encode())
+        os.close(fd)
+    assert "no flock waiter seen" not in p.stderr
+    assert p.returncode == 1, p.stderr
+    assert "limpeza adiada" in p.stderr and "sem lease" not in p.stderr, p.stderr
+    p = env.run("once", DATABASE_URL=None)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(env.read_cache()) == {"keep": {"status": "done"},
+                                            "written-while-open": {"status": "done"}}
+
+
+HOLD_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+/* After limpeza's first swap of the names: SWAP_MARK is made, and limpeza
+   waits (up to 60 s) until SWAP_RESUME exists. */
+int
+renameat2(int od, const char *op, int nd, const char *np, unsigned flags)
+{
+	static int done;
+	int (*real)(int, const char *, int, const char *, unsigned) =
+	    (int (*)(int, const char *, int, const char *, unsigned))dlsym(
+		RTLD_NEXT, "renameat2");
+	struct timespec pause = { 0, 1000L * 1000 };
+	int r = real(od, op, nd, np, flags), i;
+
+	if (r == 0 && !done++) {
+		close(open(getenv("SWAP_MARK"), O_CREAT | O_WRONLY, 0600));
+		for (i = 0; i < 60000 && access(getenv("SWAP_RESUME"), F_OK) != 0; i++)
+			nanosleep(&pause, NULL);
+	}
+	return r;
+}
+"""
+
+
+def test_a_second_limpeza_leaves_the_old_file_at_the_temporary_name_alone(env, tmp_path):
+    """A second limpeza (the operator's `once` beside the daemon) runs while
+    the first holds the old file at the temporary name, between its swap
+    and what follows. The old file's bytes are exactly the version read,
+    so it would pass for a leftover of limpeza's own. The first limpeza
+    holds the lock on its new file, now at the path, until the swap is
+    over: the second waits for it (2 s, then gives up: exit 1) and
+    removes nothing. The first then finishes."""
+    src = tmp_path / "hold.c"
+    src.write_text(HOLD_SHIM)
+    so = str(tmp_path / "hold.so")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", so, str(src), "-ldl"], check=True)
+    mark, resume = str(tmp_path / "mark"), str(tmp_path / "resume")
+    env.write_cache({"stale": {"status": "queued", "created_at": 1e9},
+                     "keep": {"status": "done"}})
+    extra = {}
+    if SANITIZED:
+        extra["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
+    p = subprocess.Popen([BIN, "once"], env=env.env(DATABASE_URL=None, LD_PRELOAD=so,
+                                                    SWAP_MARK=mark, SWAP_RESUME=resume,
+                                                    **extra),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30 * SLOW
+        while not os.path.exists(mark):
+            assert p.poll() is None and time.monotonic() < deadline, "no swap came"
+            time.sleep(0.001)
+        held = temp_files(env)
+        assert len(held) == 1, held
+        second = env.run("once", DATABASE_URL=None)
+        assert second.returncode == 1, second.stderr
+        assert "locked by another process" in second.stderr, second.stderr
+        assert temp_files(env) == held, second.stderr
+        assert "deixado por uma execução interrompida" not in second.stderr
+    finally:
+        open(resume, "w").close()
+        _, err = p.communicate(timeout=30 * SLOW)
+    assert p.returncode == 0, err
+    assert json.loads(env.read_cache()) == {"keep": {"status": "done"}}
+    assert temp_files(env) == []

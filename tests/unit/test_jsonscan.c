@@ -414,6 +414,53 @@ test_position(void **state)
 	close(fd);
 }
 
+/*
+ * The file hash (issue 22): the same however the bytes are cut into
+ * pieces, and a same-size change of any one byte, anywhere, changes it.
+ */
+static void
+hash_of(const unsigned char *p, size_t n, size_t step, uint64_t out[2])
+{
+	struct jsonscan_hash hs;
+	size_t i, k;
+
+	jsonscan_hash_init(&hs);
+	for (i = 0; i < n; i += k) {
+		k = step == 0 ? (size_t)rand() % 70 + 1 : step;
+		if (k > n - i)
+			k = n - i;
+		jsonscan_hash_add(&hs, p + i, k);
+	}
+	jsonscan_hash_end(&hs, out);
+}
+
+static void
+test_hash(void **state)
+{
+	unsigned char buf[1000];
+	uint64_t whole[2], cut[2], other[2];
+	size_t i, step;
+
+	(void)state;
+	srand(7);
+	for (i = 0; i < sizeof(buf); i++)
+		buf[i] = (unsigned char)rand();
+	hash_of(buf, sizeof(buf), sizeof(buf), whole);
+	for (step = 0; step <= 40; step++) {
+		hash_of(buf, sizeof(buf), step, cut);
+		assert_memory_equal(whole, cut, sizeof(whole));
+	}
+	for (i = 0; i < sizeof(buf); i++) {
+		buf[i] ^= 1;
+		hash_of(buf, sizeof(buf), 0, other);
+		assert_memory_not_equal(whole, other, sizeof(whole));
+		buf[i] ^= 1;
+	}
+	/* One byte fewer: another hash. */
+	hash_of(buf, sizeof(buf) - 1, 0, cut);
+	assert_memory_not_equal(whole, cut, sizeof(whole));
+}
+
 int
 main(void)
 {
@@ -427,6 +474,7 @@ main(void)
 		cmocka_unit_test(test_string_decode),
 		cmocka_unit_test(test_early_error_reads_one_window),
 		cmocka_unit_test(test_position),
+		cmocka_unit_test(test_hash),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
