@@ -289,7 +289,8 @@ cmd_once(struct config *cfg, int force, int health)
 	cycle_ask_health(cy, health);
 	alert_start(cfg->alert_webhook);
 	rc = cycle_run(cy, force, once_stop_requested);
-	if (sig_stop || sig_reload)
+	/* One that came during the last step is pending still: take it. */
+	if (once_stop_requested())
 		rc = -1;
 	alert_stop(ALERT_TIMEOUT_MS + MS_PER_S);
 	cycle_free(cy);

@@ -164,7 +164,7 @@ def run_points(scenario, cmd, env, pts, tmp):
         assert [f for f in os.listdir(scenario.env.tmp) if ".limpeza-" in f] == [], where
         slow.append((time.monotonic() - t0, where))
     slow.sort(reverse=True)
-    print("\nslowest points: " + "; ".join("%.1f s %s" % x for x in slow[:5]))
+    print("\nslowest points: " + "; ".join("%.1f s %s" % x for x in slow[:5]))  # -s shows it
     return failed_steps, logs
 
 
@@ -173,7 +173,7 @@ def first_cycle_line(name, args):
 
 
 @pytest.mark.skipif(SANITIZED, reason="the enumeration runs once, with the plain build")
-def test_a_fault_at_each_call_of_a_cycle(tmp_path, health):
+def test_a_fault_at_each_call_of_a_cycle(tmp_path, health, capsys):
     """Every point of one cycle against PostgreSQL, the cache file and the
     API's health route."""
     assert STRACE, "strace is missing (scripts/deps.sh test installs it)"
@@ -198,12 +198,13 @@ def test_a_fault_at_each_call_of_a_cycle(tmp_path, health):
     assert "Erro no banco" in logs[("connect", 1)] or "Erro ao consultar API" in \
         logs[("connect", 1)], logs[("connect", 1)]
     took = time.monotonic() - t0
-    print("\nfault enumeration (store, cache, health): %d points, %d ended as a failed "
-          "cycle, %.0f s" % (len(pts), failed, took))
+    with capsys.disabled():  # shown in `make test` too, not only with -s
+        print("\nfault enumeration (store, cache, health): %d points, %d ended as a failed "
+              "cycle, %.0f s" % (len(pts), failed, took))
 
 
 @pytest.mark.skipif(SANITIZED, reason="the enumeration runs once, with the plain build")
-def test_a_fault_at_each_call_of_the_webhook(tmp_path):
+def test_a_fault_at_each_call_of_the_webhook(tmp_path, capsys):
     """Every point of the forced cleanup's alert, sent by its own thread:
     no fault there may stop the cycle or change what it did."""
     from test_observability import Webhook
@@ -243,8 +244,9 @@ def test_a_fault_at_each_call_of_the_webhook(tmp_path):
         # and said so, and the cycle is not the worse for it
         assert "Alerta não entregue" in logs[("connect", 1)], logs[("connect", 1)]
         took = time.monotonic() - t0
-        print("\nfault enumeration (webhook): %d points, %d ended as a failed cycle, %.0f s"
-              % (len(pts), failed, took))
+        with capsys.disabled():
+            print("\nfault enumeration (webhook): %d points, %d ended as a failed cycle, "
+                  "%.0f s" % (len(pts), failed, took))
     finally:
         hook.server.shutdown()
         hook.server.server_close()
