@@ -140,6 +140,8 @@ post(const char *url, const char *body, long timeout_ms)
 	/* Only a name for the server's logs: no need to check it. */
 	(void)curl_easy_setopt(
 	    h, CURLOPT_USERAGENT, "limpeza/" LIMPEZA_VERSION);
+	/* A stop does not join a resolver thread stuck on a name look-up. */
+	(void)curl_easy_setopt(h, CURLOPT_QUICK_EXIT, 1L);
 	cc = curl_easy_perform(h);
 	if (cc == CURLE_OK)
 		curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);

@@ -205,6 +205,11 @@ health_probe(
 	(void)curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
 	(void)curl_easy_setopt(
 	    h, CURLOPT_USERAGENT, "limpeza/" LIMPEZA_VERSION);
+	/*
+	 * A stop must not wait on a name look-up that hangs: the cleanup
+	 * then leaves the resolver thread behind instead of joining it.
+	 */
+	(void)curl_easy_setopt(h, CURLOPT_QUICK_EXIT, 1L);
 
 	if ((cc = perform(h, err, errlen)) == CURLE_ABORTED_BY_CALLBACK) {
 		rc = -2;

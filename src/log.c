@@ -387,8 +387,13 @@ put_pydict(char *buf, size_t len, size_t *o, json_t *obj)
 	json_object_foreach (obj, key, v) {
 		if (n >= 0 && (size_t)n < len - *o)
 			*o += (size_t)n;
-		n = snprintf(buf + *o, len - *o, "%s'%s': %lld",
-		    first ? "" : ", ", key, (long long)json_integer_value(v));
+		/* A status word is the database's text: made valid as any. */
+		n = snprintf(buf + *o, len - *o, "%s'", first ? "" : ", ");
+		if (n >= 0 && (size_t)n < len - *o)
+			*o += (size_t)n;
+		text_put(buf, len, o, key);
+		n = snprintf(buf + *o, len - *o, "': %lld",
+		    (long long)json_integer_value(v));
 		first = 0;
 	}
 	if (n >= 0 && (size_t)n < len - *o)

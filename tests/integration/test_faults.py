@@ -46,6 +46,11 @@ ERRNO = {
     "recvfrom": "ECONNRESET", "poll": "ENOMEM", "ppoll": "ENOMEM",
     "getsockopt": "ENOBUFS", "setsockopt": "ENOBUFS", "getsockname": "ENOBUFS",
     "getpeername": "ENOTCONN",
+    # allocations: a failed mmap is a failed allocation (the documented
+    # out-of-memory exit) or a library that cannot be loaded. (brk is not
+    # failed: the kernel's brk never returns an error, it leaves the
+    # break where it was, and an injected -ENOMEM is no break at all.)
+    "mmap": "ENOMEM",
 }
 
 LINE = re.compile(r"^(\d+) +([a-z0-9_]+)\((.*)$")

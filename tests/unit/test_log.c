@@ -74,6 +74,23 @@ test_text_en(void **state)
 	    "2024-01-15 14:30:15 - INFO - 🛑 Cleanup system stopped");
 }
 
+/* Nor a status word from the database, shown in the statistics line. */
+static void
+test_status_word_cannot_forge_a_line(void **state)
+{
+	json_t *by = json_object();
+
+	(void)state;
+	json_object_set_new(by,
+	    "done\n2024-01-15 14:30:15 - INFO - \xe2\x9c\x85 Sistema limpo",
+	    json_integer(3));
+	fmt(LVL_INFO, LOGF_TEXT, LANG_PT, EV_DB_STATS, by);
+	assert_null(strchr(line, '\n'));
+	assert_non_null(strstr(line, "'done\\x0a2024-01-15"));
+	assert_non_null(strstr(line, "': 3}"));
+	json_decref(by);
+}
+
 /* A job id with a newline must not forge a second log line. */
 static void
 test_control_chars(void **state)
@@ -175,6 +192,7 @@ main(void)
 		cmocka_unit_test(test_text_pt),
 		cmocka_unit_test(test_text_en),
 		cmocka_unit_test(test_control_chars),
+		cmocka_unit_test(test_status_word_cannot_forge_a_line),
 		cmocka_unit_test(test_json),
 		cmocka_unit_test(test_failed_steps),
 		cmocka_unit_test(test_dry_run_words),
