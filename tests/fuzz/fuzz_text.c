@@ -1,5 +1,6 @@
 /* fuzz_text.c: any bytes in an error, a path or a host name give valid output. */
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/wait.h>
@@ -29,7 +30,7 @@ static const char oracle_py[] =
     "        ok = False\n"
     "    o.write(b'1' if ok else b'0'); o.flush()\n";
 
-static FILE *to_py, *from_py;
+static int to_py = -1, from_py = -1;
 
 static void
 oracle_start(void)
@@ -53,9 +54,41 @@ oracle_start(void)
 	close(in[0]);
 	close(out[1]);
 	signal(SIGPIPE, SIG_IGN);
-	if ((to_py = fdopen(in[1], "w")) == NULL ||
-	    (from_py = fdopen(out[0], "r")) == NULL)
-		abort();
+	to_py = in[1];
+	from_py = out[0];
+}
+
+/*
+ * Whole writes and reads, whatever interrupts them: libFuzzer's timer
+ * signal does (no SA_RESTART), and a short or failed transfer would put
+ * the two sides out of step.
+ */
+static void
+put(const void *p, size_t n)
+{
+	const char *c = p;
+	ssize_t w;
+
+	while (n > 0) {
+		if ((w = write(to_py, c, n)) == -1) {
+			if (errno == EINTR)
+				continue;
+			abort();
+		}
+		c += w;
+		n -= (size_t)w;
+	}
+}
+
+static int
+get(void)
+{
+	unsigned char c;
+	ssize_t r;
+
+	while ((r = read(from_py, &c, 1)) == -1 && errno == EINTR)
+		;
+	return r == 1 ? c : -1;
 }
 
 /* Python's word on s: kind 'j' (a JSON object) or 't' (a line). */
@@ -66,18 +99,17 @@ oracle_check(char kind, const char *s)
 	size_t n = strlen(s);
 	int c;
 
-	if (to_py == NULL)
+	if (to_py == -1)
 		oracle_start();
 	h[0] = (unsigned char)kind;
 	h[1] = n & 0xff;
 	h[2] = (n >> 8) & 0xff;
 	h[3] = (n >> 16) & 0xff;
 	h[4] = (n >> 24) & 0xff;
-	if (fwrite(h, 1, 5, to_py) != 5 || fwrite(s, 1, n, to_py) != n ||
-	    fflush(to_py) != 0)
-		abort();
-	if ((c = fgetc(from_py)) != '1') {
-		fprintf(stderr, "python refused (%c) %c: %s\n", c, kind, s);
+	put(h, sizeof(h));
+	put(s, n);
+	if ((c = get()) != '1') {
+		fprintf(stderr, "python refused (%d) %c: %s\n", c, kind, s);
 		abort();
 	}
 }
