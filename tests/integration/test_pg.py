@@ -862,23 +862,30 @@ def after_a_batch_commit(state, msg):
     return msg[:1] == b"C" and msg[5:].startswith(b"COMMIT") and state.get("update", False)
 
 
-def test_a_batch_committed_as_the_connection_drops_is_counted(tmp_path, pg, via):
-    """The connection drops right after the server confirmed a batch's
-    COMMIT, before the pipeline's last answer (a proxy in front of
-    PostgreSQL, or of PgBouncer, cuts it there): the rows the database kept
-    are logged and counted all the same, and the step still reports the
-    lost connection."""
+def once_cut(tmp_path, pg, via, cut):
+    """Three stale rows and one `once` through a proxy that cuts its
+    connection where cut says: (env, store, the finished process)."""
     env = pgenv(tmp_path, pg, via=via)
     s = env.store
     for i in range(3):
         s.add("stale-%d" % i, "running", 900)
-    proxy = PgProxy(s.bouncer.port if s.bouncer else pg.port, cut=after_a_batch_commit)
+    proxy = PgProxy(s.bouncer.port if s.bouncer else pg.port, cut=cut)
     try:
         p = env.run("once", DATABASE_URL=proxy.url(s.dbname), LIMPEZA_CACHE_FILE="",
                     LIMPEZA_LOG_LEVEL="debug")
         assert proxy.was_cut.is_set()
     finally:
         proxy.close()
+    return env, s, p
+
+
+def test_a_batch_committed_as_the_connection_drops_is_counted(tmp_path, pg, via):
+    """The connection drops right after the server confirmed a batch's
+    COMMIT, before the pipeline's last answer (a proxy in front of
+    PostgreSQL, or of PgBouncer, cuts it there): the rows the database kept
+    are logged and counted all the same, and the step still reports the
+    lost connection."""
+    env, s, p = once_cut(tmp_path, pg, via, after_a_batch_commit)
     assert s.statuses() == {"stale-0": "error", "stale-1": "error", "stale-2": "error"}
     assert p.returncode == 1, p.stderr
     assert re.search(r"Lote no banco: 3 jobs em \d+ ms", p.stderr), p.stderr
@@ -898,17 +905,7 @@ def test_a_batch_cut_between_its_update_and_its_commit(tmp_path, pg, via):
     none is counted, the step fails with the lost connection, and (under
     the sanitizers) the UPDATE's result that had come whole is freed, not
     leaked. The next run finds the rows ended or ends them."""
-    env = pgenv(tmp_path, pg, via=via)
-    s = env.store
-    for i in range(3):
-        s.add("stale-%d" % i, "running", 900)
-    proxy = PgProxy(s.bouncer.port if s.bouncer else pg.port, cut=after_a_batch_update)
-    try:
-        p = env.run("once", DATABASE_URL=proxy.url(s.dbname), LIMPEZA_CACHE_FILE="",
-                    LIMPEZA_LOG_LEVEL="debug")
-        assert proxy.was_cut.is_set()
-    finally:
-        proxy.close()
+    env, s, p = once_cut(tmp_path, pg, via, after_a_batch_update)
     assert p.returncode == 1, p.stderr
     assert "❌ Erro no banco (postgresql): connection lost" in p.stderr, p.stderr
     assert "Job running encerrado no banco" not in p.stderr
