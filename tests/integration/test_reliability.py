@@ -45,6 +45,12 @@ def race_writes(path, write, writes):
         # an API writes on job events: mostly bursts, sometimes a pause
         if rng.random() < 0.1:
             time.sleep(rng.uniform(0, 0.02))
+        if i >= writes:
+            # Past the bursts and still no race: a writer that never pauses
+            # breaks every lease (a slow machine's limpeza then never
+            # swaps, as seen under Debian 13 beside the sanitizer run), so
+            # the pauses grow until limpeza's pass fits in one.
+            time.sleep(min(1.0, 0.05 * (1 + (i - writes) // 10)))
         ino = os.stat(path).st_ino
         if ino != last_ino:
             raced += 1  # limpeza swapped a new file in between two writes
@@ -479,7 +485,11 @@ def test_a_writer_opening_the_old_file_at_the_swap_keeps_its_job(env, tmp_path, 
         b = others[0]
         assert b.returncode == 0 or "limpeza adiada" in b.stderr, b.stderr
         assert "deixado por uma execução interrompida" not in b.stderr
-    assert p.returncode == 0, p.stderr
+    # The writer may still hold the old file open for writing when limpeza
+    # tries again (a busy machine deschedules it between its open() and
+    # its write): no lease then, and after its tries the step is postponed
+    # (exit 1), as when any writer holds the file open.
+    assert p.returncode == 0 or "limpeza adiada" in p.stderr, p.stderr
     assert "troca undone" in p.stderr, p.stderr  # limpeza saw the open and gave way
     # Whatever limpeza left, the writer's job is in the file: the next pass
     # then removes the stale job and keeps it.
