@@ -22,8 +22,6 @@
  * README "The cache file" and limpeza(8) name the figure.
  */
 #define CACHE_MAX_MEMBERS 100000
-#define STR_(x) #x
-#define STR(x) STR_(x)
 
 /*
  * The keys of a job that limpeza reads. Every other byte of the file is
@@ -342,6 +340,7 @@ scan_file(int fd, const char *path, const struct stat *st, struct scan *s)
 {
 	struct jsonscan js = { fd, window_bytes, field_names, NFIELDS,
 		on_member, s, 0, 0, NULL, 0, { 0, 0 } };
+	char msg[128];
 	long line, col;
 
 	switch (jsonscan_file(&js)) {
@@ -364,9 +363,11 @@ scan_file(int fd, const char *path, const struct stat *st, struct scan *s)
 		break;
 	}
 	if (s->too_many) {
-		log_event(LVL_ERROR, EV_CACHE_ERROR, path,
-		    "more than " STR(CACHE_MAX_MEMBERS) " members, limpeza's "
-		    "limit (see limpeza(8)): the file is left as it is");
+		snprintf(msg, sizeof(msg),
+		    "more than %d members, limpeza's limit (see limpeza(8)): "
+		    "the file is left as it is",
+		    CACHE_MAX_MEMBERS);
+		log_event(LVL_ERROR, EV_CACHE_ERROR, path, msg);
 		return -1;
 	}
 	log_event(LVL_ERROR, EV_CACHE_ERROR, path, strerror(errno));
