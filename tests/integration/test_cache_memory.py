@@ -9,12 +9,13 @@ timing, so it is asserted.
 """
 
 import os
+import re
 import subprocess
 import tempfile
 
 import pytest
 
-from conftest import BIN, SANITIZED, SLOW
+from conftest import BIN, ROOT, SANITIZED, SLOW
 
 MiB = 1024 * 1024
 LIMIT = 100000  # src/cache.c CACHE_MAX_MEMBERS, README "The cache file"
@@ -114,3 +115,24 @@ def test_huge_strings_stay_within_twice_the_file_plus_8_mib(env, where):
         peak / MiB, size / MiB)
     with open(env.cache) as f:
         assert '"old"' not in f.read()
+
+
+UNIT = os.path.join(ROOT, "etc", "desfollow-limpeza-3min.service")
+LARGEST_FILE = 200 * 1000 * 1000  # README: MemoryMax=512M holds a 200 MB cache file
+
+
+@rss_bound
+def test_the_units_memory_max_holds_a_pass_over_the_largest_documented_file(env):
+    # What a pass keeps per member is dearest for active jobs without a
+    # time (remembered since first sight): LIMIT of them, the most a file
+    # may hold, measured; the rest of the bound is twice the file's size.
+    size = write(env, members(LIMIT, '{"status":"queued"}', key=str))
+    rc, err, peak = once(env, "--dry-run")
+    assert rc == 0 and REFUSED not in err, err
+    with open(UNIT) as f:
+        values = re.findall(r"^MemoryMax=(\d+)([KMG]?)$", f.read(), re.M)
+    assert len(values) == 1, "the unit sets no MemoryMax= (or more than one)"
+    n, unit = values[0]
+    memory_max = int(n) * {"": 1, "K": 1024, "M": MiB, "G": 1024 * MiB}[unit]
+    assert memory_max >= 2 * LARGEST_FILE + 8 * MiB + (peak - size), \
+        "MemoryMax=%s%s: a pass over %d members took %.1f MiB" % (n, unit, LIMIT, peak / MiB)
