@@ -12,7 +12,7 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, SLOW
+from conftest import ROOT, SLOW, utc
 from pgcluster import free_port
 from test_observability import scrape
 
@@ -96,3 +96,26 @@ def test_label_values_are_escaped_and_no_two_states_share_a_series(env, health, 
                 reaped[key] = s.value
     assert reaped.get(("cache", RUNNING, "forced")) == 1, text
     assert reaped.get(("cache", QUEUED, "forced")) == 1, text
+
+
+def test_a_state_that_is_not_utf8_is_shown_as_the_log_shows_it(env, daemons):
+    # A status word may hold any bytes (an environment value): a stale row
+    # in it is reaped, and its label is valid UTF-8, the byte as \xNN.
+    word = b"em \xff andamento \\ agora"
+    with env.store.connect() as db:
+        db.execute("INSERT INTO scans (username, job_id, status, created_at, updated_at)"
+                   " VALUES ('u', 'r1', CAST(? AS TEXT), ?, ?)",
+                   (word, utc(-900), utc(-900)))
+    port = free_port()
+    d = daemons(env, LIMPEZA_INTERVAL="200ms", LIMPEZA_METRICS_ADDR="127.0.0.1:%d" % port,
+                LIMPEZA_RUNNING_STATUS=os.fsdecode(word))
+    d.wait_for("Ciclo 3 ")
+    status, text = scrape(port)
+    assert status == 200
+    p = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                       text=True, timeout=60 * SLOW)
+    assert p.returncode == 0 and "error" not in (p.stdout + p.stderr).lower(), \
+        "promtool check metrics (exit %d): %s\non:\n%s" % (p.returncode, p.stdout + p.stderr, text)
+    states = [s.labels["state"] for fam in text_string_to_metric_families(text)
+              for s in fam.samples if s.name == "limpeza_jobs_reaped_total"]
+    assert states == ["em \\xff andamento \\ agora"], text
