@@ -44,6 +44,7 @@ ASAN_TEST_OBJS = $(filter-out build/asan/obj/clock.o,$(ASAN_OBJS))
 HDRS = src/limpeza.h src/store.h src/jsonscan.h build/probe.h
 UNIT = test_config test_dotenv test_jsonscan test_cache test_log test_health \
        test_jobtime test_text
+UNIT += test_metrics
 UNIT_BINS = $(UNIT:%=build/tests/%)
 ASAN_UNIT_BINS = $(UNIT:%=build/asan/tests/%)
 

@@ -37,7 +37,7 @@ BATCH = 1000  # limpeza's default LIMPEZA_BATCH, which the bench runs with
 from gen_cache import generate  # noqa: E402
 
 
-def measure(cmd, env=None):
+def measure(cmd, env=None, ok=(0,)):
     """(wall s, cpu s, peak RSS MB, stderr) of one finished process.
 
     GNU time reads the kernel's accounting (wait4) of its own small child,
@@ -51,7 +51,7 @@ def measure(cmd, env=None):
     with open(out) as f:
         wall, user, sys_, rss = f.read().split()[-4:]
     os.unlink(out)
-    if p.returncode != 0:
+    if p.returncode not in ok:
         sys.exit("failed: %s\n%s" % (" ".join(cmd), p.stderr[-2000:]))
     return float(wall), float(user) + float(sys_), int(rss) / 1024.0, p.stderr
 
@@ -110,6 +110,29 @@ def bench_cache(tmp):
         row("%s (%.1f MiB file), median of 5" % (label, size), mine[:3], base[:3], note)
         if where.startswith("/dev/shm"):
             shutil.rmtree(where, ignore_errors=True)
+
+
+# The tiny-member file's peak before issue 23 (commit 46a6c92 on the
+# 2-core bench machine; the issue measured 328 MB): every member was kept.
+TINY_BEFORE_MIB = 327.2
+
+
+def bench_tiny(tmp):
+    """Issue 23's hostile file: 2 million "k":0 members. Refused past the
+    member limit, at a peak within 2× the file plus 8 MiB."""
+    path = os.path.join(tmp, "tiny.json")
+    with open(path, "w") as f:
+        f.write("{" + ",".join(['"k":0'] * 2000000) + "}")
+    size = os.path.getsize(path) / 1048576.0
+    mine = measure([BIN, "once", "--dry-run"], limpeza_env(LIMPEZA_CACHE_FILE=path), ok=(0, 1))
+    refused = "limpeza's limit" in mine[3]
+    rows.append(("cache pass `once --dry-run`, 2,000,000 tiny members `\"k\":0` (%.1f MiB "
+                 "file)" % size, mine[:3], "%.1f MiB peak before issue 23" % TINY_BEFORE_MIB,
+                 "%s; peak %.1f MiB against %.1f MiB before; " % (
+                     "refused (member limit)" if refused else "read", mine[2],
+                     TINY_BEFORE_MIB) +
+                 verdict(mine[2] <= 2 * size + 8, "peak ≤ 2× the file + 8 MiB")))
+    os.unlink(path)
 
 
 def scrape(port):
@@ -366,6 +389,7 @@ def main():
     try:
         if not a.skip_cache:
             bench_cache(tmp)
+            bench_tiny(tmp)
         if not a.skip_db:
             bench_db(tmp, a.rows, a.stale)
         if not a.skip_daemon:
@@ -374,7 +398,8 @@ def main():
             print("| measurement | limpeza | old cleaner (baseline) | speed-up | note |")
             print("|---|---|---|---|---|")
             for what, mine, base, note in rows:
-                speed = "%.1f×" % (base[0] / mine[0]) if not isinstance(mine, str) else ""
+                speed = "%.1f×" % (base[0] / mine[0]) \
+                    if not isinstance(mine, str) and not isinstance(base, str) else ""
                 print("| %s | %s | %s | %s | %s |" % (what, fmt(mine), fmt(base), speed, note))
             sys.stdout.flush()
         if not a.skip_month:

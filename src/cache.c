@@ -15,6 +15,15 @@
 #define MAX_STATUS 64 /* config.c's limit on a status word */
 
 /*
+ * The most members (duplicate keys included) a file may have. Each costs
+ * the pass a few hundred bytes whatever its own size, so a file of
+ * millions of tiny members would cost many times its size: such a file
+ * is refused, left as it is, before its members cost more than this many.
+ * README "The cache file" and limpeza(8) name the figure.
+ */
+#define CACHE_MAX_MEMBERS 100000
+
+/*
  * The keys of a job that limpeza reads. Every other byte of the file is
  * opaque: never decoded, copied as it is (SPEC §1.1).
  */
@@ -80,6 +89,7 @@ struct scan {
 	off_t size; /* the file's length */
 	const struct marks *mk; /* limpeza's marks, to know its own */
 	uint64_t hash[2]; /* of the bytes read (jsonscan_hash) */
+	int too_many; /* more than CACHE_MAX_MEMBERS: the scan stopped */
 };
 
 static int is_mark(const struct marks *, const char *, size_t);
@@ -284,6 +294,10 @@ on_member(void *arg, const struct jsonscan_member *jm)
 	struct member *m;
 	size_t cap;
 
+	if (s->n == CACHE_MAX_MEMBERS) {
+		s->too_many = 1;
+		return -1;
+	}
 	if (s->n == s->cap) {
 		s->cap = s->cap ? s->cap * 2 : 256;
 		if ((s->m = realloc(s->m, s->cap * sizeof(*s->m))) == NULL)
@@ -326,6 +340,7 @@ scan_file(int fd, const char *path, const struct stat *st, struct scan *s)
 {
 	struct jsonscan js = { fd, window_bytes, field_names, NFIELDS,
 		on_member, s, 0, 0, NULL, 0, { 0, 0 } };
+	char msg[128];
 	long line, col;
 
 	switch (jsonscan_file(&js)) {
@@ -346,6 +361,14 @@ scan_file(int fd, const char *path, const struct stat *st, struct scan *s)
 		return -1;
 	case JSONSCAN_FAILED:
 		break;
+	}
+	if (s->too_many) {
+		snprintf(msg, sizeof(msg),
+		    "more than %d members, limpeza's limit (see limpeza(8)): "
+		    "the file is left as it is",
+		    CACHE_MAX_MEMBERS);
+		log_event(LVL_ERROR, EV_CACHE_ERROR, path, msg);
+		return -1;
 	}
 	log_event(LVL_ERROR, EV_CACHE_ERROR, path, strerror(errno));
 	return -1;
@@ -932,7 +955,7 @@ kept_active(const struct scan *s)
 long
 cache_ended_by_others(struct cache *c, const struct config *cfg)
 {
-	struct scan s = { cfg, NULL, 0, 0, NULL, 0, 0, 0, NULL, { 0, 0 } };
+	struct scan s = { cfg, NULL, 0, 0, NULL, 0, 0, 0, NULL, { 0, 0 }, 0 };
 	struct marks mk = { NULL, { NULL, NULL, NULL } };
 	struct stat st;
 	long n = -1;
@@ -978,7 +1001,7 @@ cache_pass(struct cache *c, const struct config *cfg, struct store *store,
 {
 	const char *path = cfg->cache_file;
 	enum cache_retention mode = cache_retention_mode(cfg);
-	struct scan s = { cfg, NULL, 0, 0, NULL, 0, 0, 0, NULL, { 0, 0 } };
+	struct scan s = { cfg, NULL, 0, 0, NULL, 0, 0, 0, NULL, { 0, 0 }, 0 };
 	struct safefile_out out = { NULL, 0, 0 };
 	struct marks mk = { NULL, { NULL, NULL, NULL } };
 	struct cache_policy pol;

@@ -211,6 +211,7 @@ void fatalx_oom(void) __attribute__((noreturn));
 void text_put(char *, size_t, size_t *, const char *);
 void text_trim(char *, size_t *);
 void text_clean(char *, size_t, const char *);
+size_t text_char(const char *);
 json_t *text_json_cut(const char *, size_t);
 json_t *text_json(const char *);
 

@@ -25,8 +25,13 @@ static const double buckets[] = { 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
  */
 static struct {
 	pthread_mutex_t mu;
+	/*
+	 * A series per store, state and reason, each label whole: a status
+	 * word is a setting of up to 64 bytes, and one cut short would merge
+	 * two states into one series. Series live as long as the process.
+	 */
 	struct {
-		char store[16], state[16], reason[16];
+		char *store, *state, *reason;
 		double n;
 	} reaped[MAX_SERIES];
 	int nreaped;
@@ -123,12 +128,10 @@ metrics_reaped(const char *store, const char *state, const char *reason, long n)
 		    strcmp(m.reaped[i].reason, reason) == 0)
 			break;
 	if (i == m.nreaped && m.nreaped < MAX_SERIES) {
-		snprintf(
-		    m.reaped[i].store, sizeof(m.reaped[i].store), "%s", store);
-		snprintf(
-		    m.reaped[i].state, sizeof(m.reaped[i].state), "%s", state);
-		snprintf(m.reaped[i].reason, sizeof(m.reaped[i].reason), "%s",
-		    reason);
+		if ((m.reaped[i].store = strdup(store)) == NULL ||
+		    (m.reaped[i].state = strdup(state)) == NULL ||
+		    (m.reaped[i].reason = strdup(reason)) == NULL)
+			fatalx_oom();
 		m.nreaped++;
 	}
 	if (i < MAX_SERIES)
@@ -235,6 +238,34 @@ put(struct text *t, const char *fmt, ...)
 	}
 }
 
+/*
+ * A label value as the text exposition format writes it: backslash,
+ * double quote and line feed escaped (\\, \", \n), every other valid
+ * UTF-8 character as it is. A byte that is not part of one (a setting
+ * may hold any bytes) is shown as \\xNN, as the log shows it: the
+ * format's text is UTF-8.
+ */
+static void
+put_label(struct text *t, const char *v)
+{
+	size_t n;
+
+	for (; *v != '\0'; v += n) {
+		n = text_char(v);
+		if (n == 0) {
+			put(t, "\\\\x%02x", (unsigned char)*v);
+			n = 1;
+		} else if (*v == '\\')
+			put(t, "\\\\");
+		else if (*v == '"')
+			put(t, "\\\"");
+		else if (*v == '\n')
+			put(t, "\\n");
+		else
+			put(t, "%.*s", (int)n, v);
+	}
+}
+
 /* The Prometheus text exposition format, version 0.0.4. */
 char *
 metrics_render(size_t *len)
@@ -251,12 +282,15 @@ metrics_render(size_t *len)
 	    "removed from the cache (reason retention), by store, the state "
 	    "they were in, and why.\n"
 	    "# TYPE limpeza_jobs_reaped_total counter\n");
-	for (k = 0; k < m.nreaped; k++)
-		put(&t,
-		    "limpeza_jobs_reaped_total{store=\"%s\",state=\"%s\","
-		    "reason=\"%s\"} %.0f\n",
-		    m.reaped[k].store, m.reaped[k].state, m.reaped[k].reason,
-		    m.reaped[k].n);
+	for (k = 0; k < m.nreaped; k++) {
+		put(&t, "limpeza_jobs_reaped_total{store=\"");
+		put_label(&t, m.reaped[k].store);
+		put(&t, "\",state=\"");
+		put_label(&t, m.reaped[k].state);
+		put(&t, "\",reason=\"");
+		put_label(&t, m.reaped[k].reason);
+		put(&t, "\"} %.0f\n", m.reaped[k].n);
+	}
 	put(&t,
 	    "# HELP limpeza_cycles_total Cleanup cycles run.\n"
 	    "# TYPE limpeza_cycles_total counter\n"

@@ -104,6 +104,13 @@ text_trim(char *buf, size_t *o)
 	}
 }
 
+/* The length of the well-formed UTF-8 character at s, or 0 if none. */
+size_t
+text_char(const char *s)
+{
+	return utf8_char((const unsigned char *)s);
+}
+
 /* dst (of len bytes) becomes src made valid, as text_put() does. */
 void
 text_clean(char *dst, size_t len, const char *src)
