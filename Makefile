@@ -30,7 +30,7 @@ NOSD_CFLAGS = $(filter-out -DHAVE_SYSTEMD,$(ALL_CFLAGS))
 NOSD_LIBS = $(shell pkg-config --libs \
 	    $(filter-out libmicrohttpd libpq libcurl libsystemd,$(PKGS))) -ldl
 
-MODULES = config log text clock jsonscan jobtime safefile cache store store_sqlite \
+MODULES = config mask dotenv log text clock jsonscan jobtime safefile cache store store_sqlite \
 	  store_pg health metrics alert cycle libs commands notify
 OBJS = $(MODULES:%=build/obj/%.o)
 ASAN_OBJS = $(MODULES:%=build/asan/obj/%.o)
@@ -41,7 +41,7 @@ NOSD_OBJS = $(MODULES:%=build/nosd/obj/%.o) build/nosd/obj/main.o
 TEST_OBJS = $(filter-out build/obj/clock.o,$(OBJS))
 ASAN_TEST_OBJS = $(filter-out build/asan/obj/clock.o,$(ASAN_OBJS))
 # build/probe.h: minimum versions checked, sonames of what is dlopen()ed.
-HDRS = src/limpeza.h src/store.h src/jsonscan.h build/probe.h
+HDRS = src/limpeza.h src/store.h src/jsonscan.h src/mask.h src/dotenv.h build/probe.h
 UNIT = test_config test_dotenv test_jsonscan test_cache test_log test_health \
        test_jobtime test_text
 UNIT += test_metrics

@@ -706,7 +706,7 @@ marks_init(struct marks *mk, const struct config *cfg)
 
 	mk->status = quoted(cfg->error_status);
 	for (k = 0; k < 3; k++) {
-		config_reap_message(cfg, kinds[k], msg, sizeof(msg));
+		log_reap_message(cfg, kinds[k], msg, sizeof(msg));
 		mk->msg[k] = quoted(msg);
 	}
 }

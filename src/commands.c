@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "mask.h"
 #include "store.h"
 
 /* Whether finished jobs leave the cache file, and why (SPEC §1.1). */
@@ -149,7 +150,7 @@ cmd_check(struct config *cfg, int health)
 	store_close(s);
 
 	r = check_health(cfg, health, &jobs, err, sizeof(err));
-	config_mask_http(cfg->health_url, 1, api, sizeof(api));
+	mask_http(cfg->health_url, 1, api, sizeof(api));
 	if (r == 1)
 		printf("ok: health check disabled\n");
 	else if (r == 2)

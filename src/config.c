@@ -14,9 +14,9 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
-#include <libpq-fe.h>
-
+#include "dotenv.h"
 #include "limpeza.h"
+#include "mask.h"
 
 enum setting_type {
 	T_DBURL,
@@ -175,7 +175,6 @@ static const struct setting settings[] = {
 
 #define NSETTINGS ((int)(sizeof(settings) / sizeof(settings[0])))
 #define MAX_VALUE 4096
-#define MAX_ENV_FILE (1024L * 1024)
 
 int
 config_nsettings(void)
@@ -419,390 +418,6 @@ has_control(const char *s)
 }
 
 static int
-is_libpq_conninfo(const char *s)
-{
-	size_t n = 0;
-
-	while (isalpha((unsigned char)s[n]) || s[n] == '_')
-		n++;
-	while (s[n] == ' ')
-		n++;
-	return n > 0 && s[n] == '=';
-}
-
-/* Appends n bytes to an output buffer; o->failed once it is full. */
-struct out {
-	char *buf;
-	size_t len, o;
-	int failed;
-};
-
-static void
-out_put(struct out *o, const char *s, size_t n)
-{
-	if (o->failed || o->o + n >= o->len) {
-		o->failed = 1;
-		return;
-	}
-	memcpy(o->buf + o->o, s, n);
-	o->o += n;
-	o->buf[o->o] = '\0';
-}
-
-static void
-out_str(struct out *o, const char *s)
-{
-	out_put(o, s, strlen(s));
-}
-
-/* A value in a URL: unreserved bytes as they are, the rest %XX. */
-static void
-out_url_value(struct out *o, const char *v, const char *keep)
-{
-	char hex[4];
-
-	for (; *v != '\0'; v++) {
-		if (isalnum((unsigned char)*v) || strchr("-._~", *v) != NULL ||
-		    strchr(keep, *v) != NULL)
-			out_put(o, v, 1);
-		else {
-			snprintf(hex, sizeof(hex), "%%%02X", (unsigned char)*v);
-			out_put(o, hex, 3);
-		}
-	}
-}
-
-/* A value in key=value form, quoted when libpq would need the quotes. */
-static void
-out_kv_value(struct out *o, const char *v)
-{
-	if (*v != '\0' && strpbrk(v, " \t\n\r\f\v'\\") == NULL) {
-		out_str(o, v);
-		return;
-	}
-	out_put(o, "'", 1);
-	for (; *v != '\0'; v++) {
-		if (*v == '\'' || *v == '\\')
-			out_put(o, "\\", 1);
-		out_put(o, v, 1);
-	}
-	out_put(o, "'", 1);
-}
-
-static int
-is_secret_option(const char *keyword)
-{
-	return strcmp(keyword, "password") == 0 ||
-	    strcmp(keyword, "sslpassword") == 0;
-}
-
-static const char *
-option_value(const PQconninfoOption *opts, const char *keyword)
-{
-	for (; opts->keyword != NULL; opts++)
-		if (strcmp(opts->keyword, keyword) == 0)
-			return opts->val;
-	return NULL;
-}
-
-/*
- * The connection string again, built from what libpq's own parser made
- * of it, every password shown as ***: no byte of the output comes from
- * a password, however the text spells it (quoted, escaped,
- * percent-encoded, given twice). A URL stays a URL.
- */
-static void
-mask_rebuild(const char *url, const PQconninfoOption *opts, struct out *o)
-{
-	const char *user = option_value(opts, "user");
-	const char *pw = option_value(opts, "password");
-	const char *host = option_value(opts, "host");
-	const char *port = option_value(opts, "port");
-	const char *db = option_value(opts, "dbname");
-	const PQconninfoOption *k;
-	int is_url = strncmp(url, "postgres://", 11) == 0 ||
-	    strncmp(url, "postgresql://", 13) == 0;
-	/* One host and port fit the authority; a list goes to the query. */
-	int in_auth = host != NULL && *host != '\0' && *host != '/' &&
-	    strchr(host, ',') == NULL &&
-	    (port == NULL || strchr(port, ',') == NULL);
-	char sep = '?';
-
-	if (!is_url) {
-		for (k = opts; k->keyword != NULL; k++) {
-			if (k->val == NULL)
-				continue;
-			if (o->o > 0)
-				out_put(o, " ", 1);
-			out_str(o, k->keyword);
-			out_put(o, "=", 1);
-			if (is_secret_option(k->keyword))
-				out_str(o, "***");
-			else
-				out_kv_value(o, k->val);
-		}
-		return;
-	}
-	out_put(o, url, (size_t)(strchr(url, ':') - url));
-	out_str(o, "://");
-	if (user != NULL || pw != NULL) {
-		if (user != NULL)
-			out_url_value(o, user, "");
-		if (pw != NULL)
-			out_str(o, ":***");
-		out_put(o, "@", 1);
-	}
-	if (in_auth) {
-		if (strchr(host, ':') != NULL) {
-			out_put(o, "[", 1);
-			out_url_value(o, host, ":");
-			out_put(o, "]", 1);
-		} else
-			out_url_value(o, host, "");
-		if (port != NULL) {
-			out_put(o, ":", 1);
-			out_url_value(o, port, "");
-		}
-	}
-	if (db != NULL) {
-		out_put(o, "/", 1);
-		out_url_value(o, db, "");
-	}
-	for (k = opts; k->keyword != NULL; k++) {
-		if (k->val == NULL || strcmp(k->keyword, "user") == 0 ||
-		    strcmp(k->keyword, "password") == 0 ||
-		    strcmp(k->keyword, "dbname") == 0 ||
-		    (in_auth &&
-			(strcmp(k->keyword, "host") == 0 ||
-			    strcmp(k->keyword, "port") == 0)))
-			continue;
-		out_put(o, &sep, 1);
-		sep = '&';
-		out_str(o, k->keyword);
-		out_put(o, "=", 1);
-		if (is_secret_option(k->keyword))
-			out_str(o, "***");
-		else
-			out_url_value(o, k->val, "/,:");
-	}
-}
-
-/* Where a URL's authority starts (after scheme://), or NULL. */
-static const char *
-url_authority(const char *url)
-{
-	const char *auth = strstr(url, "://");
-
-	if (auth == NULL || auth == url ||
-	    strspn(url,
-		"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-		"0123456789+.-") != (size_t)(auth - url))
-		return NULL;
-	return auth + 3;
-}
-
-/*
- * Whether libpq reads a URL otherwise than a person would, so that what
- * libpq takes for the user, the host, the port or the database may hold
- * a password. libpq ends user:password at the first '@' met before any
- * '/', and a '?' does not stop it. So a URL is ambiguous if, after that
- * '@' (or with none, after scheme://), another raw '@' comes before the
- * query (a password with an unescaped '@' or '/'); if what libpq takes
- * for user:password holds a '?' in the user, or is followed by no path
- * (a query a person meant, "h?password=p@ss"); or if libpq's port is not
- * a number ("app:secret/db", the host forgotten). The answer depends on
- * where these characters are, never on what the password is.
- */
-static int
-url_ambiguous(const char *url, const PQconninfoOption *opts)
-{
-	const char *auth = url_authority(url), *at, *q, *colon, *port;
-
-	if (auth == NULL)
-		return 0;
-	port = option_value(opts, "port");
-	if (port != NULL && port[strspn(port, "0123456789,")] != '\0')
-		return 1;
-	at = auth + strcspn(auth, "@/");
-	if (*at == '@') {
-		q = memchr(auth, '?', (size_t)(at - auth));
-		colon = memchr(auth, ':', (size_t)(at - auth));
-		if (q != NULL &&
-		    (colon == NULL || q < colon || strchr(at, '/') == NULL))
-			return 1;
-		auth = at + 1;
-	}
-	q = auth + strcspn(auth, "?");
-	return memchr(auth, '@', (size_t)(q - auth)) != NULL;
-}
-
-/* key=value keywords whose values are never secret. */
-static int
-is_plain_keyword(const char *k, size_t n)
-{
-	static const char *const plain[] = { "host", "hostaddr", "port",
-		"dbname", "user", "sslmode", "connect_timeout",
-		"application_name", "target_session_attrs", NULL };
-	int i;
-
-	for (i = 0; plain[i] != NULL; i++)
-		if (strlen(plain[i]) == n && strncmp(plain[i], k, n) == 0)
-			return 1;
-	return 0;
-}
-
-/*
- * Without libpq's parser (libpq not loaded, or a text it rejects or reads
- * otherwise than a person would), print nothing that might be a
- * password. In a URL: everything from the first ':' of its authority to
- * its last '@', and from the first word "password" on, all the rest. In
- * key=value text: every value but those of plainly harmless keywords
- * (a misspelt "passwd=" included).
- */
-static void
-mask_fallback(const char *url, struct out *o)
-{
-	const char *auth = url_authority(url), *at, *colon, *p = url, *pw;
-	const char *k, *v;
-
-	if (auth == NULL && is_libpq_conninfo(url)) {
-		for (p = url; *p != '\0';) {
-			if (isspace((unsigned char)*p)) {
-				out_put(o, p++, 1);
-				continue;
-			}
-			k = p;
-			while (*p != '\0' && *p != '=' &&
-			    !isspace((unsigned char)*p))
-				p++;
-			v = p;
-			while (*v == ' ')
-				v++;
-			if (*v != '=') {
-				out_str(o, "***");
-				break;
-			}
-			out_put(o, k, (size_t)(p - k));
-			out_put(o, "=", 1);
-			for (v++; *v == ' '; v++)
-				;
-			/* A value ends at a space, or at its closing quote. */
-			p = v;
-			if (*p == '\'') {
-				for (p++; *p != '\0' && *p != '\''; p++)
-					if (*p == '\\' && p[1] != '\0')
-						p++;
-				if (*p == '\'')
-					p++;
-			} else
-				while (
-				    *p != '\0' && !isspace((unsigned char)*p))
-					p++;
-			if (is_plain_keyword(k, strcspn(k, " =")))
-				out_put(o, v, (size_t)(p - v));
-			else
-				out_str(o, "***");
-		}
-		return;
-	}
-	if (auth != NULL) {
-		at = strrchr(auth, '@');
-		colon =
-		    at != NULL ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
-		if (colon != NULL) {
-			out_put(o, url, (size_t)(colon - url));
-			out_str(o, ":***");
-			p = at;
-		}
-	}
-	pw = strcasestr(p, "password");
-	if (pw == NULL) {
-		out_str(o, p);
-		return;
-	}
-	out_put(o, p, (size_t)(pw - p));
-	out_str(o, "password=***");
-}
-
-/*
- * A database URL as it may be shown anywhere: libpq's own parser
- * (PQconninfoParse) decides what the password is, for URLs and key=value
- * strings alike, and the password is shown as ***. Returns -1 if the
- * result did not fit (it is then cut).
- */
-int
-config_mask_url(const char *url, char *buf, size_t len)
-{
-	struct out o = { buf, len, 0, 0 };
-	PQconninfoOption *opts = NULL;
-	char err[256];
-
-	if (len == 0)
-		return -1;
-	*buf = '\0';
-	if (strncmp(url, "sqlite:///", 10) == 0)
-		out_str(&o, url);
-	else if (*url != '\0' && strncmp(url, "sqlite:", 7) != 0 &&
-	    libs_pq(err, sizeof(err)) == 0 &&
-	    (opts = PQconninfoParse(url, NULL)) != NULL) {
-		/*
-		 * A URL whose password a person reads otherwise than libpq
-		 * (an unescaped '/' or '@' in it): whatever libpq made of it
-		 * may hold part of that password, so only the scheme shows.
-		 * Start-up refuses such a URL; this is for what else shows.
-		 */
-		if (url_ambiguous(url, opts)) {
-			out_put(&o, url, (size_t)(strstr(url, "://") - url));
-			out_str(&o, "://***");
-		} else
-			mask_rebuild(url, opts, &o);
-	} else
-		mask_fallback(url, &o);
-	if (opts != NULL)
-		PQconninfoFree(opts);
-	return o.failed ? -1 : 0;
-}
-
-/*
- * An http(s) URL as it may be shown: a user:password@ part as user:***@,
- * and with keep_path 0 nothing after the host (a webhook's path is often
- * its secret token). Returns -1 if it did not fit (it is then cut).
- */
-int
-config_mask_http(const char *url, int keep_path, char *buf, size_t len)
-{
-	struct out o = { buf, len, 0, 0 };
-	const char *auth = url_authority(url), *end, *at, *colon;
-
-	if (len == 0)
-		return -1;
-	*buf = '\0';
-	if (auth == NULL) {
-		out_str(&o, *url == '\0' ? "" : "***");
-		return o.failed ? -1 : 0;
-	}
-	end = auth + strcspn(auth, "/?#");
-	out_put(&o, url, (size_t)(auth - url));
-	at = NULL;
-	for (const char *q = auth; q < end; q++)
-		if (*q == '@')
-			at = q;
-	if (at != NULL) {
-		colon = memchr(auth, ':', (size_t)(at - auth));
-		out_put(
-		    &o, auth, (size_t)((colon != NULL ? colon : at) - auth));
-		out_str(&o, colon != NULL ? ":***@" : "@");
-		auth = at + 1;
-	}
-	out_put(&o, auth, (size_t)(end - auth));
-	if (keep_path)
-		out_str(&o, end);
-	else if (*end != '\0')
-		out_str(&o, "/...");
-	return o.failed ? -1 : 0;
-}
-
-static int
 bad(char *err, size_t errlen, const struct setting *s, const char *from,
     const char *value, const char *accepted)
 {
@@ -818,8 +433,7 @@ bad(char *err, size_t errlen, const struct setting *s, const char *from,
 		return -1;
 	}
 	if (s->type == T_HTTPURL || s->type == T_HOOKURL)
-		config_mask_http(
-		    value, s->type == T_HTTPURL, shown, sizeof(shown));
+		mask_http(value, s->type == T_HTTPURL, shown, sizeof(shown));
 	else
 		snprintf(shown, sizeof(shown), "%s", value);
 	/* Control characters would break the one-line promise. */
@@ -831,33 +445,6 @@ bad(char *err, size_t errlen, const struct setting *s, const char *from,
 	snprintf(err, errlen, "invalid %s '%s'%s: expected %s", s->env, shown,
 	    from, accepted);
 	return -1;
-}
-
-/*
- * What libpq makes of a connection string, when libpq is at hand: 0 all
- * is well; 1 it refuses the text; 2 it reads a URL's password otherwise
- * than a person would (an unescaped '/' or '@' in it: libpq would take
- * part of the password for the host, the port or the database, and show
- * it in its errors). Either way no connection could be made, which is
- * better said at start-up (exit 2) than every cycle. libpq's own message
- * is not repeated: it may quote the password.
- */
-static int
-libpq_check(const char *value)
-{
-	PQconninfoOption *opts;
-	char lerr[256], *msg = NULL;
-	int rc;
-
-	if (libs_pq(lerr, sizeof(lerr)) == -1)
-		return 0;
-	if ((opts = PQconninfoParse(value, &msg)) == NULL) {
-		PQfreemem(msg);
-		return 1;
-	}
-	rc = url_ambiguous(value, opts) ? 2 : 0;
-	PQconninfoFree(opts);
-	return rc;
 }
 
 /* Checks one value and stores it in cfg; err names the setting and value. */
@@ -997,13 +584,13 @@ setting_apply(struct config *cfg, const struct setting *s, const char *value,
 		if (len != 0 && strncmp(value, "postgres://", 11) != 0 &&
 		    strncmp(value, "postgresql://", 13) != 0 &&
 		    !(strncmp(value, "sqlite:///", 10) == 0 && len > 10) &&
-		    !is_libpq_conninfo(value))
+		    !mask_is_conninfo(value))
 			return bad(err, errlen, s, from, value,
 			    "postgres://..., postgresql://..., libpq "
 			    "key=value or sqlite:///path");
 		if (len == 0 || strncmp(value, "sqlite:", 7) == 0)
 			break;
-		switch (libpq_check(value)) {
+		switch (mask_dburl_check(value)) {
 		case 1:
 			return bad(err, errlen, s, from, value,
 			    "a connection string libpq can parse");
@@ -1027,25 +614,8 @@ setting_apply(struct config *cfg, const struct setting *s, const char *value,
 	return 0;
 }
 
-/* A string map (jansson object) holding the first value of every key. */
-struct env_file_ctx {
-	json_t *file;
-};
-
-static int
-env_file_set(void *arg, const char *key, const char *value)
-{
-	struct env_file_ctx *ctx = arg;
-
-	/* Within one file the last assignment wins, as in a shell. */
-	json_object_set_new(ctx->file, key, json_string(value));
-	return 0;
-}
-
-static void config_warn(struct config *cfg, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void
+/* One more line for the log once it is up (env_file_read...). */
+void
 config_warn(struct config *cfg, const char *fmt, ...)
 {
 	va_list ap;
@@ -1057,93 +627,6 @@ config_warn(struct config *cfg, const char *fmt, ...)
 	vsnprintf(
 	    cfg->warnings[cfg->nwarnings++], sizeof(cfg->warnings[0]), fmt, ap);
 	va_end(ap);
-}
-
-/*
- * Reads one dotenv file into vars, keeping values already there. A file
- * that cannot be read is worth a warning, or with strict (a file named
- * with --env-file: the unit's settings file) an error, since the daemon
- * would otherwise run without its settings (a missing file is fine).
- */
-static int
-env_file_read(struct config *cfg, const char *path, json_t *vars, int strict,
-    char *err, size_t errlen)
-{
-	char why[256] = "";
-	struct env_file_ctx ctx;
-	struct stat st;
-	char *buf = NULL, perr[160];
-	ssize_t n;
-	size_t len = 0;
-	int fd, nbad;
-
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-	if (fd == -1) {
-		if (errno == ENOENT)
-			return 0;
-		snprintf(why, sizeof(why), "%s", strerror(errno));
-		goto unreadable;
-	}
-	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)) {
-		snprintf(why, sizeof(why), "not a regular file");
-		goto done;
-	}
-	if (st.st_mode & (S_IRGRP | S_IROTH))
-		config_warn(cfg,
-		    "env file %s is readable by group or others (mode %04o) "
-		    "and may hold secrets: chmod 600 it",
-		    path, (unsigned)(st.st_mode & 07777));
-	if (st.st_size > MAX_ENV_FILE) {
-		snprintf(why, sizeof(why), "larger than 1 MiB, skipped");
-		goto done;
-	}
-	buf = malloc((size_t)st.st_size + 1);
-	if (buf == NULL)
-		fatalx_oom();
-	while ((n = read(fd, buf + len, (size_t)st.st_size - len)) > 0)
-		len += (size_t)n;
-	if (n == -1) {
-		snprintf(why, sizeof(why), "%s", strerror(errno));
-		goto done;
-	}
-	ctx.file = json_object();
-	if (ctx.file == NULL)
-		fatalx_oom();
-	nbad = dotenv_parse(buf, len, env_file_set, &ctx, perr, sizeof(perr));
-	if (nbad > 0)
-		config_warn(cfg, "env file %s: %d line(s) skipped, first: %s",
-		    path, nbad, perr);
-	json_object_update_missing(vars, ctx.file);
-	json_decref(ctx.file);
-done:
-	free(buf);
-	close(fd);
-unreadable:
-	if (*why == '\0')
-		return 0;
-	if (strict) {
-		snprintf(err, errlen,
-		    "cannot read the settings file %s given with --env-file: "
-		    "%s (it must be readable by the user limpeza runs as)",
-		    path, why);
-		return -1;
-	}
-	config_warn(cfg, "env file %s: %s", path, why);
-	return 0;
-}
-
-static void
-env_files_read(struct config *cfg, const char *list, json_t *vars)
-{
-	char *copy, *p, *tok;
-
-	copy = strdup(list);
-	if (copy == NULL)
-		fatalx_oom();
-	for (p = copy; (tok = strsep(&p, ":")) != NULL;)
-		if (*tok != '\0')
-			(void)env_file_read(cfg, tok, vars, 0, NULL, 0);
-	free(copy);
 }
 
 /*
@@ -1214,10 +697,10 @@ config_load(
 	if (value == NULL)
 		value = settings[envk].def;
 	for (k = 0; k < a->nenv_files; k++)
-		if (env_file_read(cfg, a->env_files[k], vars, 1, err, errlen) ==
-		    -1)
+		if (dotenv_read_file(
+			cfg, a->env_files[k], vars, 1, err, errlen) == -1)
 			goto fail;
-	env_files_read(cfg, value, vars);
+	dotenv_read_files(cfg, value, vars);
 
 	for (k = 0; k < NSETTINGS; k++) {
 		const struct setting *s = &settings[k];
@@ -1330,9 +813,9 @@ setting_value(
 	default:
 		str = *(char *const *)(const void *)base;
 		if (s->type == T_DBURL)
-			config_mask_url(str, buf, len);
+			mask_dburl(str, buf, len);
 		else if (s->type == T_HTTPURL || s->type == T_HOOKURL)
-			config_mask_http(str, s->type == T_HTTPURL, buf, len);
+			mask_http(str, s->type == T_HTTPURL, buf, len);
 		else
 			snprintf(buf, len, "%s", str);
 	}
@@ -1412,218 +895,4 @@ config_print_man(FILE *out)
 		fprintf(out, ". Default: %s.\n",
 		    *s->def != '\0' ? s->def : "empty");
 	}
-}
-
-/* Words for a TTL in a job's error message: "3 minutos", "90 seconds". */
-static void
-duration_words(long long ms, enum lang lang, char *buf, size_t len)
-{
-	long long n;
-	const char *unit;
-
-	if (ms % (60 * MS_PER_S) == 0) {
-		n = ms / (60 * MS_PER_S);
-		unit = lang == LANG_PT ? (n == 1 ? "minuto" : "minutos")
-				       : (n == 1 ? "minute" : "minutes");
-	} else if (ms % MS_PER_S == 0) {
-		n = ms / MS_PER_S;
-		unit = lang == LANG_PT ? (n == 1 ? "segundo" : "segundos")
-				       : (n == 1 ? "second" : "seconds");
-	} else {
-		n = ms;
-		unit = "ms";
-	}
-	snprintf(buf, len, "%lld %s", n, unit);
-}
-
-/*
- * The running TTL as the start-up banner names it: "3 Minutos" (the
- * seed's "Sistema de Limpeza 3 Minutos"), "20 Segundos"; "3-Minute".
- */
-void
-config_banner_ttl(const struct config *cfg, char *buf, size_t len)
-{
-	long long ms = cfg->running_ttl;
-
-	size_t sp;
-
-	if (cfg->lang == LANG_PT) {
-		duration_words(ms, LANG_PT, buf, len);
-		sp = strcspn(buf, " ");
-		if (ms % MS_PER_S == 0 && buf[sp] == ' ')
-			buf[sp + 1] = (char)toupper((unsigned char)buf[sp + 1]);
-	} else if (ms % (60 * MS_PER_S) == 0)
-		snprintf(buf, len, "%lld-Minute", ms / (60 * MS_PER_S));
-	else if (ms % MS_PER_S == 0)
-		snprintf(buf, len, "%lld-Second", ms / MS_PER_S);
-	else
-		snprintf(buf, len, "%lld-ms", ms);
-}
-
-/* The error message written to a reaped job; the TTL follows the settings. */
-void
-config_reap_message(
-    const struct config *cfg, enum reap_kind kind, char *buf, size_t len)
-{
-	char words[64];
-	int pt = cfg->lang == LANG_PT;
-
-	switch (kind) {
-	case REAP_RUNNING:
-		duration_words(cfg->running_ttl, (enum lang)cfg->lang, words,
-		    sizeof(words));
-		snprintf(buf, len,
-		    pt ? "Job órfão - mais de %s"
-		       : "Orphan job - no progress for more than %s",
-		    words);
-		break;
-	case REAP_QUEUED:
-		duration_words(cfg->queued_ttl, (enum lang)cfg->lang, words,
-		    sizeof(words));
-		snprintf(buf, len,
-		    pt ? "Job queued expirado - mais de %s"
-		       : "Queued job expired - more than %s",
-		    words);
-		break;
-	case REAP_FORCED:
-		snprintf(buf, len, "%s",
-		    pt ? "Limpeza forçada - excesso de jobs ativos"
-		       : "Forced cleanup - too many active jobs");
-		break;
-	}
-}
-
-/*
- * A dotenv parser in the common dialect: comments, blank lines, optional
- * `export`, KEY=value with the value bare (a " #" starts a comment),
- * 'single-quoted' (literal) or "double-quoted" (backslash escapes, may
- * span lines). Lines that are none of these are skipped and counted; err
- * describes the first. Returns the number of skipped lines.
- */
-int
-dotenv_parse(const char *text, size_t len,
-    int (*cb)(void *, const char *, const char *), void *arg, char *err,
-    size_t errlen)
-{
-	const char *p = text, *end = text + len, *k0, *k1;
-	char *val = NULL;
-	size_t vlen, vcap = 0;
-	int line = 1, nbad = 0, start;
-	const char *why;
-
-	if (errlen > 0)
-		*err = '\0';
-	while (p < end) {
-		start = line;
-		while (p < end && (*p == ' ' || *p == '\t' || *p == '\r'))
-			p++;
-		if (p == end)
-			break;
-		if (*p == '\n' || *p == '#')
-			goto skip_line;
-		if ((size_t)(end - p) > 7 && strncmp(p, "export", 6) == 0 &&
-		    (p[6] == ' ' || p[6] == '\t')) {
-			p += 7;
-			while (p < end && (*p == ' ' || *p == '\t'))
-				p++;
-		}
-		k0 = p;
-		while (p < end &&
-		    (isalnum((unsigned char)*p) || *p == '_' || *p == '.'))
-			p++;
-		k1 = p;
-		while (p < end && (*p == ' ' || *p == '\t'))
-			p++;
-		why = "expected KEY=value";
-		if (k1 == k0 || isdigit((unsigned char)*k0) || p == end ||
-		    *p != '=')
-			goto bad_line;
-		p++;
-		while (p < end && (*p == ' ' || *p == '\t'))
-			p++;
-
-		vlen = 0;
-		if (vcap < (size_t)(end - p) + 1) {
-			vcap = (size_t)(end - p) + 1;
-			free(val);
-			val = malloc(vcap);
-			if (val == NULL)
-				fatalx_oom();
-		}
-		if (p < end && (*p == '"' || *p == '\'')) {
-			char q = *p++;
-
-			while (p < end && *p != q) {
-				if (*p == '\n')
-					line++;
-				if (q == '"' && *p == '\\' && p + 1 < end) {
-					p++;
-					switch (*p) {
-					case 'n':
-						val[vlen++] = '\n';
-						break;
-					case 't':
-						val[vlen++] = '\t';
-						break;
-					case 'r':
-						val[vlen++] = '\r';
-						break;
-					default:
-						val[vlen++] = *p;
-					}
-					p++;
-					continue;
-				}
-				val[vlen++] = *p++;
-			}
-			why = "unterminated quoted value";
-			if (p == end)
-				goto bad_line;
-			p++;
-			while (
-			    p < end && (*p == ' ' || *p == '\t' || *p == '\r'))
-				p++;
-			why = "text after the closing quote";
-			if (p < end && *p != '\n' && *p != '#')
-				goto bad_line;
-		} else {
-			while (p < end && *p != '\n') {
-				if (*p == '#' && vlen > 0 &&
-				    (val[vlen - 1] == ' ' ||
-					val[vlen - 1] == '\t'))
-					break;
-				val[vlen++] = *p++;
-			}
-			while (vlen > 0 &&
-			    (val[vlen - 1] == ' ' || val[vlen - 1] == '\t' ||
-				val[vlen - 1] == '\r'))
-				vlen--;
-		}
-		val[vlen] = '\0';
-		{
-			char key[128];
-			size_t kl = (size_t)(k1 - k0);
-
-			why = "key longer than 127 characters";
-			if (kl >= sizeof(key))
-				goto bad_line;
-			memcpy(key, k0, kl);
-			key[kl] = '\0';
-			if (cb(arg, key, val) != 0)
-				break;
-		}
-		goto skip_line;
-	bad_line:
-		if (nbad++ == 0 && errlen > 0)
-			snprintf(err, errlen, "line %d: %s", start, why);
-	skip_line:
-		while (p < end && *p != '\n')
-			p++;
-		if (p < end) {
-			p++;
-			line++;
-		}
-	}
-	free(val);
-	return nbad;
 }

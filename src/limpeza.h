@@ -104,12 +104,8 @@ int config_format_duration(long long, char *, size_t);
 void config_print_help(FILE *);
 void config_print_man(FILE *);
 void config_print(const struct config *, FILE *);
-int config_mask_url(const char *, char *, size_t);
-int config_mask_http(const char *, int, char *, size_t);
-int dotenv_parse(const char *, size_t,
-    int (*)(void *, const char *, const char *), void *, char *, size_t);
-void config_reap_message(const struct config *, enum reap_kind, char *, size_t);
-void config_banner_ttl(const struct config *, char *, size_t);
+void config_warn(struct config *, const char *, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /* log.c */
 enum log_event {
@@ -204,6 +200,8 @@ int log_format_line(char *, size_t, enum log_level, enum log_event,
 void log_stderr_only(enum log_level, enum log_format, enum lang);
 void fatal(const char *, ...) __attribute__((format(printf, 1, 2), noreturn));
 void fatalx_oom(void) __attribute__((noreturn));
+void log_reap_message(const struct config *, enum reap_kind, char *, size_t);
+void log_banner_ttl(const struct config *, char *, size_t);
 
 /* text.c */
 /* Room for any path (PATH_MAX bytes, each shown as \xNN at worst). */

@@ -1,5 +1,6 @@
 /* log.c: every log line, pt/en text or JSON, to the file and stderr. */
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -356,6 +357,85 @@ static const struct {
 	{ STEP_FORCE, "limpeza forçada", "forced cleanup", "force" },
 };
 #define NSTEPS (sizeof(step_names) / sizeof(step_names[0]))
+
+/* Words for a TTL in a job's error message: "3 minutos", "90 seconds". */
+static void
+duration_words(long long ms, enum lang lang, char *buf, size_t len)
+{
+	long long n;
+	const char *unit;
+
+	if (ms % (60 * MS_PER_S) == 0) {
+		n = ms / (60 * MS_PER_S);
+		unit = lang == LANG_PT ? (n == 1 ? "minuto" : "minutos")
+				       : (n == 1 ? "minute" : "minutes");
+	} else if (ms % MS_PER_S == 0) {
+		n = ms / MS_PER_S;
+		unit = lang == LANG_PT ? (n == 1 ? "segundo" : "segundos")
+				       : (n == 1 ? "second" : "seconds");
+	} else {
+		n = ms;
+		unit = "ms";
+	}
+	snprintf(buf, len, "%lld %s", n, unit);
+}
+
+/*
+ * The running TTL as the start-up banner names it: "3 Minutos" (the
+ * seed's "Sistema de Limpeza 3 Minutos"), "20 Segundos"; "3-Minute".
+ */
+void
+log_banner_ttl(const struct config *cfg, char *buf, size_t len)
+{
+	long long ms = cfg->running_ttl;
+
+	size_t sp;
+
+	if (cfg->lang == LANG_PT) {
+		duration_words(ms, LANG_PT, buf, len);
+		sp = strcspn(buf, " ");
+		if (ms % MS_PER_S == 0 && buf[sp] == ' ')
+			buf[sp + 1] = (char)toupper((unsigned char)buf[sp + 1]);
+	} else if (ms % (60 * MS_PER_S) == 0)
+		snprintf(buf, len, "%lld-Minute", ms / (60 * MS_PER_S));
+	else if (ms % MS_PER_S == 0)
+		snprintf(buf, len, "%lld-Second", ms / MS_PER_S);
+	else
+		snprintf(buf, len, "%lld-ms", ms);
+}
+
+/* The error message written to a reaped job; the TTL follows the settings. */
+void
+log_reap_message(
+    const struct config *cfg, enum reap_kind kind, char *buf, size_t len)
+{
+	char words[64];
+	int pt = cfg->lang == LANG_PT;
+
+	switch (kind) {
+	case REAP_RUNNING:
+		duration_words(cfg->running_ttl, (enum lang)cfg->lang, words,
+		    sizeof(words));
+		snprintf(buf, len,
+		    pt ? "Job órfão - mais de %s"
+		       : "Orphan job - no progress for more than %s",
+		    words);
+		break;
+	case REAP_QUEUED:
+		duration_words(cfg->queued_ttl, (enum lang)cfg->lang, words,
+		    sizeof(words));
+		snprintf(buf, len,
+		    pt ? "Job queued expirado - mais de %s"
+		       : "Queued job expired - more than %s",
+		    words);
+		break;
+	case REAP_FORCED:
+		snprintf(buf, len, "%s",
+		    pt ? "Limpeza forçada - excesso de jobs ativos"
+		       : "Forced cleanup - too many active jobs");
+		break;
+	}
+}
 
 /* The alert thread logs too: one line at a time, and no reopen meanwhile. */
 static pthread_mutex_t log_mu = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "limpeza.h"
+#include "mask.h"
 
 enum command { CMD_RUN, CMD_ONCE, CMD_CHECK, CMD_STATS };
 
@@ -107,7 +108,7 @@ shown_arg(const char *a, char *buf, size_t len)
 		if (strchr(a, '=') != NULL)
 			snprintf(buf + strlen(buf), len - strlen(buf), "=...");
 	} else
-		config_mask_url(a, buf, len);
+		mask_dburl(a, buf, len);
 	return buf;
 }
 
@@ -119,9 +120,9 @@ log_startup(const struct config *cfg)
 
 	config_format_duration(cfg->running_ttl, rt, sizeof(rt));
 	config_format_duration(cfg->interval, iv, sizeof(iv));
-	config_mask_url(cfg->database_url, db, sizeof(db));
-	config_mask_http(cfg->health_url, 1, api, sizeof(api));
-	config_banner_ttl(cfg, words, sizeof(words));
+	mask_dburl(cfg->database_url, db, sizeof(db));
+	mask_http(cfg->health_url, 1, api, sizeof(api));
+	log_banner_ttl(cfg, words, sizeof(words));
 	log_event(LVL_INFO, EV_START, words);
 	log_event(LVL_INFO, EV_CONFIG, rt, iv);
 	log_event(LVL_INFO, EV_CONFIG_DETAIL,

@@ -826,7 +826,7 @@ end_rows(struct store_pg *p, const char *status, const char *cond,
 	PGresult *res;
 	int r;
 
-	config_reap_message(cfg, kind, msg, sizeof(msg));
+	log_reap_message(cfg, kind, msg, sizeof(msg));
 	snprintf(age, sizeof(age), "%lld milliseconds", age_ms);
 	snprintf(where, sizeof(where), "%s = $1 AND %s", p->status, cond);
 	if (req->dry_run) {
@@ -913,8 +913,8 @@ end_stale_rows(
 	struct by_address q = { look, stale, stale_t, set, ret, 5 };
 	int r;
 
-	config_reap_message(cfg, REAP_RUNNING, mr, sizeof(mr));
-	config_reap_message(cfg, REAP_QUEUED, mq, sizeof(mq));
+	log_reap_message(cfg, REAP_RUNNING, mr, sizeof(mr));
+	log_reap_message(cfg, REAP_QUEUED, mq, sizeof(mq));
 	snprintf(rt, sizeof(rt), "%lld milliseconds", cfg->running_ttl);
 	snprintf(qt, sizeof(qt), "%lld milliseconds", cfg->queued_ttl);
 	/* '-infinity' is no age (PostgreSQL takes it in any timestamp). */

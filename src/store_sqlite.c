@@ -124,7 +124,7 @@ end_rows(struct store_sqlite *q, const char *status, const char *cond,
 	long batch_rows;
 	int rc;
 
-	config_reap_message(cfg, kind, msg, sizeof(msg));
+	log_reap_message(cfg, kind, msg, sizeof(msg));
 	if (dry_run)
 		snprintf(sql, sizeof(sql),
 		    "SELECT %s, " SQL_AGE " FROM %s WHERE %s = ?3 AND (%s)",

@@ -2,6 +2,7 @@
 
 #include <ctype.h>
 
+#include "dotenv.h"
 #include "fuzz.h"
 
 static int

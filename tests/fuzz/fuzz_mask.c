@@ -5,6 +5,7 @@
 #include <libpq-fe.h>
 
 #include "fuzz.h"
+#include "mask.h"
 
 /*
  * The oracle is libpq's own parser (PQconninfoParse), not the masker's
@@ -258,13 +259,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		build(&s2, shape, &f, OTHER);
 		o1 = parse(s1.s);
 	}
-	config_mask_url(s1.s, m1, sizeof(m1));
+	mask_dburl(s1.s, m1, sizeof(m1));
 	pw = password(o1);
 	if (pw != NULL && *pw != '\0' && s2.s != NULL &&
 	    (o2 = parse(s2.s)) != NULL && password(o2) != NULL &&
 	    strcmp(password(o2), OTHER) == 0 && same_but_password(o1, o2) &&
-	    config_mask_url(s1.s, m1, sizeof(m1)) == 0 &&
-	    config_mask_url(s2.s, m2, sizeof(m2)) == 0) {
+	    mask_dburl(s1.s, m1, sizeof(m1)) == 0 &&
+	    mask_dburl(s2.s, m2, sizeof(m2)) == 0) {
 		/* Or only the scheme, where a person would read the password
 		 * otherwise than libpq: nothing of it either. */
 		if (strcmp(m1, m2) != 0 && !scheme_only(m1, s1.s))

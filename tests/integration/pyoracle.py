@@ -14,7 +14,7 @@ from datetime import datetime
 from json import decoder as _decoder
 
 RUNNING_TTL, QUEUED_TTL = 180.0, 120.0
-MESSAGES = {  # config.c's default Portuguese messages, as SPEC §1.2 words them
+MESSAGES = {  # log.c's default Portuguese messages, as SPEC §1.2 words them
     "running": "Job órfão - mais de 3 minutos",
     "queued": "Job queued expirado - mais de 2 minutos",
     "forced": "Limpeza forçada - excesso de jobs ativos",

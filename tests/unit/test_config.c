@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "mask.h"
 
 static void
 clear_env(void)
@@ -414,7 +415,7 @@ masks_to(const char *url, const char *want)
 {
 	char b[512];
 
-	config_mask_url(url, b, sizeof(b));
+	mask_dburl(url, b, sizeof(b));
 	assert_string_equal(b, want);
 }
 
@@ -439,8 +440,8 @@ test_mask_url(void **state)
 	masks_to("postgresql://u:sem;i:co#l@h/db", "postgresql://u:***@h/db");
 	masks_to("postgresql://u:p%23ss@h/db", "postgresql://u:***@h/db");
 	/* a password parameter, and one given twice */
-	config_mask_url("postgres://h/db?user=u&password=z%26z&x=1&password=y",
-	    b, sizeof(b));
+	mask_dburl("postgres://h/db?user=u&password=z%26z&x=1&password=y", b,
+	    sizeof(b));
 	assert_null(strstr(b, "z"));
 	assert_null(strstr(b, "y"));
 	assert_non_null(strstr(b, "password=***"));
@@ -452,7 +453,7 @@ test_mask_url(void **state)
 	masks_to(
 	    "host=h password=a\\ bcd user=u", "user=u password=*** host=h");
 	/* found by fuzz_mask: a URL-like text after a password= parameter */
-	config_mask_url("host=h password=sehBnn x://e:y@h", b, sizeof(b));
+	mask_dburl("host=h password=sehBnn x://e:y@h", b, sizeof(b));
 	assert_null(strstr(b, "sehBnn"));
 	masks_to("sqlite:///demo/jobs.db", "sqlite:///demo/jobs.db");
 	/* what libpq rejects is masked from its first possible password on */
@@ -485,13 +486,12 @@ test_mask_url(void **state)
 	masks_to("postgresql://::c@/?password=Zx0Q9&", "postgresql://:***@");
 	masks_to("sqlite://app:SecretXY@h/db", "sqlite://app:***@h/db");
 	/* http URLs: the user's password, and a webhook's secret path */
-	config_mask_http(
-	    "http://admin:HealthPw9@h:8/api/health", 1, b, sizeof(b));
+	mask_http("http://admin:HealthPw9@h:8/api/health", 1, b, sizeof(b));
 	assert_string_equal(b, "http://admin:***@h:8/api/health");
-	config_mask_http(
+	mask_http(
 	    "https://hooks.slack.com/services/T0/B0/XXXX", 0, b, sizeof(b));
 	assert_string_equal(b, "https://hooks.slack.com/...");
-	config_mask_http("https://h/api/health", 1, b, sizeof(b));
+	mask_http("https://h/api/health", 1, b, sizeof(b));
 	assert_string_equal(b, "https://h/api/health");
 }
 
@@ -533,15 +533,15 @@ test_reap_messages(void **state)
 	(void)state;
 	clear_env();
 	assert_int_equal(load(&cfg, opts, err, sizeof(err)), 0);
-	config_reap_message(&cfg, REAP_RUNNING, m, sizeof(m));
+	log_reap_message(&cfg, REAP_RUNNING, m, sizeof(m));
 	assert_string_equal(m, "Job órfão - mais de 3 minutos");
-	config_reap_message(&cfg, REAP_QUEUED, m, sizeof(m));
+	log_reap_message(&cfg, REAP_QUEUED, m, sizeof(m));
 	assert_string_equal(m, "Job queued expirado - mais de 90 segundos");
-	config_reap_message(&cfg, REAP_FORCED, m, sizeof(m));
+	log_reap_message(&cfg, REAP_FORCED, m, sizeof(m));
 	assert_string_equal(m, "Limpeza forçada - excesso de jobs ativos");
 	config_free(&cfg);
 	assert_int_equal(load(&cfg, en, err, sizeof(err)), 0);
-	config_reap_message(&cfg, REAP_RUNNING, m, sizeof(m));
+	log_reap_message(&cfg, REAP_RUNNING, m, sizeof(m));
 	assert_string_equal(
 	    m, "Orphan job - no progress for more than 1 minute");
 	config_free(&cfg);

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "clock.h"
+#include "dotenv.h"
 
 struct kv {
 	char keys[16][64];
