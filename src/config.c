@@ -72,7 +72,8 @@ static const struct setting settings[] = {
 	    "skipped; empty: none (--env-file FILE adds one)" },
 	{ "LIMPEZA_CACHE_FILE", "cache-file", T_PATH,
 	    "/tmp/desfollow_jobs.json", OFF(cache_file), NULL, 0, 0,
-	    "the API's JSON job cache; empty disables the cache step" },
+	    "the API's JSON job cache, a file name of at most 174 bytes; empty "
+	    "disables the cache step" },
 	{ "LIMPEZA_HEALTH_URL", "health-url", T_HTTPURL,
 	    "http://api.desfollow.com.br/api/health", OFF(health_url), NULL, 0,
 	    0,
@@ -417,6 +418,15 @@ has_control(const char *s)
 	return 0;
 }
 
+/* Where the last part of path starts. */
+static size_t
+path_base_at(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+
+	return slash == NULL ? 0 : (size_t)(slash - path) + 1;
+}
+
 static int
 bad(char *err, size_t errlen, const struct setting *s, const char *from,
     const char *value, const char *accepted)
@@ -602,6 +612,20 @@ setting_apply(struct config *cfg, const struct setting *s, const char *value,
 		}
 		break;
 	case T_PATH:
+		/* A longer name could be read and checked but never
+		 * rewritten: say so now, not at the first stale job. */
+		if (s->off == OFF(cache_file) &&
+		    strlen(value) - path_base_at(value) > SAFEFILE_NAME_MAX) {
+			char want[128];
+
+			snprintf(want, sizeof(want),
+			    "a file name (after the last '/') of at most %d "
+			    "bytes: limpeza's temporary file beside it takes "
+			    "%d more",
+			    SAFEFILE_NAME_MAX, 255 - SAFEFILE_NAME_MAX);
+			return bad(err, errlen, s, from, value, want);
+		}
+		break;
 	case T_PATHLIST:
 		break;
 	}

@@ -235,6 +235,12 @@ struct safefile_out {
 	struct safefile_piece *p;
 	size_t n, cap;
 };
+/*
+ * The longest cache file name: limpeza's temporary file beside it,
+ * .NAME.limpeza-XXXXXX.<64 hex digits>, is 81 bytes longer, and a name
+ * has at most 255 (NAME_MAX).
+ */
+#define SAFEFILE_NAME_MAX (255 - 81)
 int safefile_open(const char *, int *, struct stat *, char *, size_t);
 int safefile_same_version(const struct stat *, const struct stat *);
 int safefile_settling(int, const struct stat *);

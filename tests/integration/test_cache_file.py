@@ -805,3 +805,33 @@ def test_no_file_stops_the_daemon(env, daemons, action):
         else:
             assert jobs[gone]["status"] == "error" and "error" in jobs[gone], what
     assert d.stop() == 0
+
+
+@pytest.mark.parametrize("length", [174, 175, 235])
+def test_a_cache_file_name_limpeza_cannot_write_beside_is_refused(env, length):
+    """limpeza writes the new version beside the file, under a name 81
+    bytes longer (NAME_MAX is 255). A longer name could be read and
+    checked but never rewritten: every stale job would stay while `check`
+    passed. The longest name that works is used to the end; one byte more
+    is refused at start-up, by every command, naming the setting, and the
+    file is left as it is."""
+    path = os.path.join(env.tmp, "j" * (length - 5) + ".json")
+    text = json.dumps({"stale": {"status": "queued", "created_at": 1e9},
+                       "keep": {"status": "done"}})
+    with open(path, "w") as f:
+        f.write(text)
+    for cmd in ("check", "once"):
+        p = env.run(cmd, DATABASE_URL=None, LIMPEZA_CACHE_FILE=path)
+        if length <= 174:
+            assert p.returncode == 0, p.stderr
+            continue
+        assert p.returncode != 0
+        line = [x for x in p.stderr.splitlines() if "LIMPEZA_CACHE_FILE" in x]
+        assert len(line) == 1, p.stderr
+        assert "at most 174 bytes" in line[0], line[0]
+        with open(path) as f:
+            assert f.read() == text
+    if length <= 174:
+        with open(path) as f:
+            assert json.load(f) == {"keep": {"status": "done"}}
+        assert [n for n in os.listdir(env.tmp) if ".limpeza-" in n] == []
