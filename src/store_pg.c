@@ -10,9 +10,9 @@
 #include "store.h"
 
 /*
- * limpeza's own deadline for a connection: libpq's connect_timeout bounds
+ * limpeza's own bound on a connection: libpq's connect_timeout bounds
  * only its blocking connect, and a URL's connect_timeout=0 makes that
- * wait for ever.
+ * wait for ever. A shorter connect_timeout is honoured (connect_ms()).
  */
 #define CONNECT_TIMEOUT_MS (10 * MS_PER_S)
 #define STATEMENT_TIMEOUT "30s"
@@ -57,9 +57,31 @@ struct store_pg {
 	char libpq_err[256];
 	long long next_try;
 	long long backoff;
+	long long connect_ms; /* a connection's bound (connect_timeout) */
 	char table[160];
 	char id[80], status[80], updated[80], created[80], error[80];
 };
+
+/*
+ * How long a connection may take by the URL's connect_timeout, as libpq
+ * reads it (at least 2 s; 0 or less for ever), and never more than
+ * CONNECT_TIMEOUT_MS. It bounds the whole connect, every host included.
+ */
+static long long
+connect_ms(const char *val)
+{
+	char *end;
+	long v;
+
+	if (val == NULL)
+		return CONNECT_TIMEOUT_MS;
+	errno = 0;
+	v = strtol(val, &end, 10);
+	if (errno != 0 || end == val || v <= 0 ||
+	    v >= CONNECT_TIMEOUT_MS / MS_PER_S)
+		return CONNECT_TIMEOUT_MS;
+	return (v < 2 ? 2 : v) * (long long)MS_PER_S;
+}
 
 static struct store *
 pg_open(const struct config *cfg)
@@ -70,6 +92,7 @@ pg_open(const struct config *cfg)
 	if (p == NULL)
 		return NULL;
 	p->backoff = BACKOFF_MIN_MS;
+	p->connect_ms = CONNECT_TIMEOUT_MS;
 	/* config.c allows plain identifiers only: quoting is all it takes. */
 	store_quote_table(cfg->table, p->table, sizeof(p->table));
 	snprintf(p->id, sizeof(p->id), "\"%s\"", cfg->id_column);
@@ -90,6 +113,8 @@ pg_open(const struct config *cfg)
 		if (strcmp(o->keyword, "password") == 0 && o->val != NULL &&
 		    *o->val != '\0')
 			p->password = strdup(o->val);
+		else if (strcmp(o->keyword, "connect_timeout") == 0)
+			p->connect_ms = connect_ms(o->val);
 	PQconninfoFree(opts);
 	return &p->s;
 }
@@ -361,8 +386,8 @@ pg_exec(struct store_pg *p, const char *sql, int n, const char *const *vals)
 }
 
 /*
- * Connects if needed, not before the backoff allows, within
- * CONNECT_TIMEOUT_MS whatever the URL says (libpq's steps driven by
+ * Connects if needed, not before the backoff allows, within the
+ * URL's connect_timeout up to CONNECT_TIMEOUT_MS (p->connect_ms) (libpq's steps driven by
  * PQconnectPoll()), and leaves the connection non-blocking.
  */
 static int
@@ -384,7 +409,7 @@ pg_connect(struct store_pg *p)
 	/* Within the backoff, the last reason stands in s.err. */
 	if (now < p->next_try)
 		return -1;
-	deadline = cycle_cap(p, CONNECT_TIMEOUT_MS);
+	deadline = cycle_cap(p, p->connect_ms);
 	if ((p->conn = PQconnectStartParams(kw, val, 1)) == NULL)
 		fatalx_oom();
 	/* Before the first PQconnectPoll(), libpq waits to write. */
@@ -403,7 +428,7 @@ pg_connect(struct store_pg *p)
 			store_err(&p->s,
 			    "cannot connect: no answer from the database "
 			    "within %llds",
-			    CONNECT_TIMEOUT_MS / MS_PER_S);
+			    p->connect_ms / MS_PER_S);
 			pg_failed_connection(p);
 			return -1;
 		}
