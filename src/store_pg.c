@@ -386,9 +386,9 @@ pg_exec(struct store_pg *p, const char *sql, int n, const char *const *vals)
 }
 
 /*
- * Connects if needed, not before the backoff allows, within the
- * URL's connect_timeout up to CONNECT_TIMEOUT_MS (p->connect_ms) (libpq's steps driven by
- * PQconnectPoll()), and leaves the connection non-blocking.
+ * Connects if needed, not before the backoff allows, within the URL's
+ * connect_timeout up to CONNECT_TIMEOUT_MS (p->connect_ms; libpq's steps
+ * driven by PQconnectPoll()), and leaves the connection non-blocking.
  */
 static int
 pg_connect(struct store_pg *p)
