@@ -1110,8 +1110,11 @@ cache_reap(struct cache *c, const struct config *cfg, struct store *store,
 		memset(res, 0, sizeof(*res));
 		res->oldest_s = -1;
 		r = cache_pass(c, cfg, store, force, dry_run, res);
-		/* Retention's look-up failed: the pass did the rest. */
-		if (r == 0 && res->lookup_failed)
+		/*
+		 * Retention's look-up failed: the pass did the rest. One
+		 * abandoned for a stop is no failure: the cycle ends stopped.
+		 */
+		if (r == 0 && res->lookup_failed && !store->stopped)
 			return -1;
 		if (r != 1)
 			return r;
