@@ -467,9 +467,10 @@ first_sight(const struct cache *c, const struct config *cfg,
  * bounded chunks), whose answers decide takes as they are: a row finished
  * for how long by the database's clock, or no row, or a row still active.
  * A store that cannot answer leaves every answer "not known", so nothing
- * leaves the file for retention, and that is said once until it answers.
+ * leaves the file for retention, and that is said once until it answers;
+ * the step has failed all the same (-1).
  */
-static void
+static int
 lookup_rows(struct cache *c, struct store *st, struct scan *s)
 {
 	struct store_row *rows;
@@ -479,7 +480,7 @@ lookup_rows(struct cache *c, struct store *st, struct scan *s)
 		if (!s->m[i].superseded && job_finished(s->m[i].job.state))
 			n++;
 	if (n == 0)
-		return;
+		return 0;
 	if ((rows = calloc(n, sizeof(*rows))) == NULL)
 		fatalx_oom();
 	for (i = 0, k = 0; i < s->n; i++)
@@ -493,7 +494,7 @@ lookup_rows(struct cache *c, struct store *st, struct scan *s)
 			    st->ops->name, st->err);
 		c->retention_down = 1;
 		free(rows);
-		return;
+		return -1;
 	}
 	c->retention_down = 0;
 	for (i = 0, k = 0; i < s->n; i++)
@@ -502,6 +503,7 @@ lookup_rows(struct cache *c, struct store *st, struct scan *s)
 			s->m[i].row_age = rows[k++].age_s;
 		}
 	free(rows);
+	return 0;
 }
 
 /*
@@ -1042,8 +1044,9 @@ cache_pass(struct cache *c, const struct config *cfg, struct store *store,
 	 * the commit do: one short read-only statement per chunk of ids.
 	 */
 	policy_init(&pol, cfg, force, mode);
-	if (pol.retention > 0 && mode == RETENTION_ROWS && store != NULL)
-		lookup_rows(c, store, &s);
+	if (pol.retention > 0 && mode == RETENTION_ROWS && store != NULL &&
+	    lookup_rows(c, store, &s) == -1)
+		res->lookup_failed = 1;
 
 	/* Decide. */
 	if ((seen = json_object()) == NULL)
@@ -1075,8 +1078,11 @@ cache_pass(struct cache *c, const struct config *cfg, struct store *store,
 	seen = NULL;
 	json_decref(c->active_ids);
 	c->active_ids = kept_active(&s);
-	/* A dry run leaves its reapable jobs in place: read it again. */
-	c->known = !force && !(dry_run && changes > 0);
+	/*
+	 * A dry run leaves its reapable jobs in place, and a failed look-up
+	 * its finished ones unasked: read it again.
+	 */
+	c->known = !force && !(dry_run && changes > 0) && !res->lookup_failed;
 	c->last = *version;
 	c->next_due = next_due;
 	c->active = res->active;
@@ -1127,6 +1133,12 @@ cache_reap(struct cache *c, const struct config *cfg, struct store *store,
 		memset(res, 0, sizeof(*res));
 		res->oldest_s = -1;
 		r = cache_pass(c, cfg, store, force, dry_run, res);
+		/*
+		 * Retention's look-up failed: the pass did the rest. One
+		 * abandoned for a stop is no failure: the cycle ends stopped.
+		 */
+		if (r == 0 && res->lookup_failed && !store->stopped)
+			return -1;
 		if (r != 1)
 			return r;
 		log_event(LVL_DEBUG, EV_CACHE_CHANGED, cfg->cache_file);

@@ -83,6 +83,12 @@ check_cache(const struct config *cfg, struct store *store)
 	c = cache_new();
 	rc = cache_reap(c, cfg, store, 0, 1, &cr);
 	cache_free(c);
+	if (cr.lookup_failed) {
+		printf("FAIL: cache file %s: retention cannot ask the database "
+		       "about its %ld finished jobs: %s\n",
+		    cfg->cache_file, cr.finished, store->err);
+		return -1;
+	}
 	if (rc == -1) {
 		printf("FAIL: cache file %s cannot be cleaned (see the error "
 		       "above)\n",
@@ -219,7 +225,8 @@ cmd_stats(struct config *cfg, int as_json, int health)
 	else if (cache_reap(c, cfg, s, 0, 1, &cr) == -1) {
 		ca = json_pack_ex(&e2, 0, "{s:o, s:s}", "path",
 		    text_json(cfg->cache_file), "error",
-		    "cannot read the cache file");
+		    cr.lookup_failed ? "retention cannot ask the database"
+				     : "cannot read the cache file");
 		failed = 1;
 	} else
 		ca = json_pack_ex(&e2, 0,

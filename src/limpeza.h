@@ -269,6 +269,7 @@ struct cache_result {
 	long retired_marked; /* of those, limpeza's own marks without a row */
 	off_t size; /* the file's size after the pass */
 	int rewritten;
+	int lookup_failed; /* retention's look-up in the store failed */
 };
 struct cache_policy {
 	double running_ttl;

@@ -99,3 +99,24 @@ stats_add_active(const struct config *cfg, struct store_stats *st,
 	else if (status != NULL && strcmp(status, cfg->queued_status) == 0)
 		st->oldest_queued_s = oldest_s;
 }
+
+/*
+ * `limpeza check`'s line about the active rows with neither an updated
+ * nor a created time, which are never reaped (SPEC §1.2).
+ */
+void
+store_check_ageless(const struct config *cfg, FILE *out, long n)
+{
+	if (n == 0)
+		fprintf(out,
+		    "ok: every %s or %s row has %s or %s (none is "
+		    "ageless)\n",
+		    cfg->running_status, cfg->queued_status,
+		    cfg->updated_column, cfg->created_column);
+	else
+		fprintf(out,
+		    "warning: %ld %s or %s rows have neither %s nor %s: "
+		    "they have no age and are never reaped\n",
+		    n, cfg->running_status, cfg->queued_status,
+		    cfg->updated_column, cfg->created_column);
+}

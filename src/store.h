@@ -132,6 +132,7 @@ void store_err(struct store *, const char *, ...)
 int store_quote_table(const char *, char *, size_t);
 void stats_add_active(
     const struct config *, struct store_stats *, const char *, long, double);
+void store_check_ageless(const struct config *, FILE *, long);
 
 /* store_sqlite.c */
 extern const struct store_ops store_sqlite_ops;

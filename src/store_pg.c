@@ -10,9 +10,9 @@
 #include "store.h"
 
 /*
- * limpeza's own deadline for a connection: libpq's connect_timeout bounds
+ * limpeza's own bound on a connection: libpq's connect_timeout bounds
  * only its blocking connect, and a URL's connect_timeout=0 makes that
- * wait for ever.
+ * wait for ever. A shorter connect_timeout is honoured (connect_ms()).
  */
 #define CONNECT_TIMEOUT_MS (10 * MS_PER_S)
 #define STATEMENT_TIMEOUT "30s"
@@ -57,9 +57,33 @@ struct store_pg {
 	char libpq_err[256];
 	long long next_try;
 	long long backoff;
+	long long connect_ms; /* a connection's bound (connect_timeout) */
 	char table[160];
 	char id[80], status[80], updated[80], created[80], error[80];
+	/* The id column's type for retention (enum id_kind), per connection. */
+	int id_kind;
 };
+
+/*
+ * How long a connection may take by the URL's connect_timeout, as libpq
+ * reads it (at least 2 s; 0 or less for ever), and never more than
+ * CONNECT_TIMEOUT_MS. It bounds the whole connect, every host included.
+ */
+static long long
+connect_ms(const char *val)
+{
+	char *end;
+	long v;
+
+	if (val == NULL)
+		return CONNECT_TIMEOUT_MS;
+	errno = 0;
+	v = strtol(val, &end, 10);
+	if (errno != 0 || end == val || v <= 0 ||
+	    v >= CONNECT_TIMEOUT_MS / MS_PER_S)
+		return CONNECT_TIMEOUT_MS;
+	return (v < 2 ? 2 : v) * (long long)MS_PER_S;
+}
 
 static struct store *
 pg_open(const struct config *cfg)
@@ -70,6 +94,7 @@ pg_open(const struct config *cfg)
 	if (p == NULL)
 		return NULL;
 	p->backoff = BACKOFF_MIN_MS;
+	p->connect_ms = CONNECT_TIMEOUT_MS;
 	/* config.c allows plain identifiers only: quoting is all it takes. */
 	store_quote_table(cfg->table, p->table, sizeof(p->table));
 	snprintf(p->id, sizeof(p->id), "\"%s\"", cfg->id_column);
@@ -90,6 +115,8 @@ pg_open(const struct config *cfg)
 		if (strcmp(o->keyword, "password") == 0 && o->val != NULL &&
 		    *o->val != '\0')
 			p->password = strdup(o->val);
+		else if (strcmp(o->keyword, "connect_timeout") == 0)
+			p->connect_ms = connect_ms(o->val);
 	PQconninfoFree(opts);
 	return &p->s;
 }
@@ -99,6 +126,7 @@ pg_disconnect(struct store_pg *p)
 {
 	PQfinish(p->conn);
 	p->conn = NULL;
+	p->id_kind = 0;
 }
 
 static void
@@ -361,9 +389,9 @@ pg_exec(struct store_pg *p, const char *sql, int n, const char *const *vals)
 }
 
 /*
- * Connects if needed, not before the backoff allows, within
- * CONNECT_TIMEOUT_MS whatever the URL says (libpq's steps driven by
- * PQconnectPoll()), and leaves the connection non-blocking.
+ * Connects if needed, not before the backoff allows, within the URL's
+ * connect_timeout up to CONNECT_TIMEOUT_MS (p->connect_ms; libpq's steps
+ * driven by PQconnectPoll()), and leaves the connection non-blocking.
  */
 static int
 pg_connect(struct store_pg *p)
@@ -384,7 +412,7 @@ pg_connect(struct store_pg *p)
 	/* Within the backoff, the last reason stands in s.err. */
 	if (now < p->next_try)
 		return -1;
-	deadline = cycle_cap(p, CONNECT_TIMEOUT_MS);
+	deadline = cycle_cap(p, p->connect_ms);
 	if ((p->conn = PQconnectStartParams(kw, val, 1)) == NULL)
 		fatalx_oom();
 	/* Before the first PQconnectPoll(), libpq waits to write. */
@@ -403,7 +431,7 @@ pg_connect(struct store_pg *p)
 			store_err(&p->s,
 			    "cannot connect: no answer from the database "
 			    "within %llds",
-			    CONNECT_TIMEOUT_MS / MS_PER_S);
+			    p->connect_ms / MS_PER_S);
 			pg_failed_connection(p);
 			return -1;
 		}
@@ -733,7 +761,7 @@ end_by_address(struct store_pg *p, const struct by_address *q,
     const char **params, int nparams, const struct ending *e)
 {
 	const struct config *cfg = p->s.cfg;
-	char look[2048], sql[3072], limit[32], *tids = NULL;
+	char look[3072], sql[6144], limit[32], *tids = NULL;
 	PGresult *found = NULL;
 	struct stmt lq;
 	long long t0, max_look;
@@ -817,7 +845,7 @@ end_rows(struct store_pg *p, const char *status, const char *cond,
     const struct store_req *req)
 {
 	const struct config *cfg = p->s.cfg;
-	char sql[1024], where[512], recheck[512], set[512], ret[512];
+	char sql[2048], where[1024], recheck[1024], set[512], ret[512];
 	char age[64], msg[256];
 	const char *params[5] = { status, age, NULL, cfg->error_status, msg };
 	struct ending e = { c, kind, status, 0, 1, req };
@@ -858,7 +886,7 @@ static int
 stale_holders(struct store_pg *p, const char *stale, const char **params,
     struct store_counts *c)
 {
-	char sql[2048];
+	char sql[4096];
 	struct stmt q;
 	PGresult *res;
 	int i, n;
@@ -905,8 +933,8 @@ end_stale_rows(
     struct store_pg *p, const struct store_req *req, struct store_counts *c)
 {
 	const struct config *cfg = p->s.cfg;
-	char look[1024], stale[512], stale_t[512], set[512], ret[512];
-	char rt[64], qt[64], mr[256], mq[256];
+	char look[2560], stale[1536], stale_t[1536], set[512], ret[512];
+	char rt[64], qt[64], mr[256], mq[256], at[256], at_t[256];
 	const char *params[8] = { cfg->running_status, rt, cfg->queued_status,
 		qt, NULL, cfg->error_status, mr, mq };
 	struct ending e = { c, REAP_RUNNING, NULL, 1, 2, req };
@@ -917,20 +945,31 @@ end_stale_rows(
 	log_reap_message(cfg, REAP_QUEUED, mq, sizeof(mq));
 	snprintf(rt, sizeof(rt), "%lld milliseconds", cfg->running_ttl);
 	snprintf(qt, sizeof(qt), "%lld milliseconds", cfg->queued_ttl);
-	/* '-infinity' is no age (PostgreSQL takes it in any timestamp). */
+	/*
+	 * A row is aged by its updated time, or by its created time when that
+	 * is NULL; with neither it has no age. '-infinity' is no age either
+	 * (PostgreSQL takes it in any timestamp).
+	 */
+	snprintf(at, sizeof(at), "coalesce(%s, %s)", p->updated, p->created);
+	snprintf(
+	    at_t, sizeof(at_t), "coalesce(t.%s, t.%s)", p->updated, p->created);
 	snprintf(stale, sizeof(stale),
 	    "(isfinite(%s) AND ((%s = $1 AND %s < now() - $2::interval) OR "
 	    "(%s = $3 AND %s < now() - $4::interval)))",
-	    p->updated, p->status, p->updated, p->status, p->updated);
+	    at, p->status, at, p->status, at);
 	snprintf(stale_t, sizeof(stale_t),
-	    "(isfinite(t.%s) AND ((t.%s = $1 AND t.%s < now() - $2::interval) "
-	    "OR (t.%s = $3 AND t.%s < now() - $4::interval)))",
-	    p->updated, p->status, p->updated, p->status, p->updated);
-	/* The bound on the smaller TTL lets the index serve the OR. */
+	    "(isfinite(%s) AND ((t.%s = $1 AND %s < now() - $2::interval) "
+	    "OR (t.%s = $3 AND %s < now() - $4::interval)))",
+	    at_t, p->status, at_t, p->status, at_t);
+	/*
+	 * The bound on the smaller TTL lets the index serve the OR: its
+	 * updated times, and its NULL ones.
+	 */
 	snprintf(look, sizeof(look),
-	    "%s IN ($1, $3) AND %s < now() - least($2::interval, "
-	    "$4::interval) AND %s",
-	    p->status, p->updated, stale);
+	    "%s IN ($1, $3) AND (%s < now() - least($2::interval, "
+	    "$4::interval) OR (%s IS NULL AND %s < now() - least($2::interval, "
+	    "$4::interval))) AND %s",
+	    p->status, p->updated, p->updated, p->created, stale);
 	snprintf(set, sizeof(set),
 	    "%s = $6, %s = CASE WHEN t.%s = $1 THEN $7 ELSE $8 END, %s = now()",
 	    p->status, p->error, p->status, p->updated);
@@ -946,14 +985,16 @@ static int
 pg_reap(struct store *s, const struct store_req *req, struct store_counts *c)
 {
 	struct store_pg *p = (struct store_pg *)s;
-	char cond[256];
+	char cond[768];
 	int r;
 
 	if (!req->dry_run)
 		return end_stale_rows(p, req, c);
+	/* As end_stale_rows() ages rows, the index serving the look. */
 	snprintf(cond, sizeof(cond),
-	    "isfinite(%s) AND %s < now() - $2::interval", p->updated,
-	    p->updated);
+	    "(%s < now() - $2::interval OR (%s IS NULL AND %s < now() - "
+	    "$2::interval)) AND isfinite(coalesce(%s, %s))",
+	    p->updated, p->updated, p->created, p->updated, p->created);
 	r = end_rows(p, s->cfg->running_status, cond, s->cfg->running_ttl,
 	    REAP_RUNNING, c, req);
 	if (r != 1)
@@ -990,7 +1031,7 @@ pg_stats(struct store *s, struct store_stats *out)
 	struct store_pg *p = (struct store_pg *)s;
 	const struct config *cfg = s->cfg;
 	const char *params[] = { cfg->running_status, cfg->queued_status };
-	char by_status[1024], active[1024];
+	char by_status[1024], active[2048];
 	struct stmt q[2] = { { by_status, 0, NULL }, { active, 2, params } };
 	PGresult *res[2];
 	int i;
@@ -1006,9 +1047,11 @@ pg_stats(struct store *s, struct store_stats *out)
 	 * An infinite time is no age: now() minus it fails on PostgreSQL 15.
 	 */
 	snprintf(active, sizeof(active),
-	    "SELECT %s, count(*), extract(epoch FROM now() - min(%s) FILTER "
-	    "(WHERE isfinite(%s))) FROM %s WHERE %s IN ($1, $2) GROUP BY 1",
-	    p->status, p->updated, p->updated, p->table, p->status);
+	    "SELECT %s, count(*), extract(epoch FROM now() - min(coalesce(%s, "
+	    "%s)) FILTER (WHERE isfinite(coalesce(%s, %s)))) FROM %s WHERE %s "
+	    "IN ($1, $2) GROUP BY 1",
+	    p->status, p->updated, p->created, p->updated, p->created, p->table,
+	    p->status);
 	if (pg_read(p, 0, 2, q, res) == -1)
 		return -1;
 	for (i = 0; i < PQntuples(res[0]); i++)
@@ -1032,7 +1075,7 @@ pg_next_due(struct store *s, double *secs)
 {
 	struct store_pg *p = (struct store_pg *)s;
 	const struct config *cfg = s->cfg;
-	char sql[1024], rt[64], qt[64];
+	char sql[3072], rt[64], qt[64];
 	const char *params[] = { cfg->running_status, rt, cfg->queued_status,
 		qt };
 	struct stmt q = { sql, 4, params };
@@ -1041,13 +1084,21 @@ pg_next_due(struct store *s, double *secs)
 
 	snprintf(rt, sizeof(rt), "%lld milliseconds", cfg->running_ttl);
 	snprintf(qt, sizeof(qt), "%lld milliseconds", cfg->queued_ttl);
-	/* Each min() is one step down the index limpeza check recommends. */
+	/*
+	 * Each min() is one step down the index limpeza check recommends;
+	 * rows without an updated time are aged by their created time.
+	 */
 	snprintf(sql, sizeof(sql),
 	    "SELECT extract(epoch FROM least((SELECT min(%s) FROM %s WHERE "
 	    "%s = $1 AND isfinite(%s)) + $2::interval, (SELECT min(%s) FROM %s "
-	    "WHERE %s = $3 AND isfinite(%s)) + $4::interval) - now())",
-	    p->updated, p->table, p->status, p->updated, p->updated, p->table,
-	    p->status, p->updated);
+	    "WHERE %s = $1 AND %s IS NULL AND isfinite(%s)) + $2::interval, "
+	    "(SELECT min(%s) FROM %s WHERE %s = $3 AND isfinite(%s)) + "
+	    "$4::interval, (SELECT min(%s) FROM %s WHERE %s = $3 AND %s IS "
+	    "NULL AND isfinite(%s)) + $4::interval) - now())",
+	    p->updated, p->table, p->status, p->updated, p->created, p->table,
+	    p->status, p->updated, p->created, p->updated, p->table, p->status,
+	    p->updated, p->created, p->table, p->status, p->updated,
+	    p->created);
 	if (pg_read(p, 0, 1, &q, &res) == -1)
 		return -1;
 	found = !PQgetisnull(res, 0, 0);
@@ -1113,6 +1164,117 @@ array_put(struct array *a, const char *id, size_t n)
 }
 
 /*
+ * How retention compares the cache's ids with the id column, by the
+ * column's type: as text on a text or varchar column; as the column's own
+ * type on a uuid or integer one, so that its index serves the look-up, with
+ * each id checked here first (one the type cannot read has no row, and in
+ * the array it would fail the whole statement); and on any other type as
+ * the column's text form, which serves no index but cannot fail.
+ */
+enum id_kind { ID_UNKNOWN, ID_TEXT, ID_UUID, ID_INT, ID_OTHER };
+
+/* The PostgreSQL type oids (pg_type.dat) the look-up compares natively. */
+#define OID_INT8 20
+#define OID_INT2 21
+#define OID_INT4 23
+#define OID_TEXT 25
+#define OID_VARCHAR 1043
+#define OID_UUID 2950
+
+static int
+pg_id_kind(struct store_pg *p)
+{
+	const char *params[] = { p->table, p->s.cfg->id_column };
+	struct stmt q = { "SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype "
+			  "ELSE t.oid END::int8 FROM pg_attribute a JOIN "
+			  "pg_type t ON t.oid = a.atttypid WHERE a.attrelid = "
+			  "$1::regclass AND a.attname = $2 AND a.attnum > 0 "
+			  "AND NOT a.attisdropped",
+		2, params };
+	PGresult *res;
+	long oid;
+
+	if (p->id_kind != ID_UNKNOWN && p->conn != NULL)
+		return 0;
+	if (pg_read(p, 0, 1, &q, &res) != 1)
+		return -1;
+	if (PQntuples(res) != 1) {
+		PQclear(res);
+		store_err(&p->s, "column %s.%s not found", p->s.cfg->table,
+		    p->s.cfg->id_column);
+		return -1;
+	}
+	oid = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+	PQclear(res);
+	if (oid == OID_TEXT || oid == OID_VARCHAR)
+		p->id_kind = ID_TEXT;
+	else if (oid == OID_UUID)
+		p->id_kind = ID_UUID;
+	else if (oid == OID_INT2 || oid == OID_INT4 || oid == OID_INT8)
+		p->id_kind = ID_INT;
+	else
+		p->id_kind = ID_OTHER;
+	return 0;
+}
+
+static int
+hexdigit(char c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') ||
+	    (c >= 'A' && c <= 'F');
+}
+
+/*
+ * Whether PostgreSQL's uuid input reads the id (uuid.c, string_to_uuid):
+ * 32 hex digits, a '-' allowed after any group of four but the last, the
+ * whole optionally in braces.
+ */
+static int
+uuid_ok(const char *id, size_t len)
+{
+	size_t i = 0, d;
+	int braces = len > 0 && id[0] == '{';
+
+	if (braces) {
+		if (id[len - 1] != '}')
+			return 0;
+		i = 1;
+		len--;
+	}
+	for (d = 0; d < 32; d++) {
+		if (i >= len || !hexdigit(id[i]))
+			return 0;
+		i++;
+		if (d % 4 == 3 && d < 31 && i < len && id[i] == '-')
+			i++;
+	}
+	return i == len;
+}
+
+/* An id as a bigint in canonical form, or -1 if it is none. */
+static int
+int_id(const char *id, size_t len, char *buf, size_t bufl)
+{
+	char digits[32], *end;
+	long long v;
+
+	if (len == 0 || len >= sizeof(digits) || memchr(id, '\0', len) != NULL)
+		return -1;
+	memcpy(digits, id, len);
+	digits[len] = '\0';
+	if (!(digits[0] == '-' || digits[0] == '+' ||
+		(digits[0] >= '0' && digits[0] <= '9')))
+		return -1;
+	errno = 0;
+	v = strtoll(digits, &end, 10);
+	if (errno != 0 || *end != '\0' || end == digits ||
+	    !(end[-1] >= '0' && end[-1] <= '9'))
+		return -1;
+	snprintf(buf, bufl, "%lld", v);
+	return 0;
+}
+
+/*
  * Retention's look-up: one read-only statement per chunk of ids, each in
  * a short transaction with the session-free setup (its zone reads naive
  * times), not elected: every host asks about its own cache file. A job's
@@ -1126,37 +1288,58 @@ pg_finished(struct store *s, struct store_row *rows, size_t n)
 	struct store_pg *p = (struct store_pg *)s;
 	const char *params[3] = { NULL, DONE_STATUS, s->cfg->error_status };
 	struct array ids = { NULL, 0, 0 };
-	char sql[1024];
+	char sql[1024], num[32];
 	struct stmt look = { sql, 3, params };
 	size_t i, next, k, cnt, *at;
 	PGresult *found;
-	int j, rc = -1;
+	int j, ok, rc = -1;
 
-	snprintf(sql, sizeof(sql),
-	    "SELECT c.i, bool_and(coalesce(t.%s IN ($2, $3), false) AND "
-	    "coalesce(isfinite(t.%s), false)), extract(epoch FROM now() - "
-	    "max(t.%s) FILTER (WHERE isfinite(t.%s))) FROM "
-	    "unnest($1::text[]) WITH ORDINALITY AS c(id, i) JOIN %s t ON "
-	    "t.%s = c.id GROUP BY c.i",
-	    p->status, p->updated, p->updated, p->updated, p->table, p->id);
-	if ((at = calloc(FINISHED_IDS, sizeof(*at))) == NULL)
-		fatalx_oom();
 	for (i = 0; i < n; i++) {
 		rows[i].state = ROW_NONE;
 		rows[i].age_s = 0;
 	}
+	if (n == 0)
+		return 0;
+	if (pg_id_kind(p) == -1)
+		return -1;
+	snprintf(sql, sizeof(sql),
+	    "SELECT c.i, bool_and(coalesce(t.%s IN ($2, $3), false) AND "
+	    "coalesce(isfinite(t.%s), false)), extract(epoch FROM now() - "
+	    "max(t.%s) FILTER (WHERE isfinite(t.%s))) FROM "
+	    "unnest($1::%s[]) WITH ORDINALITY AS c(id, i) JOIN %s t ON "
+	    "t.%s%s = c.id GROUP BY c.i",
+	    p->status, p->updated, p->updated, p->updated,
+	    p->id_kind == ID_UUID      ? "uuid"
+		: p->id_kind == ID_INT ? "int8"
+				       : "text",
+	    p->table, p->id, p->id_kind == ID_OTHER ? "::text" : "");
+	if ((at = calloc(FINISHED_IDS, sizeof(*at))) == NULL)
+		fatalx_oom();
 	for (next = 0; next < n;) {
 		ids.len = 0;
 		array_reserve(&ids, 2);
 		ids.p[ids.len++] = '{';
 		for (cnt = 0;
 		     next < n && cnt < FINISHED_IDS && ids.len < FINISHED_BYTES;
-		     next++)
-			if (pg_text_ok(rows[next].id, rows[next].idlen)) {
-				array_put(
-				    &ids, rows[next].id, rows[next].idlen);
+		     next++) {
+			const char *id = rows[next].id;
+			size_t len = rows[next].idlen;
+
+			if (p->id_kind == ID_INT) {
+				ok = int_id(id, len, num, sizeof(num)) == 0;
+				if (ok) {
+					id = num;
+					len = strlen(num);
+				}
+			} else if (p->id_kind == ID_UUID)
+				ok = uuid_ok(id, len);
+			else
+				ok = pg_text_ok(id, len);
+			if (ok) {
+				array_put(&ids, id, len);
 				at[cnt++] = next;
 			}
+		}
 		if (cnt == 0)
 			continue;
 		array_reserve(&ids, 2);
@@ -1182,6 +1365,9 @@ pg_finished(struct store *s, struct store_row *rows, size_t n)
 	}
 	rc = 0;
 fail:
+	/* The column's type is read again after a failure: it may change. */
+	if (rc == -1)
+		p->id_kind = ID_UNKNOWN;
 	free(ids.p);
 	free(at);
 	return rc;
@@ -1195,10 +1381,43 @@ is_text_type(const char *t)
 	    strncmp(t, "character", 9) == 0 || strcmp(t, "uuid") == 0;
 }
 
+/* An id column's types: text ones, uuid, or integers (pg_id_kind()). */
+static int
+is_id_type(const char *t)
+{
+	return is_text_type(t) || strcmp(t, "integer") == 0 ||
+	    strcmp(t, "bigint") == 0 || strcmp(t, "smallint") == 0;
+}
+
 static int
 is_time_type(const char *t)
 {
 	return strncmp(t, "timestamp", 9) == 0;
+}
+
+/*
+ * `limpeza check` counts the active rows that have neither an updated nor
+ * a created time: no age, so they are never reaped.
+ */
+static int
+check_ageless(struct store_pg *p, FILE *out)
+{
+	const struct config *cfg = p->s.cfg;
+	const char *params[] = { cfg->running_status, cfg->queued_status };
+	char sql[1024];
+	PGresult *res;
+	long n;
+
+	snprintf(sql, sizeof(sql),
+	    "SELECT count(*) FROM %s WHERE %s IN ($1, $2) AND %s IS NULL AND "
+	    "%s IS NULL",
+	    p->table, p->status, p->updated, p->created);
+	if ((res = pg_exec(p, sql, 2, params)) == NULL)
+		return -1;
+	n = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+	PQclear(res);
+	store_check_ageless(cfg, out, n);
+	return 0;
 }
 
 /*
@@ -1214,7 +1433,7 @@ check_in_tx(struct store_pg *p, void *arg)
 	FILE *out = arg;
 	const char *want[] = { cfg->id_column, cfg->status_column,
 		cfg->updated_column, cfg->created_column, cfg->error_column };
-	const char *kind[] = { "text", "text", "time", "time", "text" };
+	const char *kind[] = { "id", "text", "time", "time", "text" };
 	/* The name as the reaping statements spell it, quotes and all. */
 	const char *params[] = { p->table };
 	PGresult *res;
@@ -1261,13 +1480,15 @@ check_in_tx(struct store_pg *p, void *arg)
 			fprintf(out, "FAIL: column %s.%s not found\n",
 			    cfg->table, want[i]);
 			rc = -1;
-		} else if (strcmp(kind[i], "text") == 0
-			? !is_text_type(tname)
-			: !is_time_type(tname)) {
+		} else if (strcmp(kind[i], "id") == 0  ? !is_id_type(tname)
+			: strcmp(kind[i], "text") == 0 ? !is_text_type(tname)
+						       : !is_time_type(tname)) {
 			fprintf(out, "FAIL: column %s.%s is %s, expected %s\n",
 			    cfg->table, want[i], tname,
-			    strcmp(kind[i], "text") == 0 ? "a text type"
-							 : "a timestamp");
+			    strcmp(kind[i], "id") == 0
+				? "a text, uuid or integer type"
+				: strcmp(kind[i], "text") == 0 ? "a text type"
+							       : "a timestamp");
 			rc = -1;
 		} else
 			fprintf(out, "ok: column %s.%s (%s)\n", cfg->table,
@@ -1279,6 +1500,8 @@ check_in_tx(struct store_pg *p, void *arg)
 		    s, "table %s lacks usable configured columns", cfg->table);
 		return -1;
 	}
+	if (check_ageless(p, out) == -1)
+		return -1;
 
 	/* Key columns of each valid index, in order, and its predicate. */
 	res = pg_exec(p,

@@ -181,8 +181,10 @@ sqlite_reap(struct store *s, const struct store_req *r, struct store_counts *c)
 	struct store_sqlite *q = (struct store_sqlite *)s;
 	char cond[256], mod[64];
 
-	snprintf(cond, sizeof(cond), "julianday(%s) < julianday('now', ?4)",
-	    q->updated);
+	/* Aged by the updated time, or the created one when that is NULL. */
+	snprintf(cond, sizeof(cond),
+	    "julianday(coalesce(%s, %s)) < julianday('now', ?4)", q->updated,
+	    q->created);
 	age_modifier(s->cfg->running_ttl, mod, sizeof(mod));
 	if (end_rows(q, s->cfg->running_status, cond, mod, r->dry_run,
 		REAP_RUNNING, &c->running, r->fn, r->arg) == -1)
@@ -247,9 +249,10 @@ sqlite_stats(struct store *s, struct store_stats *out)
 		goto fail;
 
 	snprintf(sql, sizeof(sql),
-	    "SELECT %s, count(*), max((julianday('now') - julianday(%s)) * "
-	    "86400.0) FROM %s WHERE %s IN (?1, ?2) GROUP BY 1",
-	    q->status, q->updated, q->table, q->status);
+	    "SELECT %s, count(*), max((julianday('now') - "
+	    "julianday(coalesce(%s, "
+	    "%s))) * 86400.0) FROM %s WHERE %s IN (?1, ?2) GROUP BY 1",
+	    q->status, q->updated, q->created, q->table, q->status);
 	if (prepare(q, sql, &st) == -1)
 		return -1;
 	sqlite3_bind_text(st, 1, s->cfg->running_status, -1, SQLITE_STATIC);
@@ -279,9 +282,10 @@ sqlite_next_due(struct store *s, double *secs)
 	int rc, found = 0;
 
 	snprintf(sql, sizeof(sql),
-	    "SELECT (min(julianday(%s, CASE %s WHEN ?1 THEN ?2 ELSE ?3 END)) "
-	    "- julianday('now')) * 86400.0 FROM %s WHERE %s IN (?1, ?4)",
-	    q->updated, q->status, q->table, q->status);
+	    "SELECT (min(julianday(coalesce(%s, %s), CASE %s WHEN ?1 THEN ?2 "
+	    "ELSE ?3 END)) - julianday('now')) * 86400.0 FROM %s WHERE %s IN "
+	    "(?1, ?4)",
+	    q->updated, q->created, q->status, q->table, q->status);
 	if (prepare(q, sql, &st) == -1)
 		return -1;
 	snprintf(rm, sizeof(rm), "+%lld.%03lld seconds",
@@ -353,6 +357,37 @@ sqlite_finished(struct store *s, struct store_row *rows, size_t n)
 	return 0;
 }
 
+/*
+ * `limpeza check` counts the active rows that have neither an updated nor
+ * a created time: no age, so they are never reaped.
+ */
+static int
+check_ageless(struct store_sqlite *q, FILE *out)
+{
+	const struct config *cfg = q->s.cfg;
+	sqlite3_stmt *st = NULL;
+	char sql[1024];
+	long n;
+
+	snprintf(sql, sizeof(sql),
+	    "SELECT count(*) FROM %s WHERE %s IN (?1, ?2) AND %s IS NULL AND "
+	    "%s IS NULL",
+	    q->table, q->status, q->updated, q->created);
+	if (prepare(q, sql, &st) == -1)
+		return -1;
+	sqlite3_bind_text(st, 1, cfg->running_status, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, cfg->queued_status, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) != SQLITE_ROW) {
+		store_err(&q->s, "%s: %s", q->path, sqlite3_errmsg(q->db));
+		sqlite3_finalize(st);
+		return -1;
+	}
+	n = (long)sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	store_check_ageless(cfg, out, n);
+	return 0;
+}
+
 /* Checks that the table and every configured column exist. */
 static int
 sqlite_check(struct store *s, FILE *out)
@@ -405,10 +440,12 @@ sqlite_check(struct store *s, FILE *out)
 		    out, "FAIL: column %s.%s not found\n", cfg->table, want[i]);
 		rc = -1;
 	}
-	if (rc == -1)
+	if (rc == -1) {
 		store_err(
 		    s, "table %s lacks usable configured columns", cfg->table);
-	return rc;
+		return -1;
+	}
+	return check_ageless(q, out);
 }
 
 const struct store_ops store_sqlite_ops = {
