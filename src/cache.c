@@ -445,8 +445,10 @@ first_sight(const struct cache *c, const struct config *cfg,
  * for how long by the database's clock, or no row, or a row still active.
  * A store that cannot answer leaves every answer "not known", so nothing
  * leaves the file for retention, and that is said once until it answers.
+ * A stop during the question is no such failure: the pass is abandoned
+ * (-1), and the cycle names the step it left undone.
  */
-static void
+static int
 lookup_rows(struct cache *c, struct store *st, struct scan *s)
 {
 	struct store_row *rows;
@@ -456,7 +458,7 @@ lookup_rows(struct cache *c, struct store *st, struct scan *s)
 		if (!s->m[i].superseded && job_finished(s->m[i].job.state))
 			n++;
 	if (n == 0)
-		return;
+		return 0;
 	if ((rows = calloc(n, sizeof(*rows))) == NULL)
 		fatalx_oom();
 	for (i = 0, k = 0; i < s->n; i++)
@@ -465,12 +467,14 @@ lookup_rows(struct cache *c, struct store *st, struct scan *s)
 			rows[k++].idlen = s->m[i].idlen;
 		}
 	if (st->ops->finished(st, rows, n) == -1) {
+		free(rows);
+		if (st->stopped)
+			return -1;
 		if (!c->retention_down)
 			log_event(LVL_WARNING, EV_CACHE_RETENTION_DOWN,
 			    st->ops->name, st->err);
 		c->retention_down = 1;
-		free(rows);
-		return;
+		return 0;
 	}
 	c->retention_down = 0;
 	for (i = 0, k = 0; i < s->n; i++)
@@ -479,6 +483,7 @@ lookup_rows(struct cache *c, struct store *st, struct scan *s)
 			s->m[i].row_age = rows[k++].age_s;
 		}
 	free(rows);
+	return 0;
 }
 
 /*
@@ -1019,8 +1024,11 @@ cache_pass(struct cache *c, const struct config *cfg, struct store *store,
 	 * the commit do: one short read-only statement per chunk of ids.
 	 */
 	policy_init(&pol, cfg, force, mode);
-	if (pol.retention > 0 && mode == RETENTION_ROWS && store != NULL)
-		lookup_rows(c, store, &s);
+	if (pol.retention > 0 && mode == RETENTION_ROWS && store != NULL &&
+	    lookup_rows(c, store, &s) == -1) {
+		rc = 0; /* a stop: nothing written, store->stopped tells */
+		goto done;
+	}
 
 	/* Decide. */
 	if ((seen = json_object()) == NULL)

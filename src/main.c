@@ -287,6 +287,7 @@ cmd_once(struct config *cfg, int force, int health)
 	int rc;
 
 	cycle_ask_health(cy, health);
+	stop_pending_hup(1);
 	alert_start(cfg->alert_webhook);
 	rc = cycle_run(cy, force, once_stop_requested);
 	/* One that came during the last step is pending still: take it. */
