@@ -2,8 +2,10 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <libpq-fe.h>
 
@@ -23,6 +25,8 @@
 #define CLIENT_TIMEOUT_MS (35 * MS_PER_S)
 #define BACKOFF_MIN_MS (1 * MS_PER_S)
 #define BACKOFF_MAX_MS (30 * MS_PER_S)
+/* How long a stop waits for the server to take its cancel request. */
+#define CANCEL_WAIT_MS 300
 /* end_batch(): another instance took the leader's lock meanwhile. */
 #define BATCH_LOST (-2)
 /*
@@ -139,23 +143,120 @@ pg_failed_connection(struct store_pg *p)
 }
 
 /*
+ * A cancel request in flight. PQcancel() opens a connection of its own
+ * and waits, without a timeout, until the server closes it (libpq 15 has
+ * no asynchronous cancel): a server that accepts and never answers would
+ * hold a stop for ever. So it runs in a thread of its own, which the stop
+ * waits for at most CANCEL_WAIT_MS; whichever of the two leaves last
+ * frees this.
+ */
+struct cancel {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	PGcancel *cn;
+	int done;
+	int refs;
+};
+
+static void
+cancel_release(struct cancel *k)
+{
+	int last;
+
+	pthread_mutex_lock(&k->mu);
+	last = --k->refs == 0;
+	pthread_mutex_unlock(&k->mu);
+	if (!last)
+		return;
+	PQfreeCancel(k->cn);
+	pthread_cond_destroy(&k->cv);
+	pthread_mutex_destroy(&k->mu);
+	free(k);
+}
+
+static void *
+cancel_run(void *arg)
+{
+	struct cancel *k = arg;
+	char why[256];
+
+	(void)PQcancel(k->cn, why, sizeof(why));
+	pthread_mutex_lock(&k->mu);
+	k->done = 1;
+	pthread_cond_signal(&k->cv);
+	pthread_mutex_unlock(&k->mu);
+	cancel_release(k);
+	return NULL;
+}
+
+/*
+ * Asks the server to cancel conn's statement, waiting for the request to
+ * be taken at most CANCEL_WAIT_MS. Returns 1 if it was, 0 if not (or it
+ * could not be sent).
+ */
+static int
+cancel_bounded(PGconn *conn)
+{
+	struct cancel *k;
+	struct timespec until;
+	pthread_condattr_t ca;
+	pthread_attr_t at;
+	pthread_t t;
+	int done, r;
+
+	if ((k = calloc(1, sizeof(*k))) == NULL)
+		fatalx_oom();
+	if ((k->cn = PQgetCancel(conn)) == NULL) {
+		free(k);
+		return 0;
+	}
+	pthread_mutex_init(&k->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&k->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	k->refs = 2;
+	pthread_attr_init(&at);
+	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+	r = pthread_create(&t, &at, cancel_run, k);
+	pthread_attr_destroy(&at);
+	if (r != 0) {
+		k->refs = 1;
+		cancel_release(k);
+		return 0;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_nsec += (CANCEL_WAIT_MS % MS_PER_S) * 1000000L;
+	until.tv_sec += CANCEL_WAIT_MS / MS_PER_S + until.tv_nsec / 1000000000L;
+	until.tv_nsec %= 1000000000L;
+	pthread_mutex_lock(&k->mu);
+	while (!k->done &&
+	    pthread_cond_timedwait(&k->cv, &k->mu, &until) != ETIMEDOUT)
+		;
+	done = k->done;
+	pthread_mutex_unlock(&k->mu);
+	cancel_release(k);
+	return done;
+}
+
+/*
  * A stop while a statement is in flight: the server is asked to cancel
  * it (a batch's COMMIT travels with its UPDATE, which would otherwise
  * commit once its row lock came free, unlogged), and the connection is
- * dropped. A connect in progress is just dropped.
+ * dropped. The request is waited for CANCEL_WAIT_MS at most: past that
+ * the stop goes on, and a statement the server never heard about may
+ * still finish there. A connect in progress is just dropped.
  */
 static void
 pg_stopped(struct store_pg *p)
 {
-	PGcancel *cn;
-	char why[256];
-
-	if (PQstatus(p->conn) == CONNECTION_OK &&
-	    (cn = PQgetCancel(p->conn)) != NULL) {
-		(void)PQcancel(cn, why, sizeof(why));
-		PQfreeCancel(cn);
-	}
-	store_err(&p->s, "abandoned for a stop");
+	if (PQstatus(p->conn) == CONNECTION_OK && !cancel_bounded(p->conn))
+		store_err(&p->s,
+		    "abandoned for a stop (the server did not take the "
+		    "cancel request within %d ms)",
+		    CANCEL_WAIT_MS);
+	else
+		store_err(&p->s, "abandoned for a stop");
 	p->s.stopped = 1;
 	pg_disconnect(p);
 }

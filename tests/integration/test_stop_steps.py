@@ -12,7 +12,9 @@ race decide the outcome."""
 
 import json
 import signal
+import socket
 import subprocess
+import threading
 import time
 
 from conftest import BIN, SLOW, Env, PgStore
@@ -131,3 +133,82 @@ def test_once_stops_on_sighup_during_the_health_request(env, health):
     assert "Erro ao consultar API Health" not in err, err
     assert "Sistema limpo" not in err, err
     assert took <= 1.0 * SLOW, (took, err)
+
+
+class CancelSink:
+    """A TCP proxy to PostgreSQL for the first connection only; every later
+    one (libpq's cancel request comes on a connection of its own) is
+    accepted and never answered nor closed, as a server that hangs."""
+
+    def __init__(self, port):
+        self.target = ("127.0.0.1", port)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.held = []
+        self.proxied = 0
+        self.closed = False
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while not self.closed:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.proxied:
+                self.held.append(c)
+                continue
+            self.proxied += 1
+            s = socket.create_connection(self.target)
+            threading.Thread(target=self.pump, args=(c, s), daemon=True).start()
+            threading.Thread(target=self.pump, args=(s, c), daemon=True).start()
+
+    @staticmethod
+    def pump(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for x in (src, dst):
+            try:
+                x.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
+        for c in self.held:
+            c.close()
+
+
+def test_a_stop_does_not_wait_on_a_cancel_request_nobody_takes(tmp_path, pg, daemons):
+    """The reaping's statement sleeps on the server; at SIGTERM the cancel
+    request's connection is accepted and never answered (PQcancel() has no
+    timeout). The stop waits for it a bounded time, then goes on: exit 0
+    within 1 s, the stop line, no leftover file."""
+    env = Env(tmp_path, PgStore(pg))
+    s = env.store
+    s.add("stale", "running", 900)
+    sleep_on_update(s, "true")
+    sink = CancelSink(pg.port)
+    try:
+        url = s.url.replace(":%d/" % pg.port, ":%d/" % sink.port)
+        assert url != s.url
+        d = daemons(env, DATABASE_URL=url, LIMPEZA_INTERVAL="60s")
+        wait_until(lambda: sleeping(s), "the reaping's statement never slept")
+        log = stop_within_a_second(d)
+        assert sink.held, "no cancel request was sent"
+        assert "🛑 Parada no meio do ciclo - etapas não executadas: banco" in log, log
+        no_leftovers(env)
+    finally:
+        sink.close()
+        # what the server still runs for the dropped connection
+        s.sql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE"
+              " application_name = 'limpeza' AND pid <> pg_backend_pid()")
