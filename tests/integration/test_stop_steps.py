@@ -11,6 +11,7 @@ trigger, or a view), and seen in pg_stat_activity: no lock_timeout and no
 race decide the outcome."""
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -212,3 +213,99 @@ def test_a_stop_does_not_wait_on_a_cancel_request_nobody_takes(tmp_path, pg, dae
         # what the server still runs for the dropped connection
         s.sql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE"
               " application_name = 'limpeza' AND pid <> pg_backend_pid()")
+
+
+HANG_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* A name server that never answers, for names ending in .hang.test. */
+int
+getaddrinfo(const char *node, const char *service,
+    const struct addrinfo *hints, struct addrinfo **res)
+{
+	int (*real)(const char *, const char *, const struct addrinfo *,
+	    struct addrinfo **);
+	const char *mark = getenv("HANG_SHIM_MARK");
+
+	if (node != NULL && strlen(node) > 10 &&
+	    strcmp(node + strlen(node) - 10, ".hang.test") == 0) {
+		if (mark != NULL)
+			close(open(mark, O_WRONLY | O_CREAT, 0600));
+		sleep(30);
+		return EAI_AGAIN;
+	}
+	real = (int (*)(const char *, const char *, const struct addrinfo *,
+	    struct addrinfo **))dlsym(RTLD_NEXT, "getaddrinfo");
+	/* Two addresses: nobody listens at the first (glibc frees per node). */
+	if (node != NULL && strcmp(node, "db.two.test") == 0) {
+		struct addrinfo *a, *b;
+		int r;
+
+		if ((r = real("127.0.0.2", service, hints, &a)) != 0)
+			return r;
+		if ((r = real("127.0.0.1", service, hints, &b)) != 0) {
+			freeaddrinfo(a);
+			return r;
+		}
+		a->ai_next = b;
+		*res = a;
+		return 0;
+	}
+	return real(node, service, hints, res);
+}
+"""
+
+
+def hang_shim(tmp_path):
+    src = tmp_path / "hang_shim.c"
+    so = tmp_path / "hang_shim.so"
+    src.write_text(HANG_SHIM)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(so), str(src), "-ldl"], check=True)
+    src.unlink()
+    return str(so)
+
+
+def test_a_stop_does_not_wait_on_a_name_server(tmp_path_factory, env, daemons):
+    """The database's host name goes to a name server that never answers
+    (getaddrinfo() sleeps 30 s: an LD_PRELOAD shim built here). libpq 15
+    resolves names synchronously inside PQconnectStartParams(); limpeza
+    resolves the name itself, in a thread it waits for in slices. SIGTERM
+    during the look-up: exit 0 within 1 s, the database step named as not
+    run, no database error."""
+    aside = tmp_path_factory.mktemp("shim")
+    shim = hang_shim(aside)
+    mark = str(aside / "looked-up")
+    over = {"LD_PRELOAD": shim, "HANG_SHIM_MARK": mark}
+    if "ASAN_OPTIONS" in env.vars:
+        over["ASAN_OPTIONS"] = env.vars["ASAN_OPTIONS"] + ":verify_asan_link_order=0"
+    env.write_cache({})
+    d = daemons(env, DATABASE_URL="postgresql://app:pw@db.hang.test:5432/scans",
+                LIMPEZA_INTERVAL="60s", **over)
+    wait_until(lambda: os.path.exists(mark), "the host name was never looked up")
+    log = stop_within_a_second(d)
+    assert "🛑 Parada no meio do ciclo - etapas não executadas: banco" in log, log
+    assert "Erro no banco" not in log, log
+    no_leftovers(env)
+
+
+def test_a_host_name_connects_through_each_of_its_addresses(tmp_path, pg):
+    """limpeza resolves the host name itself and hands libpq every address
+    it has, so libpq still tries them in turn: db.two.test is 127.0.0.2
+    (nobody listens there: refused) and then 127.0.0.1, where the server
+    is (the shim above answers for that name)."""
+    env = Env(tmp_path, PgStore(pg))
+    env.store.add("stale", "running", 900)
+    url = env.store.url.replace("@127.0.0.1:", "@db.two.test:")
+    assert url != env.store.url
+    over = {"LD_PRELOAD": hang_shim(tmp_path), "DATABASE_URL": url, "LIMPEZA_CACHE_FILE": ""}
+    if "ASAN_OPTIONS" in env.vars:
+        over["ASAN_OPTIONS"] = env.vars["ASAN_OPTIONS"] + ":verify_asan_link_order=0"
+    p = env.run("once", **over)
+    assert p.returncode == 0, p.stderr
+    assert env.store.statuses() == {"stale": "error"}, p.stderr
