@@ -88,6 +88,17 @@ pg_needs_lookup(const char *host)
 	    inet_pton(AF_INET6, host, a) != 1;
 }
 
+/* An address given (hostaddr), or a list of ports: libpq is left to it. */
+static int
+pg_libpq_addr(const PQconninfoOption *o)
+{
+	if (o->val == NULL)
+		return 0;
+	if (strcmp(o->keyword, "hostaddr") == 0)
+		return *o->val != '\0';
+	return strcmp(o->keyword, "port") == 0 && strchr(o->val, ',') != NULL;
+}
+
 static struct store *
 pg_open(const struct config *cfg)
 {
@@ -121,12 +132,7 @@ pg_open(const struct config *cfg)
 		if (strcmp(o->keyword, "host") == 0 && pg_needs_lookup(o->val))
 			snprintf(p->resolve, sizeof(p->resolve), "%s", o->val);
 	for (o = opts; o->keyword != NULL; o++)
-		if ((strcmp(o->keyword, "hostaddr") == 0 ||
-			strcmp(o->keyword, "port") == 0) &&
-		    o->val != NULL && strchr(o->val, ',') != NULL)
-			*p->resolve = '\0';
-		else if (strcmp(o->keyword, "hostaddr") == 0 &&
-		    o->val != NULL && *o->val != '\0')
+		if (pg_libpq_addr(o))
 			*p->resolve = '\0';
 	PQconninfoFree(opts);
 	return &p->s;
