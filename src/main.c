@@ -213,7 +213,12 @@ cmd_run(struct config *cfg, const struct config_args *args, int health)
 	for (;;) {
 		if (wd_ms > 0)
 			notify_watchdog();
-		if (sig_stop)
+		/*
+		 * A stop that abandoned a step's network wait is still
+		 * pending: a cycle that outlasted its interval must not start
+		 * the next one (or a deadline's reaping) before it is taken.
+		 */
+		if (sig_stop || stop_pending())
 			break;
 		if (sig_reload) {
 			sig_reload = 0;

@@ -309,3 +309,18 @@ def test_a_host_name_connects_through_each_of_its_addresses(tmp_path, pg):
     p = env.run("once", **over)
     assert p.returncode == 0, p.stderr
     assert env.store.statuses() == {"stale": "error"}, p.stderr
+
+
+def test_a_stop_in_a_cycle_longer_than_its_interval_starts_no_other(env, health, daemons):
+    """The health request hangs past the 1 s interval; SIGTERM abandons it.
+    The stop is taken there: no second cycle starts (its own 'Parada' line
+    and a cycle counted for nothing) before the exit."""
+    health.mode = "hang"
+    env.write_cache({})
+    d = daemons(env, LIMPEZA_HEALTH_URL=health.url, LIMPEZA_INTERVAL="1s")
+    wait_until(lambda: health.hits >= 1, "no health request")
+    time.sleep(1.5)  # past the interval: the next cycle is due at once
+    log = stop_within_a_second(d)
+    assert log.count("🔄 Ciclo ") == 1, log
+    assert log.count("🛑 Parada no meio do ciclo") == 1, log
+    assert "🛑 Parada no meio do ciclo - etapas não executadas: API health" in log, log
