@@ -468,7 +468,9 @@ first_sight(const struct cache *c, const struct config *cfg,
  * for how long by the database's clock, or no row, or a row still active.
  * A store that cannot answer leaves every answer "not known", so nothing
  * leaves the file for retention, and that is said once until it answers;
- * the step has failed all the same (-1).
+ * the step has failed all the same (-1). A stop during the question is no
+ * such failure (1): the pass is abandoned, and the cycle names the step
+ * it left undone.
  */
 static int
 lookup_rows(struct cache *c, struct store *st, struct scan *s)
@@ -489,11 +491,13 @@ lookup_rows(struct cache *c, struct store *st, struct scan *s)
 			rows[k++].idlen = s->m[i].idlen;
 		}
 	if (st->ops->finished(st, rows, n) == -1) {
+		free(rows);
+		if (st->stopped)
+			return 1;
 		if (!c->retention_down)
 			log_event(LVL_WARNING, EV_CACHE_RETENTION_DOWN,
 			    st->ops->name, st->err);
 		c->retention_down = 1;
-		free(rows);
 		return -1;
 	}
 	c->retention_down = 0;
@@ -1045,8 +1049,13 @@ cache_pass(struct cache *c, const struct config *cfg, struct store *store,
 	 */
 	policy_init(&pol, cfg, force, mode);
 	if (pol.retention > 0 && mode == RETENTION_ROWS && store != NULL &&
-	    lookup_rows(c, store, &s) == -1)
+	    (r = lookup_rows(c, store, &s)) != 0) {
+		if (r == 1) {
+			rc = 0; /* a stop: nothing written, store->stopped tells */
+			goto done;
+		}
 		res->lookup_failed = 1;
+	}
 
 	/* Decide. */
 	if ((seen = json_object()) == NULL)

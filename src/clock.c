@@ -25,11 +25,20 @@ now_monotonic_ms(void)
 	return (long long)ts.tv_sec * MS_PER_S + ts.tv_nsec / 1000000;
 }
 
+/* `once` stops on SIGHUP too (a closed terminal); the daemon reloads. */
+static int stop_on_hup;
+
+void
+stop_pending_hup(int on)
+{
+	stop_on_hup = on;
+}
+
 /*
- * Whether a stop (SIGTERM, SIGINT) is waiting. The daemon blocks these
- * outside its waits (main.c), so one that came during a cycle is
- * pending: every long network wait asks this between short slices
- * (STOP_SLICE_MS), so that a stop never waits on the network.
+ * Whether a stop (SIGTERM, SIGINT; SIGHUP for `once`) is waiting. The
+ * daemon blocks these outside its waits (main.c), so one that came during
+ * a cycle is pending: every long network wait asks this between short
+ * slices (STOP_SLICE_MS), so that a stop never waits on the network.
  */
 int
 stop_pending(void)
@@ -39,5 +48,6 @@ stop_pending(void)
 	if (sigpending(&set) == -1)
 		return 0;
 	return sigismember(&set, SIGTERM) == 1 ||
-	    sigismember(&set, SIGINT) == 1;
+	    sigismember(&set, SIGINT) == 1 ||
+	    (stop_on_hup && sigismember(&set, SIGHUP) == 1);
 }

@@ -36,6 +36,13 @@
 struct cycle;
 static void store_budget(struct cycle *);
 
+/* Whether the daemon was told to stop (NULL: nobody asks). */
+static int
+stop_asked(int (*stop)(void))
+{
+	return stop != NULL && stop();
+}
+
 /* Tracks one dependency (store or API) for its log lines and alerts. */
 struct outage {
 	int down; /* failed at the last try */
@@ -75,6 +82,7 @@ struct cycle {
 	long held;
 	int follower; /* this cycle's reaping: another instance leads */
 	long skipped; /* steps a stop left undone (enum step bits) */
+	int (*stop)(void); /* this cycle's question: stop now? */
 	long long probe_warned; /* monotonic ms of the last such warning */
 	/* Holders warned about, and when: once per interval each. */
 	struct {
@@ -283,6 +291,9 @@ step_cache(struct cycle *c, long *reaped)
 	int rc;
 
 	rc = cache_reap(c->cache, c->cfg, c->store, 0, c->dry, &cr);
+	/* A stop during retention's look-up abandoned the pass. */
+	if (c->store != NULL && c->store->stopped)
+		c->skipped |= STEP_CACHE;
 	if (rc == -1)
 		metrics_step_failed("cache");
 	*reaped += cr.reaped_running + cr.reaped_queued;
@@ -402,37 +413,48 @@ store_held(struct cycle *c, const struct store_counts *n)
 	}
 }
 
+/*
+ * The seed's line for the rows a reaping ended: batches a stop cut short
+ * had committed theirs, and those are told too.
+ */
+static void
+store_cleaned(struct cycle *c, const struct store_counts *n, long *reaped)
+{
+	char rt[32], qt[32];
+
+	config_format_duration(c->cfg->running_ttl, rt, sizeof(rt));
+	config_format_duration(c->cfg->queued_ttl, qt, sizeof(qt));
+	log_event(LVL_INFO, c->dry ? EV_DB_CLEANED_WOULD : EV_DB_CLEANED, rt,
+	    n->running, qt, n->queued);
+	*reaped += n->running + n->queued;
+}
+
 /* The database step: reap both rules, then the 24 h statistics. */
 static int
 step_store(struct cycle *c, long *reaped)
 {
-	const struct config *cfg = c->cfg;
 	struct store_counts n;
 	struct store_req req = { c->dry, c->elect, db_job, c };
 	struct store_stats st;
-	char rt[32], qt[32];
 	int lead;
 
 	if (c->store == NULL)
 		return 0;
 	memset(&n, 0, sizeof(n));
 	lead = c->store->ops->reap(c->store, &req, &n);
-	if (lead == -1 && c->store->stopped)
+	if (lead == -1 && c->store->stopped) {
+		if (n.running + n.queued > 0)
+			store_cleaned(c, &n, reaped);
 		goto stopped;
+	}
 	if (lead == -1)
 		goto fail;
 	store_role(c, lead);
 	c->follower = lead == 0;
 	if (lead == 1 && !c->dry)
 		store_held(c, &n);
-	if (lead == 1) {
-		config_format_duration(cfg->running_ttl, rt, sizeof(rt));
-		config_format_duration(cfg->queued_ttl, qt, sizeof(qt));
-		log_event(LVL_INFO,
-		    c->dry ? EV_DB_CLEANED_WOULD : EV_DB_CLEANED, rt, n.running,
-		    qt, n.queued);
-		*reaped += n.running + n.queued;
-	}
+	if (lead == 1)
+		store_cleaned(c, &n, reaped);
 	c->store_due = LLONG_MAX;
 	memset(&st, 0, sizeof(st));
 	if ((st.by_status = json_object()) == NULL)
@@ -463,7 +485,10 @@ stopped:
 /*
  * Forced cleanup: every active row (if this daemon leads) and the cache
  * file, sparing what is younger than LIMPEZA_FORCE_MIN_AGE. A job ended
- * in both counts once; the line also says how many in each.
+ * in both counts once; the line also says how many in each. A stop
+ * before it, or during its statements, leaves the rest undone (the
+ * cycle's closing line names the step), but rows already committed are
+ * told.
  */
 static int
 step_force(struct cycle *c, long long jobs, long *ended)
@@ -474,13 +499,20 @@ step_force(struct cycle *c, long long jobs, long *ended)
 	char msg[256];
 	int rc = 0, lead;
 
+	if (stop_asked(c->stop)) {
+		c->skipped |= STEP_FORCE;
+		return 0;
+	}
 	memset(&n, 0, sizeof(n));
+	memset(&cr, 0, sizeof(cr));
 	if ((c->forced_ids = json_object()) == NULL)
 		fatalx_oom();
 	cache_collect_forced(c->cache, c->forced_ids);
 	if (c->store != NULL) {
 		lead = c->store->ops->force(c->store, &req, &n);
-		if (lead == -1) {
+		if (lead == -1 && c->store->stopped)
+			c->skipped |= STEP_FORCE;
+		else if (lead == -1) {
 			store_result(c, 0);
 			rc = -1;
 		} else {
@@ -488,7 +520,12 @@ step_force(struct cycle *c, long long jobs, long *ended)
 			store_result(c, 1);
 		}
 	}
-	if (cache_reap(c->cache, c->cfg, c->store, 1, c->dry, &cr) == -1) {
+	if (!(c->skipped & STEP_FORCE) && stop_asked(c->stop))
+		c->skipped |= STEP_FORCE;
+	if (c->skipped & STEP_FORCE) {
+		/* No cache pass; what the statements committed is told. */
+	} else if (cache_reap(c->cache, c->cfg, c->store, 1, c->dry, &cr) ==
+	    -1) {
 		metrics_step_failed("cache");
 		rc = -1;
 	}
@@ -504,6 +541,8 @@ step_force(struct cycle *c, long long jobs, long *ended)
 		metrics_reaped("cache", "other", "forced",
 		    cr.forced - cr.forced_running - cr.forced_queued);
 	}
+	if ((c->skipped & STEP_FORCE) && *ended == 0)
+		return rc;
 	/* A dry run's words are "would", at info: no alert greps fire. */
 	if (c->dry)
 		log_event(
@@ -652,8 +691,6 @@ cycle_reap_due(struct cycle *c)
 {
 	struct store_counts n;
 	struct store_req req = { 0, c->elect, db_job, c };
-	const struct config *cfg = c->cfg;
-	char rt[32], qt[32];
 	long reaped = 0;
 	int failed = 0, lead;
 
@@ -669,18 +706,15 @@ cycle_reap_due(struct cycle *c)
 		lead = c->store->ops->reap(c->store, &req, &n);
 		if (lead == -1 && c->store->stopped) {
 			/* A stop: the loop ends next; nothing failed. */
+			if (n.running + n.queued > 0)
+				store_cleaned(c, &n, &reaped);
 		} else if (lead == -1) {
 			store_result(c, 0);
 			c->store_due = LLONG_MAX;
 			failed = 1;
 		} else if (n.running + n.queued > 0) {
 			store_role(c, lead);
-			config_format_duration(
-			    cfg->running_ttl, rt, sizeof(rt));
-			config_format_duration(cfg->queued_ttl, qt, sizeof(qt));
-			log_event(LVL_INFO, EV_DB_CLEANED, rt, n.running, qt,
-			    n.queued);
-			reaped += n.running + n.queued;
+			store_cleaned(c, &n, &reaped);
 			store_refresh_due(c);
 		} else {
 			/*
@@ -725,13 +759,6 @@ store_budget(struct cycle *c)
 	c->store->deadline = c->elect ? now_monotonic_ms() + b : 0;
 }
 
-/* Whether the daemon was told to stop; `once` passes no such question. */
-static int
-stop_asked(int (*stop)(void))
-{
-	return stop != NULL && stop();
-}
-
 /*
  * One whole cycle, in the order operators read it in the log: cache,
  * database, API health and forced cleanup, summary, periodic report. A
@@ -758,6 +785,7 @@ cycle_run(struct cycle *c, int force, int (*stop)(void))
 	c->follower = 0;
 	c->db_active = -1;
 	c->skipped = 0;
+	c->stop = stop;
 	if (c->store != NULL)
 		c->store->stopped = 0;
 	store_budget(c);

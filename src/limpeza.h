@@ -219,6 +219,7 @@ json_t *text_json(const char *);
 double now_realtime(void);
 long long now_monotonic_ms(void);
 int stop_pending(void);
+void stop_pending_hup(int);
 
 /* jobtime.c */
 int jobtime_iso8601(const char *, double *);

@@ -214,7 +214,12 @@ cmd_run(struct config *cfg, const struct config_args *args, int health)
 	for (;;) {
 		if (wd_ms > 0)
 			notify_watchdog();
-		if (sig_stop)
+		/*
+		 * A stop that abandoned a step's network wait is still
+		 * pending: a cycle that outlasted its interval must not start
+		 * the next one (or a deadline's reaping) before it is taken.
+		 */
+		if (sig_stop || stop_pending())
 			break;
 		if (sig_reload) {
 			sig_reload = 0;
@@ -288,6 +293,7 @@ cmd_once(struct config *cfg, int force, int health)
 	int rc;
 
 	cycle_ask_health(cy, health);
+	stop_pending_hup(1);
 	alert_start(cfg->alert_webhook);
 	rc = cycle_run(cy, force, once_stop_requested);
 	/* One that came during the last step is pending still: take it. */

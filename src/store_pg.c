@@ -1,9 +1,15 @@
 /* store_pg.c: the PostgreSQL job store (libpq): batched, no session state. */
 
+#include <sys/socket.h>
+
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <libpq-fe.h>
 
@@ -23,6 +29,8 @@
 #define CLIENT_TIMEOUT_MS (35 * MS_PER_S)
 #define BACKOFF_MIN_MS (1 * MS_PER_S)
 #define BACKOFF_MAX_MS (30 * MS_PER_S)
+/* How long a stop waits for the server to take its cancel request. */
+#define CANCEL_WAIT_MS 300
 /* end_batch(): another instance took the leader's lock meanwhile. */
 #define BATCH_LOST (-2)
 /*
@@ -62,6 +70,8 @@ struct store_pg {
 	char id[80], status[80], updated[80], created[80], error[80];
 	/* The id column's type for retention (enum id_kind), per connection. */
 	int id_kind;
+	/* The URL's one host name, which limpeza resolves itself, or "". */
+	char resolve[256];
 };
 
 /*
@@ -83,6 +93,34 @@ connect_ms(const char *val)
 	    v >= CONNECT_TIMEOUT_MS / MS_PER_S)
 		return CONNECT_TIMEOUT_MS;
 	return (v < 2 ? 2 : v) * (long long)MS_PER_S;
+}
+
+/*
+ * Whether the URL's host is one name that libpq would resolve itself,
+ * synchronously, inside PQconnectStartParams() (libpq 15): a resolver
+ * that does not answer would then hold a stop. Not a list of hosts, a
+ * socket directory or an address.
+ */
+static int
+pg_needs_lookup(const char *host)
+{
+	unsigned char a[sizeof(struct in6_addr)];
+
+	return host != NULL && *host != '\0' && *host != '/' && *host != '@' &&
+	    strchr(host, ',') == NULL && strlen(host) < 256 &&
+	    inet_pton(AF_INET, host, a) != 1 &&
+	    inet_pton(AF_INET6, host, a) != 1;
+}
+
+/* An address given (hostaddr), or a list of ports: libpq is left to it. */
+static int
+pg_libpq_addr(const PQconninfoOption *o)
+{
+	if (o->val == NULL)
+		return 0;
+	if (strcmp(o->keyword, "hostaddr") == 0)
+		return *o->val != '\0';
+	return strcmp(o->keyword, "port") == 0 && strchr(o->val, ',') != NULL;
 }
 
 static struct store *
@@ -117,6 +155,12 @@ pg_open(const struct config *cfg)
 			p->password = strdup(o->val);
 		else if (strcmp(o->keyword, "connect_timeout") == 0)
 			p->connect_ms = connect_ms(o->val);
+	for (o = opts; o->keyword != NULL; o++)
+		if (strcmp(o->keyword, "host") == 0 && pg_needs_lookup(o->val))
+			snprintf(p->resolve, sizeof(p->resolve), "%s", o->val);
+	for (o = opts; o->keyword != NULL; o++)
+		if (pg_libpq_addr(o))
+			*p->resolve = '\0';
 	PQconninfoFree(opts);
 	return &p->s;
 }
@@ -167,23 +211,120 @@ pg_failed_connection(struct store_pg *p)
 }
 
 /*
+ * A cancel request in flight. PQcancel() opens a connection of its own
+ * and waits, without a timeout, until the server closes it (libpq 15 has
+ * no asynchronous cancel): a server that accepts and never answers would
+ * hold a stop for ever. So it runs in a thread of its own, which the stop
+ * waits for at most CANCEL_WAIT_MS; whichever of the two leaves last
+ * frees this.
+ */
+struct cancel {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	PGcancel *cn;
+	int done;
+	int refs;
+};
+
+static void
+cancel_release(struct cancel *k)
+{
+	int last;
+
+	pthread_mutex_lock(&k->mu);
+	last = --k->refs == 0;
+	pthread_mutex_unlock(&k->mu);
+	if (!last)
+		return;
+	PQfreeCancel(k->cn);
+	pthread_cond_destroy(&k->cv);
+	pthread_mutex_destroy(&k->mu);
+	free(k);
+}
+
+static void *
+cancel_run(void *arg)
+{
+	struct cancel *k = arg;
+	char why[256];
+
+	(void)PQcancel(k->cn, why, sizeof(why));
+	pthread_mutex_lock(&k->mu);
+	k->done = 1;
+	pthread_cond_signal(&k->cv);
+	pthread_mutex_unlock(&k->mu);
+	cancel_release(k);
+	return NULL;
+}
+
+/*
+ * Asks the server to cancel conn's statement, waiting for the request to
+ * be taken at most CANCEL_WAIT_MS. Returns 1 if it was, 0 if not (or it
+ * could not be sent).
+ */
+static int
+cancel_bounded(PGconn *conn)
+{
+	struct cancel *k;
+	struct timespec until;
+	pthread_condattr_t ca;
+	pthread_attr_t at;
+	pthread_t t;
+	int done, r;
+
+	if ((k = calloc(1, sizeof(*k))) == NULL)
+		fatalx_oom();
+	if ((k->cn = PQgetCancel(conn)) == NULL) {
+		free(k);
+		return 0;
+	}
+	pthread_mutex_init(&k->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&k->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	k->refs = 2;
+	pthread_attr_init(&at);
+	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+	r = pthread_create(&t, &at, cancel_run, k);
+	pthread_attr_destroy(&at);
+	if (r != 0) {
+		k->refs = 1;
+		cancel_release(k);
+		return 0;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_nsec += (CANCEL_WAIT_MS % MS_PER_S) * 1000000L;
+	until.tv_sec += CANCEL_WAIT_MS / MS_PER_S + until.tv_nsec / 1000000000L;
+	until.tv_nsec %= 1000000000L;
+	pthread_mutex_lock(&k->mu);
+	while (!k->done &&
+	    pthread_cond_timedwait(&k->cv, &k->mu, &until) != ETIMEDOUT)
+		;
+	done = k->done;
+	pthread_mutex_unlock(&k->mu);
+	cancel_release(k);
+	return done;
+}
+
+/*
  * A stop while a statement is in flight: the server is asked to cancel
  * it (a batch's COMMIT travels with its UPDATE, which would otherwise
  * commit once its row lock came free, unlogged), and the connection is
- * dropped. A connect in progress is just dropped.
+ * dropped. The request is waited for CANCEL_WAIT_MS at most: past that
+ * the stop goes on, and a statement the server never heard about may
+ * still finish there. A connect in progress is just dropped.
  */
 static void
 pg_stopped(struct store_pg *p)
 {
-	PGcancel *cn;
-	char why[256];
-
-	if (PQstatus(p->conn) == CONNECTION_OK &&
-	    (cn = PQgetCancel(p->conn)) != NULL) {
-		(void)PQcancel(cn, why, sizeof(why));
-		PQfreeCancel(cn);
-	}
-	store_err(&p->s, "abandoned for a stop");
+	if (PQstatus(p->conn) == CONNECTION_OK && !cancel_bounded(p->conn))
+		store_err(&p->s,
+		    "abandoned for a stop (the server did not take the "
+		    "cancel request within %d ms)",
+		    CANCEL_WAIT_MS);
+	else
+		store_err(&p->s, "abandoned for a stop");
 	p->s.stopped = 1;
 	pg_disconnect(p);
 }
@@ -388,6 +529,161 @@ pg_exec(struct store_pg *p, const char *sql, int n, const char *const *vals)
 	return pg_run(p, 1, &q, &res, NULL) == 0 ? res : NULL;
 }
 
+/* Addresses of one name limpeza passes on to libpq, at most. */
+#define LOOKUP_ADDRS 8
+
+/*
+ * A host name being resolved in a thread of its own (getaddrinfo() has
+ * no timeout and no cancel), which the connect waits for in slices,
+ * asking for a stop between them; whichever of the two leaves last frees
+ * this.
+ */
+struct lookup {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	char host[256];
+	int done;
+	int refs;
+	int rc; /* getaddrinfo()'s */
+	int n;
+	char addr[LOOKUP_ADDRS][INET6_ADDRSTRLEN];
+};
+
+static void
+lookup_release(struct lookup *k)
+{
+	int last;
+
+	pthread_mutex_lock(&k->mu);
+	last = --k->refs == 0;
+	pthread_mutex_unlock(&k->mu);
+	if (!last)
+		return;
+	pthread_cond_destroy(&k->cv);
+	pthread_mutex_destroy(&k->mu);
+	free(k);
+}
+
+static void *
+lookup_run(void *arg)
+{
+	struct lookup *k = arg;
+	struct addrinfo hints, *res = NULL, *ai;
+	char a[INET6_ADDRSTRLEN];
+	int rc, n = 0;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	rc = getaddrinfo(k->host, NULL, &hints, &res);
+	pthread_mutex_lock(&k->mu);
+	for (ai = rc == 0 ? res : NULL; ai != NULL && n < LOOKUP_ADDRS;
+	     ai = ai->ai_next)
+		if (getnameinfo(ai->ai_addr, ai->ai_addrlen, a, sizeof(a), NULL,
+			0, NI_NUMERICHOST) == 0)
+			memcpy(k->addr[n++], a, sizeof(a));
+	k->rc = rc == 0 && n == 0 ? EAI_NONAME : rc;
+	k->n = n;
+	k->done = 1;
+	pthread_cond_signal(&k->cv);
+	pthread_mutex_unlock(&k->mu);
+	if (res != NULL)
+		freeaddrinfo(res);
+	lookup_release(k);
+	return NULL;
+}
+
+/*
+ * Resolves p->resolve before deadline, asking for a stop every
+ * STOP_SLICE_MS, into host (the name once per address) and hostaddr
+ * (the addresses), for libpq to try in turn as it would have. Returns 0,
+ * or -1 with the error recorded (a stop: pg_stopped()).
+ */
+static int
+pg_lookup(struct store_pg *p, long long deadline, char *host, size_t hl,
+    char *hostaddr, size_t al)
+{
+	struct lookup *k;
+	struct timespec until;
+	pthread_condattr_t ca;
+	pthread_attr_t at;
+	pthread_t t;
+	long long left;
+	int i, r, done = 0;
+
+	if ((k = calloc(1, sizeof(*k))) == NULL)
+		fatalx_oom();
+	snprintf(k->host, sizeof(k->host), "%s", p->resolve);
+	pthread_mutex_init(&k->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&k->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	k->refs = 2;
+	pthread_attr_init(&at);
+	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+	r = pthread_create(&t, &at, lookup_run, k);
+	pthread_attr_destroy(&at);
+	if (r != 0) {
+		k->refs = 1;
+		lookup_release(k);
+		store_err(
+		    &p->s, "cannot connect: no thread for the name look-up");
+		pg_failed_connection(p);
+		return -1;
+	}
+	for (;;) {
+		if (stop_pending()) {
+			lookup_release(k);
+			pg_stopped(p);
+			return -1;
+		}
+		left = deadline - now_monotonic_ms();
+		if (left <= 0)
+			break;
+		if (left > STOP_SLICE_MS)
+			left = STOP_SLICE_MS;
+		clock_gettime(CLOCK_MONOTONIC, &until);
+		until.tv_nsec += (left % MS_PER_S) * 1000000L;
+		until.tv_sec += left / MS_PER_S + until.tv_nsec / 1000000000L;
+		until.tv_nsec %= 1000000000L;
+		pthread_mutex_lock(&k->mu);
+		if (!k->done)
+			(void)pthread_cond_timedwait(&k->cv, &k->mu, &until);
+		done = k->done;
+		pthread_mutex_unlock(&k->mu);
+		if (done)
+			break;
+	}
+	if (!done) {
+		lookup_release(k);
+		store_err(&p->s,
+		    "cannot connect: no answer from the name server for \"%s\" "
+		    "within %llds",
+		    p->resolve, CONNECT_TIMEOUT_MS / MS_PER_S);
+		pg_failed_connection(p);
+		return -1;
+	}
+	if (k->rc != 0) {
+		store_err(&p->s,
+		    "cannot connect: could not translate host name \"%s\" to "
+		    "address: %s",
+		    p->resolve, gai_strerror(k->rc));
+		lookup_release(k);
+		pg_failed_connection(p);
+		return -1;
+	}
+	*host = *hostaddr = '\0';
+	for (i = 0; i < k->n; i++) {
+		snprintf(host + strlen(host), hl - strlen(host), "%s%s",
+		    i > 0 ? "," : "", p->resolve);
+		snprintf(hostaddr + strlen(hostaddr), al - strlen(hostaddr),
+		    "%s%s", i > 0 ? "," : "", k->addr[i]);
+	}
+	lookup_release(k);
+	return 0;
+}
+
 /*
  * Connects if needed, not before the backoff allows, within the URL's
  * connect_timeout up to CONNECT_TIMEOUT_MS (p->connect_ms; libpq's steps
@@ -397,8 +693,9 @@ static int
 pg_connect(struct store_pg *p)
 {
 	const struct config *cfg = p->s.cfg;
-	const char *kw[] = { "dbname", NULL };
-	const char *val[] = { cfg->database_url, NULL };
+	static char host[LOOKUP_ADDRS * 257], addrs[LOOKUP_ADDRS * 47];
+	const char *kw[] = { "dbname", "host", "hostaddr", NULL };
+	const char *val[] = { cfg->database_url, host, addrs, NULL };
 	long long now = now_monotonic_ms(), deadline;
 	PostgresPollingStatusType st;
 	int r;
@@ -413,6 +710,13 @@ pg_connect(struct store_pg *p)
 	if (now < p->next_try)
 		return -1;
 	deadline = cycle_cap(p, p->connect_ms);
+	/* libpq would resolve the name itself, without a bound. */
+	if (*p->resolve != '\0' &&
+	    pg_lookup(p, deadline, host, sizeof(host), addrs, sizeof(addrs)) ==
+		-1)
+		return -1;
+	if (*p->resolve == '\0')
+		kw[1] = NULL;
 	if ((p->conn = PQconnectStartParams(kw, val, 1)) == NULL)
 		fatalx_oom();
 	/* Before the first PQconnectPoll(), libpq waits to write. */
