@@ -1051,7 +1051,8 @@ cache_pass(struct cache *c, const struct config *cfg, struct store *store,
 	if (pol.retention > 0 && mode == RETENTION_ROWS && store != NULL &&
 	    (r = lookup_rows(c, store, &s)) != 0) {
 		if (r == 1) {
-			rc = 0; /* a stop: nothing written, store->stopped tells */
+			rc = 0; /* a stop: nothing written, store->stopped tells
+				 */
 			goto done;
 		}
 		res->lookup_failed = 1;
