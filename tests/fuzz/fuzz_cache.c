@@ -129,8 +129,7 @@ same(const char *a, const struct span *x, const char *b, const struct span *y)
 }
 
 static int
-same_key(
-    const char *a, const struct span *x, const char *b, const struct span *y)
+same_key(const char *a, const struct span *x, const char *b, const struct span *y)
 {
 	return x->ke - x->ks == y->ke - y->ks &&
 	    memcmp(a + x->ks, b + y->ks, x->ke - x->ks) == 0;
@@ -238,8 +237,8 @@ python_only(const char *t, size_t n, const json_error_t *e)
 static int
 key_is(const char *t, const struct span *x, const char *w)
 {
-	json_t *k = json_loadb(
-	    t + x->ks, x->ke - x->ks, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+	json_t *k = json_loadb(t + x->ks, x->ke - x->ks,
+	    JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
 	int r = k != NULL && is_word(k, w);
 
 	json_decref(k);
@@ -280,8 +279,8 @@ check_marked(const char *in, const struct span *a, const char *out,
 	if (i != nx || j != ny)
 		abort();
 	/* jansson reads the marks, where it reads the job at all */
-	job = json_loadb(
-	    v, b->ve - b->vs, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+	job = json_loadb(v, b->ve - b->vs, JSON_DECODE_ANY | JSON_ALLOW_NUL,
+	    NULL);
 	if (job != NULL &&
 	    (!is_word(json_object_get(job, "status"), "error") ||
 		!is_word(json_object_get(job, "error"),
@@ -297,8 +296,8 @@ check_marked(const char *in, const struct span *a, const char *out,
  * file not rewritten is the old one: then nothing may be due in it).
  */
 static void
-check_members(const char *in, size_t n, const char *out, size_t outn, int mark,
-    int rewritten)
+check_members(const char *in, size_t n, const char *out, size_t outn,
+    int mark, int rewritten)
 {
 	static struct span a[MAX_MEMBERS], b[MAX_MEMBERS];
 	static json_t *keys[MAX_MEMBERS];
@@ -369,7 +368,8 @@ check_jansson(json_t *orig, const char *out, size_t outn, int mark)
 	if (got == NULL || !json_is_object(got))
 		abort();
 	want = json_object();
-	json_object_foreach (orig, key, v) {
+	json_object_foreach (orig, key, v)
+	{
 		r = reference(v, &queued);
 		g = json_object_get(got, key);
 		if (r == REF_UNSURE) /* judged bytewise in check_members() */
@@ -383,9 +383,8 @@ check_jansson(json_t *orig, const char *out, size_t outn, int mark)
 		m = json_deep_copy(v);
 		json_object_set_new(m, "status", json_string("error"));
 		json_object_set_new(m, "error",
-		    json_string(queued
-			    ? "Job queued expirado - mais de 2 minutos"
-			    : "Job órfão - mais de 3 minutos"));
+		    json_string(queued ? "Job queued expirado - mais de 2 minutos"
+				       : "Job órfão - mais de 3 minutos"));
 		json_object_set_new(want, key, m);
 	}
 	if (!json_equal(got, want))

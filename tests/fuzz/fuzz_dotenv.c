@@ -22,8 +22,8 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	char err[160];
-	int bad = dotenv_parse(
-	    (const char *)data, size, check, NULL, err, sizeof(err));
+	int bad = dotenv_parse((const char *)data, size, check, NULL, err,
+	    sizeof(err));
 
 	if (bad < 0 || (bad > 0 && strncmp(err, "line ", 5) != 0))
 		abort();

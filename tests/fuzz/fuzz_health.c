@@ -1,5 +1,4 @@
-/* fuzz_health.c: only a JSON object's non-negative integer jobs_active counts.
- */
+/* fuzz_health.c: only a JSON object's non-negative integer jobs_active counts. */
 
 #include "fuzz.h"
 
@@ -19,8 +18,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	rc = health_parse((const char *)data, size, &n, err, sizeof(err));
 	o = json_loadb((const char *)data, size, 0, NULL);
-	want = o != NULL && json_unpack(o, "{s:I}", "jobs_active", &v) == 0 &&
-	    v >= 0;
+	want = o != NULL &&
+	    json_unpack(o, "{s:I}", "jobs_active", &v) == 0 && v >= 0;
 	if (rc != (want ? 0 : -1) || (want && n != v))
 		abort();
 	if (rc == -1 && (strlen(err) == 0 || strchr(err, '\n') != NULL))

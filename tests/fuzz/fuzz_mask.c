@@ -222,8 +222,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	char err[256], *in, *p, *end;
 	const char **slot[5];
 	struct fields f = { "", "", "", "", "" };
-	struct buf s1 = { NULL, 0, 0 }, s2 = { NULL, 0, 0 },
-		   spelled = { NULL, 0, 0 };
+	struct buf s1 = { NULL, 0, 0 }, s2 = { NULL, 0, 0 }, spelled = { NULL,
+		0, 0 };
 	PQconninfoOption *o1 = NULL, *o2 = NULL;
 	const char *pw;
 	int shape, i;
@@ -248,8 +248,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	if (shape == NSHAPES - 1) {
 		/* the whole input, and it with the password replaced */
-		put(&s1, (const char *)data + 1,
-		    strnlen((const char *)data + 1, size - 1));
+		put(&s1, (const char *)data + 1, strnlen((const char *)data + 1,
+						     size - 1));
 		o1 = parse(s1.s);
 		pw = password(o1);
 		if (pw != NULL && *pw != '\0')

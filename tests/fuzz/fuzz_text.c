@@ -1,5 +1,4 @@
-/* fuzz_text.c: any bytes in an error, a path or a host name give valid output.
- */
+/* fuzz_text.c: any bytes in an error, a path or a host name give valid output. */
 
 #include <errno.h>
 #include <signal.h>
@@ -160,8 +159,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	oracle_check('j', body);
 	free(body);
 	/* any other message (a library's error, a path) as it came */
-	if ((body = alert_body(
-		 "cache_error", 1, err, host, (time_t)fuzz_now)) == NULL)
+	if ((body = alert_body("cache_error", 1, err, host,
+		 (time_t)fuzz_now)) == NULL)
 		abort();
 	oracle_check('j', body);
 	free(body);
@@ -173,8 +172,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	line(big, sizeof(big), LOGF_JSON, path, err);
 	oracle_check('j', big);
 
-	o = json_pack(
-	    "{s:o, s:o}", "path", text_json(path), "error", text_json(err));
+	o = json_pack("{s:o, s:o}", "path", text_json(path), "error",
+	    text_json(err));
 	if (o == NULL || (dump = json_dumps(o, JSON_INDENT(2))) == NULL)
 		abort();
 	oracle_check('j', dump);
