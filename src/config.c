@@ -77,7 +77,10 @@ static const struct setting settings[] = {
 	    "http://api.desfollow.com.br/api/health", OFF(health_url), NULL, 0,
 	    0,
 	    "API health endpoint (http or https); empty disables the health "
-	    "check and forced cleanup" },
+	    "check and forced cleanup. Its user and password are never "
+	    "shown; a URL libcurl reads otherwise than written (a '?', '#', "
+	    "'/' or '@' left raw in them: write %3F, %23, %2F, %40) is "
+	    "refused" },
 	{ "LIMPEZA_RUNNING_TTL", "running-ttl", T_DURATION, "3m",
 	    OFF(running_ttl), NULL, MS_PER_S, 30 * DAY_MS,
 	    "a running job without progress for longer is orphaned" },
@@ -170,7 +173,9 @@ static const struct setting settings[] = {
 	{ "LIMPEZA_ALERT_WEBHOOK", "alert-webhook", T_HOOKURL, "",
 	    OFF(alert_webhook), NULL, 0, 0,
 	    "POST a JSON alert here on forced cleanup, on a store or API "
-	    "unreachable for 3 cycles, and on recovery; empty: off" },
+	    "unreachable for 3 cycles, and on recovery; empty: off. Shown "
+	    "without its user, password, path or query; refused as the "
+	    "health URL is" },
 };
 
 #define NSETTINGS ((int)(sizeof(settings) / sizeof(settings[0])))
@@ -579,6 +584,12 @@ setting_apply(struct config *cfg, const struct setting *s, const char *value,
 		    strncasecmp(value, "https://", 8) != 0)
 			return bad(err, errlen, s, from, value,
 			    "an http:// or https:// URL, or empty to disable");
+		if (len != 0 && mask_http_check(value) != 0)
+			return bad(err, errlen, s, from, value,
+			    "a URL libcurl reads as written: '@', '/', '?', "
+			    "'#' and ':' inside a user name or password "
+			    "percent-encoded (%40, %2F, %3F, %23, %3A), an "
+			    "'@' after the host as %40, a numeric port");
 		break;
 	case T_DBURL:
 		if (len != 0 && strncmp(value, "postgres://", 11) != 0 &&
