@@ -644,8 +644,8 @@ config_warn(struct config *cfg, const char *fmt, ...)
  * Settings that are each valid but wrong together: one status word for
  * two kinds of job (LIMPEZA_QUEUED_STATUS=running would reap a live
  * running job as an expired queued one after 2 minutes; an error status
- * equal to an active one would reap reaped rows again), or one column
- * for two roles.
+ * equal to an active one would reap reaped rows again), a status word
+ * that is a finished job's (done), or one column for two roles.
  */
 static int
 config_distinct(const struct config *cfg, char *err, size_t errlen)
@@ -665,6 +665,16 @@ config_distinct(const struct config *cfg, char *err, size_t errlen)
 	};
 	size_t i, j, last;
 
+	/* A finished job's status is no status to reap by, nor to give:
+	 * LIMPEZA_RUNNING_STATUS=done would end every finished row. */
+	for (i = 0; i < 3; i++)
+		if (strcmp(word[i].value, DONE_STATUS) == 0) {
+			snprintf(err, errlen,
+			    "invalid %s '%s': '%s' is the status of a job "
+			    "that finished well; expected a different status",
+			    word[i].env, word[i].value, DONE_STATUS);
+			return -1;
+		}
 	for (i = 0; i < sizeof(word) / sizeof(word[0]); i++) {
 		/* Statuses are compared with statuses, columns with columns. */
 		last = i < 3 ? 3 : sizeof(word) / sizeof(word[0]);
@@ -711,7 +721,8 @@ config_load(
 		if (dotenv_read_file(
 			cfg, a->env_files[k], vars, 1, err, errlen) == -1)
 			goto fail;
-	dotenv_read_files(cfg, value, vars);
+	if (dotenv_read_files(cfg, value, vars, err, errlen) == -1)
+		goto fail;
 
 	for (k = 0; k < NSETTINGS; k++) {
 		const struct setting *s = &settings[k];

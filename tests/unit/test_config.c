@@ -240,6 +240,51 @@ test_retention_set(void **state)
 	clear_env();
 }
 
+/*
+ * A setting's value in an env file that is not UTF-8 (issue 23) is
+ * refused, naming the file, the line and the setting, never the value:
+ * it was read as unset before (a DATABASE_URL "not set"). Another key's
+ * is not limpeza's to judge, and an --env-file is held to the same.
+ */
+static void
+test_env_file_not_utf8(void **state)
+{
+	char f1[] = "/tmp/limpeza-env4-XXXXXX", want[128], err[512];
+	const char *opts[] = { "--env-file", f1, NULL };
+	struct config cfg;
+	FILE *f;
+
+	(void)state;
+	clear_env();
+	f = fdopen(mkstemp(f1), "w");
+	fputs("# the API's file\nSECRET_KEY=caf\xe9-is-fine-here\n\n"
+	      "DATABASE_URL=postgresql://app:s\xe3o-S3cr@h/db\n",
+	    f);
+	fclose(f);
+	setenv("LIMPEZA_ENV_FILES", f1, 1);
+	assert_int_equal(load(&cfg, NULL, err, sizeof(err)), -1);
+	snprintf(want, sizeof(want),
+	    "env file %s, line 4: the value of DATABASE_URL is not UTF-8", f1);
+	assert_non_null(strstr(err, want));
+	assert_null(strstr(err, "S3cr"));
+	setenv("LIMPEZA_ENV_FILES", "", 1);
+	assert_int_equal(load(&cfg, opts, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, want));
+	/* the same file in UTF-8: read, the other key's bytes no matter */
+	f = fopen(f1, "w");
+	fputs("SECRET_KEY=caf\xe9\nDATABASE_URL=postgresql://app:s\xc3\xa3o"
+	      "@h/db\n",
+	    f);
+	fclose(f);
+	setenv("LIMPEZA_ENV_FILES", f1, 1);
+	assert_int_equal(load(&cfg, NULL, err, sizeof(err)), 0);
+	assert_string_equal(
+	    cfg.database_url, "postgresql://app:s\xc3\xa3o@h/db");
+	config_free(&cfg);
+	unlink(f1);
+	clear_env();
+}
+
 struct bad_case {
 	const char *env;
 	const char *value;
@@ -278,6 +323,11 @@ test_bad_values(void **state)
 		/* valid alone, wrong together with the defaults */
 		{ "LIMPEZA_QUEUED_STATUS", "running", "different status" },
 		{ "LIMPEZA_ERROR_STATUS", "queued", "different status" },
+		/* a finished job's word (issue 23): every finished row older
+		 * than the TTL would be ended */
+		{ "LIMPEZA_RUNNING_STATUS", "done", "finished well" },
+		{ "LIMPEZA_QUEUED_STATUS", "done", "finished well" },
+		{ "LIMPEZA_ERROR_STATUS", "done", "finished well" },
 		{ "LIMPEZA_ERROR_COLUMN", "status", "different column" },
 		{ "LIMPEZA_CREATED_COLUMN", "updated_at", "different column" },
 	};
@@ -658,6 +708,7 @@ main(void)
 		cmocka_unit_test(test_precedence),
 		cmocka_unit_test(test_retention_set),
 		cmocka_unit_test(test_bad_values),
+		cmocka_unit_test(test_env_file_not_utf8),
 		cmocka_unit_test(test_zone_offsets_refused),
 		cmocka_unit_test(test_secret_not_in_error),
 		cmocka_unit_test(test_mask_url),
