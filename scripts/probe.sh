@@ -60,6 +60,17 @@ soname() {
 	echo "$name"
 }
 
+# curl_url_get() takes a const CURLU * from libcurl 8 on: libs.c defines
+# it with the prototype of the header it is compiled with.
+# shellcheck disable=SC2046,SC2086 # FLAGS and pkg-config's output are words
+if printf '%s\n' '#include <curl/curl.h>' \
+	'CURLUcode curl_url_get(const CURLU *, CURLUPart, char **, unsigned int);' |
+	$CC $FLAGS $(pkg-config --cflags libcurl) -x c -fsyntax-only - 2>/dev/null; then
+	urlget=const
+else
+	urlget=
+fi
+
 pq=$(soname libpq pq)
 curl=$(soname libcurl curl)
 mhd=$(soname libmicrohttpd microhttpd)
@@ -68,4 +79,5 @@ cat <<HEADER
 #define PQ_SONAME "$pq"
 #define CURL_SONAME "$curl"
 #define MHD_SONAME "$mhd"
+#define CURL_URL_GET_CONST $urlget
 HEADER

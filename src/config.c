@@ -78,7 +78,10 @@ static const struct setting settings[] = {
 	    "http://api.desfollow.com.br/api/health", OFF(health_url), NULL, 0,
 	    0,
 	    "API health endpoint (http or https); empty disables the health "
-	    "check and forced cleanup" },
+	    "check and forced cleanup. Its user and password are never "
+	    "shown; a URL libcurl reads otherwise than written (a '?', '#', "
+	    "'/' or '@' left raw in them: write %3F, %23, %2F, %40) is "
+	    "refused" },
 	{ "LIMPEZA_RUNNING_TTL", "running-ttl", T_DURATION, "3m",
 	    OFF(running_ttl), NULL, MS_PER_S, 30 * DAY_MS,
 	    "a running job without progress for longer is orphaned" },
@@ -171,7 +174,9 @@ static const struct setting settings[] = {
 	{ "LIMPEZA_ALERT_WEBHOOK", "alert-webhook", T_HOOKURL, "",
 	    OFF(alert_webhook), NULL, 0, 0,
 	    "POST a JSON alert here on forced cleanup, on a store or API "
-	    "unreachable for 3 cycles, and on recovery; empty: off" },
+	    "unreachable for 3 cycles, and on recovery; empty: off. Shown "
+	    "without its user, password, path or query; refused as the "
+	    "health URL is" },
 };
 
 #define NSETTINGS ((int)(sizeof(settings) / sizeof(settings[0])))
@@ -589,6 +594,12 @@ setting_apply(struct config *cfg, const struct setting *s, const char *value,
 		    strncasecmp(value, "https://", 8) != 0)
 			return bad(err, errlen, s, from, value,
 			    "an http:// or https:// URL, or empty to disable");
+		if (len != 0 && mask_http_check(value) != 0)
+			return bad(err, errlen, s, from, value,
+			    "a URL libcurl reads as written: '@', '/', '?', "
+			    "'#' and ':' inside a user name or password "
+			    "percent-encoded (%40, %2F, %3F, %23, %3A), an "
+			    "'@' after the host as %40, a numeric port");
 		break;
 	case T_DBURL:
 		if (len != 0 && strncmp(value, "postgres://", 11) != 0 &&
@@ -657,8 +668,8 @@ config_warn(struct config *cfg, const char *fmt, ...)
  * Settings that are each valid but wrong together: one status word for
  * two kinds of job (LIMPEZA_QUEUED_STATUS=running would reap a live
  * running job as an expired queued one after 2 minutes; an error status
- * equal to an active one would reap reaped rows again), or one column
- * for two roles.
+ * equal to an active one would reap reaped rows again), a status word
+ * that is a finished job's (done), or one column for two roles.
  */
 static int
 config_distinct(const struct config *cfg, char *err, size_t errlen)
@@ -678,6 +689,16 @@ config_distinct(const struct config *cfg, char *err, size_t errlen)
 	};
 	size_t i, j, last;
 
+	/* A finished job's status is no status to reap by, nor to give:
+	 * LIMPEZA_RUNNING_STATUS=done would end every finished row. */
+	for (i = 0; i < 3; i++)
+		if (strcmp(word[i].value, DONE_STATUS) == 0) {
+			snprintf(err, errlen,
+			    "invalid %s '%s': '%s' is the status of a job "
+			    "that finished well; expected a different status",
+			    word[i].env, word[i].value, DONE_STATUS);
+			return -1;
+		}
 	for (i = 0; i < sizeof(word) / sizeof(word[0]); i++) {
 		/* Statuses are compared with statuses, columns with columns. */
 		last = i < 3 ? 3 : sizeof(word) / sizeof(word[0]);
@@ -724,7 +745,8 @@ config_load(
 		if (dotenv_read_file(
 			cfg, a->env_files[k], vars, 1, err, errlen) == -1)
 			goto fail;
-	dotenv_read_files(cfg, value, vars);
+	if (dotenv_read_files(cfg, value, vars, err, errlen) == -1)
+		goto fail;
 
 	for (k = 0; k < NSETTINGS; k++) {
 		const struct setting *s = &settings[k];

@@ -18,12 +18,14 @@
  * A dotenv parser in the common dialect: comments, blank lines, optional
  * `export`, KEY=value with the value bare (a " #" starts a comment),
  * 'single-quoted' (literal) or "double-quoted" (backslash escapes, may
- * span lines). Lines that are none of these are skipped and counted; err
- * describes the first. Returns the number of skipped lines.
+ * span lines). cb gets each key, value and the line the assignment
+ * starts on; a cb that returns non-zero stops the parse. Lines that are
+ * none of these are skipped and counted; err describes the first.
+ * Returns the number of skipped lines.
  */
 int
 dotenv_parse(const char *text, size_t len,
-    int (*cb)(void *, const char *, const char *), void *arg, char *err,
+    int (*cb)(void *, const char *, const char *, int), void *arg, char *err,
     size_t errlen)
 {
 	const char *p = text, *end = text + len, *k0, *k1;
@@ -130,7 +132,7 @@ dotenv_parse(const char *text, size_t len,
 				goto bad_line;
 			memcpy(key, k0, kl);
 			key[kl] = '\0';
-			if (cb(arg, key, val) != 0)
+			if (cb(arg, key, val, start) != 0)
 				break;
 		}
 		goto skip_line;
@@ -152,15 +154,48 @@ dotenv_parse(const char *text, size_t len,
 /* A string map (jansson object) holding the first value of every key. */
 struct env_file_ctx {
 	json_t *file;
+	const char *path;
+	char *err; /* set, and the file refused, by a setting not UTF-8 */
+	size_t errlen;
+	int failed;
 };
 
+/* key names one of limpeza's settings (DATABASE_URL, LIMPEZA_...). */
 static int
-env_file_set(void *arg, const char *key, const char *value)
+is_setting(const char *key)
+{
+	int k;
+
+	for (k = 0; k < config_nsettings(); k++)
+		if (strcmp(config_setting_env(k), key) == 0)
+			return 1;
+	return 0;
+}
+
+static int
+env_file_set(void *arg, const char *key, const char *value, int line)
 {
 	struct env_file_ctx *ctx = arg;
+	json_t *v;
 
+	/*
+	 * A value that is not UTF-8 (jansson refuses it) would be no
+	 * value at all: a setting so written is refused by name, not read
+	 * as unset (a DATABASE_URL "not set"). The value is not shown: it
+	 * may be a password. Other keys are not limpeza's to judge.
+	 */
+	if ((v = json_string(value)) == NULL) {
+		if (!is_setting(key))
+			return 0;
+		snprintf(ctx->err, ctx->errlen,
+		    "env file %s, line %d: the value of %s is not UTF-8 "
+		    "text (not shown); write it in UTF-8",
+		    ctx->path, line, key);
+		ctx->failed = 1;
+		return 1;
+	}
 	/* Within one file the last assignment wins, as in a shell. */
-	json_object_set_new(ctx->file, key, json_string(value));
+	json_object_set_new(ctx->file, key, v);
 	return 0;
 }
 
@@ -168,7 +203,8 @@ env_file_set(void *arg, const char *key, const char *value)
  * Reads one dotenv file into vars, keeping values already there. A file
  * that cannot be read is worth a warning, or with strict (a file named
  * with --env-file: the unit's settings file) an error, since the daemon
- * would otherwise run without its settings (a missing file is fine).
+ * would otherwise run without its settings (a missing file is fine). A
+ * setting whose value is not UTF-8 is an error either way.
  */
 int
 dotenv_read_file(struct config *cfg, const char *path, json_t *vars, int strict,
@@ -214,12 +250,22 @@ dotenv_read_file(struct config *cfg, const char *path, json_t *vars, int strict,
 	ctx.file = json_object();
 	if (ctx.file == NULL)
 		fatalx_oom();
+	ctx.path = path;
+	ctx.err = err;
+	ctx.errlen = errlen;
+	ctx.failed = 0;
 	nbad = dotenv_parse(buf, len, env_file_set, &ctx, perr, sizeof(perr));
 	if (nbad > 0)
 		config_warn(cfg, "env file %s: %d line(s) skipped, first: %s",
 		    path, nbad, perr);
-	json_object_update_missing(vars, ctx.file);
+	if (!ctx.failed)
+		json_object_update_missing(vars, ctx.file);
 	json_decref(ctx.file);
+	if (ctx.failed) {
+		free(buf);
+		close(fd);
+		return -1;
+	}
 done:
 	free(buf);
 	close(fd);
@@ -237,16 +283,20 @@ unreadable:
 	return 0;
 }
 
-void
-dotenv_read_files(struct config *cfg, const char *list, json_t *vars)
+/* The files of a list, in order; -1 with err at a setting not UTF-8. */
+int
+dotenv_read_files(struct config *cfg, const char *list, json_t *vars, char *err,
+    size_t errlen)
 {
 	char *copy, *p, *tok;
+	int rc = 0;
 
 	copy = strdup(list);
 	if (copy == NULL)
 		fatalx_oom();
-	for (p = copy; (tok = strsep(&p, ":")) != NULL;)
+	for (p = copy; rc == 0 && (tok = strsep(&p, ":")) != NULL;)
 		if (*tok != '\0')
-			(void)dotenv_read_file(cfg, tok, vars, 0, NULL, 0);
+			rc = dotenv_read_file(cfg, tok, vars, 0, err, errlen);
 	free(copy);
+	return rc;
 }

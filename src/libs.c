@@ -79,7 +79,12 @@
 	X(curl_multi_perform)       \
 	X(curl_multi_poll)          \
 	X(curl_multi_info_read)     \
-	X(curl_multi_cleanup)
+	X(curl_multi_cleanup)       \
+	X(curl_url)                 \
+	X(curl_url_set)             \
+	X(curl_url_get)             \
+	X(curl_url_cleanup)         \
+	X(curl_free)
 
 #define POINTER(f) static __typeof__(f) *p_##f;
 #define ENTRY(f) { #f, (void **)&p_##f },
@@ -457,4 +462,38 @@ CURLMcode
 curl_multi_cleanup(CURLM *m)
 {
 	return p_curl_multi_cleanup(m);
+}
+
+/* libcurl's URL API: mask.c loads libcurl (libs_curl) before its calls. */
+
+CURLU *
+curl_url(void)
+{
+	return p_curl_url();
+}
+
+CURLUcode
+curl_url_set(CURLU *u, CURLUPart what, const char *part, unsigned int flags)
+{
+	return p_curl_url_set(u, what, part, flags);
+}
+
+/* const from libcurl 8 on: scripts/probe.sh asks the header. */
+CURLUcode
+curl_url_get(CURL_URL_GET_CONST CURLU *u, CURLUPart what, char **part,
+    unsigned int flags)
+{
+	return p_curl_url_get(u, what, part, flags);
+}
+
+void
+curl_url_cleanup(CURLU *u)
+{
+	p_curl_url_cleanup(u);
+}
+
+void
+curl_free(void *p)
+{
+	p_curl_free(p);
 }

@@ -1,9 +1,13 @@
 /* mask.c: URLs as they may be shown: no password, no secret path. */
 
+/* curl_url_get() and the rest are functions here (libs.c), not macros. */
+#define CURL_DISABLE_TYPECHECK
+
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 
+#include <curl/curl.h>
 #include <libpq-fe.h>
 
 #include "limpeza.h"
@@ -356,42 +360,185 @@ mask_dburl(const char *url, char *buf, size_t len)
 }
 
 /*
- * An http(s) URL as it may be shown: a user:password@ part as user:***@,
- * and with keep_path 0 nothing after the host (a webhook's path is often
- * its secret token). Returns -1 if it did not fit (it is then cut).
+ * An http(s) URL as libcurl reads it: its URL API (curl_url) with the
+ * flags libcurl parses a transfer's CURLOPT_URL with, so that what is
+ * decided here is what a request would send (CURLU_GUESS_SCHEME, which
+ * libcurl adds, does nothing for a text that names its scheme, and one
+ * that does not is no URL here). NULL if libcurl cannot be loaded or
+ * refuses the text.
+ */
+static CURLU *
+http_parse(const char *url)
+{
+	char err[256];
+	CURLU *u;
+
+	if (url_authority(url) == NULL || libs_curl(err, sizeof(err)) == -1 ||
+	    (u = curl_url()) == NULL)
+		return NULL;
+	if (curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) !=
+	    CURLUE_OK) {
+		curl_url_cleanup(u);
+		return NULL;
+	}
+	return u;
+}
+
+/*
+ * One part of a parsed URL as libcurl holds it, or NULL if it has none or
+ * an empty one (libcurl's own URL leaves out an empty query): curl_free()
+ * it.
+ */
+static char *
+http_part(CURLU *u, CURLUPart what)
+{
+	char *s = NULL;
+
+	if (curl_url_get(u, what, &s, 0) != CURLUE_OK)
+		return NULL;
+	if (s != NULL && *s == '\0' && what != CURLUPART_USER &&
+	    what != CURLUPART_PASSWORD) {
+		curl_free(s);
+		return NULL;
+	}
+	return s;
+}
+
+/*
+ * Whether libcurl reads a URL otherwise than a person would: a raw '@'
+ * that libcurl does not take for the end of the user and password, as it
+ * finds it in the path, the query or the fragment. A person wrote it to
+ * end user:password, and a '/', '?' or '#' before it ended the authority
+ * for libcurl: part of the password would go out as the host, the port,
+ * the path or the query, and be shown as such. The answer depends on
+ * where these characters are, never on what the password is.
+ */
+static int
+http_ambiguous(CURLU *u)
+{
+	static const CURLUPart after[] = { CURLUPART_PATH, CURLUPART_QUERY,
+		CURLUPART_FRAGMENT };
+	char *s;
+	size_t i;
+	int at = 0;
+
+	for (i = 0; i < sizeof(after) / sizeof(after[0]); i++) {
+		if ((s = http_part(u, after[i])) == NULL)
+			continue;
+		at |= strchr(s, '@') != NULL;
+		curl_free(s);
+	}
+	return at;
+}
+
+/* What libcurl takes for user, password or login options, if anything. */
+static int
+http_has_userinfo(CURLU *u)
+{
+	static const CURLUPart login[] = { CURLUPART_USER, CURLUPART_PASSWORD,
+		CURLUPART_OPTIONS };
+	char *s;
+	size_t i;
+	int any = 0;
+
+	for (i = 0; i < sizeof(login) / sizeof(login[0]); i++) {
+		if ((s = http_part(u, login[i])) == NULL)
+			continue;
+		any = 1;
+		curl_free(s);
+	}
+	return any;
+}
+
+/* Appends one part of u, with a prefix, if u has it. */
+static void
+out_part(struct out *o, CURLU *u, CURLUPart what, const char *prefix)
+{
+	char *s = http_part(u, what);
+
+	if (s == NULL)
+		return;
+	out_str(o, prefix);
+	out_str(o, s);
+	curl_free(s);
+}
+
+/*
+ * An http(s) URL as it may be shown, rebuilt from what libcurl's parser
+ * made of it: no byte of the user, the password or the login options,
+ * however they are spelt (they show as ***@), and with keep_path 0 only
+ * "/..." for whatever follows the host (a webhook's path or query is
+ * often its token). A URL that libcurl cannot parse, or reads otherwise
+ * than written (start-up refuses both), shows only its scheme. Returns
+ * -1 if the result did not fit (it is then cut).
  */
 int
 mask_http(const char *url, int keep_path, char *buf, size_t len)
 {
 	struct out o = { buf, len, 0, 0 };
-	const char *auth = url_authority(url), *end, *at, *colon;
+	const char *auth = url_authority(url);
+	char *path, *rest;
+	CURLU *u;
 
 	if (len == 0)
 		return -1;
 	*buf = '\0';
-	if (auth == NULL) {
-		out_str(&o, *url == '\0' ? "" : "***");
+	if (*url == '\0')
+		return 0;
+	if ((u = http_parse(url)) == NULL || http_ambiguous(u)) {
+		if (auth != NULL) {
+			out_put(&o, url, (size_t)(auth - url));
+			out_str(&o, "***");
+		} else
+			out_str(&o, "***");
+		if (u != NULL)
+			curl_url_cleanup(u);
 		return o.failed ? -1 : 0;
 	}
-	end = auth + strcspn(auth, "/?#");
-	out_put(&o, url, (size_t)(auth - url));
-	at = NULL;
-	for (const char *q = auth; q < end; q++)
-		if (*q == '@')
-			at = q;
-	if (at != NULL) {
-		colon = memchr(auth, ':', (size_t)(at - auth));
-		out_put(
-		    &o, auth, (size_t)((colon != NULL ? colon : at) - auth));
-		out_str(&o, colon != NULL ? ":***@" : "@");
-		auth = at + 1;
+	out_part(&o, u, CURLUPART_SCHEME, "");
+	out_str(&o, "://");
+	if (http_has_userinfo(u))
+		out_str(&o, "***@");
+	out_part(&o, u, CURLUPART_HOST, "");
+	out_part(&o, u, CURLUPART_PORT, ":");
+	if (keep_path) {
+		out_part(&o, u, CURLUPART_PATH, "");
+		out_part(&o, u, CURLUPART_QUERY, "?");
+		out_part(&o, u, CURLUPART_FRAGMENT, "#");
+	} else {
+		path = http_part(u, CURLUPART_PATH);
+		rest = http_part(u, CURLUPART_QUERY);
+		if (rest == NULL)
+			rest = http_part(u, CURLUPART_FRAGMENT);
+		if (rest != NULL || (path != NULL && strcmp(path, "/") != 0))
+			out_str(&o, "/...");
+		curl_free(path);
+		curl_free(rest);
 	}
-	out_put(&o, auth, (size_t)(end - auth));
-	if (keep_path)
-		out_str(&o, end);
-	else if (*end != '\0')
-		out_str(&o, "/...");
+	curl_url_cleanup(u);
 	return o.failed ? -1 : 0;
+}
+
+/*
+ * What libcurl makes of an http(s) URL, when libcurl is at hand: 0 all is
+ * well; 1 it refuses the text; 2 it reads it otherwise than a person
+ * would (see http_ambiguous). Either way the request could not go where
+ * it was meant to, which is better said at start-up (exit 2).
+ */
+int
+mask_http_check(const char *value)
+{
+	char lerr[256];
+	CURLU *u;
+	int rc;
+
+	if (libs_curl(lerr, sizeof(lerr)) == -1)
+		return 0;
+	if ((u = http_parse(value)) == NULL)
+		return 1;
+	rc = http_ambiguous(u) ? 2 : 0;
+	curl_url_cleanup(u);
+	return rc;
 }
 
 /*

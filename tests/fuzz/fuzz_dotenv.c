@@ -6,10 +6,12 @@
 #include "fuzz.h"
 
 static int
-check(void *arg, const char *key, const char *value)
+check(void *arg, const char *key, const char *value, int line)
 {
 	(void)arg;
 	(void)value;
+	if (line < 1)
+		abort();
 	if (*key == '\0' || isdigit((unsigned char)*key))
 		abort();
 	for (; *key != '\0'; key++)

@@ -90,7 +90,7 @@ def old_curl(tmp_path):
     soname = probe_define("CURL_SONAME")
     lib = tmp_path / "oldcurl"
     lib.mkdir()
-    p = subprocess.run(["cc", "-shared", "-fPIC", "-O1",
+    p = subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-I", os.path.join(ROOT, "build"),
                         '-DREAL_CURL="%s"' % library_path(soname), "-o", str(lib / soname),
                         os.path.join(ROOT, "tests", "fixtures", "old_curl.c"), "-ldl"],
                        capture_output=True, text=True)

@@ -240,6 +240,51 @@ test_retention_set(void **state)
 	clear_env();
 }
 
+/*
+ * A setting's value in an env file that is not UTF-8 (issue 23) is
+ * refused, naming the file, the line and the setting, never the value:
+ * it was read as unset before (a DATABASE_URL "not set"). Another key's
+ * is not limpeza's to judge, and an --env-file is held to the same.
+ */
+static void
+test_env_file_not_utf8(void **state)
+{
+	char f1[] = "/tmp/limpeza-env4-XXXXXX", want[128], err[512];
+	const char *opts[] = { "--env-file", f1, NULL };
+	struct config cfg;
+	FILE *f;
+
+	(void)state;
+	clear_env();
+	f = fdopen(mkstemp(f1), "w");
+	fputs("# the API's file\nSECRET_KEY=caf\xe9-is-fine-here\n\n"
+	      "DATABASE_URL=postgresql://app:s\xe3o-S3cr@h/db\n",
+	    f);
+	fclose(f);
+	setenv("LIMPEZA_ENV_FILES", f1, 1);
+	assert_int_equal(load(&cfg, NULL, err, sizeof(err)), -1);
+	snprintf(want, sizeof(want),
+	    "env file %s, line 4: the value of DATABASE_URL is not UTF-8", f1);
+	assert_non_null(strstr(err, want));
+	assert_null(strstr(err, "S3cr"));
+	setenv("LIMPEZA_ENV_FILES", "", 1);
+	assert_int_equal(load(&cfg, opts, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, want));
+	/* the same file in UTF-8: read, the other key's bytes no matter */
+	f = fopen(f1, "w");
+	fputs("SECRET_KEY=caf\xe9\nDATABASE_URL=postgresql://app:s\xc3\xa3o"
+	      "@h/db\n",
+	    f);
+	fclose(f);
+	setenv("LIMPEZA_ENV_FILES", f1, 1);
+	assert_int_equal(load(&cfg, NULL, err, sizeof(err)), 0);
+	assert_string_equal(
+	    cfg.database_url, "postgresql://app:s\xc3\xa3o@h/db");
+	config_free(&cfg);
+	unlink(f1);
+	clear_env();
+}
+
 struct bad_case {
 	const char *env;
 	const char *value;
@@ -278,6 +323,11 @@ test_bad_values(void **state)
 		/* valid alone, wrong together with the defaults */
 		{ "LIMPEZA_QUEUED_STATUS", "running", "different status" },
 		{ "LIMPEZA_ERROR_STATUS", "queued", "different status" },
+		/* a finished job's word (issue 23): every finished row older
+		 * than the TTL would be ended */
+		{ "LIMPEZA_RUNNING_STATUS", "done", "finished well" },
+		{ "LIMPEZA_QUEUED_STATUS", "done", "finished well" },
+		{ "LIMPEZA_ERROR_STATUS", "done", "finished well" },
 		{ "LIMPEZA_ERROR_COLUMN", "status", "different column" },
 		{ "LIMPEZA_CREATED_COLUMN", "updated_at", "different column" },
 	};
@@ -485,14 +535,88 @@ test_mask_url(void **state)
 	masks_to("postgresql://::c@/?password=:c&", "postgresql://:***@");
 	masks_to("postgresql://::c@/?password=Zx0Q9&", "postgresql://:***@");
 	masks_to("sqlite://app:SecretXY@h/db", "sqlite://app:***@h/db");
-	/* http URLs: the user's password, and a webhook's secret path */
+	/* http URLs: the user and password, and a webhook's secret path */
 	mask_http("http://admin:HealthPw9@h:8/api/health", 1, b, sizeof(b));
-	assert_string_equal(b, "http://admin:***@h:8/api/health");
+	assert_string_equal(b, "http://***@h:8/api/health");
 	mask_http(
 	    "https://hooks.slack.com/services/T0/B0/XXXX", 0, b, sizeof(b));
 	assert_string_equal(b, "https://hooks.slack.com/...");
 	mask_http("https://h/api/health", 1, b, sizeof(b));
 	assert_string_equal(b, "https://h/api/health");
+}
+
+/*
+ * http(s) URLs as libcurl reads them (issue 23): no part of the user or
+ * password shown, however it is spelt; a webhook's path and query never;
+ * a '?', '#', '/' or '@' left raw in a password refused, and shown as
+ * the scheme only.
+ */
+static void
+test_mask_http(void **state)
+{
+	static const struct {
+		const char *url;
+		const char *health; /* keep_path 1 */
+		const char *hook; /* keep_path 0 */
+	} ok[] = {
+		{ "http://user:s3cr%3Fet@127.0.0.1:1/api/health",
+		    "http://***@127.0.0.1:1/api/health",
+		    "http://***@127.0.0.1:1/..." },
+		{ "https://hookuser:tok%3Fen123@hooks.example/T0/B0",
+		    "https://***@hooks.example/T0/B0",
+		    "https://***@hooks.example/..." },
+		{ "https://u:p%23ss%2Fw%40rd@h:8/x?y=1",
+		    "https://***@h:8/x?y=1", "https://***@h:8/..." },
+		{ "https://0123456789abcdefSECRET@o1.ingest.example.com/42",
+		    "https://***@o1.ingest.example.com/42",
+		    "https://***@o1.ingest.example.com/..." },
+		{ "https://:onlypw@h/", "https://***@h/", "https://***@h" },
+		{ "https://hooks.example?token=SECRETQ",
+		    "https://hooks.example/?token=SECRETQ",
+		    "https://hooks.example/..." },
+		{ "http://[::1]:9/api/health", "http://[::1]:9/api/health",
+		    "http://[::1]:9/..." },
+	};
+	static const char *const refused[] = {
+		"http://user:s3cr?et@127.0.0.1:1/api/health",
+		"https://hookuser:tok?en123@hooks.example/T0/B0",
+		"https://u:s3cr#et@h/x", "https://u:s3cr/et@h/x",
+		"https://u:12/s3cret@h/x", "https://u:12#s3cret@h/x",
+		"https://u:s3c@ret@h/x", "https://s3cr?et@h/x",
+		"https://s3cr/et@h/x", NULL
+	};
+	struct config cfg;
+	char b[512], err[512];
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		assert_int_equal(mask_http(ok[i].url, 1, b, sizeof(b)), 0);
+		assert_string_equal(b, ok[i].health);
+		assert_int_equal(mask_http(ok[i].url, 0, b, sizeof(b)), 0);
+		assert_string_equal(b, ok[i].hook);
+		assert_int_equal(mask_http_check(ok[i].url), 0);
+	}
+	clear_env();
+	for (i = 0; refused[i] != NULL; i++) {
+		mask_http(refused[i], 1, b, sizeof(b));
+		assert_string_equal(b,
+		    strncmp(refused[i], "https", 5) == 0 ? "https://***"
+							 : "http://***");
+		assert_int_not_equal(mask_http_check(refused[i]), 0);
+		setenv("LIMPEZA_HEALTH_URL", refused[i], 1);
+		assert_int_equal(load(&cfg, NULL, err, sizeof(err)), -1);
+		assert_null(strstr(err, "cr"));
+		assert_null(strstr(err, "et@"));
+		assert_non_null(strstr(err, "invalid LIMPEZA_HEALTH_URL"));
+		assert_non_null(strstr(err, "percent-encoded (%40, %2F, %3F"));
+		clear_env();
+		setenv("LIMPEZA_ALERT_WEBHOOK", refused[i], 1);
+		assert_int_equal(load(&cfg, NULL, err, sizeof(err)), -1);
+		assert_null(strstr(err, "cr"));
+		assert_non_null(strstr(err, "invalid LIMPEZA_ALERT_WEBHOOK"));
+		clear_env();
+	}
 }
 
 static void
@@ -584,9 +708,11 @@ main(void)
 		cmocka_unit_test(test_precedence),
 		cmocka_unit_test(test_retention_set),
 		cmocka_unit_test(test_bad_values),
+		cmocka_unit_test(test_env_file_not_utf8),
 		cmocka_unit_test(test_zone_offsets_refused),
 		cmocka_unit_test(test_secret_not_in_error),
 		cmocka_unit_test(test_mask_url),
+		cmocka_unit_test(test_mask_http),
 		cmocka_unit_test(test_options),
 		cmocka_unit_test(test_reap_messages),
 		cmocka_unit_test(test_help_lists_every_setting),

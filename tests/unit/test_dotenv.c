@@ -13,10 +13,11 @@ struct kv {
 };
 
 static int
-collect(void *arg, const char *k, const char *v)
+collect(void *arg, const char *k, const char *v, int line)
 {
 	struct kv *kv = arg;
 
+	(void)line;
 	snprintf(kv->keys[kv->n], 64, "%s", k);
 	snprintf(kv->vals[kv->n], 256, "%s", v);
 	kv->n++;
