@@ -64,7 +64,8 @@ static const struct setting settings[] = {
 	    "or sqlite:///path (SQLAlchemy form); unset: read from the env "
 	    "files, else the database step is skipped. The password is never "
 	    "shown; a URL libpq reads otherwise than written (an unescaped "
-	    "'@' or '/' in its password: write %40, %2F) is refused" },
+	    "'@' or '/' in its password: write %40, %2F) is refused, as is a "
+	    "database name that is itself a connection string" },
 	{ "LIMPEZA_ENV_FILES", "env-files", T_PATHLIST,
 	    "/root/desfollow/backend/.env:backend/.env", OFF(env_files), NULL,
 	    0, 0,
@@ -558,6 +559,12 @@ setting_apply(struct config *cfg, const struct setting *s, const char *value,
 		if (len == 0 || len > 64)
 			return bad(err, errlen, s, from, value,
 			    "a non-empty status word of at most 64 characters");
+		/* A char(n) column ignores trailing spaces: 'done ' would be
+		 * 'done' there, and pass the checks below as another word. */
+		if (isspace((unsigned char)value[0]) ||
+		    isspace((unsigned char)value[len - 1]))
+			return bad(err, errlen, s, from, value,
+			    "a status word without leading or trailing spaces");
 		break;
 	case T_ZONE:
 		/*
@@ -620,6 +627,10 @@ setting_apply(struct config *cfg, const struct setting *s, const char *value,
 			    "a URL libpq reads as written: '@', '/' and '?' "
 			    "inside a password percent-encoded (%40, %2F, "
 			    "%3F), a numeric port");
+		case 3:
+			return bad(err, errlen, s, from, value,
+			    "a database name that is not itself a connection "
+			    "string");
 		}
 		break;
 	case T_PATH:
@@ -691,8 +702,10 @@ config_distinct(const struct config *cfg, char *err, size_t errlen)
 
 	/* A finished job's status is no status to reap by, nor to give:
 	 * LIMPEZA_RUNNING_STATUS=done would end every finished row. */
+	/* Statuses are compared as a case-insensitive collation (MySQL's,
+	 * SQLite's NOCASE, citext) would: 'Done' may be 'done' there. */
 	for (i = 0; i < 3; i++)
-		if (strcmp(word[i].value, DONE_STATUS) == 0) {
+		if (strcasecmp(word[i].value, DONE_STATUS) == 0) {
 			snprintf(err, errlen,
 			    "invalid %s '%s': '%s' is the status of a job "
 			    "that finished well; expected a different status",
@@ -703,7 +716,9 @@ config_distinct(const struct config *cfg, char *err, size_t errlen)
 		/* Statuses are compared with statuses, columns with columns. */
 		last = i < 3 ? 3 : sizeof(word) / sizeof(word[0]);
 		for (j = i + 1; j < last; j++)
-			if (strcmp(word[i].value, word[j].value) == 0) {
+			if ((i < 3 ? strcasecmp(word[i].value, word[j].value)
+				   : strcmp(word[i].value, word[j].value)) ==
+			    0) {
 				snprintf(err, errlen,
 				    "invalid %s '%s': %s is '%s' too; expected "
 				    "a different %s",

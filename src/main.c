@@ -107,8 +107,14 @@ shown_arg(const char *a, char *buf, size_t len)
 		snprintf(buf, len, "%.*s", (int)strcspn(a, "="), a);
 		if (strchr(a, '=') != NULL)
 			snprintf(buf + strlen(buf), len - strlen(buf), "=...");
-	} else
-		mask_dburl(a, buf, len);
+	} else if (strpbrk(a, ":@=") != NULL)
+		/* A URL or key=value pair put where a command goes (a stray
+		 * space in ExecStart=) would reach the journal on every
+		 * restart: a webhook's path or a token as its user is as
+		 * secret as a password. */
+		snprintf(buf, len, "(not shown: it may hold a secret)");
+	else
+		snprintf(buf, len, "%s", a);
 	return buf;
 }
 

@@ -546,14 +546,17 @@ mask_http_check(const char *value)
  * is well; 1 it refuses the text; 2 it reads a URL's password otherwise
  * than a person would (an unescaped '/' or '@' in it: libpq would take
  * part of the password for the host, the port or the database, and show
- * it in its errors). Either way no connection could be made, which is
+ * it in its errors); 3 its database name is itself a connection string
+ * (libpq expands only the outer one: the inner one, password and all,
+ * would go to the server as a name, and come back in its error). Either
+ * way no connection could be made, which is
  * better said at start-up (exit 2) than every cycle. libpq's own message
  * is not repeated: it may quote the password.
  */
 int
 mask_dburl_check(const char *value)
 {
-	PQconninfoOption *opts;
+	PQconninfoOption *opts, *o;
 	char lerr[256], *msg = NULL;
 	int rc;
 
@@ -564,6 +567,12 @@ mask_dburl_check(const char *value)
 		return 1;
 	}
 	rc = url_ambiguous(value, opts) ? 2 : 0;
+	for (o = opts; rc == 0 && o->keyword != NULL; o++)
+		if (strcmp(o->keyword, "dbname") == 0 && o->val != NULL &&
+		    (strncmp(o->val, "postgres://", 11) == 0 ||
+			strncmp(o->val, "postgresql://", 13) == 0 ||
+			mask_is_conninfo(o->val)))
+			rc = 3;
 	PQconninfoFree(opts);
 	return rc;
 }

@@ -112,13 +112,25 @@ pg_needs_lookup(const char *host)
 	    inet_pton(AF_INET6, host, a) != 1;
 }
 
-/* An address given (hostaddr), or a list of ports: libpq is left to it. */
+static int
+pg_env_set(const char *name)
+{
+	const char *v = getenv(name);
+
+	return v != NULL && *v != '\0';
+}
+
+/*
+ * An address given (hostaddr), a service (its file may give one), or a
+ * list of ports: libpq is left to it.
+ */
 static int
 pg_libpq_addr(const PQconninfoOption *o)
 {
 	if (o->val == NULL)
 		return 0;
-	if (strcmp(o->keyword, "hostaddr") == 0)
+	if (strcmp(o->keyword, "hostaddr") == 0 ||
+	    strcmp(o->keyword, "service") == 0)
 		return *o->val != '\0';
 	return strcmp(o->keyword, "port") == 0 && strchr(o->val, ',') != NULL;
 }
@@ -161,6 +173,10 @@ pg_open(const struct config *cfg)
 	for (o = opts; o->keyword != NULL; o++)
 		if (pg_libpq_addr(o))
 			*p->resolve = '\0';
+	/* An address pinned outside the URL (PGHOSTADDR, a service file)
+	 * is libpq's to use: a hostaddr of ours would override it. */
+	if (pg_env_set("PGHOSTADDR") || pg_env_set("PGSERVICE"))
+		*p->resolve = '\0';
 	PQconninfoFree(opts);
 	return &p->s;
 }

@@ -24,6 +24,28 @@ def test_done_is_no_status_to_reap_by(env, name):
     assert env.read_cache() == before
 
 
+@pytest.mark.parametrize("name,value,why", [
+    ("LIMPEZA_RUNNING_STATUS", "done ", "without leading or trailing spaces"),
+    ("LIMPEZA_QUEUED_STATUS", "running ", "without leading or trailing spaces"),
+    ("LIMPEZA_QUEUED_STATUS", " queued", "without leading or trailing spaces"),
+    ("LIMPEZA_RUNNING_STATUS", "DONE", "'done' is the status of a job that finished well"),
+    ("LIMPEZA_QUEUED_STATUS", "Running", "LIMPEZA_RUNNING_STATUS is 'running' too"),
+])
+def test_a_status_word_equal_under_the_columns_rules_is_refused(env, name, value, why):
+    """A char(n) status column ignores trailing spaces and a
+    case-insensitive collation ignores case: 'done ' or 'DONE' as the
+    running status would end every finished row there, 'running ' as the
+    queued status a live running job (an outside review saw both on
+    char(20)). Refused at start-up like the words themselves."""
+    env.store.add("finished", "done", 900)
+    env.store.add("live", "running", 30)
+    for args in (["once"], ["check"]):
+        p = env.run(*args, **{name: value})
+        assert p.returncode == 2, (args, p.stderr)
+        assert "invalid %s '%s'" % (name, value) in p.stderr and why in p.stderr, p.stderr
+    assert env.store.statuses() == {"finished": "done", "live": "running"}
+
+
 def test_env_file_value_not_utf8_is_refused(env):
     """A DATABASE_URL in the API's env file written in Latin-1 was dropped,
     so the database step was skipped as "not set". Now limpeza stops

@@ -317,7 +317,12 @@ def test_no_secret_in_usage_errors_bad_values_or_other_urls(env):
     for bad in (" " + url, "postgresql:/app:SecretXY@h/db", "app:SecretXY@h/db",
                 "sqlite://app:SecretXY@h/db", "host=h passwd=SecretXY",
                 "postgresql://app:pa/SecretXY@127.0.0.1:9/x",
-                "postgresql://app:p@SecretXY@127.0.0.1:9/x"):
+                "postgresql://app:p@SecretXY@127.0.0.1:9/x",
+                # a connection string as the database name: libpq sends it
+                # as a name and the server quotes it back in its error
+                "host=127.0.0.1 port=9 dbname=postgresql://u:SecretXY@h/db",
+                "postgresql://a@127.0.0.1:9/x?dbname=postgresql://u:SecretXY@h/db",
+                "postgresql://a@127.0.0.1:9/x?dbname=user%3Du%20password%3DSecretXY"):
         p = env.run("once", DATABASE_URL=bad)
         assert p.returncode == 2 and "invalid DATABASE_URL (not shown" in p.stderr, p.stderr
         runs.append(p)
@@ -326,6 +331,13 @@ def test_no_secret_in_usage_errors_bad_values_or_other_urls(env):
         runs.append(env.run(*args, DATABASE_URL=None, LIMPEZA_ALERT_WEBHOOK=hook,
                             LIMPEZA_HEALTH_URL="http://admin:HealthPw9@127.0.0.1:9/api/health"))
     p = runs[-3]
+    # a webhook or a token-as-user URL put where a command goes (a stray
+    # space in ExecStart=), with or without a command before it
+    for args in ([hook], ["check", hook], ["check", "--alert-webhook=", hook],
+                 ["once", "https://0123T0SECRET@o1.ingest.example.com/42"]):
+        q = env.run(*args, DATABASE_URL=None)
+        assert q.returncode == 2 and "(not shown" in q.stderr, q.stderr
+        runs.append(q)
     assert "LIMPEZA_HEALTH_URL=http://***@127.0.0.1:9/api/health" in p.stdout
     assert "LIMPEZA_ALERT_WEBHOOK=https://hooks.example/..." in p.stdout
     assert "FAIL: health URL http://***@127.0.0.1:9/api/health" in p.stdout
@@ -333,4 +345,4 @@ def test_no_secret_in_usage_errors_bad_values_or_other_urls(env):
         out = p.stdout + p.stderr + env.log_text()
         assert not any(s in out for s in leaks), out[-2000:]
     assert "unknown option '--databse-url=...'" in runs[0].stderr
-    assert "unexpected argument 'postgresql://app:***@127.0.0.1:9/x'" in runs[1].stderr
+    assert "unexpected argument '(not shown: it may hold a secret)'" in runs[1].stderr

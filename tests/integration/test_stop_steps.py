@@ -18,6 +18,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 from conftest import BIN, SLOW, Env, PgStore
 from test_stop import no_leftovers, stop_within_a_second, wait_until
 
@@ -324,3 +326,28 @@ def test_a_stop_in_a_cycle_longer_than_its_interval_starts_no_other(env, health,
     assert log.count("🔄 Ciclo ") == 1, log
     assert log.count("🛑 Parada no meio do ciclo") == 1, log
     assert "🛑 Parada no meio do ciclo - etapas não executadas: API health" in log, log
+
+
+@pytest.mark.parametrize("pinned", ["PGHOSTADDR", "service"])
+def test_an_address_pinned_outside_the_url_is_libpqs(tmp_path, pg, pinned):
+    """A name with no DNS record (split DNS, a database reached by a name
+    only its clients know), its address pinned where libpq reads it:
+    PGHOSTADDR, or a service file's hostaddr. limpeza must leave the name
+    to libpq then, as before it resolved names itself: a hostaddr of its
+    own would override the pinned one (an outside review: "could not
+    translate host name")."""
+    env = Env(tmp_path, PgStore(pg))
+    env.store.add("stale", "running", 900)
+    url = env.store.url.replace("@127.0.0.1:", "@db.nonexistent.invalid:")
+    assert url != env.store.url
+    over = {"LIMPEZA_CACHE_FILE": ""}
+    if pinned == "PGHOSTADDR":
+        over.update(DATABASE_URL=url, PGHOSTADDR="127.0.0.1")
+    else:
+        svc = tmp_path / "pg_service.conf"
+        svc.write_text("[limpeza]\nhostaddr=127.0.0.1\n")
+        sep = "&" if "?" in url else "?"
+        over.update(DATABASE_URL=url + sep + "service=limpeza", PGSERVICEFILE=str(svc))
+    p = env.run("once", **over)
+    assert p.returncode == 0, p.stderr
+    assert env.store.statuses() == {"stale": "error"}, p.stderr
