@@ -676,7 +676,7 @@ pg_lookup(struct store_pg *p, long long deadline, char *host, size_t hl,
 		store_err(&p->s,
 		    "cannot connect: no answer from the name server for \"%s\" "
 		    "within %llds",
-		    p->resolve, CONNECT_TIMEOUT_MS / MS_PER_S);
+		    p->resolve, p->connect_ms / MS_PER_S);
 		pg_failed_connection(p);
 		return -1;
 	}
