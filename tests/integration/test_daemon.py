@@ -50,7 +50,8 @@ def test_daemon_reaps_and_logs_every_step(env, health, daemons):
     while env.store.statuses()["db-live"] != "error" and time.monotonic() < deadline:
         time.sleep(0.05)
     assert env.store.statuses()["db-live"] == "error"
-    assert re.search(r"running > 2s: 1, queued > 2min: 0|⏰ Prazo atingido: \d+ jobs", d.stderr())
+    # its line follows the commit: wait for it, not read the log at once
+    d.wait_for(r"running > 2s: 1, queued > 2min: 0|⏰ Prazo atingido: \d+ jobs")
     assert d.stop() == 0
     log = d.stderr()
     assert log.rstrip().endswith("- INFO - 🛑 Sistema de limpeza interrompido")
