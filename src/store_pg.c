@@ -227,6 +227,32 @@ pg_failed_connection(struct store_pg *p)
 }
 
 /*
+ * Starts fn(arg) in a detached thread that the caller waits for in
+ * slices on cv (on the monotonic clock), so that a stop never waits on
+ * it: libpq's cancel and getaddrinfo() have no timeout of their own.
+ */
+static int
+helper_start(
+    pthread_mutex_t *mu, pthread_cond_t *cv, void *(*fn)(void *), void *arg)
+{
+	pthread_condattr_t ca;
+	pthread_attr_t at;
+	pthread_t t;
+	int r;
+
+	pthread_mutex_init(mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(cv, &ca);
+	pthread_condattr_destroy(&ca);
+	pthread_attr_init(&at);
+	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+	r = pthread_create(&t, &at, fn, arg);
+	pthread_attr_destroy(&at);
+	return r;
+}
+
+/*
  * A cancel request in flight. PQcancel() opens a connection of its own
  * and waits, without a timeout, until the server closes it (libpq 15 has
  * no asynchronous cancel): a server that accepts and never answers would
@@ -283,9 +309,6 @@ cancel_bounded(PGconn *conn)
 {
 	struct cancel *k;
 	struct timespec until;
-	pthread_condattr_t ca;
-	pthread_attr_t at;
-	pthread_t t;
 	int done, r;
 
 	if ((k = calloc(1, sizeof(*k))) == NULL)
@@ -294,16 +317,8 @@ cancel_bounded(PGconn *conn)
 		free(k);
 		return 0;
 	}
-	pthread_mutex_init(&k->mu, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&k->cv, &ca);
-	pthread_condattr_destroy(&ca);
-	k->refs = 2;
-	pthread_attr_init(&at);
-	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-	r = pthread_create(&t, &at, cancel_run, k);
-	pthread_attr_destroy(&at);
+	k->refs = 2; /* before the thread can release its own */
+	r = helper_start(&k->mu, &k->cv, cancel_run, k);
 	if (r != 0) {
 		k->refs = 1;
 		cancel_release(k);
@@ -621,25 +636,14 @@ pg_lookup(struct store_pg *p, long long deadline, char *host, size_t hl,
 {
 	struct lookup *k;
 	struct timespec until;
-	pthread_condattr_t ca;
-	pthread_attr_t at;
-	pthread_t t;
 	long long left;
 	int i, r, done = 0;
 
 	if ((k = calloc(1, sizeof(*k))) == NULL)
 		fatalx_oom();
 	snprintf(k->host, sizeof(k->host), "%s", p->resolve);
-	pthread_mutex_init(&k->mu, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&k->cv, &ca);
-	pthread_condattr_destroy(&ca);
-	k->refs = 2;
-	pthread_attr_init(&at);
-	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-	r = pthread_create(&t, &at, lookup_run, k);
-	pthread_attr_destroy(&at);
+	k->refs = 2; /* before the thread can release its own */
+	r = helper_start(&k->mu, &k->cv, lookup_run, k);
 	if (r != 0) {
 		k->refs = 1;
 		lookup_release(k);
